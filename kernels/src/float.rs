@@ -1,0 +1,81 @@
+//! The unquantized formats: F32 (a copy), F16 and BF16 (ggml's rounding), one weight per block.
+
+use crate::fp::{
+    bf16_is_non_finite, bf16_to_f32, f16_is_non_finite, f16_to_f32, f32_to_bf16, f32_to_f16,
+    get_u16,
+};
+use crate::{BlockFormat, GgmlType};
+
+/// 32-bit IEEE floats, stored as they are.
+pub struct F32;
+/// IEEE half floats, rounded to nearest even.
+pub struct F16;
+/// bfloat16, rounded to nearest even.
+pub struct BF16;
+
+impl BlockFormat for F32 {
+    const TYPE: GgmlType = GgmlType::F32;
+    const BLOCK_WEIGHTS: usize = 1;
+    const BLOCK_BYTES: usize = 4;
+
+    fn quantize_row(src: &[f32], dst: &mut [u8], _imatrix: Option<&[f32]>) {
+        for (o, v) in dst.chunks_exact_mut(4).zip(src) {
+            o.copy_from_slice(&v.to_le_bytes());
+        }
+    }
+
+    fn dequantize_row(src: &[u8], dst: &mut [f32]) {
+        for (o, b) in dst.iter_mut().zip(src.chunks_exact(4)) {
+            *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+    }
+
+    fn first_invalid_block(row: &[u8]) -> Option<usize> {
+        row.chunks_exact(4)
+            .position(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite())
+    }
+}
+
+impl BlockFormat for F16 {
+    const TYPE: GgmlType = GgmlType::F16;
+    const BLOCK_WEIGHTS: usize = 1;
+    const BLOCK_BYTES: usize = 2;
+
+    fn quantize_row(src: &[f32], dst: &mut [u8], _imatrix: Option<&[f32]>) {
+        for (o, v) in dst.chunks_exact_mut(2).zip(src) {
+            o.copy_from_slice(&f32_to_f16(*v).to_le_bytes());
+        }
+    }
+
+    fn dequantize_row(src: &[u8], dst: &mut [f32]) {
+        for (i, o) in dst.iter_mut().enumerate() {
+            *o = f16_to_f32(get_u16(src, 2 * i));
+        }
+    }
+
+    fn first_invalid_block(row: &[u8]) -> Option<usize> {
+        (0..row.len() / 2).find(|&i| f16_is_non_finite(get_u16(row, 2 * i)))
+    }
+}
+
+impl BlockFormat for BF16 {
+    const TYPE: GgmlType = GgmlType::BF16;
+    const BLOCK_WEIGHTS: usize = 1;
+    const BLOCK_BYTES: usize = 2;
+
+    fn quantize_row(src: &[f32], dst: &mut [u8], _imatrix: Option<&[f32]>) {
+        for (o, v) in dst.chunks_exact_mut(2).zip(src) {
+            o.copy_from_slice(&f32_to_bf16(*v).to_le_bytes());
+        }
+    }
+
+    fn dequantize_row(src: &[u8], dst: &mut [f32]) {
+        for (i, o) in dst.iter_mut().enumerate() {
+            *o = bf16_to_f32(get_u16(src, 2 * i));
+        }
+    }
+
+    fn first_invalid_block(row: &[u8]) -> Option<usize> {
+        (0..row.len() / 2).find(|&i| bf16_is_non_finite(get_u16(row, 2 * i)))
+    }
+}

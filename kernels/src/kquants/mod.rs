@@ -1,0 +1,51 @@
+//! The K-quants: 256-weight super-blocks of 16- or 32-weight sub-blocks, each sub-block with
+//! its own quantized scale (and min), the super-block with f16 scales for those.
+//!
+//! Without importance weights each follows ggml's `quantize_row_qN_K_ref`; with them ggml's
+//! `quantize_row_qN_K_impl`, where the weight of column `j` is
+//! `imatrix[j] * sqrt(sigma2 + x[j]^2)` and `sigma2` comes from the super-block's mean square.
+
+pub mod q2_k;
+pub mod q3_k;
+pub mod q4_k;
+pub mod q5_k;
+pub mod q6_k;
+pub mod search;
+
+pub use q2_k::Q2K;
+pub use q3_k::Q3K;
+pub use q4_k::Q4K;
+pub use q5_k::Q5K;
+pub use q6_k::Q6K;
+
+use crate::fp::{f16_is_non_finite, get_u16};
+
+/// Weights per super-block.
+pub const QK_K: usize = 256;
+
+/// Packs 2-bit levels of 256 weights into 64 bytes the way Q2_K and Q3_K store them.
+#[inline]
+pub(crate) fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8]) {
+    for j in (0..QK_K).step_by(128) {
+        for i in 0..32 {
+            qs[j / 4 + i] =
+                l[j + i] | (l[j + i + 32] << 2) | (l[j + i + 64] << 4) | (l[j + i + 96] << 6);
+        }
+    }
+}
+
+/// Sum of squares of a super-block, in ggml's order.
+#[inline]
+pub(crate) fn sum_squares(x: &[f32]) -> f32 {
+    let mut s = 0.0f32;
+    for &v in x {
+        s += v * v;
+    }
+    s
+}
+
+/// First block whose f16 scales at `offsets` are infinite or NaN.
+pub(crate) fn first_bad_scale(row: &[u8], block_bytes: usize, offsets: &[usize]) -> Option<usize> {
+    row.chunks_exact(block_bytes)
+        .position(|b| offsets.iter().any(|&o| f16_is_non_finite(get_u16(b, o))))
+}

@@ -1,0 +1,173 @@
+//! Q3_K: 110 bytes per 256 weights. Layout: 32 bytes of high bits (`hmask`), 64 bytes of low
+//! 2-bit levels, 12 bytes of sixteen 6-bit signed scales, `d` (f16). Weight = d*(sc-32)*(l-4).
+
+use super::search::{make_q3_quants, make_qx_quants, nearest_int};
+use super::{first_bad_scale, pack_2bit, sum_squares, QK_K};
+use crate::fp::{f32_to_f16, get_f16, put_u16};
+use crate::{BlockFormat, GgmlType};
+
+/// The 3-bit K-quant.
+pub struct Q3K;
+
+const HMASK: usize = 0;
+const QS: usize = 32;
+const SCALES: usize = 96;
+const D: usize = 108;
+
+/// Packs sixteen 6-bit scale levels (0..63) into 12 bytes.
+fn pack_scales(levels: impl Fn(usize) -> i32) -> [u8; 12] {
+    let mut s = [0u8; 12];
+    for j in 0..16 {
+        let l = levels(j);
+        if j < 8 {
+            s[j] = (l & 0xF) as u8;
+        } else {
+            s[j - 8] |= ((l & 0xF) << 4) as u8;
+        }
+        let hi = l >> 4;
+        s[j % 4 + 8] |= (hi << (2 * (j / 4))) as u8;
+    }
+    s
+}
+
+/// Sub-block `j`'s signed scale (-32..31) from the 12 packed bytes.
+#[inline]
+fn scale(s: &[u8], j: usize) -> i32 {
+    let lo = if j < 8 { s[j] & 0xF } else { s[j - 8] >> 4 };
+    let sc = (lo | (((s[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) as i8;
+    (sc as i32) - 32
+}
+
+/// Re-derives the levels from the stored scales, then writes hmask and the 2-bit levels.
+fn requantize_and_pack(x: &[f32], y: &mut [u8], l: &mut [u8; QK_K]) {
+    let d_all = get_f16(y, D);
+    for j in 0..16 {
+        let d = d_all * scale(&y[SCALES..SCALES + 12], j) as f32;
+        if d == 0.0 {
+            continue;
+        }
+        for ii in 0..16 {
+            l[16 * j + ii] = (nearest_int(x[16 * j + ii] / d).clamp(-4, 3) + 4) as u8;
+        }
+    }
+    y[HMASK..HMASK + 32].fill(0);
+    let mut m = 0;
+    let mut hm = 1u8;
+    for v in l.iter_mut() {
+        if *v > 3 {
+            y[HMASK + m] |= hm;
+            *v -= 4;
+        }
+        m += 1;
+        if m == QK_K / 8 {
+            m = 0;
+            hm <<= 1;
+        }
+    }
+    pack_2bit(l, &mut y[QS..QS + 64]);
+}
+
+fn quantize_block_ref(x: &[f32], y: &mut [u8]) {
+    let mut li = [0i8; QK_K];
+    let mut scales = [0.0f32; 16];
+    let mut max_scale = 0.0f32;
+    let mut amax = 0.0f32;
+    for j in 0..16 {
+        scales[j] = make_q3_quants(4, &x[16 * j..16 * j + 16], &mut li[16 * j..]);
+        let s = scales[j].abs();
+        if s > amax {
+            amax = s;
+            max_scale = scales[j];
+        }
+    }
+    if max_scale != 0.0 {
+        let iscale = -32.0 / max_scale;
+        let packed = pack_scales(|j| {
+            let l = nearest_int(iscale * scales[j]) as i8 as i32;
+            l.clamp(-32, 31) + 32
+        });
+        y[SCALES..SCALES + 12].copy_from_slice(&packed);
+        put_u16(y, D, f32_to_f16(1.0 / iscale));
+    } else {
+        y[SCALES..SCALES + 12].fill(0);
+        put_u16(y, D, f32_to_f16(0.0));
+    }
+    let mut l = li.map(|v| v as u8);
+    requantize_and_pack(x, y, &mut l);
+}
+
+fn quantize_block_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
+    let mut li = [0i8; QK_K];
+    let mut scales = [0.0f32; 16];
+    let mut sw = [0.0f32; 16];
+    let sigma2 = 2.0 * sum_squares(x) / QK_K as f32;
+    for j in 0..16 {
+        let xs = &x[16 * j..16 * j + 16];
+        let mut weight = [0.0f32; 16];
+        for i in 0..16 {
+            weight[i] = qw[16 * j + i] * (sigma2 + xs[i] * xs[i]).sqrt();
+        }
+        let mut sumw = 0.0f32;
+        for w in weight {
+            sumw += w;
+        }
+        sw[j] = sumw;
+        scales[j] = make_qx_quants(4, xs, &mut li[16 * j..], Some(&weight));
+    }
+    let mut ls = [0i8; 16];
+    let d_block = make_qx_quants(32, &scales, &mut ls, Some(&sw));
+    y[SCALES..SCALES + 12].copy_from_slice(&pack_scales(|j| ls[j] as i32));
+    put_u16(y, D, f32_to_f16(d_block));
+    let mut l = li.map(|v| v as u8);
+    requantize_and_pack(x, y, &mut l);
+}
+
+impl BlockFormat for Q3K {
+    const TYPE: GgmlType = GgmlType::Q3_K;
+    const BLOCK_WEIGHTS: usize = QK_K;
+    const BLOCK_BYTES: usize = 110;
+
+    fn quantize_row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
+        for (i, (x, y)) in src
+            .chunks_exact(QK_K)
+            .zip(dst.chunks_exact_mut(Self::BLOCK_BYTES))
+            .enumerate()
+        {
+            match imatrix {
+                None => quantize_block_ref(x, y),
+                Some(qw) => quantize_block_imatrix(x, y, &qw[i * QK_K..(i + 1) * QK_K]),
+            }
+        }
+    }
+
+    fn dequantize_row(src: &[u8], dst: &mut [f32]) {
+        for (b, y) in src.chunks_exact(Self::BLOCK_BYTES).zip(dst.chunks_exact_mut(QK_K)) {
+            let d_all = get_f16(b, D);
+            let hm = &b[HMASK..HMASK + 32];
+            let mut m = 1u8;
+            let mut out = 0;
+            let mut is = 0;
+            for n in 0..2 {
+                let q = &b[QS + 32 * n..QS + 32 * n + 32];
+                for shift in [0u32, 2, 4, 6] {
+                    for half in 0..2 {
+                        let dl = d_all * scale(&b[SCALES..SCALES + 12], is) as f32;
+                        is += 1;
+                        for l in 0..16 {
+                            let k = l + 16 * half;
+                            let low = ((q[k] >> shift) & 3) as i32;
+                            let sub = if hm[k] & m != 0 { 0 } else { 4 };
+                            y[out] = dl * (low - sub) as f32;
+                            out += 1;
+                        }
+                    }
+                    m <<= 1;
+                }
+            }
+        }
+    }
+
+    fn first_invalid_block(row: &[u8]) -> Option<usize> {
+        first_bad_scale(row, Self::BLOCK_BYTES, &[D])
+    }
+}

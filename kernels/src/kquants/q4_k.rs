@@ -1,0 +1,197 @@
+//! Q4_K: 144 bytes per 256 weights. Layout: `d`, `dmin` (f16), 12 bytes of eight 6-bit scales
+//! and mins (one pair per 32-weight sub-block), 128 bytes of 4-bit levels.
+//! Weight = d*sc*l - dmin*m.
+
+use super::search::{
+    get_scale_min_k4, make_qkx2_quants, make_qkx3_quants, make_qp_quants, nearest_int,
+    pack_scale_min_k4, MinSearch,
+};
+use super::{first_bad_scale, sum_squares, QK_K};
+use crate::fp::{f32_to_f16, get_f16, put_u16};
+use crate::{BlockFormat, GgmlType};
+
+/// The 4-bit K-quant.
+pub struct Q4K;
+
+const D: usize = 0;
+const DMIN: usize = 2;
+const SCALES: usize = 4;
+const QS: usize = 16;
+
+pub(crate) const IMATRIX_SEARCH: MinSearch =
+    MinSearch { rmin: -0.9, rdelta: 0.05, nstep: 36, use_mad: false };
+
+/// The sub-block weights of the reference path: `sqrt(mean square) + |x|`.
+#[inline]
+pub(crate) fn ref_weights(xs: &[f32]) -> [f32; 32] {
+    let mut sum_x2 = 0.0f32;
+    for &v in xs {
+        sum_x2 += v * v;
+    }
+    let av_x = (sum_x2 / 32.0).sqrt();
+    let mut w = [0.0f32; 32];
+    for (w, v) in w.iter_mut().zip(xs) {
+        *w = av_x + v.abs();
+    }
+    w
+}
+
+/// Sub-block scales and mins of a super-block for the reference path, already quantized to
+/// 6 bits and packed, with `d` and `dmin`. Shared with Q5_K, which differs only in `nmax` and
+/// its search settings.
+pub(crate) fn ref_scales(
+    x: &[f32],
+    y: &mut [u8],
+    l: &mut [u8; QK_K],
+    nmax: i32,
+    search: MinSearch,
+) {
+    let mut mins = [0.0f32; 8];
+    let mut scales = [0.0f32; 8];
+    let mut max_scale = 0.0f32;
+    let mut max_min = 0.0f32;
+    for j in 0..8 {
+        let xs = &x[32 * j..32 * j + 32];
+        let w = ref_weights(xs);
+        scales[j] = make_qkx2_quants(nmax, xs, &w, &mut l[32 * j..], &mut mins[j], search);
+        if scales[j] > max_scale {
+            max_scale = scales[j];
+        }
+        if mins[j] > max_min {
+            max_min = mins[j];
+        }
+    }
+    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    let mut ls = [0u8; 8];
+    let mut lm = [0u8; 8];
+    for j in 0..8 {
+        ls[j] = (nearest_int(inv_scale * scales[j]) as u8).min(63);
+        lm[j] = (nearest_int(inv_min * mins[j]) as u8).min(63);
+    }
+    y[SCALES..SCALES + 12].copy_from_slice(&pack_scale_min_k4(&ls, &lm));
+    put_u16(y, D, f32_to_f16(max_scale / 63.0));
+    put_u16(y, DMIN, f32_to_f16(max_min / 63.0));
+}
+
+/// The importance-weighted counterpart of [`ref_scales`] (shared with Q5_K).
+///
+/// `cap_levels` applies ggml's `MIN(63, ...)` to the scale levels, which Q5_K does and Q4_K
+/// does not (it matters only in degenerate blocks, but the bytes must match).
+pub(crate) fn imatrix_scales(
+    x: &[f32],
+    y: &mut [u8],
+    l: &mut [u8; QK_K],
+    nmax: i32,
+    qw: &[f32],
+    cap_levels: bool,
+) {
+    let mut mins = [0.0f32; 8];
+    let mut scales = [0.0f32; 8];
+    let mut sw = [0.0f32; 8];
+    let sigma2 = 2.0 * sum_squares(x) / QK_K as f32;
+    for j in 0..8 {
+        let xs = &x[32 * j..32 * j + 32];
+        let mut w = [0.0f32; 32];
+        for i in 0..32 {
+            w[i] = qw[32 * j + i] * (sigma2 + xs[i] * xs[i]).sqrt();
+        }
+        let mut sumw = 0.0f32;
+        for v in w {
+            sumw += v;
+        }
+        sw[j] = sumw;
+        scales[j] =
+            make_qkx3_quants(nmax, xs, &w, &mut l[32 * j..], &mut mins[j], IMATRIX_SEARCH);
+    }
+    let mut ls = [0u8; 8];
+    let mut lm = [0u8; 8];
+    let d_block = make_qp_quants(63, &scales, &mut ls, &sw);
+    let m_block = make_qp_quants(63, &mins, &mut lm, &sw);
+    if cap_levels {
+        for j in 0..8 {
+            ls[j] = ls[j].min(63);
+            lm[j] = lm[j].min(63);
+        }
+    }
+    y[SCALES..SCALES + 12].copy_from_slice(&pack_scale_min_k4(&ls, &lm));
+    put_u16(y, D, f32_to_f16(d_block));
+    put_u16(y, DMIN, f32_to_f16(m_block));
+}
+
+/// Re-derives each sub-block's levels from the stored scales and mins.
+pub(crate) fn requantize(x: &[f32], y: &[u8], l: &mut [u8; QK_K], nmax: i32) {
+    let d_all = get_f16(y, D);
+    let m_all = get_f16(y, DMIN);
+    for j in 0..8 {
+        let (sc, m) = get_scale_min_k4(j, &y[SCALES..SCALES + 12]);
+        let d = d_all * sc as f32;
+        if d == 0.0 {
+            continue;
+        }
+        let dm = m_all * m as f32;
+        for ii in 0..32 {
+            l[32 * j + ii] = nearest_int((x[32 * j + ii] + dm) / d).clamp(0, nmax) as u8;
+        }
+    }
+}
+
+/// The (d*sc, dmin*m) pairs of a Q4_K/Q5_K super-block for dequantization.
+pub(crate) fn sub_scales(b: &[u8]) -> [(f32, f32); 8] {
+    let d = get_f16(b, D);
+    let min = get_f16(b, DMIN);
+    let mut out = [(0.0, 0.0); 8];
+    for (j, o) in out.iter_mut().enumerate() {
+        let (sc, m) = get_scale_min_k4(j, &b[SCALES..SCALES + 12]);
+        *o = (d * sc as f32, min * m as f32);
+    }
+    out
+}
+
+const REF_SEARCH: MinSearch = MinSearch { rmin: -1.0, rdelta: 0.1, nstep: 20, use_mad: false };
+
+impl BlockFormat for Q4K {
+    const TYPE: GgmlType = GgmlType::Q4_K;
+    const BLOCK_WEIGHTS: usize = QK_K;
+    const BLOCK_BYTES: usize = 144;
+
+    fn quantize_row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
+        for (i, (x, y)) in src
+            .chunks_exact(QK_K)
+            .zip(dst.chunks_exact_mut(Self::BLOCK_BYTES))
+            .enumerate()
+        {
+            let mut l = [0u8; QK_K];
+            match imatrix {
+                None => ref_scales(x, y, &mut l, 15, REF_SEARCH),
+                Some(qw) => imatrix_scales(x, y, &mut l, 15, &qw[i * QK_K..(i + 1) * QK_K], false),
+            }
+            requantize(x, y, &mut l, 15);
+            let q = &mut y[QS..QS + 128];
+            for (n, j) in (0..QK_K).step_by(64).enumerate() {
+                for k in 0..32 {
+                    q[32 * n + k] = l[j + k] | (l[j + k + 32] << 4);
+                }
+            }
+        }
+    }
+
+    fn dequantize_row(src: &[u8], dst: &mut [f32]) {
+        for (b, y) in src.chunks_exact(Self::BLOCK_BYTES).zip(dst.chunks_exact_mut(QK_K)) {
+            let s = sub_scales(b);
+            for n in 0..4 {
+                let q = &b[QS + 32 * n..QS + 32 * n + 32];
+                let (d1, m1) = s[2 * n];
+                let (d2, m2) = s[2 * n + 1];
+                for l in 0..32 {
+                    y[64 * n + l] = d1 * (q[l] & 0xF) as f32 - m1;
+                    y[64 * n + 32 + l] = d2 * (q[l] >> 4) as f32 - m2;
+                }
+            }
+        }
+    }
+
+    fn first_invalid_block(row: &[u8]) -> Option<usize> {
+        first_bad_scale(row, Self::BLOCK_BYTES, &[D, DMIN])
+    }
+}

@@ -1,0 +1,56 @@
+//! kiln-kernels: the ggml block formats, quantized and dequantized byte for byte as ggml does.
+//!
+//! Each format is a type implementing [`BlockFormat`]: it knows its block size in weights and
+//! bytes, how to quantize one row (with or without per-column importance weights) and how to
+//! dequantize one. [`quantize`] and [`dequantize`] check the call and run many rows in parallel
+//! with rayon; [`GgmlType`] does the same for a format chosen at run time (by id or name).
+//!
+//! Layout of the crate:
+//! - [`fp`]: f32 <-> f16/bf16 conversions exactly as ggml does them
+//! - [`float`]: the unquantized formats F32, F16, BF16
+//! - [`legacy`]: the 32-weight block formats Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
+//! - [`kquants`]: the 256-weight super-block formats Q2_K .. Q6_K and their scale searches
+//! - [`rows`]: argument checks and the parallel row driver
+//! - [`format`]: [`GgmlType`], ggml's type ids, dispatching to the formats at run time
+
+pub mod float;
+pub mod format;
+pub mod fp;
+pub mod kquants;
+pub mod legacy;
+pub mod rows;
+
+pub use format::GgmlType;
+pub use rows::{dequantize, quantize, KernelError};
+
+/// One ggml block format.
+///
+/// The row functions are the unchecked core: they assume `src.len()` is a whole number of
+/// blocks, `dst` is exactly the row's byte size and `imatrix` (when given) has one weight per
+/// column. Call them through [`quantize`]/[`dequantize`] (or [`GgmlType`]) which check all that.
+pub trait BlockFormat: Send + Sync + 'static {
+    /// The ggml type this format writes.
+    const TYPE: GgmlType;
+    /// Weights per block.
+    const BLOCK_WEIGHTS: usize;
+    /// Bytes per block.
+    const BLOCK_BYTES: usize;
+
+    /// Quantizes one row. `imatrix`, when given, holds one importance weight per column and
+    /// selects ggml's `quantize_<type>` path instead of `quantize_row_<type>_ref`.
+    fn quantize_row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>);
+
+    /// Dequantizes one row (`src` holds whole blocks, `dst` their weights).
+    fn dequantize_row(src: &[u8], dst: &mut [f32]);
+
+    /// Checks a quantized row the way ggml's `ggml_validate_row_data` does (scales and values
+    /// must be finite). Returns the index of the first bad block.
+    fn first_invalid_block(_row: &[u8]) -> Option<usize> {
+        None
+    }
+
+    /// Bytes taken by a row of `n` weights (`n` a multiple of the block size).
+    fn row_bytes(n: usize) -> usize {
+        n / Self::BLOCK_WEIGHTS * Self::BLOCK_BYTES
+    }
+}

@@ -1,0 +1,173 @@
+//! The checked entry points: validate a call, then quantize or dequantize many rows in
+//! parallel with rayon. Rows are independent, so the bytes never depend on the thread count.
+
+use crate::BlockFormat;
+use rayon::prelude::*;
+use std::fmt;
+
+/// Why a kernel call was refused. Nothing is panicked on; every bad call is one of these.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KernelError {
+    /// The row length is zero or not a multiple of the format's block size.
+    RowLength { format: &'static str, n_per_row: usize, block: usize },
+    /// The input is not a whole number of rows.
+    Ragged { len: usize, n_per_row: usize },
+    /// The output buffer is smaller than the rows need.
+    OutputTooSmall { needed: usize, got: usize },
+    /// The importance matrix does not have one weight per column.
+    ImatrixLength { expected: usize, got: usize },
+    /// An input weight is NaN or infinite.
+    NonFinite { row: usize, column: usize, value: f32 },
+    /// An importance weight is NaN, infinite or negative.
+    BadImportance { column: usize, value: f32 },
+    /// The quantized row holds a non-finite scale or value (ggml's `ggml_validate_row_data`
+    /// would reject it): the weights are too large for the format's f16 scales.
+    Overflow { format: &'static str, row: usize, block: usize },
+}
+
+impl fmt::Display for KernelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KernelError::RowLength { format, n_per_row, block } => write!(
+                f,
+                "row length {n_per_row} is not a positive multiple of {format}'s block size {block}"
+            ),
+            KernelError::Ragged { len, n_per_row } => {
+                write!(f, "{len} weights are not a whole number of rows of {n_per_row}")
+            }
+            KernelError::OutputTooSmall { needed, got } => {
+                write!(f, "output buffer holds {got} bytes but {needed} are needed")
+            }
+            KernelError::ImatrixLength { expected, got } => write!(
+                f,
+                "importance matrix has {got} weights but the rows have {expected} columns"
+            ),
+            KernelError::NonFinite { row, column, value } => {
+                write!(f, "weight at row {row}, column {column} is {value}")
+            }
+            KernelError::BadImportance { column, value } => {
+                write!(f, "importance weight for column {column} is {value}")
+            }
+            KernelError::Overflow { format, row, block } => write!(
+                f,
+                "row {row}, block {block}: weights too large for {format} (its f16 scale overflows)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for KernelError {}
+
+/// Target input per parallel task: enough rows that scheduling costs nothing next to the work.
+const TASK_WEIGHTS: usize = 1 << 16;
+
+fn rows_per_task(n_per_row: usize) -> usize {
+    (TASK_WEIGHTS / n_per_row).max(1)
+}
+
+fn check_rows<F: BlockFormat>(len: usize, n_per_row: usize) -> Result<usize, KernelError> {
+    if n_per_row == 0 || n_per_row % F::BLOCK_WEIGHTS != 0 {
+        return Err(KernelError::RowLength {
+            format: F::TYPE.name(),
+            n_per_row,
+            block: F::BLOCK_WEIGHTS,
+        });
+    }
+    if len % n_per_row != 0 {
+        return Err(KernelError::Ragged { len, n_per_row });
+    }
+    Ok(len / n_per_row)
+}
+
+fn first_non_finite(rows: &[f32], n_per_row: usize, first_row: usize) -> Option<KernelError> {
+    // Branch-free per row (so it vectorizes), then locate the culprit only when there is one.
+    for (r, row) in rows.chunks_exact(n_per_row).enumerate() {
+        if !row.iter().fold(true, |ok, v| ok & v.is_finite()) {
+            let column = row.iter().position(|v| !v.is_finite()).unwrap_or(0);
+            return Some(KernelError::NonFinite { row: first_row + r, column, value: row[column] });
+        }
+    }
+    None
+}
+
+/// Quantizes `src`, rows of `n_per_row` weights, into `dst` as format `F`; returns the bytes
+/// written. With `imatrix` (one importance weight per column) it follows ggml's
+/// importance-weighted path. Output is byte-identical to ggml's `ggml_quantize_chunk` on the
+/// same input, and independent of the number of rayon threads.
+pub fn quantize<F: BlockFormat>(
+    src: &[f32],
+    n_per_row: usize,
+    imatrix: Option<&[f32]>,
+    dst: &mut [u8],
+) -> Result<usize, KernelError> {
+    let nrows = check_rows::<F>(src.len(), n_per_row)?;
+    let row_bytes = F::row_bytes(n_per_row);
+    let needed = nrows * row_bytes;
+    if dst.len() < needed {
+        return Err(KernelError::OutputTooSmall { needed, got: dst.len() });
+    }
+    if let Some(qw) = imatrix {
+        if qw.len() != n_per_row {
+            return Err(KernelError::ImatrixLength { expected: n_per_row, got: qw.len() });
+        }
+        if let Some(column) = qw.iter().position(|w| !w.is_finite() || *w < 0.0) {
+            return Err(KernelError::BadImportance { column, value: qw[column] });
+        }
+    }
+    let per_task = rows_per_task(n_per_row);
+    let failures: Vec<KernelError> = src
+        .par_chunks(per_task * n_per_row)
+        .zip(dst[..needed].par_chunks_mut(per_task * row_bytes))
+        .enumerate()
+        .filter_map(|(task, (x, y))| {
+            let first_row = task * per_task;
+            if let Some(e) = first_non_finite(x, n_per_row, first_row) {
+                return Some(e);
+            }
+            for (r, (xr, yr)) in x.chunks_exact(n_per_row).zip(y.chunks_exact_mut(row_bytes)).enumerate() {
+                F::quantize_row(xr, yr, imatrix);
+                if let Some(block) = F::first_invalid_block(yr) {
+                    return Some(KernelError::Overflow {
+                        format: F::TYPE.name(),
+                        row: first_row + r,
+                        block,
+                    });
+                }
+            }
+            None
+        })
+        .collect();
+    // Tasks come back in row order, so the error reported is always the first row's.
+    match failures.into_iter().next() {
+        Some(e) => Err(e),
+        None => Ok(needed),
+    }
+}
+
+/// Dequantizes `src`, rows of `n_per_row` weights stored as format `F`, into `dst`; returns
+/// the number of weights written. Bit-identical to ggml's `to_float`.
+pub fn dequantize<F: BlockFormat>(
+    src: &[u8],
+    n_per_row: usize,
+    dst: &mut [f32],
+) -> Result<usize, KernelError> {
+    check_rows::<F>(n_per_row, n_per_row)?;
+    let row_bytes = F::row_bytes(n_per_row);
+    if src.len() % row_bytes != 0 {
+        return Err(KernelError::Ragged { len: src.len(), n_per_row: row_bytes });
+    }
+    let nrows = src.len() / row_bytes;
+    let needed = nrows * n_per_row;
+    if dst.len() < needed {
+        return Err(KernelError::OutputTooSmall { needed: needed * 4, got: dst.len() * 4 });
+    }
+    let per_task = rows_per_task(n_per_row);
+    src.par_chunks(per_task * row_bytes)
+        .zip(dst[..needed].par_chunks_mut(per_task * n_per_row))
+        .for_each(|(x, y)| {
+            for (xr, yr) in x.chunks_exact(row_bytes).zip(y.chunks_exact_mut(n_per_row)) {
+                F::dequantize_row(xr, yr);
+            }
+        });
+    Ok(needed)
+}

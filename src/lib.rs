@@ -1,0 +1,9 @@
+//! kiln: Hugging Face checkpoints to GGUF at every precision, measured on llama.cpp.
+//!
+//! The kernels live in the `kiln-kernels` crate (re-exported as [`kernels`]); this crate holds
+//! what talks to llama.cpp and the command line.
+
+pub mod demo;
+pub mod ggml;
+
+pub use kiln_kernels as kernels;
