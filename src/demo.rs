@@ -2,46 +2,9 @@
 //! and show size, error, whether the bytes agree, and the time each took.
 
 use crate::ggml;
+use crate::synth::synthetic_weights;
 use kiln_kernels::GgmlType;
 use std::time::Instant;
-
-/// A deterministic matrix that looks like a transformer weight: Gaussian with a few outliers.
-pub fn synthetic_weights(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
-    let mut rng = SplitMix64(seed);
-    (0..rows * cols)
-        .map(|i| {
-            let g = rng.gaussian() * 0.02;
-            if i % 997 == 0 {
-                g * 12.0
-            } else {
-                g
-            }
-        })
-        .collect()
-}
-
-/// A small, fast, deterministic generator (SplitMix64) for test and demo data.
-pub struct SplitMix64(pub u64);
-
-impl SplitMix64 {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1).
-    pub fn uniform(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
-    }
-    /// Standard normal (Box-Muller).
-    pub fn gaussian(&mut self) -> f32 {
-        let u1 = ((self.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
-        let u2 = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-        ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-    }
-}
 
 /// One format's line in the demo table.
 pub struct DemoRow {

@@ -5,5 +5,6 @@
 
 pub mod demo;
 pub mod ggml;
+pub mod synth;
 
 pub use kiln_kernels as kernels;

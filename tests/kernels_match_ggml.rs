@@ -1,0 +1,233 @@
+//! Bit-exactness of kiln-kernels against ggml itself (`ggml_quantize_chunk` and `to_float`
+//! through the llama.cpp bindings), for every format, with and without importance weights, on
+//! many seeds and on the inputs that break quantizers.
+
+use kiln::ggml;
+use kiln::kernels::{GgmlType, KernelError};
+use kiln::synth::{importance, Case, SplitMix64};
+
+/// Row lengths to try for a format: several super-blocks for the K-quants, and lengths that are
+/// not multiples of 256 for the 32-weight formats.
+fn row_lengths(ty: GgmlType) -> Vec<usize> {
+    match ty.block_weights() {
+        256 => vec![256, 768, 4096],
+        32 => vec![32, 160, 640, 4096],
+        _ => vec![1, 7, 640, 4096],
+    }
+}
+
+fn kiln_quantize(ty: GgmlType, x: &[f32], cols: usize, qw: Option<&[f32]>) -> Vec<u8> {
+    let mut out = vec![0u8; x.len() / cols * ty.row_bytes(cols).unwrap()];
+    ty.quantize(x, cols, qw, &mut out)
+        .unwrap_or_else(|e| panic!("{ty}: kiln refused valid input: {e}"));
+    out
+}
+
+/// Number of blocks whose bytes differ.
+fn differing_blocks(ty: GgmlType, a: &[u8], b: &[u8]) -> usize {
+    assert_eq!(a.len(), b.len());
+    a.chunks(ty.block_bytes())
+        .zip(b.chunks(ty.block_bytes()))
+        .filter(|(x, y)| x != y)
+        .count()
+}
+
+/// Quantizes with both, expecting identical bytes; also checks the dequantized weights agree
+/// bit for bit. Returns a description of the mismatch, if any.
+fn compare(ty: GgmlType, x: &[f32], cols: usize, qw: Option<&[f32]>) -> Option<String> {
+    let theirs = ggml::quantize(ty, x, cols, qw);
+    if !ggml::validate_row_data(ty, &theirs) {
+        return Some("ggml's own output fails its validation (input unsuitable)".into());
+    }
+    let mine = kiln_quantize(ty, x, cols, qw);
+    let bad = differing_blocks(ty, &mine, &theirs);
+    if bad > 0 {
+        let blocks = mine.len() / ty.block_bytes();
+        return Some(format!("{bad} of {blocks} blocks differ"));
+    }
+    let mut back = vec![0f32; x.len()];
+    ty.dequantize(&mine, cols, &mut back).unwrap();
+    let reference = ggml::dequantize(ty, &theirs);
+    let diff = back
+        .iter()
+        .zip(&reference)
+        .filter(|(a, b)| a.to_bits() != b.to_bits())
+        .count();
+    (diff > 0).then(|| format!("{diff} dequantized weights differ"))
+}
+
+fn run_cases(with_imatrix: bool) {
+    let mut failures = Vec::new();
+    let mut compared = 0usize;
+    for ty in GgmlType::ALL {
+        for cols in row_lengths(ty) {
+            let rows = (32 * 1024 / cols).clamp(2, 64);
+            for case in Case::ALL {
+                let seeds: u64 = if case == Case::Weights { 6 } else { 2 };
+                for seed in 0..seeds {
+                    let x = case.generate(rows, cols, seed);
+                    let qw = with_imatrix.then(|| importance(cols, seed, seed % 2 == 1));
+                    compared += x.len();
+                    if let Some(why) = compare(ty, &x, cols, qw.as_deref()) {
+                        failures.push(format!("{ty} {case:?} cols={cols} seed={seed}: {why}"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} cases differ from ggml:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(compared > 1_000_000, "compared {compared} weights");
+}
+
+#[test]
+fn every_format_matches_ggml_without_imatrix() {
+    run_cases(false);
+}
+
+#[test]
+fn every_format_matches_ggml_with_imatrix() {
+    run_cases(true);
+}
+
+#[test]
+fn many_seeds_of_realistic_weights_match() {
+    for ty in GgmlType::ALL.into_iter().filter(|t| t.is_quantized()) {
+        for seed in 100..130u64 {
+            let x = Case::Weights.generate(8, 512, seed);
+            let qw = importance(512, seed, false);
+            for imatrix in [None, Some(qw.as_slice())] {
+                if let Some(why) = compare(ty, &x, 512, imatrix) {
+                    panic!("{ty} seed {seed} imatrix={}: {why}", imatrix.is_some());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn dequantize_matches_ggml_on_arbitrary_blocks() {
+    // Random bytes are valid blocks of every format (any scale, any level); keep the f16 scales
+    // finite so the comparison is about arithmetic, not NaN payloads.
+    let mut rng = SplitMix64(7);
+    for ty in GgmlType::ALL {
+        let n_blocks = 64;
+        let mut bytes: Vec<u8> = (0..n_blocks * ty.block_bytes())
+            .map(|_| rng.next_u64() as u8)
+            .collect();
+        if ty == GgmlType::F32 {
+            for c in bytes.chunks_exact_mut(4) {
+                c[3] &= 0x3f; // exponent below all-ones
+            }
+        } else {
+            for c in bytes.chunks_exact_mut(2) {
+                c[1] &= 0x3f; // every 16-bit field is a finite f16/bf16
+            }
+        }
+        let n = n_blocks * ty.block_weights();
+        let mut mine = vec![0f32; n];
+        ty.dequantize(&bytes, ty.block_weights(), &mut mine).unwrap();
+        let theirs = ggml::dequantize(ty, &bytes);
+        let diff = mine
+            .iter()
+            .zip(&theirs)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert_eq!(diff, 0, "{ty}: {diff} of {n} dequantized weights differ");
+    }
+}
+
+#[test]
+fn output_does_not_depend_on_thread_count() {
+    let x = Case::Weights.generate(300, 512, 9);
+    let qw = importance(512, 9, false);
+    for ty in GgmlType::ALL {
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| kiln_quantize(ty, &x, 512, Some(&qw)))
+        };
+        let one = run(1);
+        assert_eq!(one, run(3), "{ty}: 1 thread vs 3");
+        assert_eq!(one, run(8), "{ty}: 1 thread vs 8");
+    }
+}
+
+#[test]
+fn bad_calls_are_errors_not_panics() {
+    let x = vec![0.5f32; 512];
+    let mut out = vec![0u8; 4096];
+    // Row length not a multiple of the block size.
+    assert!(matches!(
+        GgmlType::Q4_K.quantize(&x, 128, None, &mut out),
+        Err(KernelError::RowLength { .. })
+    ));
+    assert!(matches!(
+        GgmlType::Q8_0.quantize(&x, 0, None, &mut out),
+        Err(KernelError::RowLength { .. })
+    ));
+    // Input not whole rows.
+    assert!(matches!(
+        GgmlType::Q8_0.quantize(&x[..500], 64, None, &mut out),
+        Err(KernelError::RowLength { .. }) | Err(KernelError::Ragged { .. })
+    ));
+    // Output too small.
+    assert!(matches!(
+        GgmlType::Q6_K.quantize(&x, 256, None, &mut out[..100]),
+        Err(KernelError::OutputTooSmall { needed: 420, got: 100 })
+    ));
+    // Importance matrix of the wrong length, or with a negative weight.
+    assert!(matches!(
+        GgmlType::Q4_K.quantize(&x, 256, Some(&[1.0; 100]), &mut out),
+        Err(KernelError::ImatrixLength { expected: 256, got: 100 })
+    ));
+    let mut qw = vec![1.0f32; 256];
+    qw[5] = -1.0;
+    assert!(matches!(
+        GgmlType::Q4_K.quantize(&x, 256, Some(&qw), &mut out),
+        Err(KernelError::BadImportance { column: 5, .. })
+    ));
+    // Dequantize with a ragged input.
+    let mut f = vec![0f32; 512];
+    assert!(GgmlType::Q4_0.dequantize(&out[..19], 32, &mut f).is_err());
+}
+
+#[test]
+fn non_finite_input_names_row_and_column() {
+    for ty in GgmlType::ALL {
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut x = Case::Weights.generate(4, 256, 1);
+            x[2 * 256 + 77] = bad;
+            let mut out = vec![0u8; 4 * ty.row_bytes(256).unwrap()];
+            match ty.quantize(&x, 256, None, &mut out) {
+                Err(KernelError::NonFinite { row: 2, column: 77, .. }) => {}
+                other => panic!("{ty} with {bad}: {other:?}"),
+            }
+        }
+    }
+}
+
+/// Weights too large for a format's f16 scales: ggml writes a block that its own validation
+/// (and so llama.cpp) rejects; kiln refuses with an error instead of writing it.
+#[test]
+fn overflowing_scales_are_refused_exactly_where_ggml_output_is_invalid() {
+    for ty in GgmlType::ALL {
+        for magnitude in [1.0e3f32, 1.0e5, 1.0e7, 1.0e9, 1.0e20, 3.0e38] {
+            let x: Vec<f32> = Case::Weights
+                .generate(2, 256, 3)
+                .iter()
+                .map(|v| v * magnitude)
+                .collect();
+            let ggml_ok = ggml::validate_row_data(ty, &ggml::quantize(ty, &x, 256, None));
+            let mut out = vec![0u8; 2 * ty.row_bytes(256).unwrap()];
+            let kiln = ty.quantize(&x, 256, None, &mut out);
+            match (&kiln, ggml_ok) {
+                (Ok(_), true) | (Err(KernelError::Overflow { .. }), false) => {}
+                _ => panic!("{ty} at {magnitude:e}: kiln {kiln:?}, ggml output valid: {ggml_ok}"),
+            }
+        }
+    }
+}
