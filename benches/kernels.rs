@@ -1,1 +1,54 @@
-fn main() {}
+//! Quantize throughput per format, in MB of f32 input per second: ggml's own function
+//! (`ggml_quantize_chunk`, one thread), kiln on one thread, and kiln on all rayon threads, on
+//! the same input, side by side. `benches/table.py` turns the results into the README's table.
+//!
+//!     cargo bench --bench kernels            # every format, with and without imatrix
+//!     cargo bench --bench kernels -- q4_K    # one format
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use kiln::ggml;
+use kiln::kernels::GgmlType;
+use kiln::synth::{importance, Case};
+use std::hint::black_box;
+use std::time::Duration;
+
+const ROWS: usize = 64;
+const COLS: usize = 4096;
+
+fn quantize_throughput(c: &mut Criterion) {
+    let x = Case::Weights.generate(ROWS, COLS, 1);
+    let qw = importance(COLS, 1, false);
+    let single = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    for imatrix in [false, true] {
+        let mode = if imatrix { "imatrix" } else { "ref" };
+        let qw = imatrix.then_some(qw.as_slice());
+        for ty in GgmlType::ALL {
+            if imatrix && !ty.uses_imatrix() {
+                continue;
+            }
+            let mut group = c.benchmark_group(format!("quantize-{mode}/{ty}"));
+            group
+                .throughput(Throughput::Bytes((x.len() * 4) as u64))
+                .sample_size(10)
+                .warm_up_time(Duration::from_millis(300))
+                .measurement_time(Duration::from_secs(2));
+            let mut out = vec![0u8; ROWS * ty.row_bytes(COLS).unwrap()];
+            group.bench_function(BenchmarkId::from_parameter("ggml-1-thread"), |b| {
+                b.iter(|| black_box(ggml::quantize(ty, black_box(&x), COLS, qw)))
+            });
+            group.bench_function(BenchmarkId::from_parameter("kiln-1-thread"), |b| {
+                b.iter(|| single.install(|| ty.quantize(black_box(&x), COLS, qw, &mut out)))
+            });
+            group.bench_function(BenchmarkId::from_parameter("kiln-all-threads"), |b| {
+                b.iter(|| ty.quantize(black_box(&x), COLS, qw, &mut out))
+            });
+            group.finish();
+        }
+    }
+}
+
+criterion_group!(benches, quantize_throughput);
+criterion_main!(benches);

@@ -34,7 +34,11 @@ pub fn run(rows: usize, cols: usize) -> anyhow::Result<Vec<DemoRow>> {
         let ggml_ms = t.elapsed().as_secs_f64() * 1e3;
         let mut back = vec![0f32; x.len()];
         ty.dequantize(&mine, cols, &mut back)?;
-        let se: f64 = x.iter().zip(&back).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+        let se: f64 = x
+            .iter()
+            .zip(&back)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum();
         out.push(DemoRow {
             ty,
             bytes: mine.len(),

@@ -11,7 +11,9 @@ use llama_cpp_sys_2 as sys;
 /// Panics if `n_per_row` is not a multiple of the block size or `src` is not whole rows (ggml
 /// would abort); callers are tests and benchmarks that control their input.
 pub fn quantize(ty: GgmlType, src: &[f32], n_per_row: usize, imatrix: Option<&[f32]>) -> Vec<u8> {
-    let row_bytes = ty.row_bytes(n_per_row).expect("row length is a whole number of blocks");
+    let row_bytes = ty
+        .row_bytes(n_per_row)
+        .expect("row length is a whole number of blocks");
     assert!(src.len() % n_per_row == 0, "input is whole rows");
     if let Some(qw) = imatrix {
         assert_eq!(qw.len(), n_per_row, "one importance weight per column");
@@ -46,7 +48,9 @@ pub fn dequantize(ty: GgmlType, src: &[u8]) -> Vec<f32> {
     }
     unsafe {
         let traits = sys::ggml_get_type_traits(ty as sys::ggml_type);
-        let to_float = (*traits).to_float.expect("ggml has a to_float for this type");
+        let to_float = (*traits)
+            .to_float
+            .expect("ggml has a to_float for this type");
         to_float(src.as_ptr().cast(), dst.as_mut_ptr(), n as i64);
     }
     dst

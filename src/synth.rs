@@ -39,7 +39,6 @@ impl SplitMix64 {
     }
 }
 
-
 /// The inputs that stress a quantizer, each a function of (rows, cols, seed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Case {

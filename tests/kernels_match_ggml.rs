@@ -130,7 +130,8 @@ fn dequantize_matches_ggml_on_arbitrary_blocks() {
         }
         let n = n_blocks * ty.block_weights();
         let mut mine = vec![0f32; n];
-        ty.dequantize(&bytes, ty.block_weights(), &mut mine).unwrap();
+        ty.dequantize(&bytes, ty.block_weights(), &mut mine)
+            .unwrap();
         let theirs = ggml::dequantize(ty, &bytes);
         let diff = mine
             .iter()
@@ -147,7 +148,10 @@ fn output_does_not_depend_on_thread_count() {
     let qw = importance(512, 9, false);
     for ty in GgmlType::ALL {
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
             pool.install(|| kiln_quantize(ty, &x, 512, Some(&qw)))
         };
         let one = run(1);
@@ -177,12 +181,18 @@ fn bad_calls_are_errors_not_panics() {
     // Output too small.
     assert!(matches!(
         GgmlType::Q6_K.quantize(&x, 256, None, &mut out[..100]),
-        Err(KernelError::OutputTooSmall { needed: 420, got: 100 })
+        Err(KernelError::OutputTooSmall {
+            needed: 420,
+            got: 100
+        })
     ));
     // Importance matrix of the wrong length, or with a negative weight.
     assert!(matches!(
         GgmlType::Q4_K.quantize(&x, 256, Some(&[1.0; 100]), &mut out),
-        Err(KernelError::ImatrixLength { expected: 256, got: 100 })
+        Err(KernelError::ImatrixLength {
+            expected: 256,
+            got: 100
+        })
     ));
     let mut qw = vec![1.0f32; 256];
     qw[5] = -1.0;
@@ -203,7 +213,9 @@ fn non_finite_input_names_row_and_column() {
             x[2 * 256 + 77] = bad;
             let mut out = vec![0u8; 4 * ty.row_bytes(256).unwrap()];
             match ty.quantize(&x, 256, None, &mut out) {
-                Err(KernelError::NonFinite { row: 2, column: 77, .. }) => {}
+                Err(KernelError::NonFinite {
+                    row: 2, column: 77, ..
+                }) => {}
                 other => panic!("{ty} with {bad}: {other:?}"),
             }
         }

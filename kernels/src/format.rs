@@ -31,19 +31,58 @@ pub enum GgmlType {
 macro_rules! dispatch {
     ($ty:expr, $F:ident => $body:expr) => {
         match $ty {
-            GgmlType::F32 => { type $F = F32; $body }
-            GgmlType::F16 => { type $F = F16; $body }
-            GgmlType::BF16 => { type $F = BF16; $body }
-            GgmlType::Q8_0 => { type $F = Q8_0; $body }
-            GgmlType::Q4_0 => { type $F = Q4_0; $body }
-            GgmlType::Q4_1 => { type $F = Q4_1; $body }
-            GgmlType::Q5_0 => { type $F = Q5_0; $body }
-            GgmlType::Q5_1 => { type $F = Q5_1; $body }
-            GgmlType::Q2_K => { type $F = Q2K; $body }
-            GgmlType::Q3_K => { type $F = Q3K; $body }
-            GgmlType::Q4_K => { type $F = Q4K; $body }
-            GgmlType::Q5_K => { type $F = Q5K; $body }
-            GgmlType::Q6_K => { type $F = Q6K; $body }
+            GgmlType::F32 => {
+                type $F = F32;
+                $body
+            }
+            GgmlType::F16 => {
+                type $F = F16;
+                $body
+            }
+            GgmlType::BF16 => {
+                type $F = BF16;
+                $body
+            }
+            GgmlType::Q8_0 => {
+                type $F = Q8_0;
+                $body
+            }
+            GgmlType::Q4_0 => {
+                type $F = Q4_0;
+                $body
+            }
+            GgmlType::Q4_1 => {
+                type $F = Q4_1;
+                $body
+            }
+            GgmlType::Q5_0 => {
+                type $F = Q5_0;
+                $body
+            }
+            GgmlType::Q5_1 => {
+                type $F = Q5_1;
+                $body
+            }
+            GgmlType::Q2_K => {
+                type $F = Q2K;
+                $body
+            }
+            GgmlType::Q3_K => {
+                type $F = Q3K;
+                $body
+            }
+            GgmlType::Q4_K => {
+                type $F = Q4K;
+                $body
+            }
+            GgmlType::Q5_K => {
+                type $F = Q5K;
+                $body
+            }
+            GgmlType::Q6_K => {
+                type $F = Q6K;
+                $body
+            }
         }
     };
 }
@@ -180,7 +219,11 @@ mod tests {
             (GgmlType::F32, 4, 1),
         ];
         for (t, bytes, weights) in expect {
-            assert_eq!((t.block_bytes(), t.block_weights()), (bytes, weights), "{t}");
+            assert_eq!(
+                (t.block_bytes(), t.block_weights()),
+                (bytes, weights),
+                "{t}"
+            );
         }
     }
 

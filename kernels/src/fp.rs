@@ -24,7 +24,12 @@ pub fn f32_to_f16(f: f32) -> u16 {
     let exp_bits = (bits >> 13) & 0x0000_7C00;
     let mantissa_bits = bits & 0x0000_0FFF;
     let nonsign = exp_bits + mantissa_bits;
-    ((sign >> 16) | if shl1_w > 0xFF00_0000 { 0x7E00 } else { nonsign }) as u16
+    ((sign >> 16)
+        | if shl1_w > 0xFF00_0000 {
+            0x7E00
+        } else {
+            nonsign
+        }) as u16
 }
 
 /// IEEE half to f32 (exact; every half is an f32).
@@ -117,7 +122,11 @@ mod tests {
         let mut x = 1.0e-8f32;
         while x < 70000.0 {
             for v in [x, -x, x * 1.000_03, x * 0.999_97] {
-                assert_eq!(f32_to_f16(v), half::f16::from_f32(v).to_bits(), "value {v:e}");
+                assert_eq!(
+                    f32_to_f16(v),
+                    half::f16::from_f32(v).to_bits(),
+                    "value {v:e}"
+                );
             }
             x *= 1.0137;
         }
@@ -129,7 +138,11 @@ mod tests {
     fn bf16_matches_half_crate_for_finite_values() {
         let mut x = 1.0e-30f32;
         while x < 1.0e30 {
-            assert_eq!(f32_to_bf16(x), half::bf16::from_f32(x).to_bits(), "value {x:e}");
+            assert_eq!(
+                f32_to_bf16(x),
+                half::bf16::from_f32(x).to_bits(),
+                "value {x:e}"
+            );
             x *= 1.31;
         }
     }

@@ -43,6 +43,17 @@ fn cvtt(v: f32) -> i32 {
     }
 }
 
+/// Converts like [`cvtt`]; `FINITE` says the caller knows the value is in range (the
+/// reciprocal scale was finite), where a plain `as` is the same and vectorizes.
+#[inline(always)]
+fn to_int<const FINITE: bool>(v: f32) -> i32 {
+    if FINITE {
+        v as i32
+    } else {
+        cvtt(v)
+    }
+}
+
 /// Largest magnitude in the block and the value that has it (first one wins on ties).
 #[inline]
 fn signed_absmax(x: &[f32]) -> f32 {
@@ -90,6 +101,70 @@ fn importance(qw: &[f32], x: &[f32], sigma2: f32) -> [f32; QK] {
     w
 }
 
+/// `roundf` (halves away from zero) for |v| < 2^23, in integer and compare operations that
+/// vectorize (without SSE4.1, `f32::round` is a library call).
+#[inline(always)]
+fn round_half_away(v: f32) -> i32 {
+    let t = v as i32; // truncation toward zero
+    let frac = v - t as f32; // exact for |v| < 2^23
+    if frac >= 0.5 {
+        t + 1
+    } else if frac <= -0.5 {
+        t - 1
+    } else {
+        t
+    }
+}
+
+#[inline(always)]
+fn pack_q4_0<const FINITE: bool>(x: &[f32], id: f32, qs: &mut [u8]) {
+    let (x, qs) = (&x[..QK], &mut qs[..QK / 2]);
+    for j in 0..QK / 2 {
+        let xi0 = (to_int::<FINITE>(x[j] * id + 8.5) as i8).min(15) as u8;
+        let xi1 = (to_int::<FINITE>(x[j + QK / 2] * id + 8.5) as i8).min(15) as u8;
+        qs[j] = xi0 | (xi1 << 4);
+    }
+}
+
+#[inline(always)]
+fn pack_q4_1<const FINITE: bool>(x: &[f32], min: f32, id: f32, qs: &mut [u8]) {
+    let (x, qs) = (&x[..QK], &mut qs[..QK / 2]);
+    for j in 0..QK / 2 {
+        let xi0 = (to_int::<FINITE>((x[j] - min) * id + 0.5) as i8).min(15) as u8;
+        let xi1 = (to_int::<FINITE>((x[j + QK / 2] - min) * id + 0.5) as i8).min(15) as u8;
+        qs[j] = xi0 | (xi1 << 4);
+    }
+}
+
+#[inline(always)]
+fn levels_q5_0<const FINITE: bool>(x: &[f32], id: f32, l: &mut [u8; QK]) {
+    let x = &x[..QK];
+    for j in 0..QK {
+        l[j] = (to_int::<FINITE>(x[j] * id + 16.5) as i8).min(31) as u8;
+    }
+}
+
+#[inline(always)]
+fn levels_q5_1<const FINITE: bool>(x: &[f32], min: f32, id: f32, l: &mut [u8; QK]) {
+    let x = &x[..QK];
+    for j in 0..QK {
+        l[j] = to_int::<FINITE>((x[j] - min) * id + 0.5) as u8;
+    }
+}
+
+#[inline(always)]
+fn levels_q8_0<const FINITE: bool>(x: &[f32], id: f32, qs: &mut [u8]) {
+    let (x, qs) = (&x[..QK], &mut qs[..QK]);
+    for j in 0..QK {
+        let v = x[j] * id;
+        qs[j] = if FINITE {
+            round_half_away(v)
+        } else {
+            cvtt(v.round())
+        } as u8;
+    }
+}
+
 /// Packs 5-bit levels (low nibbles into 16 bytes, fifth bits into a u32) as Q5_0/Q5_1 store them.
 #[inline]
 fn pack_q5(levels: impl Fn(usize) -> u8, qh_out: &mut [u8], qs_out: &mut [u8]) {
@@ -122,17 +197,19 @@ impl BlockFormat for Q4_0 {
     const BLOCK_BYTES: usize = 18;
 
     fn quantize_row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
-        let blocks = src.chunks_exact(QK).zip(dst.chunks_exact_mut(Self::BLOCK_BYTES));
+        let blocks = src
+            .chunks_exact(QK)
+            .zip(dst.chunks_exact_mut(Self::BLOCK_BYTES));
         match imatrix {
             None => {
                 for (x, y) in blocks {
                     let d = signed_absmax(x) / -8.0;
                     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
                     put_u16(y, 0, f32_to_f16(d));
-                    for j in 0..QK / 2 {
-                        let xi0 = (cvtt(x[j] * id + 8.5) as i8).min(15) as u8;
-                        let xi1 = (cvtt(x[j + QK / 2] * id + 8.5) as i8).min(15) as u8;
-                        y[2 + j] = xi0 | (xi1 << 4);
+                    if id.is_finite() {
+                        pack_q4_0::<true>(x, id, &mut y[2..18]);
+                    } else {
+                        pack_q4_0::<false>(x, id, &mut y[2..18]);
                     }
                 }
             }
@@ -152,7 +229,10 @@ impl BlockFormat for Q4_0 {
     }
 
     fn dequantize_row(src: &[u8], dst: &mut [f32]) {
-        for (b, y) in src.chunks_exact(Self::BLOCK_BYTES).zip(dst.chunks_exact_mut(QK)) {
+        for (b, y) in src
+            .chunks_exact(Self::BLOCK_BYTES)
+            .zip(dst.chunks_exact_mut(QK))
+        {
             let d = get_f16(b, 0);
             for j in 0..QK / 2 {
                 let q = b[2 + j];
@@ -173,7 +253,9 @@ impl BlockFormat for Q4_1 {
     const BLOCK_BYTES: usize = 20;
 
     fn quantize_row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
-        let blocks = src.chunks_exact(QK).zip(dst.chunks_exact_mut(Self::BLOCK_BYTES));
+        let blocks = src
+            .chunks_exact(QK)
+            .zip(dst.chunks_exact_mut(Self::BLOCK_BYTES));
         match imatrix {
             None => {
                 for (x, y) in blocks {
@@ -182,10 +264,10 @@ impl BlockFormat for Q4_1 {
                     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
                     put_u16(y, 0, f32_to_f16(d));
                     put_u16(y, 2, f32_to_f16(min));
-                    for j in 0..QK / 2 {
-                        let xi0 = (cvtt((x[j] - min) * id + 0.5) as i8).min(15) as u8;
-                        let xi1 = (cvtt((x[j + QK / 2] - min) * id + 0.5) as i8).min(15) as u8;
-                        y[4 + j] = xi0 | (xi1 << 4);
+                    if id.is_finite() {
+                        pack_q4_1::<true>(x, min, id, &mut y[4..20]);
+                    } else {
+                        pack_q4_1::<false>(x, min, id, &mut y[4..20]);
                     }
                 }
             }
@@ -207,7 +289,10 @@ impl BlockFormat for Q4_1 {
     }
 
     fn dequantize_row(src: &[u8], dst: &mut [f32]) {
-        for (b, y) in src.chunks_exact(Self::BLOCK_BYTES).zip(dst.chunks_exact_mut(QK)) {
+        for (b, y) in src
+            .chunks_exact(Self::BLOCK_BYTES)
+            .zip(dst.chunks_exact_mut(QK))
+        {
             let d = get_f16(b, 0);
             let m = get_f16(b, 2);
             for j in 0..QK / 2 {
@@ -229,7 +314,9 @@ impl BlockFormat for Q5_0 {
     const BLOCK_BYTES: usize = 22;
 
     fn quantize_row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
-        let blocks = src.chunks_exact(QK).zip(dst.chunks_exact_mut(Self::BLOCK_BYTES));
+        let blocks = src
+            .chunks_exact(QK)
+            .zip(dst.chunks_exact_mut(Self::BLOCK_BYTES));
         match imatrix {
             None => {
                 for (x, y) in blocks {
@@ -237,11 +324,13 @@ impl BlockFormat for Q5_0 {
                     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
                     put_u16(y, 0, f32_to_f16(d));
                     let (qh, qs) = y[2..].split_at_mut(4);
-                    pack_q5(
-                        |j| (cvtt(x[j] * id + 16.5) as i8).min(31) as u8,
-                        qh,
-                        qs,
-                    );
+                    let mut l = [0u8; QK];
+                    if id.is_finite() {
+                        levels_q5_0::<true>(x, id, &mut l);
+                    } else {
+                        levels_q5_0::<false>(x, id, &mut l);
+                    }
+                    pack_q5(|j| l[j], qh, qs);
                 }
             }
             Some(qw) => {
@@ -259,7 +348,10 @@ impl BlockFormat for Q5_0 {
     }
 
     fn dequantize_row(src: &[u8], dst: &mut [f32]) {
-        for (b, y) in src.chunks_exact(Self::BLOCK_BYTES).zip(dst.chunks_exact_mut(QK)) {
+        for (b, y) in src
+            .chunks_exact(Self::BLOCK_BYTES)
+            .zip(dst.chunks_exact_mut(QK))
+        {
             let d = get_f16(b, 0);
             let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
             for j in 0..QK / 2 {
@@ -281,7 +373,9 @@ impl BlockFormat for Q5_1 {
     const BLOCK_BYTES: usize = 24;
 
     fn quantize_row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
-        let blocks = src.chunks_exact(QK).zip(dst.chunks_exact_mut(Self::BLOCK_BYTES));
+        let blocks = src
+            .chunks_exact(QK)
+            .zip(dst.chunks_exact_mut(Self::BLOCK_BYTES));
         match imatrix {
             None => {
                 for (x, y) in blocks {
@@ -291,7 +385,13 @@ impl BlockFormat for Q5_1 {
                     put_u16(y, 0, f32_to_f16(d));
                     put_u16(y, 2, f32_to_f16(min));
                     let (qh, qs) = y[4..].split_at_mut(4);
-                    pack_q5(|j| cvtt((x[j] - min) * id + 0.5) as u8, qh, qs);
+                    let mut l = [0u8; QK];
+                    if id.is_finite() {
+                        levels_q5_1::<true>(x, min, id, &mut l);
+                    } else {
+                        levels_q5_1::<false>(x, min, id, &mut l);
+                    }
+                    pack_q5(|j| l[j], qh, qs);
                 }
             }
             Some(qw) => {
@@ -311,7 +411,10 @@ impl BlockFormat for Q5_1 {
     }
 
     fn dequantize_row(src: &[u8], dst: &mut [f32]) {
-        for (b, y) in src.chunks_exact(Self::BLOCK_BYTES).zip(dst.chunks_exact_mut(QK)) {
+        for (b, y) in src
+            .chunks_exact(Self::BLOCK_BYTES)
+            .zip(dst.chunks_exact_mut(QK))
+        {
             let d = get_f16(b, 0);
             let m = get_f16(b, 2);
             let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
@@ -335,7 +438,10 @@ impl BlockFormat for Q8_0 {
 
     /// ggml ignores importance weights for Q8_0; so does kiln.
     fn quantize_row(src: &[f32], dst: &mut [u8], _imatrix: Option<&[f32]>) {
-        for (x, y) in src.chunks_exact(QK).zip(dst.chunks_exact_mut(Self::BLOCK_BYTES)) {
+        for (x, y) in src
+            .chunks_exact(QK)
+            .zip(dst.chunks_exact_mut(Self::BLOCK_BYTES))
+        {
             let mut amax = 0.0f32;
             for &v in x {
                 let a = v.abs();
@@ -344,14 +450,19 @@ impl BlockFormat for Q8_0 {
             let d = amax / 127.0;
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
             put_u16(y, 0, f32_to_f16(d));
-            for j in 0..QK {
-                y[2 + j] = cvtt((x[j] * id).round()) as u8;
+            if id.is_finite() {
+                levels_q8_0::<true>(x, id, &mut y[2..34]);
+            } else {
+                levels_q8_0::<false>(x, id, &mut y[2..34]);
             }
         }
     }
 
     fn dequantize_row(src: &[u8], dst: &mut [f32]) {
-        for (b, y) in src.chunks_exact(Self::BLOCK_BYTES).zip(dst.chunks_exact_mut(QK)) {
+        for (b, y) in src
+            .chunks_exact(Self::BLOCK_BYTES)
+            .zip(dst.chunks_exact_mut(QK))
+        {
             let d = get_f16(b, 0);
             for j in 0..QK {
                 y[j] = (b[2 + j] as i8) as f32 * d;

@@ -9,7 +9,11 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq)]
 pub enum KernelError {
     /// The row length is zero or not a multiple of the format's block size.
-    RowLength { format: &'static str, n_per_row: usize, block: usize },
+    RowLength {
+        format: &'static str,
+        n_per_row: usize,
+        block: usize,
+    },
     /// The input is not a whole number of rows.
     Ragged { len: usize, n_per_row: usize },
     /// The output buffer is smaller than the rows need.
@@ -17,23 +21,38 @@ pub enum KernelError {
     /// The importance matrix does not have one weight per column.
     ImatrixLength { expected: usize, got: usize },
     /// An input weight is NaN or infinite.
-    NonFinite { row: usize, column: usize, value: f32 },
+    NonFinite {
+        row: usize,
+        column: usize,
+        value: f32,
+    },
     /// An importance weight is NaN, infinite or negative.
     BadImportance { column: usize, value: f32 },
     /// The quantized row holds a non-finite scale or value (ggml's `ggml_validate_row_data`
     /// would reject it): the weights are too large for the format's f16 scales.
-    Overflow { format: &'static str, row: usize, block: usize },
+    Overflow {
+        format: &'static str,
+        row: usize,
+        block: usize,
+    },
 }
 
 impl fmt::Display for KernelError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            KernelError::RowLength { format, n_per_row, block } => write!(
+            KernelError::RowLength {
+                format,
+                n_per_row,
+                block,
+            } => write!(
                 f,
                 "row length {n_per_row} is not a positive multiple of {format}'s block size {block}"
             ),
             KernelError::Ragged { len, n_per_row } => {
-                write!(f, "{len} weights are not a whole number of rows of {n_per_row}")
+                write!(
+                    f,
+                    "{len} weights are not a whole number of rows of {n_per_row}"
+                )
             }
             KernelError::OutputTooSmall { needed, got } => {
                 write!(f, "output buffer holds {got} bytes but {needed} are needed")
@@ -84,7 +103,11 @@ fn first_non_finite(rows: &[f32], n_per_row: usize, first_row: usize) -> Option<
     for (r, row) in rows.chunks_exact(n_per_row).enumerate() {
         if !row.iter().fold(true, |ok, v| ok & v.is_finite()) {
             let column = row.iter().position(|v| !v.is_finite()).unwrap_or(0);
-            return Some(KernelError::NonFinite { row: first_row + r, column, value: row[column] });
+            return Some(KernelError::NonFinite {
+                row: first_row + r,
+                column,
+                value: row[column],
+            });
         }
     }
     None
@@ -104,14 +127,23 @@ pub fn quantize<F: BlockFormat>(
     let row_bytes = F::row_bytes(n_per_row);
     let needed = nrows * row_bytes;
     if dst.len() < needed {
-        return Err(KernelError::OutputTooSmall { needed, got: dst.len() });
+        return Err(KernelError::OutputTooSmall {
+            needed,
+            got: dst.len(),
+        });
     }
     if let Some(qw) = imatrix {
         if qw.len() != n_per_row {
-            return Err(KernelError::ImatrixLength { expected: n_per_row, got: qw.len() });
+            return Err(KernelError::ImatrixLength {
+                expected: n_per_row,
+                got: qw.len(),
+            });
         }
         if let Some(column) = qw.iter().position(|w| !w.is_finite() || *w < 0.0) {
-            return Err(KernelError::BadImportance { column, value: qw[column] });
+            return Err(KernelError::BadImportance {
+                column,
+                value: qw[column],
+            });
         }
     }
     let per_task = rows_per_task(n_per_row);
@@ -124,7 +156,11 @@ pub fn quantize<F: BlockFormat>(
             if let Some(e) = first_non_finite(x, n_per_row, first_row) {
                 return Some(e);
             }
-            for (r, (xr, yr)) in x.chunks_exact(n_per_row).zip(y.chunks_exact_mut(row_bytes)).enumerate() {
+            for (r, (xr, yr)) in x
+                .chunks_exact(n_per_row)
+                .zip(y.chunks_exact_mut(row_bytes))
+                .enumerate()
+            {
                 F::quantize_row(xr, yr, imatrix);
                 if let Some(block) = F::first_invalid_block(yr) {
                     return Some(KernelError::Overflow {
@@ -154,12 +190,18 @@ pub fn dequantize<F: BlockFormat>(
     check_rows::<F>(n_per_row, n_per_row)?;
     let row_bytes = F::row_bytes(n_per_row);
     if src.len() % row_bytes != 0 {
-        return Err(KernelError::Ragged { len: src.len(), n_per_row: row_bytes });
+        return Err(KernelError::Ragged {
+            len: src.len(),
+            n_per_row: row_bytes,
+        });
     }
     let nrows = src.len() / row_bytes;
     let needed = nrows * n_per_row;
     if dst.len() < needed {
-        return Err(KernelError::OutputTooSmall { needed: needed * 4, got: dst.len() * 4 });
+        return Err(KernelError::OutputTooSmall {
+            needed: needed * 4,
+            got: dst.len() * 4,
+        });
     }
     let per_task = rows_per_task(n_per_row);
     src.par_chunks(per_task * row_bytes)

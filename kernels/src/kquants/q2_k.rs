@@ -13,8 +13,18 @@ const QS: usize = 16;
 const D: usize = 80;
 const DMIN: usize = 82;
 
-const REF_SEARCH: MinSearch = MinSearch { rmin: -0.5, rdelta: 0.1, nstep: 15, use_mad: true };
-const IMATRIX_SEARCH: MinSearch = MinSearch { rmin: -0.9, rdelta: 0.05, nstep: 36, use_mad: false };
+const REF_SEARCH: MinSearch = MinSearch {
+    rmin: -0.5,
+    rdelta: 0.1,
+    nstep: 15,
+    use_mad: true,
+};
+const IMATRIX_SEARCH: MinSearch = MinSearch {
+    rmin: -0.9,
+    rdelta: 0.05,
+    nstep: 36,
+    use_mad: false,
+};
 
 /// Re-derives the levels from the stored (rounded) scales, as ggml does after packing them.
 fn requantize(x: &[f32], y: &[u8], dm: f32, mm: f32, l: &mut [u8; QK_K]) {
@@ -90,8 +100,14 @@ fn quantize_block_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
         for w in weight {
             sw[j] += w;
         }
-        scales[j] =
-            make_qkx3_quants(3, xs, &weight, &mut l[16 * j..], &mut mins[j], IMATRIX_SEARCH);
+        scales[j] = make_qkx3_quants(
+            3,
+            xs,
+            &weight,
+            &mut l[16 * j..],
+            &mut mins[j],
+            IMATRIX_SEARCH,
+        );
     }
     let mut ls = [0u8; 16];
     let mut lm = [0u8; 16];
@@ -126,7 +142,10 @@ impl BlockFormat for Q2K {
     }
 
     fn dequantize_row(src: &[u8], dst: &mut [f32]) {
-        for (b, y) in src.chunks_exact(Self::BLOCK_BYTES).zip(dst.chunks_exact_mut(QK_K)) {
+        for (b, y) in src
+            .chunks_exact(Self::BLOCK_BYTES)
+            .zip(dst.chunks_exact_mut(QK_K))
+        {
             let d = f16_to_f32(u16::from_le_bytes([b[D], b[D + 1]]));
             let min = f16_to_f32(u16::from_le_bytes([b[DMIN], b[DMIN + 1]]));
             let mut out = 0;

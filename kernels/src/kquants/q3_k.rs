@@ -141,7 +141,10 @@ impl BlockFormat for Q3K {
     }
 
     fn dequantize_row(src: &[u8], dst: &mut [f32]) {
-        for (b, y) in src.chunks_exact(Self::BLOCK_BYTES).zip(dst.chunks_exact_mut(QK_K)) {
+        for (b, y) in src
+            .chunks_exact(Self::BLOCK_BYTES)
+            .zip(dst.chunks_exact_mut(QK_K))
+        {
             let d_all = get_f16(b, D);
             let hm = &b[HMASK..HMASK + 32];
             let mut m = 1u8;

@@ -18,8 +18,12 @@ const DMIN: usize = 2;
 const SCALES: usize = 4;
 const QS: usize = 16;
 
-pub(crate) const IMATRIX_SEARCH: MinSearch =
-    MinSearch { rmin: -0.9, rdelta: 0.05, nstep: 36, use_mad: false };
+pub(crate) const IMATRIX_SEARCH: MinSearch = MinSearch {
+    rmin: -0.9,
+    rdelta: 0.05,
+    nstep: 36,
+    use_mad: false,
+};
 
 /// The sub-block weights of the reference path: `sqrt(mean square) + |x|`.
 #[inline]
@@ -61,7 +65,11 @@ pub(crate) fn ref_scales(
             max_min = mins[j];
         }
     }
-    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let mut ls = [0u8; 8];
     let mut lm = [0u8; 8];
@@ -101,8 +109,7 @@ pub(crate) fn imatrix_scales(
             sumw += v;
         }
         sw[j] = sumw;
-        scales[j] =
-            make_qkx3_quants(nmax, xs, &w, &mut l[32 * j..], &mut mins[j], IMATRIX_SEARCH);
+        scales[j] = make_qkx3_quants(nmax, xs, &w, &mut l[32 * j..], &mut mins[j], IMATRIX_SEARCH);
     }
     let mut ls = [0u8; 8];
     let mut lm = [0u8; 8];
@@ -148,7 +155,12 @@ pub(crate) fn sub_scales(b: &[u8]) -> [(f32, f32); 8] {
     out
 }
 
-const REF_SEARCH: MinSearch = MinSearch { rmin: -1.0, rdelta: 0.1, nstep: 20, use_mad: false };
+const REF_SEARCH: MinSearch = MinSearch {
+    rmin: -1.0,
+    rdelta: 0.1,
+    nstep: 20,
+    use_mad: false,
+};
 
 impl BlockFormat for Q4K {
     const TYPE: GgmlType = GgmlType::Q4_K;
@@ -177,7 +189,10 @@ impl BlockFormat for Q4K {
     }
 
     fn dequantize_row(src: &[u8], dst: &mut [f32]) {
-        for (b, y) in src.chunks_exact(Self::BLOCK_BYTES).zip(dst.chunks_exact_mut(QK_K)) {
+        for (b, y) in src
+            .chunks_exact(Self::BLOCK_BYTES)
+            .zip(dst.chunks_exact_mut(QK_K))
+        {
             let s = sub_scales(b);
             for n in 0..4 {
                 let q = &b[QS + 32 * n..QS + 32 * n + 32];

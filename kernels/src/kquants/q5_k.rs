@@ -12,7 +12,12 @@ pub struct Q5K;
 const QH: usize = 16;
 const QS: usize = 48;
 
-const REF_SEARCH: MinSearch = MinSearch { rmin: -0.5, rdelta: 0.1, nstep: 15, use_mad: false };
+const REF_SEARCH: MinSearch = MinSearch {
+    rmin: -0.5,
+    rdelta: 0.1,
+    nstep: 15,
+    use_mad: false,
+};
 
 impl BlockFormat for Q5K {
     const TYPE: GgmlType = GgmlType::Q5_K;
@@ -55,7 +60,10 @@ impl BlockFormat for Q5K {
     }
 
     fn dequantize_row(src: &[u8], dst: &mut [f32]) {
-        for (b, y) in src.chunks_exact(Self::BLOCK_BYTES).zip(dst.chunks_exact_mut(QK_K)) {
+        for (b, y) in src
+            .chunks_exact(Self::BLOCK_BYTES)
+            .zip(dst.chunks_exact_mut(QK_K))
+        {
             let s = sub_scales(b);
             let qh = &b[QH..QH + 32];
             let (mut u1, mut u2) = (1u8, 2u8);

@@ -83,7 +83,10 @@ impl BlockFormat for Q6K {
     }
 
     fn dequantize_row(src: &[u8], dst: &mut [f32]) {
-        for (b, y) in src.chunks_exact(Self::BLOCK_BYTES).zip(dst.chunks_exact_mut(QK_K)) {
+        for (b, y) in src
+            .chunks_exact(Self::BLOCK_BYTES)
+            .zip(dst.chunks_exact_mut(QK_K))
+        {
             let d = get_f16(b, D);
             for n in 0..2 {
                 let ql = &b[QL + 64 * n..QL + 64 * n + 64];

@@ -16,11 +16,36 @@ pub fn nearest_int(fval: f32) -> i32 {
     (val.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
 }
 
+/// Trial scales evaluated side by side, one per lane. Each lane runs exactly the scalar
+/// sequence of operations for its own trial (sums over the weights stay in ggml's order), so
+/// the results are bit-identical; LLVM turns the lane loops into SIMD.
+const LANES: usize = 4;
+
 /// Symmetric quantization of `x` to `[-nmax, nmax-1]`, weighted least squares refinement over
 /// 18 trial scales (`rmse_type == 1` in ggml). Writes `l + nmax` into `out` and returns the
 /// scale. With `qw == None` the weights are `x*x`.
+///
+/// ggml tries the scales one after another; they do not depend on each other, so kiln computes
+/// all of them in lanes and then makes ggml's comparisons in ggml's order.
 pub fn make_qx_quants(nmax: i32, x: &[f32], out: &mut [i8], qw: Option<&[f32]>) -> f32 {
-    let n = x.len();
+    match x.len() {
+        16 => make_qx_quants_n::<16>(nmax, x, out, qw),
+        32 => make_qx_quants_n::<32>(nmax, x, out, qw),
+        _ => make_qx_quants_n::<0>(nmax, x, out, qw),
+    }
+}
+
+#[inline(always)]
+fn make_qx_quants_n<const N: usize>(
+    nmax: i32,
+    x: &[f32],
+    out: &mut [i8],
+    qw: Option<&[f32]>,
+) -> f32 {
+    // N == 0: any length (slower, bounds-checked); otherwise the compiler knows the length.
+    let n = if N == 0 { x.len() } else { N };
+    let x = &x[..n];
+    let out = &mut out[..n];
     let mut max = 0.0f32;
     let mut amax = 0.0f32;
     for &v in x {
@@ -31,57 +56,80 @@ pub fn make_qx_quants(nmax: i32, x: &[f32], out: &mut [i8], qw: Option<&[f32]>) 
         }
     }
     if amax < GROUP_MAX_EPS {
-        out[..n].fill(0);
+        out.fill(0);
         return 0.0;
     }
-    let weight = |i: usize| match qw {
-        Some(q) => q[i],
-        None => x[i] * x[i],
+    let mut w = [0.0f32; 32];
+    let mut w_dyn = Vec::new();
+    let w: &[f32] = if n <= 32 {
+        for i in 0..n {
+            w[i] = match qw {
+                Some(q) => q[i],
+                None => x[i] * x[i],
+            };
+        }
+        &w[..n]
+    } else {
+        w_dyn.extend((0..n).map(|i| qw.map_or(x[i] * x[i], |q| q[i])));
+        &w_dyn
     };
     let nmaxf = nmax as f32;
-    let mut iscale = -nmaxf / max;
+    let level = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
+
+    let iscale0 = -nmaxf / max;
     let mut sumlx = 0.0f32;
     let mut suml2 = 0.0f32;
     for i in 0..n {
-        let l = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
+        let l = level(iscale0, x[i]);
         out[i] = (l + nmax) as i8;
-        let w = weight(i);
         let lf = l as f32;
-        sumlx += w * x[i] * lf;
-        suml2 += w * lf * lf;
+        sumlx += w[i] * x[i] * lf;
+        suml2 += w[i] * lf * lf;
     }
     let mut scale = if suml2 != 0.0 { sumlx / suml2 } else { 0.0 };
     let mut best = scale * sumlx;
-    for is in -9i32..=9 {
-        if is == 0 {
-            continue;
-        }
-        iscale = -(nmaxf + 0.1f32 * is as f32) / max;
-        sumlx = 0.0;
-        suml2 = 0.0;
+
+    // The 18 trial scales, is = -9..=-1, 1..=9, in ggml's order, in lanes of LANES.
+    let trials: [f32; 18] = std::array::from_fn(|k| {
+        let is = if k < 9 { k as i32 - 9 } else { k as i32 - 8 };
+        -(nmaxf + 0.1f32 * is as f32) / max
+    });
+    let mut winner: Option<f32> = None;
+    for batch in trials.chunks(LANES) {
+        let mut iscale = [0.0f32; LANES];
+        iscale[..batch.len()].copy_from_slice(batch);
+        let mut slx = [0.0f32; LANES];
+        let mut sl2 = [0.0f32; LANES];
         for i in 0..n {
-            let l = nearest_int(iscale * x[i]).clamp(-nmax, nmax - 1);
-            let w = weight(i);
-            let lf = l as f32;
-            sumlx += w * x[i] * lf;
-            suml2 += w * lf * lf;
-        }
-        if suml2 > 0.0 && sumlx * sumlx > best * suml2 {
-            for i in 0..n {
-                let l = nearest_int(iscale * x[i]);
-                out[i] = (nmax + l.clamp(-nmax, nmax - 1)) as i8;
+            let (xi, wi) = (x[i], w[i]);
+            for k in 0..LANES {
+                let lf = level(iscale[k], xi) as f32;
+                slx[k] += wi * xi * lf;
+                sl2[k] += wi * lf * lf;
             }
-            scale = sumlx / suml2;
-            best = scale * sumlx;
+        }
+        for k in 0..batch.len() {
+            if sl2[k] > 0.0 && slx[k] * slx[k] > best * sl2[k] {
+                scale = slx[k] / sl2[k];
+                best = scale * slx[k];
+                winner = Some(iscale[k]);
+            }
+        }
+    }
+    if let Some(iscale) = winner {
+        for i in 0..n {
+            out[i] = (nmax + level(iscale, x[i])) as i8;
         }
     }
     scale
 }
-
 /// Q3_K's symmetric search (`make_q3_quants` with `do_rmse`): start from the max-based scale
 /// and move single values while the weighted error falls. Writes `l + nmax` into `out`.
+/// Q3_K calls it on 16-weight sub-blocks only, which lets the compiler drop bounds checks.
 pub fn make_q3_quants(nmax: i32, x: &[f32], out: &mut [i8]) -> f32 {
-    let n = x.len();
+    const N: usize = 16;
+    let n = N;
+    let (x, out) = (&x[..N], &mut out[..N]);
     let mut max = 0.0f32;
     let mut amax = 0.0f32;
     for &v in x {
@@ -161,84 +209,11 @@ pub fn make_qkx2_quants(
     the_min: &mut f32,
     p: MinSearch,
 ) -> f32 {
-    let n = x.len();
-    let mut min = x[0];
-    let mut max = x[0];
-    let mut sum_w = weights[0];
-    let mut sum_x = sum_w * x[0];
-    for i in 1..n {
-        if x[i] < min {
-            min = x[i];
-        }
-        if x[i] > max {
-            max = x[i];
-        }
-        let w = weights[i];
-        sum_w += w;
-        sum_x += w * x[i];
+    match x.len() {
+        16 => make_qkx::<16, false>(nmax, x, weights, out, the_min, p),
+        32 => make_qkx::<32, false>(nmax, x, weights, out, the_min, p),
+        _ => make_qkx::<0, false>(nmax, x, weights, out, the_min, p),
     }
-    if min > 0.0 {
-        min = 0.0;
-    }
-    if max == min {
-        out[..n].fill(0);
-        *the_min = -min;
-        return 0.0;
-    }
-    let nmaxf = nmax as f32;
-    let mut iscale = nmaxf / (max - min);
-    let mut scale = 1.0 / iscale;
-    let mut best_error = 0.0f32;
-    for i in 0..n {
-        let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
-        out[i] = l as u8;
-        let mut diff = scale * l as f32 + min - x[i];
-        diff = if p.use_mad { diff.abs() } else { diff * diff };
-        best_error += weights[i] * diff;
-    }
-    if p.nstep < 1 {
-        *the_min = -min;
-        return scale;
-    }
-    let mut aux = [0u8; 32];
-    for is in 0..=p.nstep {
-        iscale = (p.rmin + p.rdelta * is as f32 + nmaxf) / (max - min);
-        let mut sum_l = 0.0f32;
-        let mut sum_l2 = 0.0f32;
-        let mut sum_xl = 0.0f32;
-        for i in 0..n {
-            let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
-            aux[i] = l as u8;
-            let w = weights[i];
-            let lf = l as f32;
-            sum_l += w * lf;
-            sum_l2 += w * lf * lf;
-            sum_xl += w * lf * x[i];
-        }
-        let d = sum_w * sum_l2 - sum_l * sum_l;
-        if d > 0.0 {
-            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
-            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
-            if this_min > 0.0 {
-                this_min = 0.0;
-                this_scale = sum_xl / sum_l2;
-            }
-            let mut cur_error = 0.0f32;
-            for i in 0..n {
-                let mut diff = this_scale * aux[i] as f32 + this_min - x[i];
-                diff = if p.use_mad { diff.abs() } else { diff * diff };
-                cur_error += weights[i] * diff;
-            }
-            if cur_error < best_error {
-                out[..n].copy_from_slice(&aux[..n]);
-                best_error = cur_error;
-                scale = this_scale;
-                min = this_min;
-            }
-        }
-    }
-    *the_min = -min;
-    scale
 }
 
 /// ggml's `make_qkx3_quants` with explicit weights: like [`make_qkx2_quants`] but guards the
@@ -251,7 +226,30 @@ pub fn make_qkx3_quants(
     the_min: &mut f32,
     p: MinSearch,
 ) -> f32 {
-    let n = x.len();
+    match x.len() {
+        16 => make_qkx::<16, true>(nmax, x, weights, out, the_min, p),
+        32 => make_qkx::<32, true>(nmax, x, weights, out, the_min, p),
+        _ => make_qkx::<0, true>(nmax, x, weights, out, the_min, p),
+    }
+}
+
+/// The grid search of `make_qkx2_quants` (`QKX3 == false`) and `make_qkx3_quants`.
+///
+/// ggml walks the trial steps in order, and a step that lowers the error moves `min`, which
+/// every later step uses. kiln evaluates `LANES` consecutive steps at once with the current
+/// `min`; the first of them that wins (in ggml's order) is taken and the search resumes right
+/// after it with the new `min`, so every step is evaluated exactly as ggml evaluates it.
+#[inline(always)]
+fn make_qkx<const N: usize, const QKX3: bool>(
+    nmax: i32,
+    x: &[f32],
+    weights: &[f32],
+    out: &mut [u8],
+    the_min: &mut f32,
+    p: MinSearch,
+) -> f32 {
+    let n = if N == 0 { x.len() } else { N };
+    let (x, weights, out) = (&x[..n], &weights[..n], &mut out[..n]);
     let mut min = x[0];
     let mut max = x[0];
     let mut sum_w = weights[0];
@@ -270,76 +268,103 @@ pub fn make_qkx3_quants(
     if min > 0.0 {
         min = 0.0;
     }
-    if max <= min {
-        out[..n].fill(0);
+    if (QKX3 && max <= min) || (!QKX3 && max == min) {
+        out.fill(0);
         *the_min = -min;
         return 0.0;
     }
     let nmaxf = nmax as f32;
-    let mut iscale = nmaxf / (max - min);
+    let err = |diff: f32| if p.use_mad { diff.abs() } else { diff * diff };
+    let iscale = nmaxf / (max - min);
     let mut scale = 1.0 / iscale;
-    let mut best_mad = 0.0f32;
+    let mut best_error = 0.0f32;
     for i in 0..n {
         let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
         out[i] = l as u8;
-        let mut diff = scale * l as f32 + min - x[i];
-        diff = if p.use_mad { diff.abs() } else { diff * diff };
-        best_mad += weights[i] * diff;
+        best_error += weights[i] * err(scale * l as f32 + min - x[i]);
     }
     if p.nstep < 1 {
         *the_min = -min;
         return scale;
     }
-    let mut aux = [0u8; 32];
-    for is in 0..=p.nstep {
-        iscale = (p.rmin + p.rdelta * is as f32 + nmaxf) / (max - min);
-        let mut sum_l = 0.0f32;
-        let mut sum_l2 = 0.0f32;
-        let mut sum_xl = 0.0f32;
-        for i in 0..n {
-            let v = iscale * (x[i] - min);
-            let l = if v > 0.0 {
+    // The level of one weight at one trial scale, as the trial loop computes it.
+    let level = |iscale: f32, xm: f32| -> i32 {
+        if QKX3 {
+            let v = iscale * xm;
+            if v > 0.0 {
                 nearest_int(if v < nmaxf { v } else { nmaxf })
             } else {
                 0
+            }
+        } else {
+            nearest_int(iscale * xm).clamp(0, nmax)
+        }
+    };
+    let mut is = 0i32;
+    while is <= p.nstep {
+        let batch = ((p.nstep + 1 - is) as usize).min(LANES);
+        let span = max - min;
+        let iscales: [f32; LANES] =
+            std::array::from_fn(|k| (p.rmin + p.rdelta * (is + k as i32) as f32 + nmaxf) / span);
+        let mut sum_l = [0.0f32; LANES];
+        let mut sum_l2 = [0.0f32; LANES];
+        let mut sum_xl = [0.0f32; LANES];
+        for i in 0..n {
+            let (xi, w) = (x[i], weights[i]);
+            let xm = xi - min;
+            for k in 0..LANES {
+                let lf = level(iscales[k], xm) as f32;
+                sum_l[k] += w * lf;
+                sum_l2[k] += w * lf * lf;
+                sum_xl[k] += w * lf * xi;
+            }
+        }
+        let mut this_scale = [0.0f32; LANES];
+        let mut this_min = [0.0f32; LANES];
+        let mut ok = [false; LANES];
+        for k in 0..LANES {
+            let d = sum_w * sum_l2[k] - sum_l[k] * sum_l[k];
+            ok[k] = d > 0.0;
+            let s = (sum_w * sum_xl[k] - sum_x * sum_l[k]) / d;
+            let m = (sum_l2[k] * sum_x - sum_l[k] * sum_xl[k]) / d;
+            (this_scale[k], this_min[k]) = if m > 0.0 {
+                (sum_xl[k] / sum_l2[k], 0.0)
+            } else {
+                (s, m)
             };
-            aux[i] = l as u8;
-            let w = weights[i];
-            let lf = l as f32;
-            sum_l += w * lf;
-            sum_l2 += w * lf * lf;
-            sum_xl += w * lf * x[i];
         }
-        let d = sum_w * sum_l2 - sum_l * sum_l;
-        if d > 0.0 {
-            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / d;
-            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / d;
-            if this_min > 0.0 {
-                this_min = 0.0;
-                this_scale = sum_xl / sum_l2;
-            }
-            let mut mad = 0.0f32;
-            for i in 0..n {
-                let mut diff = this_scale * aux[i] as f32 + this_min - x[i];
-                diff = if p.use_mad { diff.abs() } else { diff * diff };
-                mad += weights[i] * diff;
-            }
-            if mad < best_mad {
-                out[..n].copy_from_slice(&aux[..n]);
-                best_mad = mad;
-                scale = this_scale;
-                min = this_min;
+        let mut cur_error = [0.0f32; LANES];
+        for i in 0..n {
+            let (xi, w) = (x[i], weights[i]);
+            let xm = xi - min;
+            for k in 0..LANES {
+                let lf = level(iscales[k], xm) as f32;
+                cur_error[k] += w * err(this_scale[k] * lf + this_min[k] - xi);
             }
         }
+        let mut advance = batch;
+        for k in 0..batch {
+            if ok[k] && cur_error[k] < best_error {
+                for i in 0..n {
+                    out[i] = level(iscales[k], x[i] - min) as u8;
+                }
+                best_error = cur_error[k];
+                scale = this_scale[k];
+                min = this_min[k];
+                advance = k + 1;
+                break;
+            }
+        }
+        is += advance as i32;
     }
     *the_min = -min;
     scale
 }
-
 /// Quantizes non-negative values (sub-block scales or mins) to `[0, nmax]` with importance
 /// weights (ggml's `make_qp_quants`). Writes the levels into `out`, returns the scale.
 pub fn make_qp_quants(nmax: i32, x: &[f32], out: &mut [u8], quant_weights: &[f32]) -> f32 {
     let n = x.len();
+    let (out, quant_weights) = (&mut out[..n], &quant_weights[..n]);
     let mut max = 0.0f32;
     for &v in x {
         max = if max > v { max } else { v };
