@@ -14,7 +14,7 @@ pub fn quantize(ty: GgmlType, src: &[f32], n_per_row: usize, imatrix: Option<&[f
     let row_bytes = ty
         .row_bytes(n_per_row)
         .expect("row length is a whole number of blocks");
-    assert!(src.len() % n_per_row == 0, "input is whole rows");
+    assert!(src.len().is_multiple_of(n_per_row), "input is whole rows");
     if let Some(qw) = imatrix {
         assert_eq!(qw.len(), n_per_row, "one importance weight per column");
     }
@@ -37,7 +37,7 @@ pub fn quantize(ty: GgmlType, src: &[f32], n_per_row: usize, imatrix: Option<&[f
 
 /// ggml's `to_float` for `ty` applied to `src` (whole blocks).
 pub fn dequantize(ty: GgmlType, src: &[u8]) -> Vec<f32> {
-    assert!(src.len() % ty.block_bytes() == 0, "input is whole blocks");
+    assert!(src.len().is_multiple_of(ty.block_bytes()), "input is whole blocks");
     let n = src.len() / ty.block_bytes() * ty.block_weights();
     let mut dst = vec![0f32; n];
     if ty == GgmlType::F32 {

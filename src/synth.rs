@@ -96,7 +96,7 @@ impl Case {
                         2 => -1.5e-3,
                         _ => rng.gaussian(),
                     };
-                    std::iter::repeat(c).take(cols)
+                    std::iter::repeat_n(c, cols)
                 })
                 .collect(),
             Case::OutlierPerBlock => (0..n)
@@ -126,7 +126,7 @@ impl Case {
                 .collect(),
             Case::Sparse => (0..n)
                 .map(|_| {
-                    if rng.next_u64() % 50 == 0 {
+                    if rng.next_u64().is_multiple_of(50) {
                         rng.gaussian()
                     } else {
                         0.0

@@ -149,7 +149,7 @@ impl GgmlType {
     /// Bytes of a row of `n` weights, or `None` if `n` is not a whole number of blocks.
     pub fn row_bytes(self, n: usize) -> Option<usize> {
         let bw = self.block_weights();
-        (n % bw == 0).then(|| n / bw * self.block_bytes())
+        n.is_multiple_of(bw).then(|| n / bw * self.block_bytes())
     }
 
     /// Bits per weight of the format.

@@ -56,16 +56,23 @@ fn to_int<const FINITE: bool>(v: f32) -> i32 {
 
 /// Largest magnitude in the block and the value that has it (first one wins on ties).
 #[inline]
+///
+/// Two passes instead of ggml's one: the largest magnitude (a max reduction, which vectorizes
+/// and is exact in any order), then the first value that has it. Same result, no NaN here.
 fn signed_absmax(x: &[f32]) -> f32 {
-    let mut amax = 0.0f32;
-    let mut max = 0.0f32;
-    for &v in x {
-        if amax < v.abs() {
-            amax = v.abs();
-            max = v;
+    let x = &x[..QK];
+    let mut lanes = [0.0f32; 8];
+    for c in x.chunks_exact(8) {
+        for k in 0..8 {
+            let a = c[k].abs();
+            lanes[k] = if a > lanes[k] { a } else { lanes[k] };
         }
     }
-    max
+    let amax = lanes.iter().fold(0.0f32, |m, &a| if a > m { a } else { m });
+    if amax == 0.0 {
+        return 0.0;
+    }
+    x.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0)
 }
 
 #[inline]

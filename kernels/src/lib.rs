@@ -13,6 +13,10 @@
 //! - [`rows`]: argument checks and the parallel row driver
 //! - [`format`]: [`GgmlType`], ggml's type ids, dispatching to the formats at run time
 
+// The kernels index blocks the way ggml's C does (x[16*j + i], L[j + l + 32], ...): keeping the
+// same index arithmetic makes them easy to check against ggml line by line.
+#![allow(clippy::needless_range_loop)]
+
 pub mod float;
 pub mod format;
 pub mod fp;

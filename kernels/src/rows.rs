@@ -85,14 +85,14 @@ fn rows_per_task(n_per_row: usize) -> usize {
 }
 
 fn check_rows<F: BlockFormat>(len: usize, n_per_row: usize) -> Result<usize, KernelError> {
-    if n_per_row == 0 || n_per_row % F::BLOCK_WEIGHTS != 0 {
+    if n_per_row == 0 || !n_per_row.is_multiple_of(F::BLOCK_WEIGHTS) {
         return Err(KernelError::RowLength {
             format: F::TYPE.name(),
             n_per_row,
             block: F::BLOCK_WEIGHTS,
         });
     }
-    if len % n_per_row != 0 {
+    if !len.is_multiple_of(n_per_row) {
         return Err(KernelError::Ragged { len, n_per_row });
     }
     Ok(len / n_per_row)
@@ -189,7 +189,7 @@ pub fn dequantize<F: BlockFormat>(
 ) -> Result<usize, KernelError> {
     check_rows::<F>(n_per_row, n_per_row)?;
     let row_bytes = F::row_bytes(n_per_row);
-    if src.len() % row_bytes != 0 {
+    if !src.len().is_multiple_of(row_bytes) {
         return Err(KernelError::Ragged {
             len: src.len(),
             n_per_row: row_bytes,

@@ -290,9 +290,11 @@ fn make_qkx<const N: usize, const QKX3: bool>(
     // The level of one weight at one trial scale, as the trial loop computes it.
     let level = |iscale: f32, xm: f32| -> i32 {
         if QKX3 {
+            // Both arms computed, then selected, so that the lanes vectorize.
             let v = iscale * xm;
+            let r = nearest_int(if v < nmaxf { v } else { nmaxf });
             if v > 0.0 {
-                nearest_int(if v < nmaxf { v } else { nmaxf })
+                r
             } else {
                 0
             }
