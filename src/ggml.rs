@@ -37,7 +37,10 @@ pub fn quantize(ty: GgmlType, src: &[f32], n_per_row: usize, imatrix: Option<&[f
 
 /// ggml's `to_float` for `ty` applied to `src` (whole blocks).
 pub fn dequantize(ty: GgmlType, src: &[u8]) -> Vec<f32> {
-    assert!(src.len().is_multiple_of(ty.block_bytes()), "input is whole blocks");
+    assert!(
+        src.len().is_multiple_of(ty.block_bytes()),
+        "input is whole blocks"
+    );
     let n = src.len() / ty.block_bytes() * ty.block_weights();
     let mut dst = vec![0f32; n];
     if ty == GgmlType::F32 {
