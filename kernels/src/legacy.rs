@@ -123,6 +123,31 @@ fn round_half_away(v: f32) -> i32 {
     }
 }
 
+/// Q4_1/Q5_1 without importance weights: writes `d` and `m` from the block's range; returns
+/// the min and the reciprocal scale the levels are computed with.
+#[inline]
+fn asym_ref_header(levels: f32, x: &[f32], y: &mut [u8]) -> (f32, f32) {
+    let (min, max) = min_max(x);
+    let d = (max - min) / levels;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    put_u16(y, 0, f32_to_f16(d));
+    put_u16(y, 2, f32_to_f16(min));
+    (min, id)
+}
+
+/// Q4_1/Q5_1 with importance weights: searches scale and min, writes `d` and `m`, returns the
+/// levels.
+#[inline]
+fn asym_imatrix_block(nmax: i32, x: &[f32], qw: &[f32], sigma2: f32, y: &mut [u8]) -> [u8; QK] {
+    let w = importance(qw, x, sigma2);
+    let mut l = [0u8; QK];
+    let mut min = 0.0f32;
+    let d = make_qkx3_quants(nmax, x, &w, &mut l, &mut min, QKX3_LEGACY);
+    put_u16(y, 0, f32_to_f16(d));
+    put_u16(y, 2, f32_to_f16(-min));
+    l
+}
+
 #[inline(always)]
 fn pack_q4_0<const FINITE: bool>(x: &[f32], id: f32, qs: &mut [u8]) {
     let (x, qs) = (&x[..QK], &mut qs[..QK / 2]);
@@ -266,11 +291,7 @@ impl BlockFormat for Q4_1 {
         match imatrix {
             None => {
                 for (x, y) in blocks {
-                    let (min, max) = min_max(x);
-                    let d = (max - min) / 15.0;
-                    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                    put_u16(y, 0, f32_to_f16(d));
-                    put_u16(y, 2, f32_to_f16(min));
+                    let (min, id) = asym_ref_header(15.0, x, y);
                     if id.is_finite() {
                         pack_q4_1::<true>(x, min, id, &mut y[4..20]);
                     } else {
@@ -281,12 +302,7 @@ impl BlockFormat for Q4_1 {
             Some(qw) => {
                 let sigma2 = row_sigma2(src);
                 for (ib, (x, y)) in blocks.enumerate() {
-                    let w = importance(&qw[ib * QK..], x, sigma2);
-                    let mut l = [0u8; QK];
-                    let mut min = 0.0f32;
-                    let d = make_qkx3_quants(15, x, &w, &mut l, &mut min, QKX3_LEGACY);
-                    put_u16(y, 0, f32_to_f16(d));
-                    put_u16(y, 2, f32_to_f16(-min));
+                    let l = asym_imatrix_block(15, x, &qw[ib * QK..], sigma2, y);
                     for j in 0..QK / 2 {
                         y[4 + j] = l[j] | (l[j + QK / 2] << 4);
                     }
@@ -386,11 +402,7 @@ impl BlockFormat for Q5_1 {
         match imatrix {
             None => {
                 for (x, y) in blocks {
-                    let (min, max) = min_max(x);
-                    let d = (max - min) / 31.0;
-                    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                    put_u16(y, 0, f32_to_f16(d));
-                    put_u16(y, 2, f32_to_f16(min));
+                    let (min, id) = asym_ref_header(31.0, x, y);
                     let (qh, qs) = y[4..].split_at_mut(4);
                     let mut l = [0u8; QK];
                     if id.is_finite() {
@@ -404,12 +416,7 @@ impl BlockFormat for Q5_1 {
             Some(qw) => {
                 let sigma2 = row_sigma2(src);
                 for (ib, (x, y)) in blocks.enumerate() {
-                    let w = importance(&qw[ib * QK..], x, sigma2);
-                    let mut l = [0u8; QK];
-                    let mut min = 0.0f32;
-                    let d = make_qkx3_quants(31, x, &w, &mut l, &mut min, QKX3_LEGACY);
-                    put_u16(y, 0, f32_to_f16(d));
-                    put_u16(y, 2, f32_to_f16(-min));
+                    let l = asym_imatrix_block(31, x, &qw[ib * QK..], sigma2, y);
                     let (qh, qs) = y[4..].split_at_mut(4);
                     pack_q5(|j| l[j], qh, qs);
                 }

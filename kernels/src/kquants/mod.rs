@@ -34,6 +34,25 @@ pub(crate) fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8]) {
     }
 }
 
+/// Calls `f` on each super-block of a row with its output bytes and, when an importance matrix
+/// is given, its 256 importance weights.
+#[inline]
+pub(crate) fn for_each_superblock(
+    src: &[f32],
+    dst: &mut [u8],
+    block_bytes: usize,
+    imatrix: Option<&[f32]>,
+    mut f: impl FnMut(&[f32], &mut [u8], Option<&[f32]>),
+) {
+    for (i, (x, y)) in src
+        .chunks_exact(QK_K)
+        .zip(dst.chunks_exact_mut(block_bytes))
+        .enumerate()
+    {
+        f(x, y, imatrix.map(|q| &q[i * QK_K..(i + 1) * QK_K]));
+    }
+}
+
 /// Sum of squares of a super-block, in ggml's order.
 #[inline]
 pub(crate) fn sum_squares(x: &[f32]) -> f32 {

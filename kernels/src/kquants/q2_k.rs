@@ -2,7 +2,7 @@
 //! sub-block, 64 bytes of 2-bit levels, `d` and `dmin` (f16). Weight = d*sc*l - dmin*m.
 
 use super::search::{make_qkx2_quants, make_qkx3_quants, make_qp_quants, nearest_int, MinSearch};
-use super::{first_bad_scale, pack_2bit, sum_squares, QK_K};
+use super::{first_bad_scale, for_each_superblock, pack_2bit, sum_squares, QK_K};
 use crate::fp::{f16_to_f32, f32_to_f16, get_f16, put_u16};
 use crate::{BlockFormat, GgmlType};
 
@@ -129,16 +129,10 @@ impl BlockFormat for Q2K {
     const BLOCK_BYTES: usize = 84;
 
     fn quantize_row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
-        for (i, (x, y)) in src
-            .chunks_exact(QK_K)
-            .zip(dst.chunks_exact_mut(Self::BLOCK_BYTES))
-            .enumerate()
-        {
-            match imatrix {
-                None => quantize_block_ref(x, y),
-                Some(qw) => quantize_block_imatrix(x, y, &qw[i * QK_K..(i + 1) * QK_K]),
-            }
-        }
+        for_each_superblock(src, dst, Self::BLOCK_BYTES, imatrix, |x, y, qw| match qw {
+            None => quantize_block_ref(x, y),
+            Some(qw) => quantize_block_imatrix(x, y, qw),
+        });
     }
 
     fn dequantize_row(src: &[u8], dst: &mut [f32]) {

@@ -6,7 +6,7 @@ use super::search::{
     get_scale_min_k4, make_qkx2_quants, make_qkx3_quants, make_qp_quants, nearest_int,
     pack_scale_min_k4, MinSearch,
 };
-use super::{first_bad_scale, sum_squares, QK_K};
+use super::{first_bad_scale, for_each_superblock, sum_squares, QK_K};
 use crate::fp::{f32_to_f16, get_f16, put_u16};
 use crate::{BlockFormat, GgmlType};
 
@@ -168,15 +168,11 @@ impl BlockFormat for Q4K {
     const BLOCK_BYTES: usize = 144;
 
     fn quantize_row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
-        for (i, (x, y)) in src
-            .chunks_exact(QK_K)
-            .zip(dst.chunks_exact_mut(Self::BLOCK_BYTES))
-            .enumerate()
-        {
+        for_each_superblock(src, dst, Self::BLOCK_BYTES, imatrix, |x, y, qw| {
             let mut l = [0u8; QK_K];
-            match imatrix {
+            match qw {
                 None => ref_scales(x, y, &mut l, 15, REF_SEARCH),
-                Some(qw) => imatrix_scales(x, y, &mut l, 15, &qw[i * QK_K..(i + 1) * QK_K], false),
+                Some(qw) => imatrix_scales(x, y, &mut l, 15, qw, false),
             }
             requantize(x, y, &mut l, 15);
             let q = &mut y[QS..QS + 128];
@@ -185,7 +181,7 @@ impl BlockFormat for Q4K {
                     q[32 * n + k] = l[j + k] | (l[j + k + 32] << 4);
                 }
             }
-        }
+        });
     }
 
     fn dequantize_row(src: &[u8], dst: &mut [f32]) {

@@ -3,7 +3,7 @@
 
 use super::q4_k::{imatrix_scales, ref_scales, requantize, sub_scales};
 use super::search::MinSearch;
-use super::{first_bad_scale, QK_K};
+use super::{first_bad_scale, for_each_superblock, QK_K};
 use crate::{BlockFormat, GgmlType};
 
 /// The 5-bit K-quant.
@@ -25,15 +25,11 @@ impl BlockFormat for Q5K {
     const BLOCK_BYTES: usize = 176;
 
     fn quantize_row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
-        for (i, (x, y)) in src
-            .chunks_exact(QK_K)
-            .zip(dst.chunks_exact_mut(Self::BLOCK_BYTES))
-            .enumerate()
-        {
+        for_each_superblock(src, dst, Self::BLOCK_BYTES, imatrix, |x, y, qw| {
             let mut l = [0u8; QK_K];
-            match imatrix {
+            match qw {
                 None => ref_scales(x, y, &mut l, 31, REF_SEARCH),
-                Some(qw) => imatrix_scales(x, y, &mut l, 31, &qw[i * QK_K..(i + 1) * QK_K], true),
+                Some(qw) => imatrix_scales(x, y, &mut l, 31, qw, true),
             }
             requantize(x, y, &mut l, 31);
             let (qh, ql) = y[QH..].split_at_mut(QS - QH);
@@ -56,7 +52,7 @@ impl BlockFormat for Q5K {
                 m1 <<= 2;
                 m2 <<= 2;
             }
-        }
+        });
     }
 
     fn dequantize_row(src: &[u8], dst: &mut [f32]) {

@@ -3,7 +3,7 @@
 //! Weight = d*sc*(l-32).
 
 use super::search::{make_qx_quants, nearest_int, GROUP_MAX_EPS};
-use super::{first_bad_scale, QK_K};
+use super::{first_bad_scale, for_each_superblock, QK_K};
 use crate::fp::{f32_to_f16, get_f16, put_u16};
 use crate::{BlockFormat, GgmlType};
 
@@ -73,13 +73,9 @@ impl BlockFormat for Q6K {
     const BLOCK_BYTES: usize = 210;
 
     fn quantize_row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
-        for (i, (x, y)) in src
-            .chunks_exact(QK_K)
-            .zip(dst.chunks_exact_mut(Self::BLOCK_BYTES))
-            .enumerate()
-        {
-            quantize_block(x, y, imatrix.map(|q| &q[i * QK_K..(i + 1) * QK_K]));
-        }
+        for_each_superblock(src, dst, Self::BLOCK_BYTES, imatrix, |x, y, qw| {
+            quantize_block(x, y, qw);
+        });
     }
 
     fn dequantize_row(src: &[u8], dst: &mut [f32]) {

@@ -209,11 +209,7 @@ pub fn make_qkx2_quants(
     the_min: &mut f32,
     p: MinSearch,
 ) -> f32 {
-    match x.len() {
-        16 => make_qkx::<16, false>(nmax, x, weights, out, the_min, p),
-        32 => make_qkx::<32, false>(nmax, x, weights, out, the_min, p),
-        _ => make_qkx::<0, false>(nmax, x, weights, out, the_min, p),
-    }
+    make_qkx_sized::<false>(nmax, x, weights, out, the_min, p)
 }
 
 /// ggml's `make_qkx3_quants` with explicit weights: like [`make_qkx2_quants`] but guards the
@@ -226,10 +222,22 @@ pub fn make_qkx3_quants(
     the_min: &mut f32,
     p: MinSearch,
 ) -> f32 {
+    make_qkx_sized::<true>(nmax, x, weights, out, the_min, p)
+}
+
+/// Picks a copy of the search specialised for the group size (16 or 32 in every caller).
+fn make_qkx_sized<const QKX3: bool>(
+    nmax: i32,
+    x: &[f32],
+    weights: &[f32],
+    out: &mut [u8],
+    the_min: &mut f32,
+    p: MinSearch,
+) -> f32 {
     match x.len() {
-        16 => make_qkx::<16, true>(nmax, x, weights, out, the_min, p),
-        32 => make_qkx::<32, true>(nmax, x, weights, out, the_min, p),
-        _ => make_qkx::<0, true>(nmax, x, weights, out, the_min, p),
+        16 => make_qkx::<16, QKX3>(nmax, x, weights, out, the_min, p),
+        32 => make_qkx::<32, QKX3>(nmax, x, weights, out, the_min, p),
+        _ => make_qkx::<0, QKX3>(nmax, x, weights, out, the_min, p),
     }
 }
 
