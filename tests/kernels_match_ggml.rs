@@ -32,6 +32,15 @@ fn differing_blocks(ty: GgmlType, a: &[u8], b: &[u8]) -> usize {
         .count()
 }
 
+/// Number of positions where two float slices differ in their bits (so -0.0 != 0.0).
+fn bitwise_differences(a: &[f32], b: &[f32]) -> usize {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .filter(|(x, y)| x.to_bits() != y.to_bits())
+        .count()
+}
+
 /// Quantizes with both, expecting identical bytes; also checks the dequantized weights agree
 /// bit for bit. Returns a description of the mismatch, if any.
 fn compare(ty: GgmlType, x: &[f32], cols: usize, qw: Option<&[f32]>) -> Option<String> {
@@ -48,11 +57,7 @@ fn compare(ty: GgmlType, x: &[f32], cols: usize, qw: Option<&[f32]>) -> Option<S
     let mut back = vec![0f32; x.len()];
     ty.dequantize(&mine, cols, &mut back).unwrap();
     let reference = ggml::dequantize(ty, &theirs);
-    let diff = back
-        .iter()
-        .zip(&reference)
-        .filter(|(a, b)| a.to_bits() != b.to_bits())
-        .count();
+    let diff = bitwise_differences(&back, &reference);
     (diff > 0).then(|| format!("{diff} dequantized weights differ"))
 }
 
@@ -133,11 +138,7 @@ fn dequantize_matches_ggml_on_arbitrary_blocks() {
         ty.dequantize(&bytes, ty.block_weights(), &mut mine)
             .unwrap();
         let theirs = ggml::dequantize(ty, &bytes);
-        let diff = mine
-            .iter()
-            .zip(&theirs)
-            .filter(|(a, b)| a.to_bits() != b.to_bits())
-            .count();
+        let diff = bitwise_differences(&mine, &theirs);
         assert_eq!(diff, 0, "{ty}: {diff} of {n} dequantized weights differ");
     }
 }

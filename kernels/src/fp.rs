@@ -103,6 +103,12 @@ pub(crate) fn get_f16(bytes: &[u8], at: usize) -> f32 {
     f16_to_f32(get_u16(bytes, at))
 }
 
+/// First block whose f16 scales at `offsets` are infinite or NaN.
+pub(crate) fn first_bad_scale(row: &[u8], block_bytes: usize, offsets: &[usize]) -> Option<usize> {
+    row.chunks_exact(block_bytes)
+        .position(|b| offsets.iter().any(|&o| f16_is_non_finite(get_u16(b, o))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,8 +5,9 @@
 //! (and min) that minimises the importance-weighted error, where the weight of column `j` is
 //! `imatrix[j] * sqrt(sigma2 + x[j]^2)` and `sigma2` is the row's mean square.
 
-use crate::fp::{f16_is_non_finite, f32_to_f16, get_f16, get_u16, put_u16};
+use crate::fp::{f32_to_f16, first_bad_scale, get_f16, put_u16};
 use crate::kquants::search::{make_qkx3_quants, make_qx_quants, MinSearch};
+use crate::kquants::sum_squares;
 use crate::{BlockFormat, GgmlType};
 
 /// Weights per block of every legacy format.
@@ -92,11 +93,7 @@ fn min_max(x: &[f32]) -> (f32, f32) {
 
 /// The row's mean square, as ggml computes it for the importance weights.
 fn row_sigma2(x: &[f32]) -> f32 {
-    let mut sum_x2 = 0.0f32;
-    for &v in x {
-        sum_x2 += v * v;
-    }
-    sum_x2 / x.len() as f32
+    sum_squares(x) / x.len() as f32
 }
 
 #[inline]
@@ -216,11 +213,6 @@ fn q5_level(qs: &[u8], qh: u32, j: usize) -> (i32, i32) {
     let xh_0 = (((qh >> j) << 4) & 0x10) as u8;
     let xh_1 = ((qh >> (j + 12)) & 0x10) as u8;
     (((qs[j] & 0x0F) | xh_0) as i32, ((qs[j] >> 4) | xh_1) as i32)
-}
-
-fn first_bad_scale(row: &[u8], block_bytes: usize, offsets: &[usize]) -> Option<usize> {
-    row.chunks_exact(block_bytes)
-        .position(|b| offsets.iter().any(|&o| f16_is_non_finite(get_u16(b, o))))
 }
 
 impl BlockFormat for Q4_0 {

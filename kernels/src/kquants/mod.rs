@@ -18,8 +18,6 @@ pub use q4_k::Q4K;
 pub use q5_k::Q5K;
 pub use q6_k::Q6K;
 
-use crate::fp::{f16_is_non_finite, get_u16};
-
 /// Weights per super-block.
 pub const QK_K: usize = 256;
 
@@ -53,7 +51,7 @@ pub(crate) fn for_each_superblock(
     }
 }
 
-/// Sum of squares of a super-block, in ggml's order.
+/// Sum of squares, in ggml's order (sequential: the order changes the rounding).
 #[inline]
 pub(crate) fn sum_squares(x: &[f32]) -> f32 {
     let mut s = 0.0f32;
@@ -61,10 +59,4 @@ pub(crate) fn sum_squares(x: &[f32]) -> f32 {
         s += v * v;
     }
     s
-}
-
-/// First block whose f16 scales at `offsets` are infinite or NaN.
-pub(crate) fn first_bad_scale(row: &[u8], block_bytes: usize, offsets: &[usize]) -> Option<usize> {
-    row.chunks_exact(block_bytes)
-        .position(|b| offsets.iter().any(|&o| f16_is_non_finite(get_u16(b, o))))
 }

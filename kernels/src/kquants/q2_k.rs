@@ -2,8 +2,8 @@
 //! sub-block, 64 bytes of 2-bit levels, `d` and `dmin` (f16). Weight = d*sc*l - dmin*m.
 
 use super::search::{make_qkx2_quants, make_qkx3_quants, make_qp_quants, nearest_int, MinSearch};
-use super::{first_bad_scale, for_each_superblock, pack_2bit, sum_squares, QK_K};
-use crate::fp::{f16_to_f32, f32_to_f16, get_f16, put_u16};
+use super::{for_each_superblock, pack_2bit, sum_squares, QK_K};
+use crate::fp::{f32_to_f16, first_bad_scale, get_f16, put_u16};
 use crate::{BlockFormat, GgmlType};
 
 /// The 2-bit K-quant.
@@ -140,8 +140,8 @@ impl BlockFormat for Q2K {
             .chunks_exact(Self::BLOCK_BYTES)
             .zip(dst.chunks_exact_mut(QK_K))
         {
-            let d = f16_to_f32(u16::from_le_bytes([b[D], b[D + 1]]));
-            let min = f16_to_f32(u16::from_le_bytes([b[DMIN], b[DMIN + 1]]));
+            let d = get_f16(b, D);
+            let min = get_f16(b, DMIN);
             let mut out = 0;
             let mut is = 0;
             for n in 0..2 {

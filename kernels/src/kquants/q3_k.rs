@@ -2,8 +2,8 @@
 //! 2-bit levels, 12 bytes of sixteen 6-bit signed scales, `d` (f16). Weight = d*(sc-32)*(l-4).
 
 use super::search::{make_q3_quants, make_qx_quants, nearest_int};
-use super::{first_bad_scale, for_each_superblock, pack_2bit, sum_squares, QK_K};
-use crate::fp::{f32_to_f16, get_f16, put_u16};
+use super::{for_each_superblock, pack_2bit, sum_squares, QK_K};
+use crate::fp::{f32_to_f16, first_bad_scale, get_f16, put_u16};
 use crate::{BlockFormat, GgmlType};
 
 /// The 3-bit K-quant.

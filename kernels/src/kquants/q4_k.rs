@@ -6,15 +6,15 @@ use super::search::{
     get_scale_min_k4, make_qkx2_quants, make_qkx3_quants, make_qp_quants, nearest_int,
     pack_scale_min_k4, MinSearch,
 };
-use super::{first_bad_scale, for_each_superblock, sum_squares, QK_K};
-use crate::fp::{f32_to_f16, get_f16, put_u16};
+use super::{for_each_superblock, sum_squares, QK_K};
+use crate::fp::{f32_to_f16, first_bad_scale, get_f16, put_u16};
 use crate::{BlockFormat, GgmlType};
 
 /// The 4-bit K-quant.
 pub struct Q4K;
 
-const D: usize = 0;
-const DMIN: usize = 2;
+pub(crate) const D: usize = 0;
+pub(crate) const DMIN: usize = 2;
 const SCALES: usize = 4;
 const QS: usize = 16;
 
@@ -28,11 +28,7 @@ pub(crate) const IMATRIX_SEARCH: MinSearch = MinSearch {
 /// The sub-block weights of the reference path: `sqrt(mean square) + |x|`.
 #[inline]
 pub(crate) fn ref_weights(xs: &[f32]) -> [f32; 32] {
-    let mut sum_x2 = 0.0f32;
-    for &v in xs {
-        sum_x2 += v * v;
-    }
-    let av_x = (sum_x2 / 32.0).sqrt();
+    let av_x = (sum_squares(xs) / 32.0).sqrt();
     let mut w = [0.0f32; 32];
     for (w, v) in w.iter_mut().zip(xs) {
         *w = av_x + v.abs();

@@ -1,9 +1,10 @@
 //! Q5_K: 176 bytes per 256 weights. Layout: `d`, `dmin` (f16), 12 bytes of 6-bit scales and
 //! mins (as Q4_K), 32 bytes of fifth bits, 128 bytes of low 4-bit levels.
 
-use super::q4_k::{imatrix_scales, ref_scales, requantize, sub_scales};
+use super::q4_k::{imatrix_scales, ref_scales, requantize, sub_scales, D, DMIN};
 use super::search::MinSearch;
-use super::{first_bad_scale, for_each_superblock, QK_K};
+use super::{for_each_superblock, QK_K};
+use crate::fp::first_bad_scale;
 use crate::{BlockFormat, GgmlType};
 
 /// The 5-bit K-quant.
@@ -80,6 +81,6 @@ impl BlockFormat for Q5K {
     }
 
     fn first_invalid_block(row: &[u8]) -> Option<usize> {
-        first_bad_scale(row, Self::BLOCK_BYTES, &[0, 2])
+        first_bad_scale(row, Self::BLOCK_BYTES, &[D, DMIN])
     }
 }

@@ -3,8 +3,8 @@
 //! Weight = d*sc*(l-32).
 
 use super::search::{make_qx_quants, nearest_int, GROUP_MAX_EPS};
-use super::{first_bad_scale, for_each_superblock, QK_K};
-use crate::fp::{f32_to_f16, get_f16, put_u16};
+use super::{for_each_superblock, QK_K};
+use crate::fp::{f32_to_f16, first_bad_scale, get_f16, put_u16};
 use crate::{BlockFormat, GgmlType};
 
 /// The 6-bit K-quant.
