@@ -8,3 +8,14 @@ pub mod ggml;
 pub mod synth;
 
 pub use kiln_kernels as kernels;
+pub mod gguf;
+pub mod plan;
+pub mod source;
+pub mod convert;
+pub mod imatrix;
+pub mod arch;
+pub mod quantize;
+pub mod fixture;
+pub mod inspect;
+pub mod llama;
+pub mod tokenizer;

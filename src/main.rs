@@ -1,4 +1,5 @@
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// kiln: Hugging Face checkpoints to GGUF at every precision, measured on llama.cpp.
@@ -11,6 +12,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Convert a Hugging Face checkpoint (folder or .safetensors file) or a GGUF file to GGUF
+    /// at TYPE, choosing each tensor's type as llama-quantize does.
+    Quantize(QuantizeArgs),
+    /// Print a GGUF file's metadata and tensors.
+    Inspect {
+        file: PathBuf,
+        /// One JSON document on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Quantize a deterministic weight matrix to every format with kiln and with ggml, and
     /// compare bytes, error and time.
     Demo {
@@ -23,9 +34,99 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct QuantizeArgs {
+    /// llama.cpp's type name, case-insensitive: f32, f16, bf16, q8_0, q6_K, q5_K_M, q5_K_S,
+    /// q5_1, q5_0, q4_K_M, q4_K_S, q4_1, q4_0, q3_K_L, q3_K_M, q3_K_S, q2_K (q4_K, q5_K, q3_K
+    /// mean their _M mix).
+    #[arg(long = "type", short = 't')]
+    ty: String,
+    /// Checkpoint folder, .safetensors file, or .gguf file.
+    input: PathBuf,
+    /// Output file (default: <name>-<TYPE>.gguf beside the input).
+    #[arg(short = 'o', long)]
+    output: Option<PathBuf>,
+    /// Overwrite an existing output file.
+    #[arg(long)]
+    force: bool,
+    /// Allow requantizing tensors that are already quantized.
+    #[arg(long)]
+    allow_requantize: bool,
+    /// No mixture: every quantizable tensor gets TYPE's base type.
+    #[arg(long)]
+    pure: bool,
+    /// Importance matrix from llama-imatrix (GGUF or legacy .dat).
+    #[arg(long)]
+    imatrix: Option<PathBuf>,
+    /// Type for output.weight.
+    #[arg(long)]
+    output_tensor_type: Option<String>,
+    /// Type for token_embd.weight.
+    #[arg(long)]
+    token_embedding_type: Option<String>,
+    /// Leave output.weight in its input type.
+    #[arg(long)]
+    leave_output_tensor: bool,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print the plan (tensors, types, sizes) without writing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+fn quantize(a: QuantizeArgs) -> anyhow::Result<()> {
+    use kiln::quantize as q;
+    if let Some(n) = a.threads {
+        anyhow::ensure!(n > 0, "--threads must be at least 1");
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
+    }
+    let mut opts = q::Options::new(kiln::plan::FileType::parse(&a.ty)?);
+    opts.output = a.output;
+    opts.force = a.force;
+    opts.allow_requantize = a.allow_requantize;
+    opts.pure = a.pure;
+    opts.imatrix = a.imatrix;
+    opts.output_tensor_type = a.output_tensor_type.as_deref().map(q::parse_ggml_type).transpose()?;
+    opts.token_embedding_type = a.token_embedding_type.as_deref().map(q::parse_ggml_type).transpose()?;
+    opts.leave_output_tensor = a.leave_output_tensor;
+    let start = std::time::Instant::now();
+    let p = q::prepare(&a.input, &opts)?;
+    for n in &p.notes {
+        eprintln!("kiln: {n}");
+    }
+    if a.dry_run {
+        print!("{}", q::describe(&p)?);
+        return Ok(());
+    }
+    let s = q::execute(&p, opts.force, std::io::IsTerminal::is_terminal(&std::io::stderr()))?;
+    println!(
+        "{}: {} tensors, {} bytes ({:.2} MiB), {:.3} bits per weight, {:.1} s",
+        p.target.display(),
+        s.tensors,
+        s.file_size,
+        s.file_size as f64 / 1048576.0,
+        s.bytes_written as f64 * 8.0 / s.n_elements.max(1) as f64,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn inspect(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let g = kiln::gguf::GgufFile::open(file)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&kiln::inspect::to_json(&g))?);
+    } else {
+        print!("{}", kiln::inspect::to_text(&g)?);
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Quantize(a) => quantize(a),
+        Command::Inspect { file, json } => inspect(&file, json),
         Command::Demo { rows, cols } => demo(rows, cols),
     };
     match result {

@@ -1,0 +1,335 @@
+//! The conversion pipeline: one pass over the input, tensor by tensor in the plan's order.
+//! Each tensor is read in slabs of rows (bounded memory whatever the tensor's size), widened
+//! to f32 with its transform applied, quantized by the kernels (rayon over rows), and handed to
+//! a writer thread that streams it into the temporary output file while the next slab is
+//! quantized.
+
+use crate::gguf::writer::{GgufWriter, TensorEntry};
+use crate::gguf::{GgufFile, Metadata, TypeId};
+use crate::source::{to_f32, Checkpoint, SrcDtype};
+use anyhow::{anyhow, bail, Context, Result};
+use kiln_kernels::{GgmlType, KernelError};
+use llama_cpp_sys_2 as sys;
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::mpsc::sync_channel;
+
+/// f32 input per slab (the output slab is at most as large).
+const SLAB_BYTES: usize = 32 << 20;
+
+/// What is done to a source tensor on the way (the edits convert_hf_to_gguf.py makes).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Transform {
+    None,
+    /// Llama's q/k rows reordered from Hugging Face's rotate-half layout to ggml's interleaved
+    /// RoPE layout (`LlamaModel.permute`): output row h*d + 2i + j is source row h*d + j*d/2 + i.
+    PermuteHeads { n_head: usize },
+    /// Gemma's norm weights stored as w - 1: add 1 (in f16 when the source is f16, as torch
+    /// does, else in f32).
+    AddOne,
+}
+
+/// Where a tensor's data comes from.
+#[derive(Clone, Debug)]
+pub enum TensorSource {
+    /// Tensor `index` of the checkpoint; `rows` of its rows are used (Gemma drops padding rows
+    /// of the embedding beyond the real vocabulary).
+    Hf { index: usize, dtype: SrcDtype, transform: Transform },
+    /// Tensor `index` of a GGUF input.
+    Gguf { index: usize },
+    /// Values computed by the converter (Llama 3's rope_freqs).
+    Values(Vec<f32>),
+}
+
+/// The input of a conversion.
+pub enum Input {
+    Hf(Checkpoint),
+    Gguf(GgufFile),
+}
+
+impl Input {
+    pub fn path_label(&self) -> String {
+        match self {
+            Input::Hf(ck) => ck.dir.display().to_string(),
+            Input::Gguf(g) => g.path.display().to_string(),
+        }
+    }
+}
+
+/// One tensor of the output.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub name: String,
+    /// ne of the output, innermost first.
+    pub dims: Vec<u64>,
+    /// Its type in the input (what a copy keeps).
+    pub input_type: TypeId,
+    /// Its type in the output.
+    pub out_type: TypeId,
+    pub fallback_from: Option<GgmlType>,
+    pub source: TensorSource,
+}
+
+impl Job {
+    pub fn n_per_row(&self) -> usize {
+        self.dims[0] as usize
+    }
+    pub fn n_rows(&self) -> usize {
+        self.dims.iter().skip(1).product::<u64>() as usize
+    }
+    pub fn n_elements(&self) -> u64 {
+        self.dims.iter().product()
+    }
+    /// Output bytes.
+    pub fn out_bytes(&self) -> Result<u64> {
+        let rb = self
+            .out_type
+            .row_bytes(self.dims[0])
+            .with_context(|| format!("tensor {}: rows of {} do not fit {}", self.name, self.dims[0], self.out_type.label()))?;
+        Ok(rb * self.n_rows() as u64)
+    }
+    pub fn entry(&self) -> Result<TensorEntry> {
+        Ok(TensorEntry { name: self.name.clone(), dims: self.dims.clone(), ty: self.out_type, bytes: self.out_bytes()? })
+    }
+}
+
+/// Dequantizes `src` (whole rows of `n_per_row`) of any ggml type into `dst`.
+fn dequantize_any(ty: TypeId, src: &[u8], n_per_row: usize, dst: &mut [f32]) -> Result<()> {
+    if let Some(k) = ty.kiln() {
+        k.dequantize(src, n_per_row, dst).map_err(|e| anyhow!("{e}"))?;
+        return Ok(());
+    }
+    // Types kiln does not write (i-quants and others): ggml's own to_float.
+    let traits = unsafe { sys::ggml_get_type_traits(ty.0 as sys::ggml_type) };
+    let to_float = unsafe { traits.as_ref() }.and_then(|t| t.to_float);
+    let (Some(f), Some(rb)) = (to_float, ty.row_bytes(n_per_row as u64)) else {
+        bail!("cannot dequantize type {}", ty.label());
+    };
+    let rows = dst.len() / n_per_row;
+    if src.len() < rows * rb as usize {
+        bail!("short data for type {}", ty.label());
+    }
+    dst.par_chunks_mut(n_per_row).zip(src.par_chunks(rb as usize)).for_each(|(d, s)| unsafe {
+        f(s.as_ptr().cast(), d.as_mut_ptr(), n_per_row as i64)
+    });
+    Ok(())
+}
+
+/// The source index of output row (or element) `r` under Llama's head permutation, for heads
+/// of `d` rows: output h*d + 2i + j comes from h*d + j*d/2 + i.
+fn permuted(r: usize, d: usize) -> usize {
+    let (h, w) = (r / d, r % d);
+    h * d + (w % 2) * (d / 2) + w / 2
+}
+
+fn add_one(xs: &mut [f32], dtype: SrcDtype) {
+    for x in xs.iter_mut() {
+        *x = if dtype == SrcDtype::F16 {
+            half::f16::from_f32(*x + 1.0).to_f32()
+        } else {
+            *x + 1.0
+        };
+    }
+}
+
+impl Input {
+    /// Reads rows `first..first + out.len() / n_per_row` of `src` as f32 into `out`.
+    fn read_rows(&self, src: &TensorSource, n_per_row: usize, first: usize, out: &mut [f32]) -> Result<()> {
+        match (self, src) {
+            (Input::Hf(ck), TensorSource::Hf { index, dtype, transform }) => {
+                let t = &ck.tensors[*index];
+                let bytes = ck.bytes(t);
+                let es = dtype.size();
+                let row_bytes = n_per_row * es;
+                let n_rows_total = bytes.len() / row_bytes;
+                if t.shape.len() == 1 {
+                    // One row: a norm, a bias (Llama's permuted q/k biases move elements).
+                    let mut tmp = vec![0f32; n_per_row];
+                    to_f32(*dtype, bytes, &mut tmp);
+                    for (i, o) in out.iter_mut().enumerate() {
+                        let si = match transform {
+                            Transform::PermuteHeads { n_head } => permuted(i, n_per_row / n_head),
+                            _ => i,
+                        };
+                        *o = tmp[si];
+                    }
+                    if *transform == Transform::AddOne {
+                        add_one(out, *dtype);
+                    }
+                    return Ok(());
+                }
+                let head = match transform {
+                    Transform::PermuteHeads { n_head } => Some(n_rows_total / n_head),
+                    _ => None,
+                };
+                out.par_chunks_mut(n_per_row).enumerate().for_each(|(i, row)| {
+                    let r = first + i;
+                    let sr = head.map_or(r, |d| permuted(r, d));
+                    to_f32(*dtype, &bytes[sr * row_bytes..(sr + 1) * row_bytes], row);
+                    if *transform == Transform::AddOne {
+                        add_one(row, *dtype);
+                    }
+                });
+                Ok(())
+            }
+            (_, TensorSource::Values(v)) => {
+                let n = out.len();
+                out.copy_from_slice(&v[first * n_per_row..first * n_per_row + n]);
+                Ok(())
+            }
+            (Input::Gguf(g), TensorSource::Gguf { index }) => {
+                let t = &g.tensors()[*index];
+                let rb = t.ty.row_bytes(n_per_row as u64).context("row size")? as usize;
+                let n = out.len() / n_per_row;
+                let data = g.data(t);
+                dequantize_any(t.ty, &data[first * rb..(first + n) * rb], n_per_row, out)
+            }
+            _ => bail!("internal: tensor source does not match the input"),
+        }
+    }
+
+    /// The input bytes of a tensor when it can be copied unchanged.
+    fn raw(&self, job: &Job) -> Option<&[u8]> {
+        match (self, &job.source) {
+            (Input::Gguf(g), TensorSource::Gguf { index }) if job.out_type == job.input_type => {
+                Some(g.data(&g.tensors()[*index]))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Counts of what a run did.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    pub tensors: usize,
+    pub bytes_written: u64,
+    pub file_size: u64,
+    pub n_elements: u64,
+}
+
+enum Chunk {
+    Data(Vec<u8>),
+    End,
+}
+
+/// Converts: writes `jobs` (in order) under `md` to `target` via a temporary file.
+pub fn run(
+    input: &Input,
+    jobs: &[Job],
+    md: &Metadata,
+    target: &Path,
+    force: bool,
+    imatrix: Option<&HashMap<String, Vec<f32>>>,
+    progress: bool,
+) -> Result<Summary> {
+    let entries: Vec<TensorEntry> = jobs.iter().map(|j| j.entry()).collect::<Result<_>>()?;
+    let total: u64 = entries.iter().map(|e| e.bytes).sum();
+    let mut writer = GgufWriter::create(target, force, md, entries)?;
+    let bar = if progress {
+        let b = indicatif::ProgressBar::new(total);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let (tx, rx) = sync_channel::<Chunk>(2);
+    let n_jobs = jobs.len();
+    let result = std::thread::scope(|s| -> Result<()> {
+        let bar_w = bar.clone();
+        let writer_thread = s.spawn(move || -> Result<GgufWriter> {
+            let mut done = 0usize;
+            for c in rx {
+                match c {
+                    Chunk::Data(d) => {
+                        writer.write(&d)?;
+                        bar_w.inc(d.len() as u64);
+                    }
+                    Chunk::End => {
+                        writer.end_tensor()?;
+                        done += 1;
+                        bar_w.set_message(format!("{done}/{n_jobs} tensors"));
+                    }
+                }
+            }
+            Ok(writer)
+        });
+        let produced = produce(input, jobs, imatrix, &tx);
+        drop(tx);
+        let writer = writer_thread.join().map_err(|_| anyhow!("internal: writer thread panicked"))?;
+        // A writer error explains a producer's failed send, so report it first.
+        let writer = writer?;
+        produced?;
+        writer.finish()
+    });
+    bar.finish_and_clear();
+    result?;
+    let file_size = std::fs::metadata(target).map(|m| m.len()).unwrap_or(0);
+    Ok(Summary {
+        tensors: jobs.len(),
+        bytes_written: total,
+        file_size,
+        n_elements: jobs.iter().map(|j| j.n_elements()).sum(),
+    })
+}
+
+fn produce(
+    input: &Input,
+    jobs: &[Job],
+    imatrix: Option<&HashMap<String, Vec<f32>>>,
+    tx: &std::sync::mpsc::SyncSender<Chunk>,
+) -> Result<()> {
+    let send = |c: Chunk| tx.send(c).map_err(|_| anyhow!("output writer stopped"));
+    for job in jobs {
+        if let Some(raw) = input.raw(job) {
+            for piece in raw.chunks(SLAB_BYTES) {
+                send(Chunk::Data(piece.to_vec()))?;
+            }
+            send(Chunk::End)?;
+            continue;
+        }
+        let out_ty = job.out_type.kiln().with_context(|| {
+            format!("tensor {}: kiln cannot write type {}", job.name, job.out_type.label())
+        })?;
+        let n_per_row = job.n_per_row();
+        let n_rows = job.n_rows();
+        let qw = imatrix.and_then(|m| m.get(&job.name)).map(|v| v.as_slice());
+        let qw = if out_ty.uses_imatrix() { qw } else { None };
+        let slab_rows = (SLAB_BYTES / (n_per_row * 4)).clamp(1, n_rows.max(1));
+        let row_bytes = out_ty.row_bytes(n_per_row).context("row size")?;
+        let mut f32_buf = vec![0f32; slab_rows * n_per_row];
+        let mut first = 0;
+        while first < n_rows {
+            let n = slab_rows.min(n_rows - first);
+            let src = &mut f32_buf[..n * n_per_row];
+            input
+                .read_rows(&job.source, n_per_row, first, src)
+                .with_context(|| format!("tensor {}", job.name))?;
+            let mut dst = vec![0u8; n * row_bytes];
+            out_ty.quantize(src, n_per_row, qw, &mut dst).map_err(|e| match e {
+                KernelError::NonFinite { row, column, value } => anyhow!(
+                    "tensor {}: weight at row {}, column {column} is {value} (the input holds non-finite values)",
+                    job.name,
+                    first + row
+                ),
+                KernelError::Overflow { row, block, .. } => anyhow!(
+                    "tensor {}: row {}, block {block}: the scale overflows {} (weights too large for the format)",
+                    job.name,
+                    first + row,
+                    out_ty
+                ),
+                other => anyhow!("tensor {}: {other}", job.name),
+            })?;
+            send(Chunk::Data(dst))?;
+            first += n;
+        }
+        send(Chunk::End)?;
+    }
+    Ok(())
+}

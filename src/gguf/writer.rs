@@ -1,0 +1,238 @@
+//! A streaming GGUF writer. The header is known before any data (every tensor's type and size
+//! come from the plan), so data is appended tensor by tensor as it is produced. Everything goes
+//! to a temporary file beside the target, which is renamed over the target only by
+//! [`GgufWriter::finish`]; dropped early (error, panic), the temporary file is deleted.
+
+use super::reader::DEFAULT_ALIGNMENT;
+use super::types::TypeId;
+use super::value::{Array, Metadata, Value};
+use anyhow::{bail, Context, Result};
+use std::io::{BufWriter, Seek, Write};
+use std::path::{Path, PathBuf};
+use tempfile::NamedTempFile;
+
+/// A tensor as the header will describe it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorEntry {
+    pub name: String,
+    /// ggml's ne: innermost first.
+    pub dims: Vec<u64>,
+    pub ty: TypeId,
+    pub bytes: u64,
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_array(out: &mut Vec<u8>, a: &Array) {
+    out.extend_from_slice(&a.element_type().to_le_bytes());
+    out.extend_from_slice(&(a.len() as u64).to_le_bytes());
+    match a {
+        Array::U8(v) => out.extend_from_slice(v),
+        Array::I8(v) => out.extend(v.iter().map(|&x| x as u8)),
+        Array::U16(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        Array::I16(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        Array::U32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        Array::I32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        Array::U64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        Array::I64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        Array::F32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        Array::F64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        Array::Bool(v) => out.extend(v.iter().map(|&b| b as u8)),
+        Array::Str(v) => v.iter().for_each(|s| put_str(out, s)),
+        Array::Array(v) => v.iter().for_each(|a| put_array(out, a)),
+    }
+}
+
+fn put_value(out: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::U8(x) => out.push(*x),
+        Value::I8(x) => out.push(*x as u8),
+        Value::U16(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::I16(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::U32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::I32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::U64(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::I64(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::F32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::F64(x) => out.extend_from_slice(&x.to_le_bytes()),
+        Value::Bool(b) => out.push(*b as u8),
+        Value::Str(s) => put_str(out, s),
+        Value::Array(a) => put_array(out, a),
+    }
+}
+
+fn alignment_of(md: &Metadata) -> u64 {
+    match md.get("general.alignment") {
+        Some(Value::U32(a)) if *a > 0 && a.is_power_of_two() => *a as u64,
+        _ => DEFAULT_ALIGNMENT,
+    }
+}
+
+/// The header (magic through tensor infos, padded to the alignment) and each tensor's offset.
+pub fn header_bytes(md: &Metadata, tensors: &[TensorEntry]) -> (Vec<u8>, Vec<u64>) {
+    let align = alignment_of(md);
+    let mut out = Vec::new();
+    out.extend_from_slice(b"GGUF");
+    out.extend_from_slice(&3u32.to_le_bytes());
+    out.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(md.len() as u64).to_le_bytes());
+    for (k, v) in md.iter() {
+        put_str(&mut out, k);
+        out.extend_from_slice(&v.type_id().to_le_bytes());
+        put_value(&mut out, v);
+    }
+    let mut offsets = Vec::with_capacity(tensors.len());
+    let mut off = 0u64;
+    for t in tensors {
+        put_str(&mut out, &t.name);
+        out.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
+        for d in &t.dims {
+            out.extend_from_slice(&d.to_le_bytes());
+        }
+        out.extend_from_slice(&t.ty.0.to_le_bytes());
+        out.extend_from_slice(&off.to_le_bytes());
+        offsets.push(off);
+        off += t.bytes.div_ceil(align) * align;
+    }
+    let padded = (out.len() as u64).div_ceil(align) * align;
+    out.resize(padded as usize, 0);
+    (out, offsets)
+}
+
+/// Total file size for this header and these tensors.
+pub fn file_size(md: &Metadata, tensors: &[TensorEntry]) -> u64 {
+    let align = alignment_of(md);
+    let (h, _) = header_bytes(md, tensors);
+    h.len() as u64 + tensors.iter().map(|t| t.bytes.div_ceil(align) * align).sum::<u64>()
+}
+
+/// Refuses to go on when `target` exists and `force` is not set.
+pub fn check_target(target: &Path, force: bool) -> Result<()> {
+    if target.exists() && !force {
+        bail!(
+            "{}: already exists (use --force to overwrite)",
+            target.display()
+        );
+    }
+    Ok(())
+}
+
+/// Writes one GGUF file, tensor data in header order.
+pub struct GgufWriter {
+    target: PathBuf,
+    force: bool,
+    out: BufWriter<NamedTempFile>,
+    tensors: Vec<TensorEntry>,
+    align: u64,
+    current: usize,
+    written_in_current: u64,
+}
+
+impl GgufWriter {
+    /// Starts the temporary file beside `target` and writes the header.
+    pub fn create(target: &Path, force: bool, md: &Metadata, tensors: Vec<TensorEntry>) -> Result<Self> {
+        check_target(target, force)?;
+        let dir = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let stem = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "out.gguf".into());
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!(".{stem}."))
+            .suffix(".partial")
+            .tempfile_in(&dir)
+            .with_context(|| format!("{}: cannot create a temporary file", dir.display()))?;
+        let mut out = BufWriter::with_capacity(1 << 20, tmp);
+        let (header, _) = header_bytes(md, &tensors);
+        out.write_all(&header)
+            .with_context(|| format!("{}: write failed", target.display()))?;
+        Ok(GgufWriter {
+            target: target.to_path_buf(),
+            force,
+            out,
+            tensors,
+            align: alignment_of(md),
+            current: 0,
+            written_in_current: 0,
+        })
+    }
+
+    /// Appends data of the current tensor.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        let Some(t) = self.tensors.get(self.current) else {
+            bail!("internal: data written past the last tensor");
+        };
+        if self.written_in_current + bytes.len() as u64 > t.bytes {
+            bail!("internal: tensor {} got more than its {} bytes", t.name, t.bytes);
+        }
+        self.out
+            .write_all(bytes)
+            .with_context(|| format!("{}: write failed", self.target.display()))?;
+        self.written_in_current += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Ends the current tensor: checks its size and pads to the alignment.
+    pub fn end_tensor(&mut self) -> Result<()> {
+        let Some(t) = self.tensors.get(self.current) else {
+            bail!("internal: end of a tensor past the last one");
+        };
+        if self.written_in_current != t.bytes {
+            bail!(
+                "internal: tensor {} got {} bytes, its header says {}",
+                t.name,
+                self.written_in_current,
+                t.bytes
+            );
+        }
+        let pad = t.bytes.div_ceil(self.align) * self.align - t.bytes;
+        self.out
+            .write_all(&vec![0u8; pad as usize])
+            .with_context(|| format!("{}: write failed", self.target.display()))?;
+        self.current += 1;
+        self.written_in_current = 0;
+        Ok(())
+    }
+
+    /// The tensor whose data comes next.
+    pub fn current(&self) -> Option<&TensorEntry> {
+        self.tensors.get(self.current)
+    }
+
+    /// Flushes, syncs and renames the temporary file onto the target.
+    pub fn finish(self) -> Result<()> {
+        if self.current != self.tensors.len() {
+            bail!(
+                "internal: {} of {} tensors written",
+                self.current,
+                self.tensors.len()
+            );
+        }
+        let target = self.target.clone();
+        let tmp = self
+            .out
+            .into_inner()
+            .map_err(|e| anyhow::anyhow!("{}: write failed: {}", target.display(), e.error()))?;
+        let mut f = tmp.as_file();
+        f.flush().ok();
+        f.stream_position().ok();
+        tmp.as_file()
+            .sync_all()
+            .with_context(|| format!("{}: sync failed", target.display()))?;
+        if self.force {
+            tmp.persist(&target)
+                .map_err(|e| anyhow::anyhow!("{}: cannot rename into place: {}", target.display(), e.error))?;
+        } else {
+            tmp.persist_noclobber(&target).map_err(|e| {
+                anyhow::anyhow!("{}: cannot rename into place: {}", target.display(), e.error)
+            })?;
+        }
+        Ok(())
+    }
+}

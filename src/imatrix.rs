@@ -1,0 +1,144 @@
+//! Importance matrices from llama-imatrix, in both of its file formats, turned into the
+//! per-column weights llama-quantize hands to ggml (tools/quantize/quantize.cpp,
+//! `load_imatrix`): GGUF files hold `<tensor>.in_sum2` and `<tensor>.counts`, weight =
+//! sum / count per matrix; legacy files hold (sum / count) * ncall per tensor, weight =
+//! value / ncall.
+
+use crate::gguf::{GgufFile, TypeId};
+use anyhow::{bail, Context, Result};
+use kiln_kernels::GgmlType;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Tensor name to importance weights.
+pub type Imatrix = HashMap<String, Vec<f32>>;
+
+pub fn load(path: &Path) -> Result<Imatrix> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let m = if bytes.starts_with(b"GGUF") {
+        drop(bytes);
+        load_gguf(path)?
+    } else {
+        parse_legacy(&bytes).with_context(|| format!("{}: not a valid imatrix file", path.display()))?
+    };
+    for (name, v) in &m {
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            bail!("{}: entry {name} holds a non-finite value {} at column {i}", path.display(), v[i]);
+        }
+    }
+    Ok(m)
+}
+
+fn load_gguf(path: &Path) -> Result<Imatrix> {
+    let g = GgufFile::open(path)?;
+    let f32_of = |name: &str| -> Result<Option<Vec<f32>>> {
+        let Some(t) = g.find(name) else { return Ok(None) };
+        if t.ty != TypeId::of(GgmlType::F32) {
+            bail!("{}: {name} is {}, not f32", path.display(), t.ty.label());
+        }
+        Ok(Some(g.data(t).chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()))
+    };
+    let mut out = Imatrix::new();
+    for t in g.tensors() {
+        let Some(base) = t.name.strip_suffix(".in_sum2") else { continue };
+        let sums = f32_of(&t.name)?.unwrap_or_default();
+        let Some(counts) = f32_of(&format!("{base}.counts"))? else {
+            bail!("{}: {base} has sums but no counts", path.display());
+        };
+        if counts.is_empty() || sums.len() % counts.len() != 0 {
+            bail!("{}: {base}: {} sums do not split into {} matrices", path.display(), sums.len(), counts.len());
+        }
+        let ne0 = sums.len() / counts.len();
+        let mut e = vec![0f32; sums.len()];
+        for (j, c) in counts.iter().enumerate() {
+            let count = c.round() as i64 as f32;
+            for i in 0..ne0 {
+                e[j * ne0 + i] = if count > 0.0 { sums[j * ne0 + i] / count } else { 1.0 };
+            }
+        }
+        out.insert(base.to_string(), e);
+    }
+    if out.is_empty() {
+        bail!("{}: no importance data (no *.in_sum2 tensors)", path.display());
+    }
+    Ok(out)
+}
+
+/// The legacy binary format (llama-imatrix before GGUF).
+pub fn parse_legacy(b: &[u8]) -> Result<Imatrix> {
+    let n = b.get(0..4).context("truncated at offset 0 reading the entry count")?;
+    let n = i32::from_le_bytes([n[0], n[1], n[2], n[3]]);
+    if n < 1 {
+        bail!("entry count is {n}");
+    }
+    let mut out = Imatrix::new();
+    let mut p = 4usize;
+    for k in 0..n {
+        let rd = |p: &mut usize, what: &str| -> Result<i32> {
+            let s = b.get(*p..*p + 4).with_context(|| format!("truncated at offset {p} reading {what} of entry {k}"))?;
+            *p += 4;
+            Ok(i32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+        };
+        let len = rd(&mut p, "name length")?;
+        if len < 0 {
+            bail!("entry {k}: negative name length");
+        }
+        let name = b
+            .get(p..p + len as usize)
+            .with_context(|| format!("truncated at offset {p} reading the name of entry {k}"))?;
+        let name = String::from_utf8_lossy(name).into_owned();
+        p += len as usize;
+        let ncall = rd(&mut p, "call count")?;
+        let nval = rd(&mut p, "value count")?;
+        if nval < 1 {
+            bail!("entry {name}: {nval} values");
+        }
+        let bytes = b
+            .get(p..p + nval as usize * 4)
+            .with_context(|| format!("truncated at offset {p} reading the values of {name}"))?;
+        p += nval as usize * 4;
+        let vals: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .map(|x| if ncall > 0 { x / ncall as i64 as f32 } else { x })
+            .collect();
+        out.insert(name, vals);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn legacy(entries: &[(&str, i32, &[f32])]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&(entries.len() as i32).to_le_bytes());
+        for (name, ncall, vals) in entries {
+            b.extend_from_slice(&(name.len() as i32).to_le_bytes());
+            b.extend_from_slice(name.as_bytes());
+            b.extend_from_slice(&ncall.to_le_bytes());
+            b.extend_from_slice(&(vals.len() as i32).to_le_bytes());
+            for v in *vals {
+                b.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        b
+    }
+
+    #[test]
+    fn legacy_values_are_divided_by_the_call_count() {
+        let b = legacy(&[("blk.0.attn_q.weight", 4, &[8.0, 2.0]), ("x", 0, &[3.0])]);
+        let m = parse_legacy(&b).unwrap();
+        assert_eq!(m["blk.0.attn_q.weight"], vec![2.0, 0.5]);
+        assert_eq!(m["x"], vec![3.0]);
+    }
+
+    #[test]
+    fn truncated_legacy_files_are_errors_at_every_cut() {
+        let b = legacy(&[("blk.0.attn_q.weight", 4, &[8.0, 2.0, 1.0])]);
+        for cut in 0..b.len() {
+            assert!(parse_legacy(&b[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! llama.cpp itself, through `llama-cpp-2`: loading a GGUF, logits, greedy generation,
+//! tokenization, and llama-quantize's `llama_model_quantize` (the reference for files).
+
+use anyhow::{anyhow, bail, Context, Result};
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::token::LlamaToken;
+use llama_cpp_sys_2 as sys;
+use std::ffi::CString;
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::OnceLock;
+
+/// The process-wide llama.cpp backend (it may be initialized once), with logging silenced.
+pub fn backend() -> &'static LlamaBackend {
+    static B: OnceLock<LlamaBackend> = OnceLock::new();
+    B.get_or_init(|| {
+        let mut b = LlamaBackend::init().expect("llama.cpp backend initializes once");
+        if std::env::var_os("KILN_LLAMA_LOG").is_none() {
+            b.void_logs();
+        }
+        b
+    })
+}
+
+/// Loads a GGUF on the CPU.
+pub fn load(path: &Path) -> Result<LlamaModel> {
+    LlamaModel::load_from_file(backend(), path, &LlamaModelParams::default())
+        .map_err(|e| anyhow!("{}: llama.cpp cannot load it: {e}", path.display()))
+}
+
+/// Tokenizes as llama.cpp does (`add_special`: BOS/EOS as the vocabulary asks).
+pub fn tokenize(model: &LlamaModel, text: &str, add_special: bool) -> Vec<u32> {
+    model
+        .vocab()
+        .tokenize(text.as_bytes(), add_special, false)
+        .into_iter()
+        .map(|t| t.0 as u32)
+        .collect()
+}
+
+fn context<'m>(model: &'m LlamaModel, n_ctx: u32, threads: i32) -> Result<llama_cpp_2::context::LlamaContext<'m>> {
+    let p = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(n_ctx.max(16)))
+        .with_n_batch(n_ctx.max(16))
+        .with_n_ubatch(n_ctx.max(16))
+        .with_n_threads(threads)
+        .with_n_threads_batch(threads);
+    model.new_context(backend(), p).map_err(|e| anyhow!("llama.cpp context: {e}"))
+}
+
+fn threads() -> i32 {
+    std::thread::available_parallelism().map(|n| n.get() as i32).unwrap_or(2)
+}
+
+/// The logits at every position of `tokens`, in one batch.
+pub fn logits(model: &LlamaModel, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
+    let mut ctx = context(model, tokens.len() as u32, threads())?;
+    let mut batch = LlamaBatch::new(tokens.len(), 1);
+    for (i, &t) in tokens.iter().enumerate() {
+        batch.add(LlamaToken(t as i32), i as i32, &[0], true)?;
+    }
+    ctx.decode(&mut batch).map_err(|e| anyhow!("llama.cpp decode: {e}"))?;
+    Ok((0..tokens.len()).map(|i| ctx.get_logits_ith(i as i32).to_vec()).collect())
+}
+
+/// Greedy generation of `n` tokens after `prompt`.
+pub fn generate(model: &LlamaModel, prompt: &[u32], n: usize) -> Result<Vec<u32>> {
+    if prompt.is_empty() {
+        bail!("empty prompt");
+    }
+    let mut ctx = context(model, (prompt.len() + n) as u32, threads())?;
+    let mut batch = LlamaBatch::new(prompt.len().max(1), 1);
+    for (i, &t) in prompt.iter().enumerate() {
+        batch.add(LlamaToken(t as i32), i as i32, &[0], i + 1 == prompt.len())?;
+    }
+    ctx.decode(&mut batch).map_err(|e| anyhow!("llama.cpp decode: {e}"))?;
+    let mut out = Vec::with_capacity(n);
+    let mut last = batch.n_tokens() - 1;
+    for step in 0..n {
+        let l = ctx.get_logits_ith(last);
+        let next = argmax(l) as u32;
+        out.push(next);
+        batch.clear();
+        batch.add(LlamaToken(next as i32), (prompt.len() + step) as i32, &[0], true)?;
+        ctx.decode(&mut batch).map_err(|e| anyhow!("llama.cpp decode: {e}"))?;
+        last = 0;
+    }
+    Ok(out)
+}
+
+pub fn argmax(xs: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in xs.iter().enumerate() {
+        if x > xs[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// llama-quantize's options, as `llama_model_quantize_params` takes them.
+#[derive(Clone, Debug, Default)]
+pub struct ReferenceOptions {
+    pub threads: i32,
+    pub allow_requantize: bool,
+    pub pure: bool,
+    pub leave_output_tensor: bool,
+    pub output_tensor_type: Option<u32>,
+    pub token_embedding_type: Option<u32>,
+    /// Importance weights per tensor name.
+    pub imatrix: Option<Vec<(String, Vec<f32>)>>,
+}
+
+/// Runs llama.cpp's own quantizer (`llama_model_quantize`, what llama-quantize calls) from
+/// `input` to `output` at llama ftype `ftype`.
+pub fn reference_quantize(input: &Path, output: &Path, ftype: u32, o: &ReferenceOptions) -> Result<()> {
+    backend();
+    let cin = CString::new(input.to_str().context("input path is not UTF-8")?)?;
+    let cout = CString::new(output.to_str().context("output path is not UTF-8")?)?;
+    let names: Vec<CString> = o
+        .imatrix
+        .iter()
+        .flatten()
+        .map(|(n, _)| CString::new(n.as_str()))
+        .collect::<Result<_, _>>()?;
+    let mut entries: Vec<sys::llama_model_imatrix_data> = o
+        .imatrix
+        .iter()
+        .flatten()
+        .zip(&names)
+        .map(|((_, v), n)| sys::llama_model_imatrix_data { name: n.as_ptr(), data: v.as_ptr(), size: v.len() })
+        .collect();
+    entries.push(sys::llama_model_imatrix_data { name: std::ptr::null(), data: std::ptr::null(), size: 0 });
+    let rc = unsafe {
+        let mut p = sys::llama_model_quantize_default_params();
+        p.ftype = ftype as _;
+        p.nthread = o.threads;
+        p.allow_requantize = o.allow_requantize;
+        p.pure_ = o.pure;
+        p.quantize_output_tensor = !o.leave_output_tensor;
+        if let Some(t) = o.output_tensor_type {
+            p.output_tensor_type = t as _;
+        }
+        if let Some(t) = o.token_embedding_type {
+            p.token_embedding_type = t as _;
+        }
+        if o.imatrix.is_some() {
+            p.imatrix = entries.as_ptr();
+        }
+        sys::llama_model_quantize(cin.as_ptr(), cout.as_ptr(), &p)
+    };
+    if rc != 0 {
+        bail!("llama_model_quantize failed ({rc}) on {}", input.display());
+    }
+    Ok(())
+}

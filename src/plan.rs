@@ -1,0 +1,490 @@
+//! The per-tensor type plan: for a file type such as Q4_K_M, the ggml type of every tensor,
+//! chosen exactly as llama.cpp's `llama_tensor_get_type` (src/llama-quant.cpp) chooses it for
+//! the dense decoder architectures kiln converts.
+
+use crate::gguf::TypeId;
+use anyhow::{bail, Result};
+use kiln_kernels::GgmlType;
+
+/// A llama.cpp file type (`llama_ftype`): what `--type` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[allow(non_camel_case_types)]
+pub enum FileType {
+    F32,
+    F16,
+    BF16,
+    Q8_0,
+    Q5_1,
+    Q5_0,
+    Q4_1,
+    Q4_0,
+    Q6_K,
+    Q5_K_S,
+    Q5_K_M,
+    Q4_K_S,
+    Q4_K_M,
+    Q3_K_S,
+    Q3_K_M,
+    Q3_K_L,
+    Q2_K,
+}
+
+impl FileType {
+    pub const ALL: [FileType; 17] = [
+        FileType::F32,
+        FileType::F16,
+        FileType::BF16,
+        FileType::Q8_0,
+        FileType::Q6_K,
+        FileType::Q5_K_M,
+        FileType::Q5_K_S,
+        FileType::Q5_1,
+        FileType::Q5_0,
+        FileType::Q4_K_M,
+        FileType::Q4_K_S,
+        FileType::Q4_1,
+        FileType::Q4_0,
+        FileType::Q3_K_L,
+        FileType::Q3_K_M,
+        FileType::Q3_K_S,
+        FileType::Q2_K,
+    ];
+
+    /// llama.cpp's `llama_ftype` number, stored as `general.file_type`.
+    pub fn id(self) -> u32 {
+        use FileType::*;
+        match self {
+            F32 => 0,
+            F16 => 1,
+            Q4_0 => 2,
+            Q4_1 => 3,
+            Q8_0 => 7,
+            Q5_0 => 8,
+            Q5_1 => 9,
+            Q2_K => 10,
+            Q3_K_S => 11,
+            Q3_K_M => 12,
+            Q3_K_L => 13,
+            Q4_K_S => 14,
+            Q4_K_M => 15,
+            Q5_K_S => 16,
+            Q5_K_M => 17,
+            Q6_K => 18,
+            BF16 => 32,
+        }
+    }
+
+    pub fn from_id(id: u32) -> Option<FileType> {
+        FileType::ALL.into_iter().find(|f| f.id() == id)
+    }
+
+    /// llama-quantize's name ("Q4_K_M"), used in file names.
+    pub fn name(self) -> &'static str {
+        use FileType::*;
+        match self {
+            F32 => "F32",
+            F16 => "F16",
+            BF16 => "BF16",
+            Q8_0 => "Q8_0",
+            Q5_1 => "Q5_1",
+            Q5_0 => "Q5_0",
+            Q4_1 => "Q4_1",
+            Q4_0 => "Q4_0",
+            Q6_K => "Q6_K",
+            Q5_K_S => "Q5_K_S",
+            Q5_K_M => "Q5_K_M",
+            Q4_K_S => "Q4_K_S",
+            Q4_K_M => "Q4_K_M",
+            Q3_K_S => "Q3_K_S",
+            Q3_K_M => "Q3_K_M",
+            Q3_K_L => "Q3_K_L",
+            Q2_K => "Q2_K",
+        }
+    }
+
+    /// Parses llama.cpp's names case-insensitively, with llama-quantize's aliases (Q4_K is
+    /// Q4_K_M, Q5_K is Q5_K_M, Q3_K is Q3_K_M) and its numbers ("15").
+    pub fn parse(s: &str) -> Result<FileType> {
+        let up = s.trim().to_ascii_uppercase();
+        let alias = match up.as_str() {
+            "Q4_K" => Some(FileType::Q4_K_M),
+            "Q5_K" => Some(FileType::Q5_K_M),
+            "Q3_K" => Some(FileType::Q3_K_M),
+            _ => None,
+        };
+        if let Some(f) = alias {
+            return Ok(f);
+        }
+        if let Some(f) = FileType::ALL.into_iter().find(|f| f.name() == up) {
+            return Ok(f);
+        }
+        if let Ok(n) = up.parse::<u32>() {
+            if let Some(f) = FileType::from_id(n) {
+                return Ok(f);
+            }
+        }
+        let names: Vec<&str> = FileType::ALL.iter().map(|f| f.name()).collect();
+        bail!("unknown type {s:?}; kiln writes {}", names.join(", "))
+    }
+
+    /// The type most tensors get (`llama_ftype_get_default_type`).
+    pub fn default_type(self) -> GgmlType {
+        use FileType::*;
+        match self {
+            F32 => GgmlType::F32,
+            F16 => GgmlType::F16,
+            BF16 => GgmlType::BF16,
+            Q8_0 => GgmlType::Q8_0,
+            Q5_1 => GgmlType::Q5_1,
+            Q5_0 => GgmlType::Q5_0,
+            Q4_1 => GgmlType::Q4_1,
+            Q4_0 => GgmlType::Q4_0,
+            Q6_K => GgmlType::Q6_K,
+            Q5_K_S | Q5_K_M => GgmlType::Q5_K,
+            Q4_K_S | Q4_K_M => GgmlType::Q4_K,
+            Q3_K_S | Q3_K_M | Q3_K_L => GgmlType::Q3_K,
+            Q2_K => GgmlType::Q2_K,
+        }
+    }
+}
+
+impl std::fmt::Display for FileType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// llama-quantize's options that change the plan.
+#[derive(Clone, Debug, Default)]
+pub struct PlanOptions {
+    /// `--pure`: no mixture, every quantizable tensor gets the default type.
+    pub pure: bool,
+    pub output_tensor_type: Option<GgmlType>,
+    pub token_embedding_type: Option<GgmlType>,
+    /// `--leave-output-tensor`: output.weight keeps its type.
+    pub leave_output_tensor: bool,
+    pub has_imatrix: bool,
+}
+
+/// What the plan needs of the model (llama.cpp reads these from the hparams).
+#[derive(Clone, Debug)]
+pub struct ModelFacts {
+    pub arch: String,
+    pub n_layer: u32,
+    pub n_head: u32,
+    pub n_head_kv: u32,
+}
+
+impl ModelFacts {
+    fn n_gqa(&self) -> u32 {
+        if self.n_head_kv == 0 {
+            0
+        } else {
+            self.n_head / self.n_head_kv
+        }
+    }
+    /// llama.cpp's LLM_TYPE_70B (the only model size the mixes look at).
+    fn is_70b(&self) -> bool {
+        self.n_layer == 80
+            && ((self.arch == "llama" && self.n_head != self.n_head_kv) || self.arch == "qwen2")
+    }
+}
+
+/// One tensor as the plan sees it.
+#[derive(Clone, Debug)]
+pub struct PlanTensor {
+    pub name: String,
+    /// ne, innermost first.
+    pub dims: Vec<u64>,
+    /// The type it has in the input (for a Hugging Face checkpoint: what convert_hf_to_gguf
+    /// would have written, F32 for norms and 1-D tensors).
+    pub input_type: TypeId,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Category {
+    Output,
+    TokenEmbd,
+    AttnV,
+    AttnK,
+    AttnQ,
+    AttnOutput,
+    FfnUp,
+    FfnGate,
+    FfnDown,
+    Other,
+}
+
+fn category(name: &str) -> Category {
+    use Category::*;
+    if name == "output.weight" {
+        Output
+    } else if name == "token_embd.weight" || name == "per_layer_token_embd.weight" {
+        TokenEmbd
+    } else if name.contains("attn_qkv.weight")
+        || name.contains("attn_kv_b.weight")
+        || name.contains("attn_v.weight")
+    {
+        AttnV
+    } else if name.contains("attn_k.weight") {
+        AttnK
+    } else if name.contains("attn_q.weight") {
+        AttnQ
+    } else if name.contains("attn_output.weight") {
+        AttnOutput
+    } else if name.contains("ffn_up") {
+        FfnUp
+    } else if name.contains("ffn_gate") {
+        FfnGate
+    } else if name.contains("ffn_down") {
+        FfnDown
+    } else {
+        Other
+    }
+}
+
+/// ggml_n_dims: dimensions not counting trailing ones.
+fn n_dims(dims: &[u64]) -> usize {
+    let mut n = dims.len();
+    while n > 1 && dims[n - 1] == 1 {
+        n -= 1;
+    }
+    n
+}
+
+/// llama.cpp's `tensor_allows_quantization`, for the names dense decoders have.
+pub fn allows_quantization(name: &str, dims: &[u64], opts: &PlanOptions) -> bool {
+    if n_dims(dims) < 2 || !name.ends_with("weight") || name.contains("_norm.weight") {
+        return false;
+    }
+    if opts.leave_output_tensor && name == "output.weight" {
+        return false;
+    }
+    const NEVER: [&str; 8] = [
+        "ffn_gate_inp.weight",
+        "altup",
+        "laurel",
+        "per_layer_model_proj",
+        "ssm_conv1d",
+        "attn_rel_b.weight",
+        ".position_embd",
+        "shortconv.conv.weight",
+    ];
+    !NEVER.iter().any(|p| name.contains(p))
+        && name != "position_embd.weight"
+        && name != "token_types.weight"
+}
+
+/// The order llama.cpp's loader walks tensors in (its `weight_name_comparer`): tensors outside
+/// any block first, then block by block, by name within each. The mixes count attn_v and
+/// ffn_down tensors in this order, and llama-quantize writes its output in it.
+pub fn llama_order(a: &str, b: &str) -> std::cmp::Ordering {
+    fn layer(s: &str) -> i64 {
+        s.strip_prefix("blk.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|n| n.parse::<i64>().ok())
+            .unwrap_or(-1)
+    }
+    layer(a).cmp(&layer(b)).then_with(|| a.cmp(b))
+}
+
+fn use_more_bits(i_layer: i64, n_layers: i64) -> bool {
+    i_layer < n_layers / 8 || i_layer >= 7 * n_layers / 8 || (i_layer - n_layers / 8) % 3 == 2
+}
+
+/// A plan decision for one tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Choice {
+    pub ty: TypeId,
+    /// The mix wanted a type the row length does not allow, and this is the fallback.
+    pub fallback_from: Option<GgmlType>,
+}
+
+/// Chooses every tensor's type. `tensors` must be in [`llama_order`].
+pub fn choose_types(
+    ftype: FileType,
+    model: &ModelFacts,
+    tensors: &[PlanTensor],
+    opts: &PlanOptions,
+) -> Vec<Choice> {
+    let default_type = ftype.default_type();
+    let n_attention_wv = tensors.iter().filter(|t| category(&t.name) == Category::AttnV).count() as i64;
+    let tied = !tensors.iter().any(|t| t.name == "output.weight");
+    let n_layer = model.n_layer as i64;
+    let mut i_attention_wv = 0i64;
+    let mut i_ffn_down = 0i64;
+    let mut out = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        let cat = category(&t.name);
+        if !allows_quantization(&t.name, &t.dims, opts) {
+            out.push(Choice { ty: t.input_type, fallback_from: None });
+            continue;
+        }
+        if let (Some(ty), Category::TokenEmbd) = (opts.token_embedding_type, cat) {
+            out.push(Choice { ty: TypeId::of(ty), fallback_from: None });
+            continue;
+        }
+        if let (Some(ty), Category::Output) = (opts.output_tensor_type, cat) {
+            out.push(Choice { ty: TypeId::of(ty), fallback_from: None });
+            continue;
+        }
+        let mut ty = default_type;
+        if !ty.is_quantized() {
+            out.push(Choice { ty: TypeId::of(ty), fallback_from: None });
+            continue;
+        }
+        if !opts.pure {
+            ty = mix_type(
+                ftype,
+                model,
+                ty,
+                t,
+                cat,
+                tied,
+                opts,
+                n_attention_wv,
+                &mut i_attention_wv,
+                &mut i_ffn_down,
+                n_layer,
+            );
+        }
+        out.push(fallback(ty, t.dims[0]));
+    }
+    out
+}
+
+/// `tensor_type_fallback`: rows that are not whole blocks of the chosen type.
+fn fallback(ty: GgmlType, ncols: u64) -> Choice {
+    if ncols % ty.block_weights() as u64 == 0 {
+        return Choice { ty: TypeId::of(ty), fallback_from: None };
+    }
+    let mut ret = match ty {
+        GgmlType::Q2_K | GgmlType::Q3_K => GgmlType::Q4_0,
+        GgmlType::Q4_K => GgmlType::Q5_0,
+        GgmlType::Q5_K => GgmlType::Q5_1,
+        GgmlType::Q6_K => GgmlType::Q8_0,
+        other => other,
+    };
+    if ncols % ret.block_weights() as u64 != 0 {
+        ret = GgmlType::F16;
+    }
+    Choice { ty: TypeId::of(ret), fallback_from: Some(ty) }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn mix_type(
+    ftype: FileType,
+    model: &ModelFacts,
+    mut new_type: GgmlType,
+    t: &PlanTensor,
+    cat: Category,
+    tied: bool,
+    opts: &PlanOptions,
+    n_attention_wv: i64,
+    i_attention_wv: &mut i64,
+    i_ffn_down: &mut i64,
+    n_layer: i64,
+) -> GgmlType {
+    use FileType as F;
+    use GgmlType as G;
+    if cat == Category::Output || (tied && cat == Category::TokenEmbd) {
+        if let Some(o) = opts.output_tensor_type {
+            return o;
+        }
+        let nx = t.dims[0];
+        if nx % new_type.block_weights() as u64 != 0 {
+            return G::Q8_0;
+        }
+        if new_type != G::Q8_0 {
+            return G::Q6_K;
+        }
+        return new_type;
+    }
+    match cat {
+        Category::TokenEmbd => {}
+        Category::AttnV => {
+            match ftype {
+                F::Q2_K => new_type = if model.n_gqa() >= 4 { G::Q4_K } else { G::Q3_K },
+                F::Q3_K_M => new_type = if *i_attention_wv < 2 { G::Q5_K } else { G::Q4_K },
+                F::Q3_K_L => new_type = G::Q5_K,
+                F::Q4_K_M | F::Q5_K_M if use_more_bits(*i_attention_wv, n_attention_wv) => {
+                    new_type = G::Q6_K
+                }
+                F::Q4_K_S if *i_attention_wv < 4 => new_type = G::Q5_K,
+                _ => {}
+            }
+            if model.is_70b() && (new_type == G::Q3_K || new_type == G::Q4_K) {
+                new_type = G::Q5_K;
+            }
+            *i_attention_wv += 1;
+        }
+        Category::FfnDown => {
+            let i_layer = *i_ffn_down;
+            match ftype {
+                F::Q2_K => new_type = G::Q3_K,
+                F::Q3_K_M => {
+                    // `arch != FALCON || use_more_bits(...)` is always true for kiln's archs.
+                    new_type = if i_layer < n_layer / 16 { G::Q5_K } else { G::Q4_K };
+                }
+                F::Q3_K_L => new_type = G::Q5_K,
+                F::Q4_K_M => {
+                    if use_more_bits(i_layer, n_layer) {
+                        new_type = G::Q6_K
+                    }
+                }
+                F::Q5_K_M if use_more_bits(i_layer, n_layer) => new_type = G::Q6_K,
+                F::Q4_K_S if i_layer < n_layer / 8 => new_type = G::Q5_K,
+                F::Q4_0 | F::Q5_0 if opts.has_imatrix && i_layer < n_layer / 8 => {
+                    new_type = if ftype == F::Q4_0 { G::Q4_1 } else { G::Q5_1 };
+                }
+                _ => {}
+            }
+            *i_ffn_down += 1;
+        }
+        Category::AttnOutput => match ftype {
+            F::Q2_K => new_type = G::Q3_K,
+            F::Q3_K_M => new_type = G::Q4_K,
+            F::Q3_K_L => new_type = G::Q5_K,
+            _ => {}
+        },
+        _ => {}
+    }
+    new_type
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_aliases_parse_like_llama_quantize() {
+        assert_eq!(FileType::parse("q4_k_m").unwrap(), FileType::Q4_K_M);
+        assert_eq!(FileType::parse("Q4_K").unwrap(), FileType::Q4_K_M);
+        assert_eq!(FileType::parse("q5_k").unwrap(), FileType::Q5_K_M);
+        assert_eq!(FileType::parse("q3_K").unwrap(), FileType::Q3_K_M);
+        assert_eq!(FileType::parse("15").unwrap(), FileType::Q4_K_M);
+        assert_eq!(FileType::parse("bf16").unwrap(), FileType::BF16);
+        assert!(FileType::parse("q4_k_x").is_err());
+        for f in FileType::ALL {
+            assert_eq!(FileType::parse(f.name()).unwrap(), f);
+            assert_eq!(FileType::from_id(f.id()), Some(f));
+        }
+    }
+
+    #[test]
+    fn llama_order_puts_globals_first_then_blocks_numerically() {
+        let mut v = vec!["blk.10.attn_v.weight", "output.weight", "blk.2.attn_v.weight", "blk.2.attn_k.weight", "token_embd.weight"];
+        v.sort_by(|a, b| llama_order(a, b));
+        assert_eq!(v, ["output.weight", "token_embd.weight", "blk.2.attn_k.weight", "blk.2.attn_v.weight", "blk.10.attn_v.weight"]);
+    }
+
+    #[test]
+    fn fallbacks_follow_llama_cpp() {
+        assert_eq!(fallback(GgmlType::Q4_K, 640).ty, TypeId::of(GgmlType::Q5_0));
+        assert_eq!(fallback(GgmlType::Q6_K, 640).ty, TypeId::of(GgmlType::Q8_0));
+        assert_eq!(fallback(GgmlType::Q3_K, 640).ty, TypeId::of(GgmlType::Q4_0));
+        assert_eq!(fallback(GgmlType::Q5_K, 640).ty, TypeId::of(GgmlType::Q5_1));
+        assert_eq!(fallback(GgmlType::Q4_K, 100).ty, TypeId::of(GgmlType::F16));
+        assert_eq!(fallback(GgmlType::Q4_K, 512).fallback_from, None);
+    }
+}

@@ -1,0 +1,295 @@
+//! `kiln quantize`: from an input path and options to a plan (every tensor's source, type and
+//! size, the output metadata) and then to a written file.
+
+use crate::arch;
+use crate::convert::{self, Input, Job, Summary, TensorSource};
+use crate::gguf::writer::{check_target, file_size, TensorEntry};
+use crate::gguf::{GgufFile, Metadata, Value};
+use crate::imatrix::{self, Imatrix};
+use crate::plan::{self, FileType, ModelFacts, PlanOptions, PlanTensor};
+use crate::source::Checkpoint;
+use anyhow::{bail, Context, Result};
+use kiln_kernels::GgmlType;
+use std::path::{Path, PathBuf};
+
+/// `ggml`'s GGML_QNT_VERSION, written as general.quantization_version.
+pub const QUANTIZATION_VERSION: u32 = 2;
+
+/// Everything `kiln quantize` takes.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub ftype: FileType,
+    pub output: Option<PathBuf>,
+    pub force: bool,
+    pub allow_requantize: bool,
+    pub pure: bool,
+    pub imatrix: Option<PathBuf>,
+    pub output_tensor_type: Option<GgmlType>,
+    pub token_embedding_type: Option<GgmlType>,
+    pub leave_output_tensor: bool,
+}
+
+impl Options {
+    pub fn new(ftype: FileType) -> Self {
+        Options {
+            ftype,
+            output: None,
+            force: false,
+            allow_requantize: false,
+            pure: false,
+            imatrix: None,
+            output_tensor_type: None,
+            token_embedding_type: None,
+            leave_output_tensor: false,
+        }
+    }
+}
+
+/// A conversion ready to run.
+pub struct Prepared {
+    pub input: Input,
+    pub jobs: Vec<Job>,
+    pub metadata: Metadata,
+    pub target: PathBuf,
+    pub imatrix: Option<Imatrix>,
+    pub notes: Vec<String>,
+}
+
+impl Prepared {
+    pub fn entries(&self) -> Result<Vec<TensorEntry>> {
+        self.jobs.iter().map(|j| j.entry()).collect()
+    }
+    pub fn file_size(&self) -> Result<u64> {
+        Ok(file_size(&self.metadata, &self.entries()?))
+    }
+    pub fn n_elements(&self) -> u64 {
+        self.jobs.iter().map(|j| j.n_elements()).sum()
+    }
+    pub fn data_bytes(&self) -> Result<u64> {
+        self.jobs.iter().map(|j| j.out_bytes()).sum()
+    }
+}
+
+/// Known type suffixes stripped from an input's name before adding the new one.
+fn strip_type_suffix(stem: &str) -> &str {
+    for f in FileType::ALL {
+        for sep in ['-', '.', '_'] {
+            let suffix = format!("{sep}{}", f.name());
+            if stem.len() > suffix.len() && stem.to_ascii_uppercase().ends_with(&suffix) {
+                return &stem[..stem.len() - suffix.len()];
+            }
+        }
+    }
+    stem
+}
+
+/// `<name>-<TYPE>.gguf` beside the input (a checkpoint folder's name for folders and
+/// .safetensors files).
+pub fn default_output(input: &Path, ftype: FileType) -> PathBuf {
+    let abs = std::path::absolute(input).unwrap_or_else(|_| input.to_path_buf());
+    let base = if abs.is_dir() {
+        abs.clone()
+    } else if abs.extension().is_some_and(|e| e == "safetensors") {
+        abs.parent().map(Path::to_path_buf).unwrap_or_else(|| abs.clone())
+    } else {
+        abs.with_extension("")
+    };
+    let stem = base.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    let name = format!("{}-{}.gguf", strip_type_suffix(&stem), ftype.name());
+    base.parent().unwrap_or(Path::new(".")).join(name)
+}
+
+fn is_gguf(path: &Path) -> bool {
+    if path.is_dir() {
+        return false;
+    }
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .map(|_| &magic == b"GGUF")
+        .unwrap_or(false)
+        || path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
+fn facts_from_gguf(md: &Metadata, path: &Path) -> Result<ModelFacts> {
+    let arch = md
+        .get("general.architecture")
+        .and_then(Value::as_str)
+        .with_context(|| format!("{}: no general.architecture", path.display()))?
+        .to_string();
+    let int = |key: &str| -> Option<u32> {
+        match md.get(&format!("{arch}.{key}"))? {
+            Value::Array(crate::gguf::Array::U32(v)) => v.first().copied(),
+            Value::Array(crate::gguf::Array::I32(v)) => v.first().map(|&x| x as u32),
+            v => v.as_int().map(|x| x as u32),
+        }
+    };
+    let n_layer = int("block_count").with_context(|| format!("{}: no {arch}.block_count", path.display()))?;
+    let n_head = int("attention.head_count").unwrap_or(0);
+    let n_head_kv = int("attention.head_count_kv").unwrap_or(n_head);
+    Ok(ModelFacts { arch, n_layer, n_head, n_head_kv })
+}
+
+/// Plans the conversion of `input` (folder, .safetensors file or .gguf file).
+pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
+    if !input_path.exists() {
+        bail!("{}: no such file or folder", input_path.display());
+    }
+    let target = opts.output.clone().unwrap_or_else(|| default_output(input_path, opts.ftype));
+    let imatrix = match &opts.imatrix {
+        Some(p) => Some(imatrix::load(p)?),
+        None => None,
+    };
+    let popts = PlanOptions {
+        pure: opts.pure,
+        output_tensor_type: opts.output_tensor_type,
+        token_embedding_type: opts.token_embedding_type,
+        leave_output_tensor: opts.leave_output_tensor,
+        has_imatrix: imatrix.is_some(),
+    };
+    let mut notes = Vec::new();
+    let (input, mut metadata, mut jobs, facts) = if is_gguf(input_path) {
+        let g = GgufFile::open(input_path)?;
+        let facts = facts_from_gguf(g.metadata(), input_path)?;
+        let mut md = g.metadata().clone();
+        for k in ["split.no", "split.count", "split.tensors.count"] {
+            md.remove(k);
+        }
+        let jobs: Vec<Job> = g
+            .tensors()
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Job {
+                name: t.name.clone(),
+                dims: t.dims.clone(),
+                input_type: t.ty,
+                out_type: t.ty,
+                fallback_from: None,
+                source: TensorSource::Gguf { index: i },
+            })
+            .collect();
+        (Input::Gguf(g), md, jobs, facts)
+    } else {
+        let ck = Checkpoint::open(input_path)?;
+        let conv = arch::prepare(&ck, opts.ftype)?;
+        notes.extend(conv.notes);
+        (Input::Hf(ck), conv.metadata, conv.jobs, conv.facts)
+    };
+    jobs.sort_by(|a, b| plan::llama_order(&a.name, &b.name));
+    let pts: Vec<PlanTensor> = jobs
+        .iter()
+        .map(|j| PlanTensor { name: j.name.clone(), dims: j.dims.clone(), input_type: j.input_type })
+        .collect();
+    let choices = plan::choose_types(opts.ftype, &facts, &pts, &popts);
+    for (j, c) in jobs.iter_mut().zip(choices) {
+        j.out_type = c.ty;
+        j.fallback_from = c.fallback_from;
+        if j.out_type != j.input_type && !opts.allow_requantize {
+            if let Some(k) = j.input_type.kiln().filter(|k| k.is_quantized()) {
+                bail!(
+                    "{}: tensor {} is already quantized ({k}); requantizing loses quality, pass --allow-requantize to do it anyway",
+                    input_path.display(),
+                    j.name
+                );
+            }
+            if j.input_type.kiln().is_none() {
+                bail!(
+                    "{}: tensor {} is {}; requantizing it needs --allow-requantize",
+                    input_path.display(),
+                    j.name,
+                    j.input_type.label()
+                );
+            }
+        }
+    }
+    if let Some(m) = &imatrix {
+        for j in &jobs {
+            let Some(v) = m.get(&j.name) else { continue };
+            if j.out_type == j.input_type || j.out_type.kiln().is_none_or(|k| !k.uses_imatrix()) {
+                continue;
+            }
+            if v.len() != j.dims[0] as usize {
+                if j.name == "token_embd.weight" {
+                    continue;
+                }
+                bail!(
+                    "{}: importance data for {} has {} values, the tensor's rows have {} (an imatrix for another model?)",
+                    opts.imatrix.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                    j.name,
+                    v.len(),
+                    j.dims[0]
+                );
+            }
+        }
+        let matched = jobs.iter().filter(|j| m.contains_key(&j.name)).count();
+        if matched == 0 {
+            bail!(
+                "{}: no entry matches a tensor of this model (an imatrix for another model?)",
+                opts.imatrix.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+            );
+        }
+        notes.push(format!("importance matrix: {} entries, {matched} matching tensors", m.len()));
+    }
+    metadata.set_last("general.quantization_version", Value::U32(QUANTIZATION_VERSION));
+    metadata.set_last("general.file_type", Value::U32(opts.ftype.id()));
+    let n_fallback = jobs.iter().filter(|j| j.fallback_from.is_some()).count();
+    if n_fallback > 0 {
+        notes.push(format!(
+            "{n_fallback} of {} tensors use a fallback type (rows not a multiple of the block size)",
+            jobs.len()
+        ));
+    }
+    Ok(Prepared { input, jobs, metadata, target, imatrix, notes })
+}
+
+/// Writes a prepared conversion.
+pub fn execute(p: &Prepared, force: bool, progress: bool) -> Result<Summary> {
+    check_target(&p.target, force)?;
+    convert::run(&p.input, &p.jobs, &p.metadata, &p.target, force, p.imatrix.as_ref(), progress)
+}
+
+/// Shape as llama.cpp prints it (ne, innermost first).
+pub fn shape_label(dims: &[u64]) -> String {
+    dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(" x ")
+}
+
+/// The `--dry-run` plan as text.
+pub fn describe(p: &Prepared) -> Result<String> {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let w = p.jobs.iter().map(|j| j.name.len()).max().unwrap_or(10).max(6);
+    writeln!(s, "{:<w$}  {:>20}  {:>8} -> {:<8}  {:>12}", "tensor", "shape", "input", "output", "bytes")?;
+    for j in &p.jobs {
+        let fb = j.fallback_from.map(|f| format!(" (fallback from {f})")).unwrap_or_default();
+        writeln!(
+            s,
+            "{:<w$}  {:>20}  {:>8} -> {:<8}  {:>12}{fb}",
+            j.name,
+            shape_label(&j.dims),
+            j.input_type.label(),
+            j.out_type.label(),
+            j.out_bytes()?
+        )?;
+    }
+    let size = p.file_size()?;
+    let n = p.n_elements();
+    writeln!(
+        s,
+        "\n{} tensors, {} parameters, file size {} bytes ({:.2} MiB), {:.3} bits per weight -> {}",
+        p.jobs.len(),
+        n,
+        size,
+        size as f64 / 1048576.0,
+        p.data_bytes()? as f64 * 8.0 / n as f64,
+        p.target.display()
+    )?;
+    Ok(s)
+}
+
+/// A type for an option like `--output-tensor-type`.
+pub fn parse_ggml_type(s: &str) -> Result<GgmlType> {
+    GgmlType::from_name(s).with_context(|| {
+        let names: Vec<&str> = GgmlType::ALL.iter().map(|t| t.name()).collect();
+        format!("unknown tensor type {s:?}; kiln writes {}", names.join(", "))
+    })
+}

@@ -1,0 +1,275 @@
+//! Hugging Face checkpoints: config.json plus one or more memory-mapped safetensors files.
+//! Headers are parsed and checked by the `safetensors` crate; kiln turns its errors into
+//! messages that name the file, and keeps only offsets, so no tensor is read before it is used.
+
+use anyhow::{bail, Context, Result};
+use memmap2::Mmap;
+use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors};
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// The element type of a source tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SrcDtype {
+    F32,
+    F16,
+    BF16,
+}
+
+impl SrcDtype {
+    pub fn size(self) -> usize {
+        match self {
+            SrcDtype::F32 => 4,
+            SrcDtype::F16 | SrcDtype::BF16 => 2,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            SrcDtype::F32 => "F32",
+            SrcDtype::F16 => "F16",
+            SrcDtype::BF16 => "BF16",
+        }
+    }
+}
+
+/// One tensor of the checkpoint.
+#[derive(Clone, Debug)]
+pub struct SrcTensor {
+    pub name: String,
+    /// Shape in PyTorch order (outermost first).
+    pub shape: Vec<usize>,
+    /// The dtype, or Err with the safetensors name of a dtype kiln does not convert.
+    pub dtype: std::result::Result<SrcDtype, String>,
+    file: usize,
+    start: usize,
+    end: usize,
+}
+
+impl SrcTensor {
+    pub fn n_elements(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+struct Mapped {
+    path: PathBuf,
+    map: Mmap,
+}
+
+/// A checkpoint folder (or one .safetensors file and its folder).
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    pub config: serde_json::Value,
+    files: Vec<Mapped>,
+    /// In file order, then offset order.
+    pub tensors: Vec<SrcTensor>,
+    by_name: HashMap<String, usize>,
+}
+
+fn explain(e: SafeTensorError, len: usize) -> String {
+    match e {
+        SafeTensorError::HeaderTooSmall => format!("file is {len} bytes, too short for a safetensors header"),
+        SafeTensorError::HeaderTooLarge => "header length is over the 100 MB limit (corrupt file?)".into(),
+        SafeTensorError::InvalidHeaderLength => {
+            format!("header length runs past the end of the {len}-byte file (truncated?)")
+        }
+        SafeTensorError::InvalidHeader => "header is not valid UTF-8".into(),
+        SafeTensorError::InvalidHeaderStart | SafeTensorError::InvalidHeaderDeserialization => {
+            "header is not the JSON safetensors expects".into()
+        }
+        SafeTensorError::InvalidOffset(name) => {
+            format!("tensor {name}: data offsets overlap, leave gaps or disagree with its shape and dtype")
+        }
+        SafeTensorError::TensorInvalidInfo => "a tensor's shape and dtype disagree with its byte range".into(),
+        SafeTensorError::MetadataIncompleteBuffer => {
+            format!("file is {len} bytes but its header describes a different size (truncated or corrupt)")
+        }
+        SafeTensorError::ValidationOverflow => "a tensor's size overflows".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn map_file(path: &Path) -> Result<Mmap> {
+    let f = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    // Safety: read-only map of an input file.
+    unsafe { Mmap::map(&f) }.with_context(|| format!("{}: cannot memory-map", path.display()))
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))
+}
+
+impl Checkpoint {
+    /// Opens a checkpoint folder, or a single .safetensors file with its folder's config.json.
+    pub fn open(input: &Path) -> Result<Self> {
+        let (dir, files) = if input.is_dir() {
+            (input.to_path_buf(), Self::shard_list(input)?)
+        } else {
+            let dir = input.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            (dir.to_path_buf(), vec![input.to_path_buf()])
+        };
+        let config_path = dir.join("config.json");
+        if !config_path.exists() {
+            bail!("{}: missing (a Hugging Face checkpoint needs its config.json)", config_path.display());
+        }
+        let config = read_json(&config_path)?;
+        if !config.is_object() {
+            bail!("{}: not a JSON object", config_path.display());
+        }
+        let mut ck = Checkpoint { dir, config, files: Vec::new(), tensors: Vec::new(), by_name: HashMap::new() };
+        for path in files {
+            ck.add_file(&path)?;
+        }
+        if input.is_dir() {
+            ck.check_index()?;
+        }
+        Ok(ck)
+    }
+
+    /// The safetensors files of a folder: those the index names, else model.safetensors, else
+    /// every *.safetensors file.
+    fn shard_list(dir: &Path) -> Result<Vec<PathBuf>> {
+        let index = dir.join("model.safetensors.index.json");
+        if index.exists() {
+            let j = read_json(&index)?;
+            let Some(map) = j.get("weight_map").and_then(|m| m.as_object()) else {
+                bail!("{}: no \"weight_map\" object", index.display());
+            };
+            let mut names: Vec<String> = Vec::new();
+            for (tensor, file) in map {
+                let Some(f) = file.as_str() else {
+                    bail!("{}: weight_map entry {tensor} is not a file name", index.display());
+                };
+                if f.contains('/') || f.contains('\\') || f.contains("..") {
+                    bail!("{}: weight_map names a file outside the folder: {f}", index.display());
+                }
+                if !names.iter().any(|n| n == f) {
+                    names.push(f.to_string());
+                }
+            }
+            names.sort();
+            let mut out = Vec::new();
+            for n in names {
+                let p = dir.join(&n);
+                if !p.exists() {
+                    bail!("{}: names shard {n}, which is missing", index.display());
+                }
+                out.push(p);
+            }
+            return Ok(out);
+        }
+        let single = dir.join("model.safetensors");
+        if single.exists() {
+            return Ok(vec![single]);
+        }
+        let mut all: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("{}: cannot list", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+            .collect();
+        all.sort();
+        if all.is_empty() {
+            bail!("{}: no .safetensors files (kiln reads safetensors checkpoints)", dir.display());
+        }
+        Ok(all)
+    }
+
+    fn add_file(&mut self, path: &Path) -> Result<()> {
+        let map = map_file(path)?;
+        let (n, meta) = SafeTensors::read_metadata(&map)
+            .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), explain(e, map.len())))?;
+        let base = 8 + n;
+        let file = self.files.len();
+        let mut list: Vec<SrcTensor> = Vec::new();
+        for (name, info) in meta.tensors() {
+            let dtype = match info.dtype {
+                Dtype::F32 => Ok(SrcDtype::F32),
+                Dtype::F16 => Ok(SrcDtype::F16),
+                Dtype::BF16 => Ok(SrcDtype::BF16),
+                other => Err(format!("{other:?}")),
+            };
+            let (s, e) = info.data_offsets;
+            list.push(SrcTensor { name, shape: info.shape.clone(), dtype, file, start: base + s, end: base + e });
+        }
+        list.sort_by_key(|t| t.start);
+        for t in list {
+            if self.by_name.contains_key(&t.name) {
+                bail!("{}: tensor {} is also in another shard", path.display(), t.name);
+            }
+            self.by_name.insert(t.name.clone(), self.tensors.len());
+            self.tensors.push(t);
+        }
+        self.files.push(Mapped { path: path.to_path_buf(), map });
+        Ok(())
+    }
+
+    /// Every tensor the index names must be in the shard it names.
+    fn check_index(&self) -> Result<()> {
+        let index = self.dir.join("model.safetensors.index.json");
+        if !index.exists() {
+            return Ok(());
+        }
+        let j = read_json(&index)?;
+        if let Some(map) = j.get("weight_map").and_then(|m| m.as_object()) {
+            for (tensor, file) in map {
+                let file = file.as_str().unwrap_or_default();
+                match self.by_name.get(tensor) {
+                    None => bail!("{}: names tensor {tensor} in {file}, which does not hold it", index.display()),
+                    Some(&i) => {
+                        let actual = &self.files[self.tensors[i].file].path;
+                        if actual.file_name().is_some_and(|n| n != file) {
+                            bail!(
+                                "{}: names tensor {tensor} in {file}, but it is in {}",
+                                index.display(),
+                                actual.display()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, name: &str) -> Option<&SrcTensor> {
+        self.by_name.get(name).map(|&i| &self.tensors[i])
+    }
+
+    /// The file a tensor lives in.
+    pub fn file_of(&self, t: &SrcTensor) -> &Path {
+        &self.files[t.file].path
+    }
+
+    /// The raw bytes of a tensor (bounds were checked with the header).
+    pub fn bytes(&self, t: &SrcTensor) -> &[u8] {
+        &self.files[t.file].map[t.start..t.end]
+    }
+
+    /// A config.json field, if present.
+    pub fn cfg(&self, key: &str) -> Option<&serde_json::Value> {
+        self.config.get(key)
+    }
+}
+
+/// Converts elements of `dtype` to f32, exactly (f16 and bf16 widen without rounding).
+pub fn to_f32(dtype: SrcDtype, src: &[u8], dst: &mut [f32]) {
+    match dtype {
+        SrcDtype::F32 => {
+            for (o, b) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        SrcDtype::F16 => {
+            for (o, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *o = half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+            }
+        }
+        SrcDtype::BF16 => {
+            for (o, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
+            }
+        }
+    }
+}

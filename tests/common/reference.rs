@@ -1,0 +1,823 @@
+//! An independent reference forward pass of a Hugging Face causal LM, read directly from its
+//! checkpoint folder (config.json + safetensors), written from HF transformers' modeling files
+//! (`modeling_llama.py`, `modeling_qwen2.py`, `modeling_qwen3.py`, `modeling_gemma2.py`,
+//! `modeling_gemma3.py`). It shares no code with kiln: it is the oracle that llama.cpp's
+//! logits on a converted GGUF are compared with.
+//!
+//! Arithmetic: the stored weights (f32, f16 or bf16) are widened to f32; every dot product,
+//! norm, softmax and RoPE angle is computed in f64 and rounded to f32 between operations. That is
+//! HF's model evaluated "in f32" (what `from_pretrained(..., torch_dtype=torch.float32)` gives),
+//! with one deliberate exception, see [`Options::embed_scale_in_model_dtype`].
+//!
+//! Supported: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM and
+//! Gemma3ForCausalLM (text), with default or linear RoPE scaling. Anything else (other RoPE
+//! scalings, unknown activations, unexpected or missing tensors) is an error, not a guess.
+//!
+//! The facts it encodes, per family:
+//! - All: `h = embed[tok]`; per layer pre-norm attention and MLP with residuals; final RMSNorm;
+//!   logits = `lm_head @ h` (`lm_head` = the embedding matrix when `tie_word_embeddings`).
+//!   RMSNorm: `x * rsqrt(mean(x^2) + eps) * w`. RoPE: HF's `rotate_half` layout, dimension `j`
+//!   (< d/2) paired with `j + d/2`, `inv_freq[j] = 1 / theta^(2j/d)` (divided by the factor
+//!   under linear scaling), position `p` turns the pair by `p * inv_freq[j]`.
+//!   GQA: query head `h` reads KV head `h / (heads / kv_heads)` (`repeat_kv`). Scores are
+//!   `q.k * scaling`, causal (`j <= i`), softmax, then `o_proj` of the concatenated heads.
+//! - Llama: scaling `head_dim^-0.5`, MLP `down(silu(gate x) * up x)`; optional biases when
+//!   `attention_bias` / `mlp_bias`.
+//! - Qwen2: as Llama with q/k/v biases (always present; `o_proj` has none). Sliding window only
+//!   with `use_sliding_window` (then on layers `>= max_window_layers`, unless `layer_types`).
+//! - Qwen3: as Llama plus a per-head RMSNorm (`q_norm`, `k_norm`, weight of `head_dim`) on q and
+//!   k after the projection, before RoPE.
+//! - Gemma2: embedding times `sqrt(hidden)`; RMSNorm `* (1 + w)`; four norms per layer
+//!   (`input`, `post_attention` on the attention output before the residual add,
+//!   `pre_feedforward`, `post_feedforward` on the MLP output before the add); scaling
+//!   `query_pre_attn_scalar^-0.5`; attention logit softcapping `tanh(s / c) * c` after scaling,
+//!   before the mask; MLP with `gelu_pytorch_tanh`; final logit softcapping; layers alternate
+//!   sliding (even index) and full attention (or `layer_types`).
+//! - Gemma3: as Gemma2 plus Gemma-style q/k norms (`* (1 + w)`) before RoPE; no softcapping
+//!   unless configured; layer `i` is full attention when `(i + 1) % sliding_window_pattern == 0`
+//!   (pattern 6) unless `layer_types` says otherwise; sliding layers use
+//!   `rope_local_base_freq` (no scaling), full layers `rope_theta` (with `rope_scaling`).
+//! - Sliding window of `W`: query `i` sees key `j` when `j <= i` and `i - j < W` (HF's
+//!   `kv_idx > q_idx - sliding_window`).
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use rayon::prelude::*;
+use serde_json::Value;
+
+/// Logits (one row of `vocab_size` per position) of the checkpoint in `checkpoint_dir` for
+/// `tokens`, positions 0, 1, ..., with the default [`Options`].
+pub fn reference_logits(checkpoint_dir: &Path, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
+    reference_logits_with(checkpoint_dir, tokens, &Options::default())
+}
+
+/// As [`reference_logits`], with explicit [`Options`].
+pub fn reference_logits_with(
+    checkpoint_dir: &Path,
+    tokens: &[u32],
+    options: &Options,
+) -> Result<Vec<Vec<f32>>> {
+    ReferenceModel::load(checkpoint_dir)?.logits_with(tokens, options)
+}
+
+/// Knobs for the few places where "what HF computes" depends on how the model is run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Gemma multiplies the embeddings by `sqrt(hidden_size)` cast to the weights' dtype
+    /// (`embed_scale.to(self.weight.dtype)`), so a bf16 checkpoint run in bf16 scales by
+    /// `bf16(sqrt(hidden))` (e.g. 17.875 instead of 17.8885 for hidden 320). `true` (default)
+    /// rounds the scale to config.json's `torch_dtype`, as HF does when it runs the checkpoint
+    /// in its own dtype; `false` uses the f32 `sqrt(hidden)`, as HF in f32 and llama.cpp
+    /// (`ggml_scale(inpL, sqrtf(n_embd))`) do. No effect when `sqrt(hidden)` is exact in that
+    /// dtype (hidden 256: 16) or for F32 checkpoints.
+    pub embed_scale_in_model_dtype: bool,
+    /// Position of the first token (HF's `position_ids` start). Default 0.
+    pub position_offset: usize,
+    /// Apply RoPE. Default true; false exists only to let tests show that RoPE is what makes the
+    /// model position-dependent.
+    pub rope: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            embed_scale_in_model_dtype: true,
+            position_offset: 0,
+            rope: true,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Llama,
+    Qwen2,
+    Qwen3,
+    Gemma2,
+    Gemma3,
+}
+
+impl Family {
+    fn is_gemma(self) -> bool {
+        matches!(self, Family::Gemma2 | Family::Gemma3)
+    }
+}
+
+/// RoPE parameters of one layer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rope {
+    pub theta: f64,
+    /// Linear scaling factor (positions divided by it); 1 for none.
+    pub factor: f64,
+}
+
+/// What the forward pass needs from config.json, with the layer-by-layer choices resolved.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub family: Family,
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+    pub eps: f64,
+    pub tied: bool,
+    /// Multiplier of q.k.
+    pub scaling: f64,
+    pub attn_softcap: Option<f64>,
+    pub final_softcap: Option<f64>,
+    /// Per layer: `Some(W)` for a sliding-window layer.
+    pub window: Vec<Option<usize>>,
+    /// Per layer.
+    pub rope: Vec<Rope>,
+    pub gelu: bool,
+    /// config.json's `torch_dtype` (or `dtype`), e.g. "bfloat16".
+    pub torch_dtype: String,
+}
+
+/// A loaded checkpoint: config and f32 weights by HF name.
+pub struct ReferenceModel {
+    pub config: Config,
+    weights: HashMap<String, Vec<f32>>,
+}
+
+impl ReferenceModel {
+    pub fn load(dir: &Path) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        let text = fs::read_to_string(&config_path)
+            .with_context(|| format!("reading {}", config_path.display()))?;
+        let json: Value = serde_json::from_str(&text)
+            .with_context(|| format!("parsing {}", config_path.display()))?;
+        let config = parse_config(&json).with_context(|| format!("{}", config_path.display()))?;
+        let tensors = load_safetensors(dir)?;
+        let weights = check_tensors(&config, tensors)?;
+        Ok(ReferenceModel { config, weights })
+    }
+
+    pub fn logits(&self, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
+        self.logits_with(tokens, &Options::default())
+    }
+
+    pub fn logits_with(&self, tokens: &[u32], options: &Options) -> Result<Vec<Vec<f32>>> {
+        let c = &self.config;
+        let gemma = c.family.is_gemma();
+        let embed = self.w("model.embed_tokens.weight");
+
+        // Embedding (Gemma: times sqrt(hidden), see Options::embed_scale_in_model_dtype).
+        let scale = if gemma {
+            let s = (c.hidden as f64).sqrt() as f32;
+            if options.embed_scale_in_model_dtype {
+                round_to_dtype(s, &c.torch_dtype)
+            } else {
+                s
+            }
+        } else {
+            1.0
+        };
+        let mut h: Vec<Vec<f32>> = tokens
+            .iter()
+            .map(|&t| {
+                let t = t as usize;
+                ensure!(t < c.vocab, "token {t} out of the vocabulary ({})", c.vocab);
+                Ok(embed[t * c.hidden..(t + 1) * c.hidden]
+                    .iter()
+                    .map(|&v| v * scale)
+                    .collect())
+            })
+            .collect::<Result<_>>()?;
+
+        for l in 0..c.layers {
+            let p = |s: &str| format!("model.layers.{l}.{s}");
+            // Attention block.
+            let x: Vec<Vec<f32>> = h
+                .iter()
+                .map(|r| self.norm(r, &p("input_layernorm.weight")))
+                .collect();
+            let attn = self.attention(l, &x, options);
+            for (hi, a) in h.iter_mut().zip(attn) {
+                let a = if gemma {
+                    self.norm(&a, &p("post_attention_layernorm.weight"))
+                } else {
+                    a
+                };
+                add_in_place(hi, &a);
+            }
+            // MLP block.
+            let pre = if gemma {
+                "pre_feedforward_layernorm.weight"
+            } else {
+                "post_attention_layernorm.weight"
+            };
+            for hi in h.iter_mut() {
+                let x = self.norm(hi, &p(pre));
+                let m = self.mlp(l, &x);
+                let m = if gemma {
+                    self.norm(&m, &p("post_feedforward_layernorm.weight"))
+                } else {
+                    m
+                };
+                add_in_place(hi, &m);
+            }
+        }
+
+        let head = if c.tied {
+            "model.embed_tokens.weight"
+        } else {
+            "lm_head.weight"
+        };
+        Ok(h.iter()
+            .map(|r| {
+                let x = self.norm(r, "model.norm.weight");
+                let mut logits = matvec(self.w(head), c.vocab, c.hidden, &x, None);
+                if let Some(cap) = c.final_softcap {
+                    for v in logits.iter_mut() {
+                        *v = softcap(*v as f64, cap) as f32;
+                    }
+                }
+                logits
+            })
+            .collect())
+    }
+
+    fn w(&self, name: &str) -> &[f32] {
+        self.weights
+            .get(name)
+            .unwrap_or_else(|| panic!("weight {name} was checked at load time"))
+    }
+
+    fn opt(&self, name: &str) -> Option<&[f32]> {
+        self.weights.get(name).map(|v| v.as_slice())
+    }
+
+    fn norm(&self, x: &[f32], weight: &str) -> Vec<f32> {
+        rms_norm(
+            x,
+            self.w(weight),
+            self.config.eps,
+            self.config.family.is_gemma(),
+        )
+    }
+
+    fn linear(&self, name: &str, rows: usize, cols: usize, x: &[f32]) -> Vec<f32> {
+        let bias = self.opt(&format!("{name}.bias"));
+        matvec(self.w(&format!("{name}.weight")), rows, cols, x, bias)
+    }
+
+    /// Self-attention of layer `l` over every position of the (normalized) inputs `x`.
+    fn attention(&self, l: usize, x: &[Vec<f32>], options: &Options) -> Vec<Vec<f32>> {
+        let c = &self.config;
+        let (hd, nh, nkv) = (c.head_dim, c.heads, c.kv_heads);
+        let p = |s: &str| format!("model.layers.{l}.self_attn.{s}");
+        let qk_norm = matches!(c.family, Family::Qwen3 | Family::Gemma3);
+        let gemma = c.family.is_gemma();
+        let rope = c.rope[l];
+
+        // Project, split into heads, q/k norm, RoPE.
+        let mut qs = Vec::with_capacity(x.len()); // [pos][head * hd]
+        let mut ks = Vec::with_capacity(x.len());
+        let mut vs = Vec::with_capacity(x.len());
+        for (i, xi) in x.iter().enumerate() {
+            let pos = options.position_offset + i;
+            let mut q = self.linear(&p("q_proj"), nh * hd, c.hidden, xi);
+            let mut k = self.linear(&p("k_proj"), nkv * hd, c.hidden, xi);
+            let v = self.linear(&p("v_proj"), nkv * hd, c.hidden, xi);
+            for (vec, norm) in [(&mut q, "q_norm.weight"), (&mut k, "k_norm.weight")] {
+                for head in vec.chunks_mut(hd) {
+                    if qk_norm {
+                        let normed = rms_norm(head, self.w(&p(norm)), c.eps, gemma);
+                        head.copy_from_slice(&normed);
+                    }
+                    if options.rope {
+                        apply_rope(head, pos, rope);
+                    }
+                }
+            }
+            qs.push(q);
+            ks.push(k);
+            vs.push(v);
+        }
+
+        // Scores, mask, softmax, weighted sum of values.
+        let group = nh / nkv;
+        let window = c.window[l];
+        let mut out = Vec::with_capacity(x.len());
+        for (i, qi) in qs.iter().enumerate() {
+            let mut o = vec![0f32; nh * hd];
+            for head in 0..nh {
+                let kvh = head / group;
+                let q = &qi[head * hd..(head + 1) * hd];
+                let visible: Vec<usize> = (0..=i)
+                    .filter(|&j| window.is_none_or(|w| i - j < w))
+                    .collect();
+                let scores: Vec<f64> = visible
+                    .iter()
+                    .map(|&j| {
+                        let k = &ks[j][kvh * hd..(kvh + 1) * hd];
+                        let s = dot(q, k) * c.scaling;
+                        match c.attn_softcap {
+                            Some(cap) => softcap(s, cap),
+                            None => s,
+                        }
+                    })
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let exps: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let sum: f64 = exps.iter().sum();
+                for d in 0..hd {
+                    let acc: f64 = visible
+                        .iter()
+                        .zip(&exps)
+                        .map(|(&j, e)| e / sum * vs[j][kvh * hd + d] as f64)
+                        .sum();
+                    o[head * hd + d] = acc as f32;
+                }
+            }
+            out.push(self.linear(&p("o_proj"), c.hidden, nh * hd, &o));
+        }
+        out
+    }
+
+    fn mlp(&self, l: usize, x: &[f32]) -> Vec<f32> {
+        let c = &self.config;
+        let p = |s: &str| format!("model.layers.{l}.mlp.{s}");
+        let gate = self.linear(&p("gate_proj"), c.intermediate, c.hidden, x);
+        let up = self.linear(&p("up_proj"), c.intermediate, c.hidden, x);
+        let act: Vec<f32> = gate
+            .iter()
+            .zip(&up)
+            .map(|(&g, &u)| {
+                let g = g as f64;
+                let a = if c.gelu { gelu_tanh(g) } else { silu(g) };
+                (a * u as f64) as f32
+            })
+            .collect();
+        self.linear(&p("down_proj"), c.hidden, c.intermediate, &act)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pieces, each as HF writes it.
+
+/// RMSNorm in f64: `x * rsqrt(mean(x^2) + eps) * w`, or `* (1 + w)` for Gemma.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f64, gemma: bool) -> Vec<f32> {
+    let ms = x.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / x.len() as f64;
+    let r = 1.0 / (ms + eps).sqrt();
+    x.iter()
+        .zip(w)
+        .map(|(&v, &g)| {
+            let g = if gemma { 1.0 + g as f64 } else { g as f64 };
+            (v as f64 * r * g) as f32
+        })
+        .collect()
+}
+
+/// HF's `apply_rotary_pos_emb` on one head vector: `x * cos + rotate_half(x) * sin` with
+/// `rotate_half(x) = cat(-x[d/2..], x[..d/2])` and `cos`/`sin` of `cat(freqs, freqs)`.
+pub fn apply_rope(x: &mut [f32], pos: usize, rope: Rope) {
+    let d = x.len();
+    let half = d / 2;
+    for j in 0..half {
+        let inv_freq = 1.0 / rope.theta.powf((2 * j) as f64 / d as f64) / rope.factor;
+        let angle = pos as f64 * inv_freq;
+        let (sin, cos) = angle.sin_cos();
+        let (a, b) = (x[j] as f64, x[j + half] as f64);
+        x[j] = (a * cos - b * sin) as f32;
+        x[j + half] = (b * cos + a * sin) as f32;
+    }
+}
+
+/// `y = W x (+ b)` for a row-major `[rows, cols]` W, each row summed in f64.
+fn matvec(w: &[f32], rows: usize, cols: usize, x: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    assert_eq!(w.len(), rows * cols);
+    assert_eq!(x.len(), cols);
+    (0..rows)
+        .into_par_iter()
+        .map(|r| {
+            let acc = dot(&w[r * cols..(r + 1) * cols], x);
+            let b = bias.map_or(0.0, |b| b[r] as f64);
+            (acc + b) as f32
+        })
+        .collect()
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
+}
+
+fn add_in_place(h: &mut [f32], d: &[f32]) {
+    for (a, b) in h.iter_mut().zip(d) {
+        *a += *b;
+    }
+}
+
+fn silu(x: f64) -> f64 {
+    x / (1.0 + (-x).exp())
+}
+
+/// `gelu_pytorch_tanh`: `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
+fn gelu_tanh(x: f64) -> f64 {
+    let c = (2.0 / std::f64::consts::PI).sqrt();
+    0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())
+}
+
+fn softcap(x: f64, cap: f64) -> f64 {
+    (x / cap).tanh() * cap
+}
+
+fn round_to_dtype(v: f32, torch_dtype: &str) -> f32 {
+    match torch_dtype {
+        "bfloat16" => half::bf16::from_f32(v).to_f32(),
+        "float16" => half::f16::from_f32(v).to_f32(),
+        _ => v,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// config.json
+
+fn parse_config(j: &Value) -> Result<Config> {
+    let arch = j["architectures"]
+        .get(0)
+        .and_then(Value::as_str)
+        .context("no architectures[0]")?;
+    let family = match arch {
+        "LlamaForCausalLM" => Family::Llama,
+        "Qwen2ForCausalLM" => Family::Qwen2,
+        "Qwen3ForCausalLM" => Family::Qwen3,
+        "Gemma2ForCausalLM" => Family::Gemma2,
+        "Gemma3ForCausalLM" => Family::Gemma3,
+        other => bail!("architecture {other} is not supported by the reference"),
+    };
+    let gemma = family.is_gemma();
+    let usize_of = |k: &str| -> Result<usize> {
+        j.get(k)
+            .and_then(Value::as_u64)
+            .map(|v| v as usize)
+            .with_context(|| format!("missing or non-integer {k}"))
+    };
+    let f64_or = |k: &str, d: f64| -> Result<f64> {
+        match j.get(k) {
+            None | Some(Value::Null) => Ok(d),
+            Some(v) => v.as_f64().with_context(|| format!("{k} is not a number")),
+        }
+    };
+    let opt_f64 = |k: &str, d: Option<f64>| -> Result<Option<f64>> {
+        match j.get(k) {
+            None => Ok(d),
+            Some(Value::Null) => Ok(None),
+            Some(v) => Ok(Some(
+                v.as_f64().with_context(|| format!("{k} is not a number"))?,
+            )),
+        }
+    };
+    let bool_or = |k: &str, d: bool| j.get(k).and_then(Value::as_bool).unwrap_or(d);
+
+    let hidden = usize_of("hidden_size")?;
+    let heads = usize_of("num_attention_heads")?;
+    let kv_heads = j
+        .get("num_key_value_heads")
+        .and_then(Value::as_u64)
+        .map_or(heads, |v| v as usize);
+    ensure!(
+        kv_heads > 0 && heads % kv_heads == 0,
+        "num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"
+    );
+    let head_dim = match j.get("head_dim").and_then(Value::as_u64) {
+        Some(d) => d as usize,
+        None if gemma => 256,
+        None => hidden / heads,
+    };
+    ensure!(head_dim % 2 == 0, "head_dim {head_dim} is odd");
+    let layers = usize_of("num_hidden_layers")?;
+
+    // Activation.
+    let act_key = if gemma {
+        "hidden_activation"
+    } else {
+        "hidden_act"
+    };
+    let act = j.get(act_key).and_then(Value::as_str).unwrap_or(if gemma {
+        "gelu_pytorch_tanh"
+    } else {
+        "silu"
+    });
+    let gelu = match act {
+        "silu" => false,
+        "gelu_pytorch_tanh" => true,
+        other => bail!("{act_key} {other} is not supported"),
+    };
+
+    // RoPE per layer type.
+    let rope_params = j.get("rope_parameters").filter(|v| !v.is_null());
+    let default_theta = match family {
+        Family::Gemma3 => 1_000_000.0,
+        _ => 10_000.0,
+    };
+    // Global (full-attention) layers: rope_theta and rope_scaling (old style) or
+    // rope_parameters (new style; per layer type for Gemma3).
+    let global_params = match (family, rope_params) {
+        (Family::Gemma3, Some(p)) => p.get("full_attention"),
+        (_, p) => p,
+    };
+    let global_theta = match j.get("rope_theta").and_then(Value::as_f64) {
+        Some(t) => t,
+        None => global_params
+            .and_then(|p| p.get("rope_theta"))
+            .and_then(Value::as_f64)
+            .unwrap_or(default_theta),
+    };
+    let scaling = j
+        .get("rope_scaling")
+        .filter(|v| !v.is_null())
+        .or(global_params);
+    let global = Rope {
+        theta: global_theta,
+        factor: rope_factor(scaling)?,
+    };
+    let local = if family == Family::Gemma3 {
+        let local_params = rope_params.and_then(|p| p.get("sliding_attention"));
+        let theta = match j.get("rope_local_base_freq").and_then(Value::as_f64) {
+            Some(t) => t,
+            None => local_params
+                .and_then(|p| p.get("rope_theta"))
+                .and_then(Value::as_f64)
+                .unwrap_or(10_000.0),
+        };
+        Rope {
+            theta,
+            factor: rope_factor(local_params)?,
+        }
+    } else {
+        global
+    };
+
+    // Which layers slide, and by how much.
+    let layer_types: Option<Vec<String>> = match j.get("layer_types") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_array()
+                .context("layer_types is not a list")?
+                .iter()
+                .map(|t| t.as_str().map(String::from).context("layer_types entry"))
+                .collect::<Result<_>>()?,
+        ),
+    };
+    if let Some(t) = &layer_types {
+        ensure!(
+            t.len() == layers,
+            "layer_types has {} entries for {layers} layers",
+            t.len()
+        );
+        for ty in t {
+            ensure!(
+                ty == "sliding_attention" || ty == "full_attention",
+                "layer type {ty} is not supported"
+            );
+        }
+    }
+    let sliding_window = match family {
+        Family::Gemma2 | Family::Gemma3 => Some(
+            j.get("sliding_window")
+                .and_then(Value::as_u64)
+                .unwrap_or(4096) as usize,
+        ),
+        Family::Qwen2 | Family::Qwen3 if bool_or("use_sliding_window", false) => j
+            .get("sliding_window")
+            .and_then(Value::as_u64)
+            .map(|w| w as usize),
+        _ => None,
+    };
+    let is_sliding = |i: usize| -> bool {
+        if let Some(t) = &layer_types {
+            return t[i] == "sliding_attention";
+        }
+        match family {
+            Family::Gemma2 => i.is_multiple_of(2),
+            Family::Gemma3 => {
+                let pattern = j
+                    .get("sliding_window_pattern")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(6) as usize;
+                !(i + 1).is_multiple_of(pattern)
+            }
+            Family::Qwen2 | Family::Qwen3 => {
+                let max_window_layers = j
+                    .get("max_window_layers")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(28) as usize;
+                i >= max_window_layers
+            }
+            Family::Llama => false,
+        }
+    };
+    let window: Vec<Option<usize>> = (0..layers)
+        .map(|i| sliding_window.filter(|_| is_sliding(i)))
+        .collect();
+    if let Some(w) = window.iter().flatten().next() {
+        ensure!(*w > 0, "sliding_window 0");
+    }
+    let rope = (0..layers)
+        .map(|i| {
+            if family == Family::Gemma3 && is_sliding(i) {
+                local
+            } else {
+                global
+            }
+        })
+        .collect();
+
+    let scaling = if gemma {
+        f64_or("query_pre_attn_scalar", 256.0)?.powf(-0.5)
+    } else {
+        (head_dim as f64).powf(-0.5)
+    };
+    let (attn_softcap, final_softcap) = match family {
+        Family::Gemma2 => (
+            opt_f64("attn_logit_softcapping", Some(50.0))?,
+            opt_f64("final_logit_softcapping", Some(30.0))?,
+        ),
+        Family::Gemma3 => (
+            opt_f64("attn_logit_softcapping", None)?,
+            opt_f64("final_logit_softcapping", None)?,
+        ),
+        _ => (None, None),
+    };
+    let torch_dtype = j
+        .get("torch_dtype")
+        .or(j.get("dtype"))
+        .and_then(Value::as_str)
+        .unwrap_or("float32")
+        .to_string();
+
+    Ok(Config {
+        family,
+        hidden,
+        intermediate: usize_of("intermediate_size")?,
+        layers,
+        heads,
+        kv_heads,
+        head_dim,
+        vocab: usize_of("vocab_size")?,
+        eps: f64_or("rms_norm_eps", 1e-6)?,
+        tied: bool_or("tie_word_embeddings", gemma),
+        scaling,
+        attn_softcap,
+        final_softcap,
+        window,
+        rope,
+        gelu,
+        torch_dtype,
+    })
+}
+
+/// The linear factor of a `rope_scaling` / `rope_parameters` object (1 for none or default).
+fn rope_factor(p: Option<&Value>) -> Result<f64> {
+    let Some(p) = p.filter(|p| !p.is_null()) else {
+        return Ok(1.0);
+    };
+    let ty = p
+        .get("rope_type")
+        .or(p.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    match ty {
+        "default" => Ok(1.0),
+        "linear" => p
+            .get("factor")
+            .and_then(Value::as_f64)
+            .context("linear rope scaling without a factor"),
+        other => bail!("rope scaling {other} is not supported by the reference"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Weights
+
+/// name -> (shape, f32 values).
+type Tensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
+/// Every tensor of the checkpoint as (shape, f32 values): the files named by
+/// `model.safetensors.index.json`, else every `*.safetensors` in the folder.
+fn load_safetensors(dir: &Path) -> Result<Tensors> {
+    let index = dir.join("model.safetensors.index.json");
+    let files: Vec<PathBuf> = if index.is_file() {
+        let j: Value = serde_json::from_str(&fs::read_to_string(&index)?)
+            .with_context(|| format!("parsing {}", index.display()))?;
+        let map = j["weight_map"]
+            .as_object()
+            .with_context(|| format!("{}: no weight_map", index.display()))?;
+        let names: BTreeSet<&str> = map
+            .values()
+            .map(|v| v.as_str().context("weight_map value is not a string"))
+            .collect::<Result<_>>()?;
+        names.into_iter().map(|n| dir.join(n)).collect()
+    } else {
+        let mut f: Vec<PathBuf> = fs::read_dir(dir)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<std::io::Result<_>>()?;
+        f.retain(|p| p.extension().is_some_and(|e| e == "safetensors"));
+        f.sort();
+        f
+    };
+    ensure!(!files.is_empty(), "{}: no safetensors files", dir.display());
+    let mut out = BTreeMap::new();
+    for file in files {
+        let bytes = fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| anyhow!("{}: {e:?}", file.display()))?;
+        for (name, view) in st.tensors() {
+            let data = view.data();
+            let values: Vec<f32> = match view.dtype() {
+                safetensors::Dtype::F32 => data
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+                safetensors::Dtype::F16 => data
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+                safetensors::Dtype::BF16 => data
+                    .chunks_exact(2)
+                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                    .collect(),
+                other => bail!("{}: {name} has dtype {other:?}", file.display()),
+            };
+            let prev = out.insert(name.clone(), (view.shape().to_vec(), values));
+            ensure!(prev.is_none(), "tensor {name} appears twice");
+        }
+    }
+    Ok(out)
+}
+
+/// Checks that the checkpoint holds exactly the tensors the family needs, with the right
+/// shapes, and returns them by name.
+fn check_tensors(c: &Config, mut tensors: Tensors) -> Result<HashMap<String, Vec<f32>>> {
+    let (h, f, hd) = (c.hidden, c.intermediate, c.head_dim);
+    let (q, kv) = (c.heads * hd, c.kv_heads * hd);
+    let gemma = c.family.is_gemma();
+    // (name, shape, required)
+    let mut want: Vec<(String, Vec<usize>, bool)> =
+        vec![("model.embed_tokens.weight".into(), vec![c.vocab, h], true)];
+    for l in 0..c.layers {
+        let p = |s: &str| format!("model.layers.{l}.{s}");
+        let qkv_bias = c.family == Family::Qwen2;
+        for (name, shape, bias_required) in [
+            ("self_attn.q_proj", vec![q, h], qkv_bias),
+            ("self_attn.k_proj", vec![kv, h], qkv_bias),
+            ("self_attn.v_proj", vec![kv, h], qkv_bias),
+            ("self_attn.o_proj", vec![h, q], false),
+            ("mlp.gate_proj", vec![f, h], false),
+            ("mlp.up_proj", vec![f, h], false),
+            ("mlp.down_proj", vec![h, f], false),
+        ] {
+            let rows = shape[0];
+            want.push((p(&format!("{name}.weight")), shape, true));
+            // Optional biases (Llama's attention_bias / mlp_bias) are used when present.
+            let o_bias_forbidden = c.family == Family::Qwen2 && name == "self_attn.o_proj";
+            if !o_bias_forbidden {
+                want.push((p(&format!("{name}.bias")), vec![rows], bias_required));
+            }
+        }
+        if matches!(c.family, Family::Qwen3 | Family::Gemma3) {
+            want.push((p("self_attn.q_norm.weight"), vec![hd], true));
+            want.push((p("self_attn.k_norm.weight"), vec![hd], true));
+        }
+        want.push((p("input_layernorm.weight"), vec![h], true));
+        want.push((p("post_attention_layernorm.weight"), vec![h], true));
+        if gemma {
+            want.push((p("pre_feedforward_layernorm.weight"), vec![h], true));
+            want.push((p("post_feedforward_layernorm.weight"), vec![h], true));
+        }
+    }
+    want.push(("model.norm.weight".into(), vec![h], true));
+    // With tie_word_embeddings HF uses the embedding matrix whatever lm_head.weight holds.
+    want.push(("lm_head.weight".into(), vec![c.vocab, h], !c.tied));
+
+    let mut out = HashMap::new();
+    for (name, shape, required) in want {
+        match tensors.remove(&name) {
+            Some((s, v)) => {
+                ensure!(s == shape, "{name} has shape {s:?}, expected {shape:?}");
+                out.insert(name, v);
+            }
+            None => ensure!(!required, "missing tensor {name}"),
+        }
+    }
+    tensors.retain(|k, _| !k.ends_with("rotary_emb.inv_freq"));
+    ensure!(
+        tensors.is_empty(),
+        "unexpected tensors: {:?}",
+        tensors.keys().collect::<Vec<_>>()
+    );
+    if c.tied {
+        out.remove("lm_head.weight");
+    }
+    Ok(out)
+}

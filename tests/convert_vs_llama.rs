@@ -1,0 +1,244 @@
+//! End to end against llama.cpp: kiln converts small deterministic checkpoints; llama.cpp loads
+//! every output type and generates; the f32 conversion's logits equal an independent forward
+//! pass of the Hugging Face checkpoint; every quantized tensor equals what llama.cpp's own
+//! quantizer (`llama_model_quantize`) makes from the same f32 GGUF; tokenization matches.
+
+mod common;
+
+use kiln::gguf::{GgufFile, Value};
+use kiln::plan::FileType;
+use kiln::quantize::{self, Options};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+fn tmp() -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("convert_vs_llama");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn tokenizer_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/llama2-tokenizer.model")
+}
+
+/// The Llama + SentencePiece fixture (BF16, sharded, GQA, 640-wide FFN rows).
+fn llama_dir() -> &'static Path {
+    static D: OnceLock<PathBuf> = OnceLock::new();
+    D.get_or_init(|| {
+        let d = tmp().join("llama-spm");
+        let _ = std::fs::remove_dir_all(&d);
+        kiln::fixture::write_checkpoint(&kiln::fixture::llama_spm_default(tokenizer_model()), &d).unwrap();
+        d
+    })
+}
+
+/// The Qwen2 + byte-level BPE fixture.
+fn bpe_dir() -> &'static Path {
+    static D: OnceLock<PathBuf> = OnceLock::new();
+    D.get_or_init(|| {
+        let d = tmp().join("qwen2-bpe");
+        let _ = std::fs::remove_dir_all(&d);
+        kiln::fixture::write_checkpoint(&kiln::fixture::bpe_default(), &d).unwrap();
+        d
+    })
+}
+
+fn convert(input: &Path, ftype: FileType, out: &Path) {
+    let mut o = Options::new(ftype);
+    o.output = Some(out.to_path_buf());
+    o.force = true;
+    o.allow_requantize = false;
+    let p = quantize::prepare(input, &o).unwrap_or_else(|e| panic!("prepare {ftype}: {e:#}"));
+    quantize::execute(&p, true, false).unwrap_or_else(|e| panic!("convert {ftype}: {e:#}"));
+}
+
+/// The f32 GGUF of the Llama fixture, written once.
+fn llama_f32() -> &'static Path {
+    static F: OnceLock<PathBuf> = OnceLock::new();
+    F.get_or_init(|| {
+        let out = tmp().join("llama-F32.gguf");
+        convert(llama_dir(), FileType::F32, &out);
+        out
+    })
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn f32_logits_match_an_independent_forward_pass() {
+    let model = kiln::llama::load(llama_f32()).unwrap();
+    let tokens = kiln::llama::tokenize(&model, "The quick brown fox jumps over the lazy dog", true);
+    assert!(tokens.len() > 8);
+    let ours = kiln::llama::logits(&model, &tokens).unwrap();
+    let reference = common::reference::reference_logits(llama_dir(), &tokens).unwrap();
+    assert_eq!(ours.len(), reference.len());
+    let scale = reference.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
+    assert!(scale > 0.1, "logits are not degenerate ({scale})");
+    for (pos, (a, b)) in ours.iter().zip(&reference).enumerate() {
+        assert_eq!(a.len(), b.len());
+        let d = max_abs_diff(a, b);
+        assert!(d < 2e-3 * scale.max(1.0), "position {pos}: max |llama.cpp - reference| = {d} (logit scale {scale})");
+        assert_eq!(kiln::llama::argmax(a), kiln::llama::argmax(b), "position {pos}: top token differs");
+    }
+}
+
+fn tensors_of(path: &Path) -> Vec<(String, Vec<u64>, String, Vec<u8>)> {
+    let g = GgufFile::open(path).unwrap();
+    let mut v: Vec<_> = g
+        .tensors()
+        .iter()
+        .map(|t| (t.name.clone(), t.dims.clone(), t.ty.label(), g.data(t).to_vec()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Asserts two GGUF files hold the same tensors (names, shapes, types, bytes) and metadata.
+fn assert_same(kiln_file: &Path, llama_file: &Path, what: &str) {
+    let a = tensors_of(kiln_file);
+    let b = tensors_of(llama_file);
+    let names_a: Vec<&String> = a.iter().map(|t| &t.0).collect();
+    let names_b: Vec<&String> = b.iter().map(|t| &t.0).collect();
+    assert_eq!(names_a, names_b, "{what}: tensor names");
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x.1, y.1, "{what}: shape of {}", x.0);
+        assert_eq!(x.2, y.2, "{what}: type of {}", x.0);
+        if x.3 != y.3 {
+            let first = x.3.iter().zip(&y.3).position(|(p, q)| p != q);
+            panic!("{what}: bytes of {} ({}) differ from llama.cpp's, first at byte {first:?}", x.0, x.2);
+        }
+    }
+    let ma = GgufFile::open(kiln_file).unwrap().header.metadata;
+    let mb = GgufFile::open(llama_file).unwrap().header.metadata;
+    for (k, v) in mb.iter() {
+        assert_eq!(ma.get(k), Some(v), "{what}: metadata key {k}");
+    }
+    assert_eq!(ma.len(), mb.len(), "{what}: metadata key count");
+}
+
+#[test]
+fn every_quantized_tensor_equals_llama_quantize_from_the_same_f32_gguf() {
+    let f32_file = llama_f32();
+    for ftype in FileType::ALL {
+        let ours = tmp().join(format!("kiln-from-f32-{}.gguf", ftype.name()));
+        let theirs = tmp().join(format!("llama-from-f32-{}.gguf", ftype.name()));
+        convert(f32_file, ftype, &ours);
+        kiln::llama::reference_quantize(f32_file, &theirs, ftype.id(), &Default::default()).unwrap();
+        assert_same(&ours, &theirs, ftype.name());
+    }
+}
+
+#[test]
+fn converting_the_checkpoint_directly_equals_convert_then_llama_quantize() {
+    // BF16 source: widening to f32 is exact, so the one-pass conversion must equal
+    // llama-quantize run on the f32 conversion.
+    for ftype in [FileType::Q4_K_M, FileType::Q6_K, FileType::Q3_K_S] {
+        let ours = tmp().join(format!("kiln-direct-{}.gguf", ftype.name()));
+        let theirs = tmp().join(format!("llama-direct-{}.gguf", ftype.name()));
+        convert(llama_dir(), ftype, &ours);
+        kiln::llama::reference_quantize(llama_f32(), &theirs, ftype.id(), &Default::default()).unwrap();
+        assert_same(&ours, &theirs, ftype.name());
+    }
+}
+
+#[test]
+fn llama_cpp_loads_every_output_type_and_generates() {
+    for ftype in FileType::ALL {
+        let out = tmp().join(format!("gen-{}.gguf", ftype.name()));
+        convert(llama_dir(), ftype, &out);
+        let model = kiln::llama::load(&out).unwrap_or_else(|e| panic!("{ftype}: {e:#}"));
+        let g = GgufFile::open(&out).unwrap();
+        assert_eq!(g.metadata().get("general.file_type"), Some(&Value::U32(ftype.id())));
+        let prompt = kiln::llama::tokenize(&model, "Once upon a time", true);
+        let toks = kiln::llama::generate(&model, &prompt, 8).unwrap();
+        assert_eq!(toks.len(), 8, "{ftype}");
+        assert!(toks.iter().all(|&t| (t as i32) < model.n_vocab()), "{ftype}: token ids in range");
+    }
+}
+
+#[test]
+fn bpe_checkpoint_tokenizes_like_the_tokenizers_crate() {
+    let out = tmp().join("qwen2-bpe-F16.gguf");
+    convert(bpe_dir(), FileType::F16, &out);
+    let model = kiln::llama::load(&out).unwrap();
+    let tk = tokenizers::Tokenizer::from_file(bpe_dir().join("tokenizer.json")).unwrap();
+    for text in [
+        "Hello world",
+        "The quick brown fox jumps over the lazy dog.",
+        "  leading spaces, tabs\tand\nnewlines",
+        "numbers 12345 and 3.14159, punctuation!?",
+        "unicode: café, naïve, 日本語, emoji 🙂",
+        "don't won't it's we'll they're",
+    ] {
+        let ours: Vec<u32> = kiln::llama::tokenize(&model, text, false);
+        let theirs = tk.encode(text, false).unwrap().get_ids().to_vec();
+        assert_eq!(ours, theirs, "tokenization of {text:?}");
+    }
+    // It generates too.
+    let prompt = kiln::llama::tokenize(&model, "Hello", true);
+    assert_eq!(kiln::llama::generate(&model, &prompt, 4).unwrap().len(), 4);
+}
+
+#[test]
+fn spm_checkpoint_tokenizes_like_sentencepiece_vocab_in_llama_cpp() {
+    // The Llama 2 vocabulary through kiln's GGUF gives llama.cpp's well-known ids.
+    let model = kiln::llama::load(llama_f32()).unwrap();
+    assert_eq!(kiln::llama::tokenize(&model, "Hello world", true), vec![1, 15043, 3186]);
+}
+
+#[test]
+fn dry_run_plan_equals_the_written_file() {
+    let mut o = Options::new(FileType::Q4_K_M);
+    o.output = Some(tmp().join("plan-Q4_K_M.gguf"));
+    o.force = true;
+    let p = quantize::prepare(llama_dir(), &o).unwrap();
+    let planned: Vec<(String, String, u64)> =
+        p.jobs.iter().map(|j| (j.name.clone(), j.out_type.label(), j.out_bytes().unwrap())).collect();
+    let size = p.file_size().unwrap();
+    quantize::execute(&p, true, false).unwrap();
+    let g = GgufFile::open(o.output.as_ref().unwrap()).unwrap();
+    let written: Vec<(String, String, u64)> =
+        g.tensors().iter().map(|t| (t.name.clone(), t.ty.label(), t.bytes)).collect();
+    assert_eq!(planned, written);
+    assert_eq!(size, g.file_size());
+    // The 640-wide ffn_down rows cannot be q4_K/q6_K: they fall back like llama.cpp.
+    assert!(p.jobs.iter().any(|j| j.fallback_from.is_some()));
+}
+
+#[test]
+fn an_existing_output_is_kept_without_force() {
+    let out = tmp().join("keep-me.gguf");
+    std::fs::write(&out, b"precious").unwrap();
+    let mut o = Options::new(FileType::Q8_0);
+    o.output = Some(out.clone());
+    let p = quantize::prepare(llama_dir(), &o).unwrap();
+    let e = quantize::execute(&p, false, false).unwrap_err();
+    assert!(format!("{e:#}").contains("already exists"), "{e:#}");
+    assert_eq!(std::fs::read(&out).unwrap(), b"precious");
+    let leftovers: Vec<_> = std::fs::read_dir(tmp())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+#[test]
+fn quantized_gguf_input_is_refused_without_allow_requantize() {
+    let q = tmp().join("requant-src-Q8_0.gguf");
+    convert(llama_f32(), FileType::Q8_0, &q);
+    let mut o = Options::new(FileType::Q4_0);
+    o.output = Some(tmp().join("requant-Q4_0.gguf"));
+    o.force = true;
+    let e = quantize::prepare(&q, &o).err().expect("refused");
+    assert!(format!("{e:#}").contains("--allow-requantize"), "{e:#}");
+    o.allow_requantize = true;
+    let p = quantize::prepare(&q, &o).unwrap();
+    quantize::execute(&p, true, false).unwrap();
+    let theirs = tmp().join("llama-requant-Q4_0.gguf");
+    let ro = kiln::llama::ReferenceOptions { allow_requantize: true, ..Default::default() };
+    kiln::llama::reference_quantize(&q, &theirs, FileType::Q4_0.id(), &ro).unwrap();
+    assert_same(o.output.as_ref().unwrap(), &theirs, "requantize q8_0 -> q4_0");
+}
