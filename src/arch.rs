@@ -66,7 +66,10 @@ impl Arch {
             }
         }
         let list: Vec<&str> = SUPPORTED.iter().map(|(n, _)| *n).collect();
-        bail!("{path}: architecture {first} is not supported; kiln converts {}", list.join(", "))
+        bail!(
+            "{path}: architecture {first} is not supported; kiln converts {}",
+            list.join(", ")
+        )
     }
 }
 
@@ -80,14 +83,22 @@ pub struct Config {
 impl Config {
     pub fn new(ck: &Checkpoint) -> Config {
         let mut json = ck.config.clone();
-        if let Some(text) = ck.config.get("text_config").and_then(Json::as_object).cloned() {
+        if let Some(text) = ck
+            .config
+            .get("text_config")
+            .and_then(Json::as_object)
+            .cloned()
+        {
             if let Some(obj) = json.as_object_mut() {
                 for (k, v) in text {
                     obj.insert(k, v);
                 }
             }
         }
-        Config { json, path: ck.dir.join("config.json").display().to_string() }
+        Config {
+            json,
+            path: ck.dir.join("config.json").display().to_string(),
+        }
     }
     pub fn get(&self, key: &str) -> Option<&Json> {
         self.json.get(key).filter(|v| !v.is_null())
@@ -96,10 +107,9 @@ impl Config {
     pub fn uint(&self, keys: &[&str]) -> Result<Option<u64>> {
         for k in keys {
             if let Some(v) = self.get(k) {
-                return v
-                    .as_u64()
-                    .map(Some)
-                    .with_context(|| format!("{}: {k} is {v}, not a non-negative integer", self.path));
+                return v.as_u64().map(Some).with_context(|| {
+                    format!("{}: {k} is {v}, not a non-negative integer", self.path)
+                });
             }
         }
         Ok(None)
@@ -130,7 +140,10 @@ impl Config {
             m.extend(obj.clone());
         }
         if let Some(obj) = self.get("rope_parameters").and_then(Json::as_object) {
-            let inner = obj.get("full_attention").and_then(Json::as_object).unwrap_or(obj);
+            let inner = obj
+                .get("full_attention")
+                .and_then(Json::as_object)
+                .unwrap_or(obj);
             m.extend(inner.clone());
         }
         if let Some(t) = self.get("rope_theta") {
@@ -156,7 +169,13 @@ fn map_name(arch: Arch, hf: &str) -> Option<String> {
     let name = hf
         .strip_prefix("language_model.")
         .or_else(|| hf.strip_prefix("model.language_model."))
-        .map(|r| if r.starts_with("model.") || r.starts_with("lm_head") { r.to_string() } else { format!("model.{r}") })
+        .map(|r| {
+            if r.starts_with("model.") || r.starts_with("lm_head") {
+                r.to_string()
+            } else {
+                format!("model.{r}")
+            }
+        })
         .unwrap_or_else(|| hf.to_string());
     if name.ends_with(".rotary_emb.inv_freq") {
         return None;
@@ -170,7 +189,11 @@ fn map_name(arch: Arch, hf: &str) -> Option<String> {
     let rest = name.strip_prefix("model.layers.")?;
     let (bid, rest) = rest.split_once('.')?;
     let bid: u32 = bid.parse().ok()?;
-    let post_attn = if arch.is_gemma() { "post_attention_norm.weight" } else { "ffn_norm.weight" };
+    let post_attn = if arch.is_gemma() {
+        "post_attention_norm.weight"
+    } else {
+        "ffn_norm.weight"
+    };
     let g = match rest {
         "input_layernorm.weight" => "attn_norm.weight",
         "self_attn.q_proj.weight" => "attn_q.weight",
@@ -213,13 +236,20 @@ pub fn prepare(ck: &Checkpoint, ftype: FileType) -> Result<Converted> {
     let n_layer = cfg.need_uint(&["num_hidden_layers", "n_layer", "num_layers"])? as u32;
     let n_embd = cfg.need_uint(&["hidden_size", "n_embd", "dim"])?;
     let n_head = cfg.need_uint(&["num_attention_heads", "n_head", "n_heads"])? as u32;
-    let n_head_kv = cfg.uint(&["num_key_value_heads", "n_kv_heads"])?.unwrap_or(n_head as u64) as u32;
-    if n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 {
-        bail!("{}: {n_head} attention heads cannot share {n_head_kv} key-value heads", cfg.path);
+    let n_head_kv = cfg
+        .uint(&["num_key_value_heads", "n_kv_heads"])?
+        .unwrap_or(n_head as u64) as u32;
+    if n_head == 0 || n_head_kv == 0 || !n_head.is_multiple_of(n_head_kv) {
+        bail!(
+            "{}: {n_head} attention heads cannot share {n_head_kv} key-value heads",
+            cfg.path
+        );
     }
     let head_dim = match cfg.uint(&["head_dim"])? {
         Some(d) => d,
-        None => default_of(&hf_arch, "head_dim").and_then(|v| v.as_u64()).unwrap_or(n_embd / n_head as u64),
+        None => default_of(&hf_arch, "head_dim")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(n_embd / n_head as u64),
     };
 
     let mut md = Metadata::new();
@@ -242,9 +272,16 @@ pub fn prepare(ck: &Checkpoint, ftype: FileType) -> Result<Converted> {
         "tokenizer: {} model, {} tokens{}",
         vocab.model,
         vocab.n_tokens,
-        vocab.pre.as_ref().map(|p| format!(", pre-tokenizer {p:?} ({})", vocab.pre_reason)).unwrap_or_default()
+        vocab
+            .pre
+            .as_ref()
+            .map(|p| format!(", pre-tokenizer {p:?} ({})", vocab.pre_reason))
+            .unwrap_or_default()
     ));
-    md.set("general.quantization_version", Value::U32(crate::quantize::QUANTIZATION_VERSION));
+    md.set(
+        "general.quantization_version",
+        Value::U32(crate::quantize::QUANTIZATION_VERSION),
+    );
 
     // Tensors.
     let mut jobs = Vec::new();
@@ -275,20 +312,33 @@ pub fn prepare(ck: &Checkpoint, ftype: FileType) -> Result<Converted> {
             ),
         };
         if t.shape.is_empty() || t.shape.len() > 4 || t.shape.contains(&0) {
-            bail!("{}: tensor {} has shape {:?}", ck.file_of(t).display(), t.name, t.shape);
+            bail!(
+                "{}: tensor {} has shape {:?}",
+                ck.file_of(t).display(),
+                t.name,
+                t.shape
+            );
         }
         let dims: Vec<u64> = t.shape.iter().rev().map(|&d| d as u64).collect();
         let mut transform = Transform::None;
         if arch == Arch::Llama {
             if t.name.ends_with("q_proj.weight") || t.name.ends_with("q_proj.bias") {
-                transform = Transform::PermuteHeads { n_head: n_head as usize };
+                transform = Transform::PermuteHeads {
+                    n_head: n_head as usize,
+                };
             } else if t.name.ends_with("k_proj.weight") || t.name.ends_with("k_proj.bias") {
-                transform = Transform::PermuteHeads { n_head: n_head_kv as usize };
+                transform = Transform::PermuteHeads {
+                    n_head: n_head_kv as usize,
+                };
             }
             if let Transform::PermuteHeads { n_head } = transform {
                 let rows = t.shape[0];
                 if rows % (2 * n_head) != 0 {
-                    bail!("{}: tensor {} has {rows} rows, not a whole number of {n_head} heads", ck.file_of(t).display(), t.name);
+                    bail!(
+                        "{}: tensor {} has {rows} rows, not a whole number of {n_head} heads",
+                        ck.file_of(t).display(),
+                        t.name
+                    );
                 }
             }
         }
@@ -302,7 +352,11 @@ pub fn prepare(ck: &Checkpoint, ftype: FileType) -> Result<Converted> {
             input_type,
             out_type: input_type,
             fallback_from: None,
-            source: TensorSource::Hf { index, dtype, transform },
+            source: TensorSource::Hf {
+                index,
+                dtype,
+                transform,
+            },
         });
     }
     // Gemma 3 drops embedding rows past the real vocabulary (convert's n_vocab_real).
@@ -311,7 +365,10 @@ pub fn prepare(ck: &Checkpoint, ftype: FileType) -> Result<Converted> {
             let n = tokens.len() as u64;
             if let Some(j) = jobs.iter_mut().find(|j| j.name == "token_embd.weight") {
                 if j.dims[1] > n {
-                    notes.push(format!("token_embd.weight: {} rows kept of {}", n, j.dims[1]));
+                    notes.push(format!(
+                        "token_embd.weight: {} rows kept of {}",
+                        n, j.dims[1]
+                    ));
                     j.dims[1] = n;
                 }
             }
@@ -339,8 +396,18 @@ pub fn prepare(ck: &Checkpoint, ftype: FileType) -> Result<Converted> {
         }
         md = with_label;
     }
-    let facts = ModelFacts { arch: a.to_string(), n_layer, n_head, n_head_kv };
-    Ok(Converted { metadata: md, jobs, facts, notes })
+    let facts = ModelFacts {
+        arch: a.to_string(),
+        n_layer,
+        n_head,
+        n_head_kv,
+    };
+    Ok(Converted {
+        metadata: md,
+        jobs,
+        facts,
+        notes,
+    })
 }
 
 /// The type convert_hf_to_gguf.py gives a tensor before llama-quantize sees it: F32 for 1-D
@@ -362,19 +429,31 @@ fn hf_input_type(gguf_name: &str, dims: &[u64], dtype: SrcDtype) -> TypeId {
 fn default_of(hf_arch: &str, key: &str) -> Option<Json> {
     let llama = hf_arch != "MistralForCausalLM";
     let v = match (key, hf_arch) {
-        ("rope_theta", "Gemma3ForCausalLM" | "Gemma3ForConditionalGeneration") => Json::from(1_000_000.0),
+        ("rope_theta", "Gemma3ForCausalLM" | "Gemma3ForConditionalGeneration") => {
+            Json::from(1_000_000.0)
+        }
         ("rope_theta", "Gemma2ForCausalLM") => return None,
         ("rope_theta", _) => Json::from(10_000.0),
         ("rms_norm_eps", _) => Json::from(1e-6),
-        ("max_position_embeddings", "LlamaForCausalLM" | "LLaMAForCausalLM" | "LlamaModel") => Json::from(2048),
+        ("max_position_embeddings", "LlamaForCausalLM" | "LLaMAForCausalLM" | "LlamaModel") => {
+            Json::from(2048)
+        }
         ("max_position_embeddings", "MistralForCausalLM") => Json::from(131072),
         ("max_position_embeddings", "Qwen2ForCausalLM" | "Qwen3ForCausalLM") => Json::from(32768),
         ("max_position_embeddings", "Gemma2ForCausalLM") => Json::from(8192),
         ("max_position_embeddings", _) => Json::from(131072),
         ("head_dim", "Qwen3ForCausalLM") => Json::from(128),
-        ("head_dim", "Gemma2ForCausalLM" | "Gemma3ForCausalLM" | "Gemma3ForConditionalGeneration") => Json::from(256),
-        ("rope_local_base_freq", "Gemma3ForCausalLM" | "Gemma3ForConditionalGeneration") => Json::from(10_000.0),
-        ("sliding_window", "Gemma2ForCausalLM" | "Gemma3ForCausalLM" | "Gemma3ForConditionalGeneration") => Json::from(4096),
+        (
+            "head_dim",
+            "Gemma2ForCausalLM" | "Gemma3ForCausalLM" | "Gemma3ForConditionalGeneration",
+        ) => Json::from(256),
+        ("rope_local_base_freq", "Gemma3ForCausalLM" | "Gemma3ForConditionalGeneration") => {
+            Json::from(10_000.0)
+        }
+        (
+            "sliding_window",
+            "Gemma2ForCausalLM" | "Gemma3ForCausalLM" | "Gemma3ForConditionalGeneration",
+        ) => Json::from(4096),
         ("attn_logit_softcapping", "Gemma2ForCausalLM") => Json::from(50.0),
         ("final_logit_softcapping", "Gemma2ForCausalLM") => Json::from(30.0),
         _ => {
@@ -385,7 +464,14 @@ fn default_of(hf_arch: &str, key: &str) -> Option<Json> {
     Some(v)
 }
 
-fn write_hparams(arch: Arch, hf_arch: &str, cfg: &Config, md: &mut Metadata, n_layer: u32, head_dim: u64) -> Result<()> {
+fn write_hparams(
+    arch: Arch,
+    hf_arch: &str,
+    cfg: &Config,
+    md: &mut Metadata,
+    n_layer: u32,
+    head_dim: u64,
+) -> Result<()> {
     let a = arch.gguf_name();
     let k = |s: &str| format!("{a}.{s}");
     let get = |key: &str| cfg.get(key).cloned().or_else(|| default_of(hf_arch, key));
@@ -393,15 +479,23 @@ fn write_hparams(arch: Arch, hf_arch: &str, cfg: &Config, md: &mut Metadata, n_l
         match get(key) {
             None => Ok(None),
             Some(v) => {
-                let n = v.as_u64().with_context(|| format!("{}: {key} is {v}, not a non-negative integer", cfg.path))?;
-                Ok(Some(u32::try_from(n).with_context(|| format!("{}: {key} = {n} does not fit in 32 bits", cfg.path))?))
+                let n = v.as_u64().with_context(|| {
+                    format!("{}: {key} is {v}, not a non-negative integer", cfg.path)
+                })?;
+                Ok(Some(u32::try_from(n).with_context(|| {
+                    format!("{}: {key} = {n} does not fit in 32 bits", cfg.path)
+                })?))
             }
         }
     };
     let get_f32 = |key: &str| -> Result<Option<f32>> {
         match get(key) {
             None => Ok(None),
-            Some(v) => Ok(Some(v.as_f64().with_context(|| format!("{}: {key} is {v}, not a number", cfg.path))? as f32)),
+            Some(v) => Ok(Some(
+                v.as_f64()
+                    .with_context(|| format!("{}: {key} is {v}, not a number", cfg.path))?
+                    as f32,
+            )),
         }
     };
     let n_ctx = get_u32("max_position_embeddings")?;
@@ -410,8 +504,12 @@ fn write_hparams(arch: Arch, hf_arch: &str, cfg: &Config, md: &mut Metadata, n_l
     let n_head = cfg.need_uint(&["num_attention_heads", "n_head", "n_heads"])? as u32;
     let n_head_kv = get_u32("num_key_value_heads")?.unwrap_or(n_head);
     let eps = get_f32("rms_norm_eps")?;
-    let explicit_head_dim = cfg.get("head_dim").is_some() || default_of(hf_arch, "head_dim").is_some()
-        || matches!(hf_arch, "LlamaForCausalLM" | "LLaMAForCausalLM" | "LlamaModel");
+    let explicit_head_dim = cfg.get("head_dim").is_some()
+        || default_of(hf_arch, "head_dim").is_some()
+        || matches!(
+            hf_arch,
+            "LlamaForCausalLM" | "LLaMAForCausalLM" | "LlamaModel"
+        );
     let file_type = md.get("general.file_type").cloned();
 
     if arch == Arch::Gemma2 {
@@ -472,8 +570,16 @@ fn write_hparams(arch: Arch, hf_arch: &str, cfg: &Config, md: &mut Metadata, n_l
                 let orig = rope
                     .get("original_max_position_embeddings")
                     .and_then(Json::as_u64)
-                    .with_context(|| format!("{}: yarn rope scaling without original_max_position_embeddings", cfg.path))?;
-                md.set(k("rope.scaling.original_context_length"), Value::U32(orig as u32));
+                    .with_context(|| {
+                        format!(
+                            "{}: yarn rope scaling without original_max_position_embeddings",
+                            cfg.path
+                        )
+                    })?;
+                md.set(
+                    k("rope.scaling.original_context_length"),
+                    Value::U32(orig as u32),
+                );
                 for (src, dst) in [
                     ("extrapolation_factor", "yarn_ext_factor"),
                     ("attention_factor", "yarn_attn_factor"),
@@ -490,7 +596,10 @@ fn write_hparams(arch: Arch, hf_arch: &str, cfg: &Config, md: &mut Metadata, n_l
             _ => {}
         }
     }
-    let theta = rope.get("rope_theta").and_then(Json::as_f64).or_else(|| get("rope_theta").and_then(|v| v.as_f64()));
+    let theta = rope
+        .get("rope_theta")
+        .and_then(Json::as_f64)
+        .or_else(|| get("rope_theta").and_then(|v| v.as_f64()));
     if let Some(t) = theta {
         md.set(k("rope.freq_base"), Value::F32(t as f32));
     }
@@ -515,7 +624,10 @@ fn write_hparams(arch: Arch, hf_arch: &str, cfg: &Config, md: &mut Metadata, n_l
             md.set(k("rope.dimension_count"), Value::U32(head_dim as u32));
         }
         Arch::Gemma3 => {
-            if let Some(v) = cfg.float(&["final_logit_softcapping"])?.filter(|&v| v != 0.0) {
+            if let Some(v) = cfg
+                .float(&["final_logit_softcapping"])?
+                .filter(|&v| v != 0.0)
+            {
                 md.set(k("final_logit_softcapping"), Value::F32(v as f32));
             }
             if cfg.uint(&["sliding_window_pattern"])? != Some(1) {
@@ -535,8 +647,10 @@ fn sampling_keys(dir: &std::path::Path, md: &mut Metadata) -> Result<()> {
     if !p.exists() {
         return Ok(());
     }
-    let text = std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))?;
-    let j: Json = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", p.display()))?;
+    let text =
+        std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))?;
+    let j: Json =
+        serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", p.display()))?;
     let ints = ["top_k", "penalty_last_n", "mirostat"];
     for (src, dst) in [
         ("sequence", "sequence"),
@@ -553,7 +667,9 @@ fn sampling_keys(dir: &std::path::Path, md: &mut Metadata) -> Result<()> {
         ("mirostat_tau", "mirostat_tau"),
         ("mirostat_eta", "mirostat_eta"),
     ] {
-        let Some(v) = j.get(src).filter(|v| !v.is_null()) else { continue };
+        let Some(v) = j.get(src).filter(|v| !v.is_null()) else {
+            continue;
+        };
         let key = format!("general.sampling.{dst}");
         if md.get(&key).is_some() {
             continue;
@@ -580,7 +696,9 @@ fn id_to_title(s: &str) -> String {
         .split_whitespace()
         .map(|w| {
             let is_version = w.starts_with(|c: char| c.is_ascii_digit())
-                || (w.starts_with('v') && w[1..].chars().all(|c| c.is_ascii_digit() || c == '.') && w.len() > 1);
+                || (w.starts_with('v')
+                    && w[1..].chars().all(|c| c.is_ascii_digit() || c == '.')
+                    && w.len() > 1);
             if w.chars().any(|c| c.is_uppercase()) || is_version {
                 w.to_string()
             } else {
@@ -627,7 +745,12 @@ pub fn size_label(n: u64) -> String {
 /// Llama 3's `rope_freqs.weight` (convert's generate_extra_tensors for rope_type "llama3").
 fn rope_freqs_tensor(cfg: &Config, head_dim: u64) -> Result<Option<Job>> {
     let rope = cfg.rope();
-    if rope.get("rope_type").and_then(Json::as_str).map(|s| s.to_ascii_lowercase()) != Some("llama3".into()) {
+    if rope
+        .get("rope_type")
+        .and_then(Json::as_str)
+        .map(|s| s.to_ascii_lowercase())
+        != Some("llama3".into())
+    {
         return Ok(None);
     }
     let f = |k: &str, d: f64| rope.get(k).and_then(Json::as_f64).unwrap_or(d);
@@ -650,7 +773,14 @@ fn rope_freqs_tensor(cfg: &Config, head_dim: u64) -> Result<Option<Job>> {
 }
 
 /// The per-frequency factors, in f32 as torch computes them.
-pub fn llama3_rope_factors(base: f64, dim: usize, factor: f64, low: f64, high: f64, old_ctx: f64) -> Vec<f32> {
+pub fn llama3_rope_factors(
+    base: f64,
+    dim: usize,
+    factor: f64,
+    low: f64,
+    high: f64,
+    old_ctx: f64,
+) -> Vec<f32> {
     let low_wavelen = old_ctx / low;
     let high_wavelen = old_ctx / high;
     (0..dim)
@@ -676,13 +806,50 @@ mod tests {
 
     #[test]
     fn names_map_like_convert() {
-        assert_eq!(map_name(Arch::Llama, "model.layers.3.self_attn.q_proj.weight").unwrap(), "blk.3.attn_q.weight");
-        assert_eq!(map_name(Arch::Llama, "model.layers.3.post_attention_layernorm.weight").unwrap(), "blk.3.ffn_norm.weight");
-        assert_eq!(map_name(Arch::Gemma3, "model.layers.0.post_attention_layernorm.weight").unwrap(), "blk.0.post_attention_norm.weight");
-        assert_eq!(map_name(Arch::Gemma3, "model.layers.0.pre_feedforward_layernorm.weight").unwrap(), "blk.0.ffn_norm.weight");
-        assert_eq!(map_name(Arch::Gemma3, "language_model.model.layers.0.self_attn.k_norm.weight").unwrap(), "blk.0.attn_k_norm.weight");
-        assert_eq!(map_name(Arch::Qwen2, "model.layers.1.self_attn.v_proj.bias").unwrap(), "blk.1.attn_v.bias");
-        assert_eq!(map_name(Arch::Llama, "lm_head.weight").unwrap(), "output.weight");
+        assert_eq!(
+            map_name(Arch::Llama, "model.layers.3.self_attn.q_proj.weight").unwrap(),
+            "blk.3.attn_q.weight"
+        );
+        assert_eq!(
+            map_name(
+                Arch::Llama,
+                "model.layers.3.post_attention_layernorm.weight"
+            )
+            .unwrap(),
+            "blk.3.ffn_norm.weight"
+        );
+        assert_eq!(
+            map_name(
+                Arch::Gemma3,
+                "model.layers.0.post_attention_layernorm.weight"
+            )
+            .unwrap(),
+            "blk.0.post_attention_norm.weight"
+        );
+        assert_eq!(
+            map_name(
+                Arch::Gemma3,
+                "model.layers.0.pre_feedforward_layernorm.weight"
+            )
+            .unwrap(),
+            "blk.0.ffn_norm.weight"
+        );
+        assert_eq!(
+            map_name(
+                Arch::Gemma3,
+                "language_model.model.layers.0.self_attn.k_norm.weight"
+            )
+            .unwrap(),
+            "blk.0.attn_k_norm.weight"
+        );
+        assert_eq!(
+            map_name(Arch::Qwen2, "model.layers.1.self_attn.v_proj.bias").unwrap(),
+            "blk.1.attn_v.bias"
+        );
+        assert_eq!(
+            map_name(Arch::Llama, "lm_head.weight").unwrap(),
+            "output.weight"
+        );
         assert!(map_name(Arch::Llama, "model.layers.0.self_attn.rotary_emb.inv_freq").is_none());
     }
 
@@ -707,6 +874,9 @@ mod label_tests {
         assert_eq!(size_label(999_999), "1000K");
         assert_eq!(size_label(1000), "1.0K");
         assert_eq!(id_to_title("tiny-random-llama"), "Tiny Random Llama");
-        assert_eq!(id_to_title("Qwen2.5-0.5B-Instruct"), "Qwen2.5 0.5B Instruct");
+        assert_eq!(
+            id_to_title("Qwen2.5-0.5B-Instruct"),
+            "Qwen2.5 0.5B Instruct"
+        );
     }
 }

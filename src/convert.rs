@@ -24,7 +24,9 @@ pub enum Transform {
     None,
     /// Llama's q/k rows reordered from Hugging Face's rotate-half layout to ggml's interleaved
     /// RoPE layout (`LlamaModel.permute`): output row h*d + 2i + j is source row h*d + j*d/2 + i.
-    PermuteHeads { n_head: usize },
+    PermuteHeads {
+        n_head: usize,
+    },
     /// Gemma's norm weights stored as w - 1: add 1 (in f16 when the source is f16, as torch
     /// does, else in f32).
     AddOne,
@@ -35,7 +37,11 @@ pub enum Transform {
 pub enum TensorSource {
     /// Tensor `index` of the checkpoint; `rows` of its rows are used (Gemma drops padding rows
     /// of the embedding beyond the real vocabulary).
-    Hf { index: usize, dtype: SrcDtype, transform: Transform },
+    Hf {
+        index: usize,
+        dtype: SrcDtype,
+        transform: Transform,
+    },
     /// Tensor `index` of a GGUF input.
     Gguf { index: usize },
     /// Values computed by the converter (Llama 3's rope_freqs).
@@ -83,21 +89,31 @@ impl Job {
     }
     /// Output bytes.
     pub fn out_bytes(&self) -> Result<u64> {
-        let rb = self
-            .out_type
-            .row_bytes(self.dims[0])
-            .with_context(|| format!("tensor {}: rows of {} do not fit {}", self.name, self.dims[0], self.out_type.label()))?;
+        let rb = self.out_type.row_bytes(self.dims[0]).with_context(|| {
+            format!(
+                "tensor {}: rows of {} do not fit {}",
+                self.name,
+                self.dims[0],
+                self.out_type.label()
+            )
+        })?;
         Ok(rb * self.n_rows() as u64)
     }
     pub fn entry(&self) -> Result<TensorEntry> {
-        Ok(TensorEntry { name: self.name.clone(), dims: self.dims.clone(), ty: self.out_type, bytes: self.out_bytes()? })
+        Ok(TensorEntry {
+            name: self.name.clone(),
+            dims: self.dims.clone(),
+            ty: self.out_type,
+            bytes: self.out_bytes()?,
+        })
     }
 }
 
 /// Dequantizes `src` (whole rows of `n_per_row`) of any ggml type into `dst`.
 fn dequantize_any(ty: TypeId, src: &[u8], n_per_row: usize, dst: &mut [f32]) -> Result<()> {
     if let Some(k) = ty.kiln() {
-        k.dequantize(src, n_per_row, dst).map_err(|e| anyhow!("{e}"))?;
+        k.dequantize(src, n_per_row, dst)
+            .map_err(|e| anyhow!("{e}"))?;
         return Ok(());
     }
     // Types kiln does not write (i-quants and others): ggml's own to_float.
@@ -110,9 +126,9 @@ fn dequantize_any(ty: TypeId, src: &[u8], n_per_row: usize, dst: &mut [f32]) -> 
     if src.len() < rows * rb as usize {
         bail!("short data for type {}", ty.label());
     }
-    dst.par_chunks_mut(n_per_row).zip(src.par_chunks(rb as usize)).for_each(|(d, s)| unsafe {
-        f(s.as_ptr().cast(), d.as_mut_ptr(), n_per_row as i64)
-    });
+    dst.par_chunks_mut(n_per_row)
+        .zip(src.par_chunks(rb as usize))
+        .for_each(|(d, s)| unsafe { f(s.as_ptr().cast(), d.as_mut_ptr(), n_per_row as i64) });
     Ok(())
 }
 
@@ -135,9 +151,22 @@ fn add_one(xs: &mut [f32], dtype: SrcDtype) {
 
 impl Input {
     /// Reads rows `first..first + out.len() / n_per_row` of `src` as f32 into `out`.
-    fn read_rows(&self, src: &TensorSource, n_per_row: usize, first: usize, out: &mut [f32]) -> Result<()> {
+    fn read_rows(
+        &self,
+        src: &TensorSource,
+        n_per_row: usize,
+        first: usize,
+        out: &mut [f32],
+    ) -> Result<()> {
         match (self, src) {
-            (Input::Hf(ck), TensorSource::Hf { index, dtype, transform }) => {
+            (
+                Input::Hf(ck),
+                TensorSource::Hf {
+                    index,
+                    dtype,
+                    transform,
+                },
+            ) => {
                 let t = &ck.tensors[*index];
                 let bytes = ck.bytes(t);
                 let es = dtype.size();
@@ -163,14 +192,16 @@ impl Input {
                     Transform::PermuteHeads { n_head } => Some(n_rows_total / n_head),
                     _ => None,
                 };
-                out.par_chunks_mut(n_per_row).enumerate().for_each(|(i, row)| {
-                    let r = first + i;
-                    let sr = head.map_or(r, |d| permuted(r, d));
-                    to_f32(*dtype, &bytes[sr * row_bytes..(sr + 1) * row_bytes], row);
-                    if *transform == Transform::AddOne {
-                        add_one(row, *dtype);
-                    }
-                });
+                out.par_chunks_mut(n_per_row)
+                    .enumerate()
+                    .for_each(|(i, row)| {
+                        let r = first + i;
+                        let sr = head.map_or(r, |d| permuted(r, d));
+                        to_f32(*dtype, &bytes[sr * row_bytes..(sr + 1) * row_bytes], row);
+                        if *transform == Transform::AddOne {
+                            add_one(row, *dtype);
+                        }
+                    });
                 Ok(())
             }
             (_, TensorSource::Values(v)) => {
@@ -262,7 +293,9 @@ pub fn run(
         });
         let produced = produce(input, jobs, imatrix, &tx);
         drop(tx);
-        let writer = writer_thread.join().map_err(|_| anyhow!("internal: writer thread panicked"))?;
+        let writer = writer_thread
+            .join()
+            .map_err(|_| anyhow!("internal: writer thread panicked"))?;
         // A writer error explains a producer's failed send, so report it first.
         let writer = writer?;
         produced?;
@@ -295,7 +328,11 @@ fn produce(
             continue;
         }
         let out_ty = job.out_type.kiln().with_context(|| {
-            format!("tensor {}: kiln cannot write type {}", job.name, job.out_type.label())
+            format!(
+                "tensor {}: kiln cannot write type {}",
+                job.name,
+                job.out_type.label()
+            )
         })?;
         let n_per_row = job.n_per_row();
         let n_rows = job.n_rows();

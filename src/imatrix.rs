@@ -19,11 +19,16 @@ pub fn load(path: &Path) -> Result<Imatrix> {
         drop(bytes);
         load_gguf(path)?
     } else {
-        parse_legacy(&bytes).with_context(|| format!("{}: not a valid imatrix file", path.display()))?
+        parse_legacy(&bytes)
+            .with_context(|| format!("{}: not a valid imatrix file", path.display()))?
     };
     for (name, v) in &m {
         if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-            bail!("{}: entry {name} holds a non-finite value {} at column {i}", path.display(), v[i]);
+            bail!(
+                "{}: entry {name} holds a non-finite value {} at column {i}",
+                path.display(),
+                v[i]
+            );
         }
     }
     Ok(m)
@@ -32,41 +37,64 @@ pub fn load(path: &Path) -> Result<Imatrix> {
 fn load_gguf(path: &Path) -> Result<Imatrix> {
     let g = GgufFile::open(path)?;
     let f32_of = |name: &str| -> Result<Option<Vec<f32>>> {
-        let Some(t) = g.find(name) else { return Ok(None) };
+        let Some(t) = g.find(name) else {
+            return Ok(None);
+        };
         if t.ty != TypeId::of(GgmlType::F32) {
             bail!("{}: {name} is {}, not f32", path.display(), t.ty.label());
         }
-        Ok(Some(g.data(t).chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()))
+        Ok(Some(
+            g.data(t)
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        ))
     };
     let mut out = Imatrix::new();
     for t in g.tensors() {
-        let Some(base) = t.name.strip_suffix(".in_sum2") else { continue };
+        let Some(base) = t.name.strip_suffix(".in_sum2") else {
+            continue;
+        };
         let sums = f32_of(&t.name)?.unwrap_or_default();
         let Some(counts) = f32_of(&format!("{base}.counts"))? else {
             bail!("{}: {base} has sums but no counts", path.display());
         };
         if counts.is_empty() || sums.len() % counts.len() != 0 {
-            bail!("{}: {base}: {} sums do not split into {} matrices", path.display(), sums.len(), counts.len());
+            bail!(
+                "{}: {base}: {} sums do not split into {} matrices",
+                path.display(),
+                sums.len(),
+                counts.len()
+            );
         }
         let ne0 = sums.len() / counts.len();
         let mut e = vec![0f32; sums.len()];
         for (j, c) in counts.iter().enumerate() {
             let count = c.round() as i64 as f32;
             for i in 0..ne0 {
-                e[j * ne0 + i] = if count > 0.0 { sums[j * ne0 + i] / count } else { 1.0 };
+                e[j * ne0 + i] = if count > 0.0 {
+                    sums[j * ne0 + i] / count
+                } else {
+                    1.0
+                };
             }
         }
         out.insert(base.to_string(), e);
     }
     if out.is_empty() {
-        bail!("{}: no importance data (no *.in_sum2 tensors)", path.display());
+        bail!(
+            "{}: no importance data (no *.in_sum2 tensors)",
+            path.display()
+        );
     }
     Ok(out)
 }
 
 /// The legacy binary format (llama-imatrix before GGUF).
 pub fn parse_legacy(b: &[u8]) -> Result<Imatrix> {
-    let n = b.get(0..4).context("truncated at offset 0 reading the entry count")?;
+    let n = b
+        .get(0..4)
+        .context("truncated at offset 0 reading the entry count")?;
     let n = i32::from_le_bytes([n[0], n[1], n[2], n[3]]);
     if n < 1 {
         bail!("entry count is {n}");
@@ -75,7 +103,9 @@ pub fn parse_legacy(b: &[u8]) -> Result<Imatrix> {
     let mut p = 4usize;
     for k in 0..n {
         let rd = |p: &mut usize, what: &str| -> Result<i32> {
-            let s = b.get(*p..*p + 4).with_context(|| format!("truncated at offset {p} reading {what} of entry {k}"))?;
+            let s = b
+                .get(*p..*p + 4)
+                .with_context(|| format!("truncated at offset {p} reading {what} of entry {k}"))?;
             *p += 4;
             Ok(i32::from_le_bytes([s[0], s[1], s[2], s[3]]))
         };
@@ -100,7 +130,13 @@ pub fn parse_legacy(b: &[u8]) -> Result<Imatrix> {
         let vals: Vec<f32> = bytes
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .map(|x| if ncall > 0 { x / ncall as i64 as f32 } else { x })
+            .map(|x| {
+                if ncall > 0 {
+                    x / ncall as i64 as f32
+                } else {
+                    x
+                }
+            })
             .collect();
         out.insert(name, vals);
     }

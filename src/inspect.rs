@@ -45,7 +45,11 @@ fn array_json(a: &Array) -> Json {
 pub fn totals(g: &GgufFile) -> (u64, u64, f64) {
     let n: u64 = g.tensors().iter().map(|t| t.n_elements()).sum();
     let bytes: u64 = g.tensors().iter().map(|t| t.bytes).sum();
-    let bpw = if n > 0 { bytes as f64 * 8.0 / n as f64 } else { 0.0 };
+    let bpw = if n > 0 {
+        bytes as f64 * 8.0 / n as f64
+    } else {
+        0.0
+    };
     (n, bytes, bpw)
 }
 
@@ -53,7 +57,11 @@ pub fn totals(g: &GgufFile) -> (u64, u64, f64) {
 /// totals.
 pub fn to_json(g: &GgufFile) -> Json {
     let (n, bytes, bpw) = totals(g);
-    let md: serde_json::Map<String, Json> = g.metadata().iter().map(|(k, v)| (k.to_string(), value_json(v))).collect();
+    let md: serde_json::Map<String, Json> = g
+        .metadata()
+        .iter()
+        .map(|(k, v)| (k.to_string(), value_json(v)))
+        .collect();
     let tensors: Vec<Json> = g
         .tensors()
         .iter()
@@ -83,17 +91,45 @@ pub fn to_json(g: &GgufFile) -> Json {
 /// The human-readable listing.
 pub fn to_text(g: &GgufFile) -> Result<String> {
     let mut s = String::new();
-    writeln!(s, "{}: GGUF v{}, {} bytes", g.path.display(), g.header.version, g.file_size())?;
+    writeln!(
+        s,
+        "{}: GGUF v{}, {} bytes",
+        g.path.display(),
+        g.header.version,
+        g.file_size()
+    )?;
     writeln!(s, "\nmetadata ({} keys):", g.metadata().len())?;
     for (k, v) in g.metadata().iter() {
         writeln!(s, "  {k} = {v}")?;
     }
-    let w = g.tensors().iter().map(|t| t.name.len()).max().unwrap_or(6).max(6);
+    let w = g
+        .tensors()
+        .iter()
+        .map(|t| t.name.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
     writeln!(s, "\ntensors ({}):", g.tensors().len())?;
-    writeln!(s, "  {:<w$}  {:>22}  {:<8}  {:>12}", "name", "shape", "type", "bytes")?;
+    writeln!(
+        s,
+        "  {:<w$}  {:>22}  {:<8}  {:>12}",
+        "name", "shape", "type", "bytes"
+    )?;
     for t in g.tensors() {
-        let shape = t.dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(" x ");
-        writeln!(s, "  {:<w$}  {:>22}  {:<8}  {:>12}", t.name, shape, t.ty.label(), t.bytes)?;
+        let shape = t
+            .dims
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(" x ");
+        writeln!(
+            s,
+            "  {:<w$}  {:>22}  {:<8}  {:>12}",
+            t.name,
+            shape,
+            t.ty.label(),
+            t.bytes
+        )?;
     }
     let (n, bytes, bpw) = totals(g);
     writeln!(

@@ -42,29 +42,59 @@ pub fn tokenize(model: &LlamaModel, text: &str, add_special: bool) -> Vec<u32> {
         .collect()
 }
 
-fn context<'m>(model: &'m LlamaModel, n_ctx: u32, threads: i32) -> Result<llama_cpp_2::context::LlamaContext<'m>> {
-    let p = LlamaContextParams::default()
+fn context<'m>(
+    model: &'m LlamaModel,
+    n_ctx: u32,
+    threads: i32,
+) -> Result<llama_cpp_2::context::LlamaContext<'m>> {
+    context_with(model, n_ctx, threads, false)
+}
+
+/// A context; `exact` keeps the KV cache in f32 and flash attention off, so that logits are
+/// f32 arithmetic throughout (for comparisons with an independent implementation).
+fn context_with<'m>(
+    model: &'m LlamaModel,
+    n_ctx: u32,
+    threads: i32,
+    exact: bool,
+) -> Result<llama_cpp_2::context::LlamaContext<'m>> {
+    let mut p = LlamaContextParams::default();
+    if exact {
+        use llama_cpp_2::context::params::KvCacheType;
+        p = p
+            .with_type_k(KvCacheType::F32)
+            .with_type_v(KvCacheType::F32)
+            .with_flash_attention_policy(sys::LLAMA_FLASH_ATTN_TYPE_DISABLED);
+    }
+    let p = p
         .with_n_ctx(NonZeroU32::new(n_ctx.max(16)))
         .with_n_batch(n_ctx.max(16))
         .with_n_ubatch(n_ctx.max(16))
         .with_n_threads(threads)
         .with_n_threads_batch(threads);
-    model.new_context(backend(), p).map_err(|e| anyhow!("llama.cpp context: {e}"))
+    model
+        .new_context(backend(), p)
+        .map_err(|e| anyhow!("llama.cpp context: {e}"))
 }
 
 fn threads() -> i32 {
-    std::thread::available_parallelism().map(|n| n.get() as i32).unwrap_or(2)
+    std::thread::available_parallelism()
+        .map(|n| n.get() as i32)
+        .unwrap_or(2)
 }
 
 /// The logits at every position of `tokens`, in one batch.
 pub fn logits(model: &LlamaModel, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
-    let mut ctx = context(model, tokens.len() as u32, threads())?;
+    let mut ctx = context_with(model, tokens.len() as u32, threads(), true)?;
     let mut batch = LlamaBatch::new(tokens.len(), 1);
     for (i, &t) in tokens.iter().enumerate() {
         batch.add(LlamaToken(t as i32), i as i32, &[0], true)?;
     }
-    ctx.decode(&mut batch).map_err(|e| anyhow!("llama.cpp decode: {e}"))?;
-    Ok((0..tokens.len()).map(|i| ctx.get_logits_ith(i as i32).to_vec()).collect())
+    ctx.decode(&mut batch)
+        .map_err(|e| anyhow!("llama.cpp decode: {e}"))?;
+    Ok((0..tokens.len())
+        .map(|i| ctx.get_logits_ith(i as i32).to_vec())
+        .collect())
 }
 
 /// Greedy generation of `n` tokens after `prompt`.
@@ -77,7 +107,8 @@ pub fn generate(model: &LlamaModel, prompt: &[u32], n: usize) -> Result<Vec<u32>
     for (i, &t) in prompt.iter().enumerate() {
         batch.add(LlamaToken(t as i32), i as i32, &[0], i + 1 == prompt.len())?;
     }
-    ctx.decode(&mut batch).map_err(|e| anyhow!("llama.cpp decode: {e}"))?;
+    ctx.decode(&mut batch)
+        .map_err(|e| anyhow!("llama.cpp decode: {e}"))?;
     let mut out = Vec::with_capacity(n);
     let mut last = batch.n_tokens() - 1;
     for step in 0..n {
@@ -85,8 +116,14 @@ pub fn generate(model: &LlamaModel, prompt: &[u32], n: usize) -> Result<Vec<u32>
         let next = argmax(l) as u32;
         out.push(next);
         batch.clear();
-        batch.add(LlamaToken(next as i32), (prompt.len() + step) as i32, &[0], true)?;
-        ctx.decode(&mut batch).map_err(|e| anyhow!("llama.cpp decode: {e}"))?;
+        batch.add(
+            LlamaToken(next as i32),
+            (prompt.len() + step) as i32,
+            &[0],
+            true,
+        )?;
+        ctx.decode(&mut batch)
+            .map_err(|e| anyhow!("llama.cpp decode: {e}"))?;
         last = 0;
     }
     Ok(out)
@@ -117,7 +154,12 @@ pub struct ReferenceOptions {
 
 /// Runs llama.cpp's own quantizer (`llama_model_quantize`, what llama-quantize calls) from
 /// `input` to `output` at llama ftype `ftype`.
-pub fn reference_quantize(input: &Path, output: &Path, ftype: u32, o: &ReferenceOptions) -> Result<()> {
+pub fn reference_quantize(
+    input: &Path,
+    output: &Path,
+    ftype: u32,
+    o: &ReferenceOptions,
+) -> Result<()> {
     backend();
     let cin = CString::new(input.to_str().context("input path is not UTF-8")?)?;
     let cout = CString::new(output.to_str().context("output path is not UTF-8")?)?;
@@ -132,9 +174,17 @@ pub fn reference_quantize(input: &Path, output: &Path, ftype: u32, o: &Reference
         .iter()
         .flatten()
         .zip(&names)
-        .map(|((_, v), n)| sys::llama_model_imatrix_data { name: n.as_ptr(), data: v.as_ptr(), size: v.len() })
+        .map(|((_, v), n)| sys::llama_model_imatrix_data {
+            name: n.as_ptr(),
+            data: v.as_ptr(),
+            size: v.len(),
+        })
         .collect();
-    entries.push(sys::llama_model_imatrix_data { name: std::ptr::null(), data: std::ptr::null(), size: 0 });
+    entries.push(sys::llama_model_imatrix_data {
+        name: std::ptr::null(),
+        data: std::ptr::null(),
+        size: 0,
+    });
     let rc = unsafe {
         let mut p = sys::llama_model_quantize_default_params();
         p.ftype = ftype as _;

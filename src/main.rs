@@ -24,7 +24,20 @@ enum Command {
     },
     /// Quantize a deterministic weight matrix to every format with kiln and with ggml, and
     /// compare bytes, error and time.
+    /// The bundled default: write the fixture checkpoint (Llama, SentencePiece tokenizer),
+    /// convert it to several types, check every tensor against llama.cpp's own quantizer, have
+    /// llama.cpp load and run each file, and print sizes.
     Demo {
+        /// Folder for the fixture and the GGUF files.
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+        /// Types to convert to.
+        #[arg(long, value_delimiter = ',', default_value = "f16,q8_0,q6_K,q5_K_M,q4_K_M,q4_0,q3_K_M,q2_K")]
+        types: Vec<String>,
+    },
+    /// Quantize a deterministic weight matrix to every format with kiln and with ggml, and
+    /// compare bytes, error and time.
+    KernelsDemo {
         /// Rows of the matrix.
         #[arg(long, default_value_t = 1024)]
         rows: usize,
@@ -79,7 +92,9 @@ fn quantize(a: QuantizeArgs) -> anyhow::Result<()> {
     use kiln::quantize as q;
     if let Some(n) = a.threads {
         anyhow::ensure!(n > 0, "--threads must be at least 1");
-        rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()?;
     }
     let mut opts = q::Options::new(kiln::plan::FileType::parse(&a.ty)?);
     opts.output = a.output;
@@ -87,8 +102,16 @@ fn quantize(a: QuantizeArgs) -> anyhow::Result<()> {
     opts.allow_requantize = a.allow_requantize;
     opts.pure = a.pure;
     opts.imatrix = a.imatrix;
-    opts.output_tensor_type = a.output_tensor_type.as_deref().map(q::parse_ggml_type).transpose()?;
-    opts.token_embedding_type = a.token_embedding_type.as_deref().map(q::parse_ggml_type).transpose()?;
+    opts.output_tensor_type = a
+        .output_tensor_type
+        .as_deref()
+        .map(q::parse_ggml_type)
+        .transpose()?;
+    opts.token_embedding_type = a
+        .token_embedding_type
+        .as_deref()
+        .map(q::parse_ggml_type)
+        .transpose()?;
     opts.leave_output_tensor = a.leave_output_tensor;
     let start = std::time::Instant::now();
     let p = q::prepare(&a.input, &opts)?;
@@ -99,7 +122,11 @@ fn quantize(a: QuantizeArgs) -> anyhow::Result<()> {
         print!("{}", q::describe(&p)?);
         return Ok(());
     }
-    let s = q::execute(&p, opts.force, std::io::IsTerminal::is_terminal(&std::io::stderr()))?;
+    let s = q::execute(
+        &p,
+        opts.force,
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    )?;
     println!(
         "{}: {} tensors, {} bytes ({:.2} MiB), {:.3} bits per weight, {:.1} s",
         p.target.display(),
@@ -115,7 +142,10 @@ fn quantize(a: QuantizeArgs) -> anyhow::Result<()> {
 fn inspect(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
     let g = kiln::gguf::GgufFile::open(file)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&kiln::inspect::to_json(&g))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&kiln::inspect::to_json(&g))?
+        );
     } else {
         print!("{}", kiln::inspect::to_text(&g)?);
     }
@@ -127,7 +157,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Quantize(a) => quantize(a),
         Command::Inspect { file, json } => inspect(&file, json),
-        Command::Demo { rows, cols } => demo(rows, cols),
+        Command::Demo { out, types } => convert_demo(&out, &types),
+        Command::KernelsDemo { rows, cols } => demo(rows, cols),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -136,6 +167,38 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn convert_demo(out: &std::path::Path, types: &[String]) -> anyhow::Result<()> {
+    let types: Vec<kiln::plan::FileType> =
+        types.iter().map(|t| kiln::plan::FileType::parse(t)).collect::<anyhow::Result<_>>()?;
+    let tok = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/llama2-tokenizer.model");
+    std::fs::create_dir_all(out)?;
+    println!(
+        "kiln demo: the fixture checkpoint (Llama, 4 layers, hidden 256, FFN 640, Llama 2 SentencePiece vocab, BF16, 2 shards) -> {}\n",
+        out.display()
+    );
+    println!("| type | file | bytes | bits/weight | kiln s | llama.cpp s | tensors identical to llama.cpp | llama.cpp generates |");
+    println!("|---|---|---:|---:|---:|---:|---|---|");
+    let rows = kiln::demo::run_conversion(out, &tok, &types)?;
+    let mut ok = true;
+    for r in &rows {
+        ok &= r.identical;
+        println!(
+            "| {} | {} | {} | {:.3} | {:.2} | {:.2} | {} | {} tokens |",
+            r.ftype,
+            r.path.display(),
+            r.bytes,
+            r.bits_per_weight,
+            r.kiln_s,
+            r.llama_s,
+            if r.identical { "yes" } else { "NO" },
+            r.generated
+        );
+    }
+    println!("\nkiln s: checkpoint -> GGUF in one pass; llama.cpp s: llama_model_quantize from the F32 GGUF (the second half of llama.cpp's two-step path).");
+    anyhow::ensure!(ok, "some files differ from llama.cpp's");
+    Ok(())
 }
 
 fn demo(rows: usize, cols: usize) -> anyhow::Result<()> {

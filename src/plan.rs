@@ -177,11 +177,7 @@ pub struct ModelFacts {
 
 impl ModelFacts {
     fn n_gqa(&self) -> u32 {
-        if self.n_head_kv == 0 {
-            0
-        } else {
-            self.n_head / self.n_head_kv
-        }
+        self.n_head.checked_div(self.n_head_kv).unwrap_or(0)
     }
     /// llama.cpp's LLM_TYPE_70B (the only model size the mixes look at).
     fn is_70b(&self) -> bool {
@@ -308,7 +304,10 @@ pub fn choose_types(
     opts: &PlanOptions,
 ) -> Vec<Choice> {
     let default_type = ftype.default_type();
-    let n_attention_wv = tensors.iter().filter(|t| category(&t.name) == Category::AttnV).count() as i64;
+    let n_attention_wv = tensors
+        .iter()
+        .filter(|t| category(&t.name) == Category::AttnV)
+        .count() as i64;
     let tied = !tensors.iter().any(|t| t.name == "output.weight");
     let n_layer = model.n_layer as i64;
     let mut i_attention_wv = 0i64;
@@ -317,20 +316,32 @@ pub fn choose_types(
     for t in tensors {
         let cat = category(&t.name);
         if !allows_quantization(&t.name, &t.dims, opts) {
-            out.push(Choice { ty: t.input_type, fallback_from: None });
+            out.push(Choice {
+                ty: t.input_type,
+                fallback_from: None,
+            });
             continue;
         }
         if let (Some(ty), Category::TokenEmbd) = (opts.token_embedding_type, cat) {
-            out.push(Choice { ty: TypeId::of(ty), fallback_from: None });
+            out.push(Choice {
+                ty: TypeId::of(ty),
+                fallback_from: None,
+            });
             continue;
         }
         if let (Some(ty), Category::Output) = (opts.output_tensor_type, cat) {
-            out.push(Choice { ty: TypeId::of(ty), fallback_from: None });
+            out.push(Choice {
+                ty: TypeId::of(ty),
+                fallback_from: None,
+            });
             continue;
         }
         let mut ty = default_type;
         if !ty.is_quantized() {
-            out.push(Choice { ty: TypeId::of(ty), fallback_from: None });
+            out.push(Choice {
+                ty: TypeId::of(ty),
+                fallback_from: None,
+            });
             continue;
         }
         if !opts.pure {
@@ -355,8 +366,11 @@ pub fn choose_types(
 
 /// `tensor_type_fallback`: rows that are not whole blocks of the chosen type.
 fn fallback(ty: GgmlType, ncols: u64) -> Choice {
-    if ncols % ty.block_weights() as u64 == 0 {
-        return Choice { ty: TypeId::of(ty), fallback_from: None };
+    if ncols.is_multiple_of(ty.block_weights() as u64) {
+        return Choice {
+            ty: TypeId::of(ty),
+            fallback_from: None,
+        };
     }
     let mut ret = match ty {
         GgmlType::Q2_K | GgmlType::Q3_K => GgmlType::Q4_0,
@@ -365,10 +379,13 @@ fn fallback(ty: GgmlType, ncols: u64) -> Choice {
         GgmlType::Q6_K => GgmlType::Q8_0,
         other => other,
     };
-    if ncols % ret.block_weights() as u64 != 0 {
+    if !ncols.is_multiple_of(ret.block_weights() as u64) {
         ret = GgmlType::F16;
     }
-    Choice { ty: TypeId::of(ret), fallback_from: Some(ty) }
+    Choice {
+        ty: TypeId::of(ret),
+        fallback_from: Some(ty),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -392,7 +409,7 @@ fn mix_type(
             return o;
         }
         let nx = t.dims[0];
-        if nx % new_type.block_weights() as u64 != 0 {
+        if !nx.is_multiple_of(new_type.block_weights() as u64) {
             return G::Q8_0;
         }
         if new_type != G::Q8_0 {
@@ -405,7 +422,13 @@ fn mix_type(
         Category::AttnV => {
             match ftype {
                 F::Q2_K => new_type = if model.n_gqa() >= 4 { G::Q4_K } else { G::Q3_K },
-                F::Q3_K_M => new_type = if *i_attention_wv < 2 { G::Q5_K } else { G::Q4_K },
+                F::Q3_K_M => {
+                    new_type = if *i_attention_wv < 2 {
+                        G::Q5_K
+                    } else {
+                        G::Q4_K
+                    }
+                }
                 F::Q3_K_L => new_type = G::Q5_K,
                 F::Q4_K_M | F::Q5_K_M if use_more_bits(*i_attention_wv, n_attention_wv) => {
                     new_type = G::Q6_K
@@ -424,15 +447,14 @@ fn mix_type(
                 F::Q2_K => new_type = G::Q3_K,
                 F::Q3_K_M => {
                     // `arch != FALCON || use_more_bits(...)` is always true for kiln's archs.
-                    new_type = if i_layer < n_layer / 16 { G::Q5_K } else { G::Q4_K };
+                    new_type = if i_layer < n_layer / 16 {
+                        G::Q5_K
+                    } else {
+                        G::Q4_K
+                    };
                 }
                 F::Q3_K_L => new_type = G::Q5_K,
-                F::Q4_K_M => {
-                    if use_more_bits(i_layer, n_layer) {
-                        new_type = G::Q6_K
-                    }
-                }
-                F::Q5_K_M if use_more_bits(i_layer, n_layer) => new_type = G::Q6_K,
+                F::Q4_K_M | F::Q5_K_M if use_more_bits(i_layer, n_layer) => new_type = G::Q6_K,
                 F::Q4_K_S if i_layer < n_layer / 8 => new_type = G::Q5_K,
                 F::Q4_0 | F::Q5_0 if opts.has_imatrix && i_layer < n_layer / 8 => {
                     new_type = if ftype == F::Q4_0 { G::Q4_1 } else { G::Q5_1 };
@@ -473,9 +495,24 @@ mod tests {
 
     #[test]
     fn llama_order_puts_globals_first_then_blocks_numerically() {
-        let mut v = vec!["blk.10.attn_v.weight", "output.weight", "blk.2.attn_v.weight", "blk.2.attn_k.weight", "token_embd.weight"];
+        let mut v = vec![
+            "blk.10.attn_v.weight",
+            "output.weight",
+            "blk.2.attn_v.weight",
+            "blk.2.attn_k.weight",
+            "token_embd.weight",
+        ];
         v.sort_by(|a, b| llama_order(a, b));
-        assert_eq!(v, ["output.weight", "token_embd.weight", "blk.2.attn_k.weight", "blk.2.attn_v.weight", "blk.10.attn_v.weight"]);
+        assert_eq!(
+            v,
+            [
+                "output.weight",
+                "token_embd.weight",
+                "blk.2.attn_k.weight",
+                "blk.2.attn_v.weight",
+                "blk.10.attn_v.weight"
+            ]
+        );
     }
 
     #[test]

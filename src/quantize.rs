@@ -90,11 +90,16 @@ pub fn default_output(input: &Path, ftype: FileType) -> PathBuf {
     let base = if abs.is_dir() {
         abs.clone()
     } else if abs.extension().is_some_and(|e| e == "safetensors") {
-        abs.parent().map(Path::to_path_buf).unwrap_or_else(|| abs.clone())
+        abs.parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| abs.clone())
     } else {
         abs.with_extension("")
     };
-    let stem = base.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    let stem = base
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
     let name = format!("{}-{}.gguf", strip_type_suffix(&stem), ftype.name());
     base.parent().unwrap_or(Path::new(".")).join(name)
 }
@@ -108,7 +113,9 @@ fn is_gguf(path: &Path) -> bool {
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
         .map(|_| &magic == b"GGUF")
         .unwrap_or(false)
-        || path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        || path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
 fn facts_from_gguf(md: &Metadata, path: &Path) -> Result<ModelFacts> {
@@ -124,10 +131,16 @@ fn facts_from_gguf(md: &Metadata, path: &Path) -> Result<ModelFacts> {
             v => v.as_int().map(|x| x as u32),
         }
     };
-    let n_layer = int("block_count").with_context(|| format!("{}: no {arch}.block_count", path.display()))?;
+    let n_layer =
+        int("block_count").with_context(|| format!("{}: no {arch}.block_count", path.display()))?;
     let n_head = int("attention.head_count").unwrap_or(0);
     let n_head_kv = int("attention.head_count_kv").unwrap_or(n_head);
-    Ok(ModelFacts { arch, n_layer, n_head, n_head_kv })
+    Ok(ModelFacts {
+        arch,
+        n_layer,
+        n_head,
+        n_head_kv,
+    })
 }
 
 /// Plans the conversion of `input` (folder, .safetensors file or .gguf file).
@@ -135,7 +148,10 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
     if !input_path.exists() {
         bail!("{}: no such file or folder", input_path.display());
     }
-    let target = opts.output.clone().unwrap_or_else(|| default_output(input_path, opts.ftype));
+    let target = opts
+        .output
+        .clone()
+        .unwrap_or_else(|| default_output(input_path, opts.ftype));
     let imatrix = match &opts.imatrix {
         Some(p) => Some(imatrix::load(p)?),
         None => None,
@@ -178,7 +194,11 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
     jobs.sort_by(|a, b| plan::llama_order(&a.name, &b.name));
     let pts: Vec<PlanTensor> = jobs
         .iter()
-        .map(|j| PlanTensor { name: j.name.clone(), dims: j.dims.clone(), input_type: j.input_type })
+        .map(|j| PlanTensor {
+            name: j.name.clone(),
+            dims: j.dims.clone(),
+            input_type: j.input_type,
+        })
         .collect();
     let choices = plan::choose_types(opts.ftype, &facts, &pts, &popts);
     for (j, c) in jobs.iter_mut().zip(choices) {
@@ -225,12 +245,21 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
         if matched == 0 {
             bail!(
                 "{}: no entry matches a tensor of this model (an imatrix for another model?)",
-                opts.imatrix.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+                opts.imatrix
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
             );
         }
-        notes.push(format!("importance matrix: {} entries, {matched} matching tensors", m.len()));
+        notes.push(format!(
+            "importance matrix: {} entries, {matched} matching tensors",
+            m.len()
+        ));
     }
-    metadata.set_last("general.quantization_version", Value::U32(QUANTIZATION_VERSION));
+    metadata.set_last(
+        "general.quantization_version",
+        Value::U32(QUANTIZATION_VERSION),
+    );
     metadata.set_last("general.file_type", Value::U32(opts.ftype.id()));
     let n_fallback = jobs.iter().filter(|j| j.fallback_from.is_some()).count();
     if n_fallback > 0 {
@@ -239,28 +268,59 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
             jobs.len()
         ));
     }
-    Ok(Prepared { input, jobs, metadata, target, imatrix, notes })
+    Ok(Prepared {
+        input,
+        jobs,
+        metadata,
+        target,
+        imatrix,
+        notes,
+    })
 }
 
 /// Writes a prepared conversion.
 pub fn execute(p: &Prepared, force: bool, progress: bool) -> Result<Summary> {
     check_target(&p.target, force)?;
-    convert::run(&p.input, &p.jobs, &p.metadata, &p.target, force, p.imatrix.as_ref(), progress)
+    convert::run(
+        &p.input,
+        &p.jobs,
+        &p.metadata,
+        &p.target,
+        force,
+        p.imatrix.as_ref(),
+        progress,
+    )
 }
 
 /// Shape as llama.cpp prints it (ne, innermost first).
 pub fn shape_label(dims: &[u64]) -> String {
-    dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(" x ")
+    dims.iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join(" x ")
 }
 
 /// The `--dry-run` plan as text.
 pub fn describe(p: &Prepared) -> Result<String> {
     use std::fmt::Write;
     let mut s = String::new();
-    let w = p.jobs.iter().map(|j| j.name.len()).max().unwrap_or(10).max(6);
-    writeln!(s, "{:<w$}  {:>20}  {:>8} -> {:<8}  {:>12}", "tensor", "shape", "input", "output", "bytes")?;
+    let w = p
+        .jobs
+        .iter()
+        .map(|j| j.name.len())
+        .max()
+        .unwrap_or(10)
+        .max(6);
+    writeln!(
+        s,
+        "{:<w$}  {:>20}  {:>8} -> {:<8}  {:>12}",
+        "tensor", "shape", "input", "output", "bytes"
+    )?;
     for j in &p.jobs {
-        let fb = j.fallback_from.map(|f| format!(" (fallback from {f})")).unwrap_or_default();
+        let fb = j
+            .fallback_from
+            .map(|f| format!(" (fallback from {f})"))
+            .unwrap_or_default();
         writeln!(
             s,
             "{:<w$}  {:>20}  {:>8} -> {:<8}  {:>12}{fb}",
@@ -290,6 +350,9 @@ pub fn describe(p: &Prepared) -> Result<String> {
 pub fn parse_ggml_type(s: &str) -> Result<GgmlType> {
     GgmlType::from_name(s).with_context(|| {
         let names: Vec<&str> = GgmlType::ALL.iter().map(|t| t.name()).collect();
-        format!("unknown tensor type {s:?}; kiln writes {}", names.join(", "))
+        format!(
+            "unknown tensor type {s:?}; kiln writes {}",
+            names.join(", ")
+        )
     })
 }

@@ -27,7 +27,8 @@ fn llama_dir() -> &'static Path {
     D.get_or_init(|| {
         let d = tmp().join("llama-spm");
         let _ = std::fs::remove_dir_all(&d);
-        kiln::fixture::write_checkpoint(&kiln::fixture::llama_spm_default(tokenizer_model()), &d).unwrap();
+        kiln::fixture::write_checkpoint(&kiln::fixture::llama_spm_default(tokenizer_model()), &d)
+            .unwrap();
         d
     })
 }
@@ -63,7 +64,10 @@ fn llama_f32() -> &'static Path {
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -79,8 +83,15 @@ fn f32_logits_match_an_independent_forward_pass() {
     for (pos, (a, b)) in ours.iter().zip(&reference).enumerate() {
         assert_eq!(a.len(), b.len());
         let d = max_abs_diff(a, b);
-        assert!(d < 2e-3 * scale.max(1.0), "position {pos}: max |llama.cpp - reference| = {d} (logit scale {scale})");
-        assert_eq!(kiln::llama::argmax(a), kiln::llama::argmax(b), "position {pos}: top token differs");
+        assert!(
+            d < 2e-3 * scale.max(1.0),
+            "position {pos}: max |llama.cpp - reference| = {d} (logit scale {scale})"
+        );
+        assert_eq!(
+            kiln::llama::argmax(a),
+            kiln::llama::argmax(b),
+            "position {pos}: top token differs"
+        );
     }
 }
 
@@ -89,7 +100,14 @@ fn tensors_of(path: &Path) -> Vec<(String, Vec<u64>, String, Vec<u8>)> {
     let mut v: Vec<_> = g
         .tensors()
         .iter()
-        .map(|t| (t.name.clone(), t.dims.clone(), t.ty.label(), g.data(t).to_vec()))
+        .map(|t| {
+            (
+                t.name.clone(),
+                t.dims.clone(),
+                t.ty.label(),
+                g.data(t).to_vec(),
+            )
+        })
         .collect();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v
@@ -107,7 +125,10 @@ fn assert_same(kiln_file: &Path, llama_file: &Path, what: &str) {
         assert_eq!(x.2, y.2, "{what}: type of {}", x.0);
         if x.3 != y.3 {
             let first = x.3.iter().zip(&y.3).position(|(p, q)| p != q);
-            panic!("{what}: bytes of {} ({}) differ from llama.cpp's, first at byte {first:?}", x.0, x.2);
+            panic!(
+                "{what}: bytes of {} ({}) differ from llama.cpp's, first at byte {first:?}",
+                x.0, x.2
+            );
         }
     }
     let ma = GgufFile::open(kiln_file).unwrap().header.metadata;
@@ -125,7 +146,8 @@ fn every_quantized_tensor_equals_llama_quantize_from_the_same_f32_gguf() {
         let ours = tmp().join(format!("kiln-from-f32-{}.gguf", ftype.name()));
         let theirs = tmp().join(format!("llama-from-f32-{}.gguf", ftype.name()));
         convert(f32_file, ftype, &ours);
-        kiln::llama::reference_quantize(f32_file, &theirs, ftype.id(), &Default::default()).unwrap();
+        kiln::llama::reference_quantize(f32_file, &theirs, ftype.id(), &Default::default())
+            .unwrap();
         assert_same(&ours, &theirs, ftype.name());
     }
 }
@@ -138,7 +160,8 @@ fn converting_the_checkpoint_directly_equals_convert_then_llama_quantize() {
         let ours = tmp().join(format!("kiln-direct-{}.gguf", ftype.name()));
         let theirs = tmp().join(format!("llama-direct-{}.gguf", ftype.name()));
         convert(llama_dir(), ftype, &ours);
-        kiln::llama::reference_quantize(llama_f32(), &theirs, ftype.id(), &Default::default()).unwrap();
+        kiln::llama::reference_quantize(llama_f32(), &theirs, ftype.id(), &Default::default())
+            .unwrap();
         assert_same(&ours, &theirs, ftype.name());
     }
 }
@@ -150,11 +173,17 @@ fn llama_cpp_loads_every_output_type_and_generates() {
         convert(llama_dir(), ftype, &out);
         let model = kiln::llama::load(&out).unwrap_or_else(|e| panic!("{ftype}: {e:#}"));
         let g = GgufFile::open(&out).unwrap();
-        assert_eq!(g.metadata().get("general.file_type"), Some(&Value::U32(ftype.id())));
+        assert_eq!(
+            g.metadata().get("general.file_type"),
+            Some(&Value::U32(ftype.id()))
+        );
         let prompt = kiln::llama::tokenize(&model, "Once upon a time", true);
         let toks = kiln::llama::generate(&model, &prompt, 8).unwrap();
         assert_eq!(toks.len(), 8, "{ftype}");
-        assert!(toks.iter().all(|&t| (t as i32) < model.n_vocab()), "{ftype}: token ids in range");
+        assert!(
+            toks.iter().all(|&t| (t as i32) < model.n_vocab()),
+            "{ftype}: token ids in range"
+        );
     }
 }
 
@@ -185,7 +214,10 @@ fn bpe_checkpoint_tokenizes_like_the_tokenizers_crate() {
 fn spm_checkpoint_tokenizes_like_sentencepiece_vocab_in_llama_cpp() {
     // The Llama 2 vocabulary through kiln's GGUF gives llama.cpp's well-known ids.
     let model = kiln::llama::load(llama_f32()).unwrap();
-    assert_eq!(kiln::llama::tokenize(&model, "Hello world", true), vec![1, 15043, 3186]);
+    assert_eq!(
+        kiln::llama::tokenize(&model, "Hello world", true),
+        vec![1, 15043, 3186]
+    );
 }
 
 #[test]
@@ -194,13 +226,19 @@ fn dry_run_plan_equals_the_written_file() {
     o.output = Some(tmp().join("plan-Q4_K_M.gguf"));
     o.force = true;
     let p = quantize::prepare(llama_dir(), &o).unwrap();
-    let planned: Vec<(String, String, u64)> =
-        p.jobs.iter().map(|j| (j.name.clone(), j.out_type.label(), j.out_bytes().unwrap())).collect();
+    let planned: Vec<(String, String, u64)> = p
+        .jobs
+        .iter()
+        .map(|j| (j.name.clone(), j.out_type.label(), j.out_bytes().unwrap()))
+        .collect();
     let size = p.file_size().unwrap();
     quantize::execute(&p, true, false).unwrap();
     let g = GgufFile::open(o.output.as_ref().unwrap()).unwrap();
-    let written: Vec<(String, String, u64)> =
-        g.tensors().iter().map(|t| (t.name.clone(), t.ty.label(), t.bytes)).collect();
+    let written: Vec<(String, String, u64)> = g
+        .tensors()
+        .iter()
+        .map(|t| (t.name.clone(), t.ty.label(), t.bytes))
+        .collect();
     assert_eq!(planned, written);
     assert_eq!(size, g.file_size());
     // The 640-wide ffn_down rows cannot be q4_K/q6_K: they fall back like llama.cpp.
@@ -238,7 +276,251 @@ fn quantized_gguf_input_is_refused_without_allow_requantize() {
     let p = quantize::prepare(&q, &o).unwrap();
     quantize::execute(&p, true, false).unwrap();
     let theirs = tmp().join("llama-requant-Q4_0.gguf");
-    let ro = kiln::llama::ReferenceOptions { allow_requantize: true, ..Default::default() };
+    let ro = kiln::llama::ReferenceOptions {
+        allow_requantize: true,
+        ..Default::default()
+    };
     kiln::llama::reference_quantize(&q, &theirs, FileType::Q4_0.id(), &ro).unwrap();
-    assert_same(o.output.as_ref().unwrap(), &theirs, "requantize q8_0 -> q4_0");
+    assert_same(
+        o.output.as_ref().unwrap(),
+        &theirs,
+        "requantize q8_0 -> q4_0",
+    );
+}
+
+fn check_arch(name: &str, spec: kiln::fixture::FixtureSpec) {
+    let dir = tmp().join(format!("arch-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    kiln::fixture::write_checkpoint(&spec, &dir).unwrap();
+    let f32_file = tmp().join(format!("arch-{name}-F32.gguf"));
+    convert(&dir, FileType::F32, &f32_file);
+    let model = kiln::llama::load(&f32_file).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    // Longer than the Gemma fixtures' sliding window, so windowed layers are exercised.
+    let text =
+        "Once upon a time there was a small model that learned to count: one, two, three, four.";
+    let tokens = kiln::llama::tokenize(&model, text, true);
+    assert!(tokens.len() > 12, "{name}: {} tokens", tokens.len());
+    let ours = kiln::llama::logits(&model, &tokens).unwrap();
+    let reference = common::reference::reference_logits(&dir, &tokens).unwrap();
+    let scale = reference.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
+    assert!(scale > 0.1, "{name}: logits are degenerate ({scale})");
+    for (pos, (a, b)) in ours.iter().zip(&reference).enumerate() {
+        let d = max_abs_diff(a, b);
+        assert!(
+            d < 2e-3 * scale.max(1.0),
+            "{name}, position {pos}: max |llama.cpp - reference| = {d} (scale {scale})"
+        );
+    }
+    for ftype in [FileType::Q4_K_M, FileType::Q2_K, FileType::Q8_0] {
+        let ours = tmp().join(format!("arch-{name}-kiln-{}.gguf", ftype.name()));
+        let theirs = tmp().join(format!("arch-{name}-llama-{}.gguf", ftype.name()));
+        convert(&dir, ftype, &ours);
+        kiln::llama::reference_quantize(&f32_file, &theirs, ftype.id(), &Default::default())
+            .unwrap();
+        assert_same(&ours, &theirs, &format!("{name} {ftype}"));
+        let m = kiln::llama::load(&ours).unwrap();
+        assert_eq!(kiln::llama::generate(&m, &tokens[..4], 4).unwrap().len(), 4);
+    }
+}
+
+#[test]
+fn qwen2_with_bpe_matches_reference_and_llama_quantize() {
+    check_arch("qwen2", kiln::fixture::bpe_default());
+}
+
+#[test]
+fn qwen3_matches_reference_and_llama_quantize() {
+    use kiln::fixture::{default_for, Arch, Vocab};
+    check_arch(
+        "qwen3",
+        default_for(Arch::Qwen3, Vocab::TrainedBpe { size: 1024 }),
+    );
+}
+
+#[test]
+fn gemma2_matches_reference_and_llama_quantize() {
+    use kiln::fixture::{default_for, Arch, Vocab};
+    check_arch(
+        "gemma2",
+        default_for(Arch::Gemma2, Vocab::LlamaSpm(tokenizer_model())),
+    );
+}
+
+#[test]
+fn gemma3_matches_reference_and_llama_quantize() {
+    use kiln::fixture::{default_for, Arch, Vocab};
+    check_arch(
+        "gemma3",
+        default_for(Arch::Gemma3, Vocab::LlamaSpm(tokenizer_model())),
+    );
+}
+
+/// Importance data for every matrix of the Llama fixture, deterministic.
+fn fixture_imatrix() -> Vec<(String, Vec<f32>)> {
+    let g = GgufFile::open(llama_f32()).unwrap();
+    let mut rng = kiln::synth::SplitMix64(7);
+    g.tensors()
+        .iter()
+        .filter(|t| t.dims.len() == 2 && t.name != "token_embd.weight")
+        .map(|t| {
+            let v = (0..t.dims[0])
+                .map(|_| (rng.uniform() * 4.0).powi(2) + 1e-3)
+                .collect();
+            (t.name.clone(), v)
+        })
+        .collect()
+}
+
+fn write_legacy_imatrix(path: &Path, entries: &[(String, Vec<f32>)], ncall: i32) {
+    let mut b = Vec::new();
+    b.extend_from_slice(&(entries.len() as i32).to_le_bytes());
+    for (name, v) in entries {
+        b.extend_from_slice(&(name.len() as i32).to_le_bytes());
+        b.extend_from_slice(name.as_bytes());
+        b.extend_from_slice(&ncall.to_le_bytes());
+        b.extend_from_slice(&(v.len() as i32).to_le_bytes());
+        for x in v {
+            b.extend_from_slice(&(x * ncall as f32).to_le_bytes());
+        }
+    }
+    std::fs::write(path, b).unwrap();
+}
+
+fn write_gguf_imatrix(path: &Path, entries: &[(String, Vec<f32>)], count: f32) {
+    use kiln::gguf::writer::{GgufWriter, TensorEntry};
+    use kiln::gguf::{Metadata, TypeId};
+    let f32t = TypeId::of(kiln::kernels::GgmlType::F32);
+    let mut md = Metadata::new();
+    md.set_str("general.type", "imatrix");
+    let mut tensors = Vec::new();
+    for (name, v) in entries {
+        tensors.push(TensorEntry {
+            name: format!("{name}.in_sum2"),
+            dims: vec![v.len() as u64, 1],
+            ty: f32t,
+            bytes: 4 * v.len() as u64,
+        });
+        tensors.push(TensorEntry {
+            name: format!("{name}.counts"),
+            dims: vec![1, 1],
+            ty: f32t,
+            bytes: 4,
+        });
+    }
+    let mut w = GgufWriter::create(path, true, &md, tensors).unwrap();
+    for (_, v) in entries {
+        let sums: Vec<u8> = v.iter().flat_map(|x| (x * count).to_le_bytes()).collect();
+        w.write(&sums).unwrap();
+        w.end_tensor().unwrap();
+        w.write(&count.to_le_bytes()).unwrap();
+        w.end_tensor().unwrap();
+    }
+    w.finish().unwrap();
+}
+
+#[test]
+fn importance_matrices_in_both_formats_quantize_like_llama_quantize() {
+    let entries = fixture_imatrix();
+    let legacy = tmp().join("imatrix.dat");
+    let gguf = tmp().join("imatrix.gguf");
+    // Powers of two so that value * count / count is exact in both formats.
+    write_legacy_imatrix(&legacy, &entries, 4);
+    write_gguf_imatrix(&gguf, &entries, 8.0);
+    let ro = kiln::llama::ReferenceOptions {
+        imatrix: Some(entries.clone()),
+        ..Default::default()
+    };
+    for ftype in [
+        FileType::Q4_K_M,
+        FileType::Q2_K,
+        FileType::Q3_K_S,
+        FileType::Q4_0,
+        FileType::Q5_1,
+    ] {
+        let theirs = tmp().join(format!("imat-llama-{}.gguf", ftype.name()));
+        kiln::llama::reference_quantize(llama_f32(), &theirs, ftype.id(), &ro).unwrap();
+        for (label, file) in [("legacy", &legacy), ("gguf", &gguf)] {
+            let ours = tmp().join(format!("imat-kiln-{label}-{}.gguf", ftype.name()));
+            let mut o = Options::new(ftype);
+            o.output = Some(ours.clone());
+            o.force = true;
+            o.imatrix = Some(file.clone());
+            let p = quantize::prepare(llama_f32(), &o).unwrap();
+            quantize::execute(&p, true, false).unwrap();
+            assert_same(&ours, &theirs, &format!("{ftype} with {label} imatrix"));
+        }
+    }
+    // The importance data changes the bytes (the test would pass vacuously otherwise).
+    let plain = tmp().join("imat-plain-Q4_K_M.gguf");
+    convert(llama_f32(), FileType::Q4_K_M, &plain);
+    let a = tensors_of(&plain);
+    let b = tensors_of(&tmp().join("imat-kiln-gguf-Q4_K_M.gguf"));
+    assert!(a.iter().zip(&b).any(|(x, y)| x.3 != y.3));
+}
+
+#[test]
+fn an_imatrix_for_another_model_is_refused() {
+    let entries: Vec<(String, Vec<f32>)> = fixture_imatrix()
+        .into_iter()
+        .map(|(n, v)| (n, v[..v.len() / 2].to_vec()))
+        .collect();
+    let bad = tmp().join("imatrix-other.dat");
+    write_legacy_imatrix(&bad, &entries, 1);
+    let mut o = Options::new(FileType::Q4_K_M);
+    o.output = Some(tmp().join("never.gguf"));
+    o.imatrix = Some(bad);
+    let e = quantize::prepare(llama_f32(), &o).err().expect("refused");
+    assert!(format!("{e:#}").contains("another model"), "{e:#}");
+    assert!(!tmp().join("never.gguf").exists());
+}
+
+#[test]
+fn pure_and_tensor_type_options_match_llama_quantize() {
+    use kiln::kernels::GgmlType;
+    let cases: Vec<(&str, Options, kiln::llama::ReferenceOptions)> = {
+        let mut v = Vec::new();
+        let mut o = Options::new(FileType::Q3_K_M);
+        o.pure = true;
+        v.push((
+            "pure",
+            o,
+            kiln::llama::ReferenceOptions {
+                pure: true,
+                ..Default::default()
+            },
+        ));
+        let mut o = Options::new(FileType::Q4_K_M);
+        o.output_tensor_type = Some(GgmlType::Q8_0);
+        o.token_embedding_type = Some(GgmlType::Q4_0);
+        v.push((
+            "types",
+            o,
+            kiln::llama::ReferenceOptions {
+                output_tensor_type: Some(GgmlType::Q8_0 as u32),
+                token_embedding_type: Some(GgmlType::Q4_0 as u32),
+                ..Default::default()
+            },
+        ));
+        let mut o = Options::new(FileType::Q5_K_S);
+        o.leave_output_tensor = true;
+        v.push((
+            "leave-output",
+            o,
+            kiln::llama::ReferenceOptions {
+                leave_output_tensor: true,
+                ..Default::default()
+            },
+        ));
+        v
+    };
+    for (label, mut o, ro) in cases {
+        let ours = tmp().join(format!("opt-kiln-{label}.gguf"));
+        let theirs = tmp().join(format!("opt-llama-{label}.gguf"));
+        o.output = Some(ours.clone());
+        o.force = true;
+        let p = quantize::prepare(llama_f32(), &o).unwrap();
+        quantize::execute(&p, true, false).unwrap();
+        kiln::llama::reference_quantize(llama_f32(), &theirs, o.ftype.id(), &ro).unwrap();
+        assert_same(&ours, &theirs, label);
+    }
 }

@@ -454,7 +454,7 @@ fn sharding_does_not_change_logits() {
 }
 
 #[test]
-fn gemma_embedding_scale_follows_the_model_dtype() {
+fn gemma_embedding_scale_can_follow_the_model_dtype() {
     // hidden 320: sqrt = 17.8885 is 17.875 in bf16; hidden 256: 16 is exact.
     for (hidden, differs) in [(320, true), (256, false)] {
         let spec = FixtureSpec {
@@ -464,17 +464,17 @@ fn gemma_embedding_scale_follows_the_model_dtype() {
         };
         let dir = write(&spec);
         let tokens = [5, 300, 77];
-        let hf = reference_logits(dir.path(), &tokens).unwrap();
-        let f32_scale = reference_logits_with(
+        let f32_scale = reference_logits(dir.path(), &tokens).unwrap();
+        let bf16_scale = reference_logits_with(
             dir.path(),
             &tokens,
             &Options {
-                embed_scale_in_model_dtype: false,
+                embed_scale_in_model_dtype: true,
                 ..Options::default()
             },
         )
         .unwrap();
-        assert_eq!(hf != f32_scale, differs, "hidden {hidden}");
+        assert_eq!(f32_scale != bf16_scale, differs, "hidden {hidden}");
     }
 }
 

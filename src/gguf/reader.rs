@@ -65,8 +65,13 @@ impl GgufFile {
         // another process while mapped is outside what any reader can defend against.
         let map = unsafe { Mmap::map(&file) }
             .with_context(|| format!("{}: cannot memory-map", path.display()))?;
-        let header = parse(&map).with_context(|| format!("{}: not a valid GGUF file", path.display()))?;
-        Ok(GgufFile { path: path.to_path_buf(), header, map })
+        let header =
+            parse(&map).with_context(|| format!("{}: not a valid GGUF file", path.display()))?;
+        Ok(GgufFile {
+            path: path.to_path_buf(),
+            header,
+            map,
+        })
     }
 
     pub fn tensors(&self) -> &[TensorInfo] {
@@ -293,7 +298,13 @@ pub fn parse(buf: &[u8]) -> Result<Header> {
             .row_bytes(dims[0])
             .and_then(|rb| rb.checked_mul(n / dims[0]))
             .with_context(|| format!("tensor {name}: byte size overflows"))?;
-        tensors.push(TensorInfo { name, dims, ty, offset, bytes });
+        tensors.push(TensorInfo {
+            name,
+            dims,
+            ty,
+            offset,
+            bytes,
+        });
     }
     let data_offset = (c.pos as u64).div_ceil(alignment) * alignment;
     let file_len = buf.len() as u64;
@@ -322,5 +333,11 @@ pub fn parse(buf: &[u8]) -> Result<Header> {
         end_prev = t.offset + t.bytes;
         prev_name = &t.name;
     }
-    Ok(Header { version, metadata, tensors, alignment, data_offset })
+    Ok(Header {
+        version,
+        metadata,
+        tensors,
+        alignment,
+        data_offset,
+    })
 }

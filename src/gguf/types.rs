@@ -20,7 +20,8 @@ impl TypeId {
     }
 
     fn known(self) -> bool {
-        self.0 < sys::GGML_TYPE_COUNT && unsafe { sys::ggml_blck_size(self.0 as sys::ggml_type) } > 0
+        self.0 < sys::GGML_TYPE_COUNT
+            && unsafe { sys::ggml_blck_size(self.0 as sys::ggml_type) } > 0
     }
 
     /// ggml's name ("q4_K"), or None for an id ggml does not know.
@@ -59,7 +60,7 @@ impl TypeId {
     /// Bytes of a row of `n` weights, None when the id is unknown or `n` is not whole blocks.
     pub fn row_bytes(self, n: u64) -> Option<u64> {
         let (bw, bb) = self.block()?;
-        if n % bw != 0 {
+        if !n.is_multiple_of(bw) {
             return None;
         }
         (n / bw).checked_mul(bb)

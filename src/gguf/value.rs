@@ -177,13 +177,22 @@ impl fmt::Display for Value {
             Value::Array(a) => {
                 let n = a.len();
                 let head = match a {
-                    Array::Str(v) => v.iter().take(4).map(|s| format!("{s:?}")).collect::<Vec<_>>(),
+                    Array::Str(v) => v
+                        .iter()
+                        .take(4)
+                        .map(|s| format!("{s:?}"))
+                        .collect::<Vec<_>>(),
                     Array::F32(v) => v.iter().take(4).map(|x| x.to_string()).collect(),
                     Array::I32(v) => v.iter().take(4).map(|x| x.to_string()).collect(),
                     Array::U32(v) => v.iter().take(4).map(|x| x.to_string()).collect(),
                     _ => Vec::new(),
                 };
-                write!(f, "[{}{}] ({n} items)", head.join(", "), if n > head.len() { ", ..." } else { "" })
+                write!(
+                    f,
+                    "[{}{}] ({n} items)",
+                    head.join(", "),
+                    if n > head.len() { ", ..." } else { "" }
+                )
             }
         }
     }

@@ -32,14 +32,30 @@ fn put_array(out: &mut Vec<u8>, a: &Array) {
     match a {
         Array::U8(v) => out.extend_from_slice(v),
         Array::I8(v) => out.extend(v.iter().map(|&x| x as u8)),
-        Array::U16(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        Array::I16(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        Array::U32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        Array::I32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        Array::U64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        Array::I64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        Array::F32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        Array::F64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        Array::U16(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        Array::I16(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        Array::U32(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        Array::I32(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        Array::U64(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        Array::I64(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        Array::F32(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        Array::F64(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
         Array::Bool(v) => out.extend(v.iter().map(|&b| b as u8)),
         Array::Str(v) => v.iter().for_each(|s| put_str(out, s)),
         Array::Array(v) => v.iter().for_each(|a| put_array(out, a)),
@@ -106,7 +122,11 @@ pub fn header_bytes(md: &Metadata, tensors: &[TensorEntry]) -> (Vec<u8>, Vec<u64
 pub fn file_size(md: &Metadata, tensors: &[TensorEntry]) -> u64 {
     let align = alignment_of(md);
     let (h, _) = header_bytes(md, tensors);
-    h.len() as u64 + tensors.iter().map(|t| t.bytes.div_ceil(align) * align).sum::<u64>()
+    h.len() as u64
+        + tensors
+            .iter()
+            .map(|t| t.bytes.div_ceil(align) * align)
+            .sum::<u64>()
 }
 
 /// Refuses to go on when `target` exists and `force` is not set.
@@ -133,7 +153,12 @@ pub struct GgufWriter {
 
 impl GgufWriter {
     /// Starts the temporary file beside `target` and writes the header.
-    pub fn create(target: &Path, force: bool, md: &Metadata, tensors: Vec<TensorEntry>) -> Result<Self> {
+    pub fn create(
+        target: &Path,
+        force: bool,
+        md: &Metadata,
+        tensors: Vec<TensorEntry>,
+    ) -> Result<Self> {
         check_target(target, force)?;
         let dir = match target.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -169,7 +194,11 @@ impl GgufWriter {
             bail!("internal: data written past the last tensor");
         };
         if self.written_in_current + bytes.len() as u64 > t.bytes {
-            bail!("internal: tensor {} got more than its {} bytes", t.name, t.bytes);
+            bail!(
+                "internal: tensor {} got more than its {} bytes",
+                t.name,
+                t.bytes
+            );
         }
         self.out
             .write_all(bytes)
@@ -226,11 +255,20 @@ impl GgufWriter {
             .sync_all()
             .with_context(|| format!("{}: sync failed", target.display()))?;
         if self.force {
-            tmp.persist(&target)
-                .map_err(|e| anyhow::anyhow!("{}: cannot rename into place: {}", target.display(), e.error))?;
+            tmp.persist(&target).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: cannot rename into place: {}",
+                    target.display(),
+                    e.error
+                )
+            })?;
         } else {
             tmp.persist_noclobber(&target).map_err(|e| {
-                anyhow::anyhow!("{}: cannot rename into place: {}", target.display(), e.error)
+                anyhow::anyhow!(
+                    "{}: cannot rename into place: {}",
+                    target.display(),
+                    e.error
+                )
             })?;
         }
         Ok(())

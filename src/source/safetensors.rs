@@ -69,8 +69,12 @@ pub struct Checkpoint {
 
 fn explain(e: SafeTensorError, len: usize) -> String {
     match e {
-        SafeTensorError::HeaderTooSmall => format!("file is {len} bytes, too short for a safetensors header"),
-        SafeTensorError::HeaderTooLarge => "header length is over the 100 MB limit (corrupt file?)".into(),
+        SafeTensorError::HeaderTooSmall => {
+            format!("file is {len} bytes, too short for a safetensors header")
+        }
+        SafeTensorError::HeaderTooLarge => {
+            "header length is over the 100 MB limit (corrupt file?)".into()
+        }
         SafeTensorError::InvalidHeaderLength => {
             format!("header length runs past the end of the {len}-byte file (truncated?)")
         }
@@ -81,7 +85,9 @@ fn explain(e: SafeTensorError, len: usize) -> String {
         SafeTensorError::InvalidOffset(name) => {
             format!("tensor {name}: data offsets overlap, leave gaps or disagree with its shape and dtype")
         }
-        SafeTensorError::TensorInvalidInfo => "a tensor's shape and dtype disagree with its byte range".into(),
+        SafeTensorError::TensorInvalidInfo => {
+            "a tensor's shape and dtype disagree with its byte range".into()
+        }
         SafeTensorError::MetadataIncompleteBuffer => {
             format!("file is {len} bytes but its header describes a different size (truncated or corrupt)")
         }
@@ -97,7 +103,8 @@ fn map_file(path: &Path) -> Result<Mmap> {
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))
 }
 
@@ -107,18 +114,30 @@ impl Checkpoint {
         let (dir, files) = if input.is_dir() {
             (input.to_path_buf(), Self::shard_list(input)?)
         } else {
-            let dir = input.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let dir = input
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
             (dir.to_path_buf(), vec![input.to_path_buf()])
         };
         let config_path = dir.join("config.json");
         if !config_path.exists() {
-            bail!("{}: missing (a Hugging Face checkpoint needs its config.json)", config_path.display());
+            bail!(
+                "{}: missing (a Hugging Face checkpoint needs its config.json)",
+                config_path.display()
+            );
         }
         let config = read_json(&config_path)?;
         if !config.is_object() {
             bail!("{}: not a JSON object", config_path.display());
         }
-        let mut ck = Checkpoint { dir, config, files: Vec::new(), tensors: Vec::new(), by_name: HashMap::new() };
+        let mut ck = Checkpoint {
+            dir,
+            config,
+            files: Vec::new(),
+            tensors: Vec::new(),
+            by_name: HashMap::new(),
+        };
         for path in files {
             ck.add_file(&path)?;
         }
@@ -140,10 +159,16 @@ impl Checkpoint {
             let mut names: Vec<String> = Vec::new();
             for (tensor, file) in map {
                 let Some(f) = file.as_str() else {
-                    bail!("{}: weight_map entry {tensor} is not a file name", index.display());
+                    bail!(
+                        "{}: weight_map entry {tensor} is not a file name",
+                        index.display()
+                    );
                 };
                 if f.contains('/') || f.contains('\\') || f.contains("..") {
-                    bail!("{}: weight_map names a file outside the folder: {f}", index.display());
+                    bail!(
+                        "{}: weight_map names a file outside the folder: {f}",
+                        index.display()
+                    );
                 }
                 if !names.iter().any(|n| n == f) {
                     names.push(f.to_string());
@@ -171,7 +196,10 @@ impl Checkpoint {
             .collect();
         all.sort();
         if all.is_empty() {
-            bail!("{}: no .safetensors files (kiln reads safetensors checkpoints)", dir.display());
+            bail!(
+                "{}: no .safetensors files (kiln reads safetensors checkpoints)",
+                dir.display()
+            );
         }
         Ok(all)
     }
@@ -191,17 +219,31 @@ impl Checkpoint {
                 other => Err(format!("{other:?}")),
             };
             let (s, e) = info.data_offsets;
-            list.push(SrcTensor { name, shape: info.shape.clone(), dtype, file, start: base + s, end: base + e });
+            list.push(SrcTensor {
+                name,
+                shape: info.shape.clone(),
+                dtype,
+                file,
+                start: base + s,
+                end: base + e,
+            });
         }
         list.sort_by_key(|t| t.start);
         for t in list {
             if self.by_name.contains_key(&t.name) {
-                bail!("{}: tensor {} is also in another shard", path.display(), t.name);
+                bail!(
+                    "{}: tensor {} is also in another shard",
+                    path.display(),
+                    t.name
+                );
             }
             self.by_name.insert(t.name.clone(), self.tensors.len());
             self.tensors.push(t);
         }
-        self.files.push(Mapped { path: path.to_path_buf(), map });
+        self.files.push(Mapped {
+            path: path.to_path_buf(),
+            map,
+        });
         Ok(())
     }
 
@@ -216,7 +258,10 @@ impl Checkpoint {
             for (tensor, file) in map {
                 let file = file.as_str().unwrap_or_default();
                 match self.by_name.get(tensor) {
-                    None => bail!("{}: names tensor {tensor} in {file}, which does not hold it", index.display()),
+                    None => bail!(
+                        "{}: names tensor {tensor} in {file}, which does not hold it",
+                        index.display()
+                    ),
                     Some(&i) => {
                         let actual = &self.files[self.tensors[i].file].path;
                         if actual.file_name().is_some_and(|n| n != file) {
