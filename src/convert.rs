@@ -220,6 +220,15 @@ impl Input {
         }
     }
 
+    /// Drops the input pages of a finished tensor from memory.
+    fn release(&self, src: &TensorSource) {
+        match (self, src) {
+            (Input::Hf(ck), TensorSource::Hf { index, .. }) => ck.release(&ck.tensors[*index]),
+            (Input::Gguf(g), TensorSource::Gguf { index }) => g.release(&g.tensors()[*index]),
+            _ => {}
+        }
+    }
+
     /// The input bytes of a tensor when it can be copied unchanged.
     fn raw(&self, job: &Job) -> Option<&[u8]> {
         match (self, &job.source) {
@@ -325,6 +334,7 @@ fn produce(
                 send(Chunk::Data(piece.to_vec()))?;
             }
             send(Chunk::End)?;
+            input.release(&job.source);
             continue;
         }
         let out_ty = job.out_type.kiln().with_context(|| {
@@ -366,6 +376,7 @@ fn produce(
             send(Chunk::Data(dst))?;
             first += n;
         }
+        input.release(&job.source);
         send(Chunk::End)?;
     }
     Ok(())

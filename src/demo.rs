@@ -78,16 +78,20 @@ pub fn run_conversion(
     use crate::plan::FileType;
     use crate::quantize::{execute, prepare, Options};
     let dir = out.join("fixture-llama");
-    crate::fixture::write_checkpoint(&crate::fixture::llama_spm_default(tokenizer_model.to_path_buf()), &dir)?;
-    let convert = |ftype: FileType, input: &std::path::Path, path: &std::path::Path| -> anyhow::Result<f64> {
-        let mut o = Options::new(ftype);
-        o.output = Some(path.to_path_buf());
-        o.force = true;
-        let t = Instant::now();
-        let p = prepare(input, &o)?;
-        execute(&p, true, false)?;
-        Ok(t.elapsed().as_secs_f64())
-    };
+    crate::fixture::write_checkpoint(
+        &crate::fixture::llama_spm_default(tokenizer_model.to_path_buf()),
+        &dir,
+    )?;
+    let convert =
+        |ftype: FileType, input: &std::path::Path, path: &std::path::Path| -> anyhow::Result<f64> {
+            let mut o = Options::new(ftype);
+            o.output = Some(path.to_path_buf());
+            o.force = true;
+            let t = Instant::now();
+            let p = prepare(input, &o)?;
+            execute(&p, true, false)?;
+            Ok(t.elapsed().as_secs_f64())
+        };
     let f32_path = out.join("fixture-llama-F32.gguf");
     convert(FileType::F32, &dir, &f32_path)?;
     let mut rows = Vec::new();
@@ -109,7 +113,10 @@ pub fn run_conversion(
         let model = crate::llama::load(&path)?;
         let prompt = crate::llama::tokenize(&model, "Once upon a time", true);
         let generated = crate::llama::generate(&model, &prompt, 16)?.len();
-        let (n, data): (u64, u64) = a.tensors().iter().fold((0, 0), |(n, d), t| (n + t.n_elements(), d + t.bytes));
+        let (n, data): (u64, u64) = a
+            .tensors()
+            .iter()
+            .fold((0, 0), |(n, d), t| (n + t.n_elements(), d + t.bytes));
         rows.push(ConvertRow {
             ftype,
             bytes: a.file_size(),

@@ -32,8 +32,41 @@ enum Command {
         #[arg(long, default_value = "out")]
         out: PathBuf,
         /// Types to convert to.
-        #[arg(long, value_delimiter = ',', default_value = "f16,q8_0,q6_K,q5_K_M,q4_K_M,q4_0,q3_K_M,q2_K")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "f16,q8_0,q6_K,q5_K_M,q4_K_M,q4_0,q3_K_M,q2_K"
+        )]
         types: Vec<String>,
+    },
+    /// Run llama.cpp's own quantizer (llama_model_quantize, what llama-quantize calls) on a
+    /// GGUF file, for side-by-side comparisons.
+    LlamaQuantize {
+        input: PathBuf,
+        output: PathBuf,
+        /// llama.cpp's type name (q4_K_M, ...).
+        #[arg(long = "type", short = 't')]
+        ty: String,
+        /// Threads (default: all cores).
+        #[arg(long, default_value_t = 0)]
+        threads: i32,
+        #[arg(long)]
+        allow_requantize: bool,
+    },
+    /// Write a deterministic Llama checkpoint (Llama 2 SentencePiece vocabulary, random
+    /// weights) of a chosen size, for tests and benchmarks.
+    MakeFixture {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 256)]
+        hidden: usize,
+        #[arg(long, default_value_t = 640)]
+        intermediate: usize,
+        #[arg(long, default_value_t = 4)]
+        layers: usize,
+        #[arg(long, default_value_t = 8)]
+        heads: usize,
+        #[arg(long, default_value_t = 4)]
+        kv_heads: usize,
     },
     /// Quantize a deterministic weight matrix to every format with kiln and with ggml, and
     /// compare bytes, error and time.
@@ -159,6 +192,39 @@ fn main() -> ExitCode {
         Command::Inspect { file, json } => inspect(&file, json),
         Command::Demo { out, types } => convert_demo(&out, &types),
         Command::KernelsDemo { rows, cols } => demo(rows, cols),
+        Command::LlamaQuantize {
+            input,
+            output,
+            ty,
+            threads,
+            allow_requantize,
+        } => kiln::plan::FileType::parse(&ty).and_then(|f| {
+            let o = kiln::llama::ReferenceOptions {
+                threads,
+                allow_requantize,
+                ..Default::default()
+            };
+            kiln::llama::reference_quantize(&input, &output, f.id(), &o)
+        }),
+        Command::MakeFixture {
+            dir,
+            hidden,
+            intermediate,
+            layers,
+            heads,
+            kv_heads,
+        } => {
+            let tok = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("fixtures/llama2-tokenizer.model");
+            let mut spec = kiln::fixture::llama_spm_default(tok);
+            spec.hidden = hidden;
+            spec.intermediate = intermediate;
+            spec.layers = layers;
+            spec.heads = heads;
+            spec.kv_heads = kv_heads;
+            spec.head_dim = hidden / heads.max(1);
+            kiln::fixture::write_checkpoint(&spec, &dir)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -170,9 +236,12 @@ fn main() -> ExitCode {
 }
 
 fn convert_demo(out: &std::path::Path, types: &[String]) -> anyhow::Result<()> {
-    let types: Vec<kiln::plan::FileType> =
-        types.iter().map(|t| kiln::plan::FileType::parse(t)).collect::<anyhow::Result<_>>()?;
-    let tok = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/llama2-tokenizer.model");
+    let types: Vec<kiln::plan::FileType> = types
+        .iter()
+        .map(|t| kiln::plan::FileType::parse(t))
+        .collect::<anyhow::Result<_>>()?;
+    let tok =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/llama2-tokenizer.model");
     std::fs::create_dir_all(out)?;
     println!(
         "kiln demo: the fixture checkpoint (Llama, 4 layers, hidden 256, FFN 640, Llama 2 SentencePiece vocab, BF16, 2 shards) -> {}\n",

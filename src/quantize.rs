@@ -356,3 +356,35 @@ pub fn parse_ggml_type(s: &str) -> Result<GgmlType> {
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_names_sit_beside_the_input() {
+        let d = tempfile::tempdir().unwrap();
+        let ck = d.path().join("Llama-3.2-1B");
+        std::fs::create_dir(&ck).unwrap();
+        assert_eq!(
+            default_output(&ck, FileType::Q4_K_M),
+            d.path().join("Llama-3.2-1B-Q4_K_M.gguf")
+        );
+        let st = ck.join("model.safetensors");
+        std::fs::write(&st, b"").unwrap();
+        assert_eq!(
+            default_output(&st, FileType::Q8_0),
+            d.path().join("Llama-3.2-1B-Q8_0.gguf")
+        );
+        let g = d.path().join("model-F32.gguf");
+        assert_eq!(
+            default_output(&g, FileType::Q4_0),
+            d.path().join("model-Q4_0.gguf")
+        );
+        let g = d.path().join("gemma.q8_0.gguf");
+        assert_eq!(
+            default_output(&g, FileType::Q2_K),
+            d.path().join("gemma-Q2_K.gguf")
+        );
+    }
+}

@@ -247,7 +247,10 @@ fn dry_run_plan_equals_the_written_file() {
 
 #[test]
 fn an_existing_output_is_kept_without_force() {
-    let out = tmp().join("keep-me.gguf");
+    // Its own folder: other tests write temporary files in tmp() at the same time.
+    let dir = tmp().join("keep");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("keep-me.gguf");
     std::fs::write(&out, b"precious").unwrap();
     let mut o = Options::new(FileType::Q8_0);
     o.output = Some(out.clone());
@@ -255,7 +258,7 @@ fn an_existing_output_is_kept_without_force() {
     let e = quantize::execute(&p, false, false).unwrap_err();
     assert!(format!("{e:#}").contains("already exists"), "{e:#}");
     assert_eq!(std::fs::read(&out).unwrap(), b"precious");
-    let leftovers: Vec<_> = std::fs::read_dir(tmp())
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))

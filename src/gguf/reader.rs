@@ -92,6 +92,22 @@ impl GgufFile {
         &self.map[start..start + t.bytes as usize]
     }
 
+    /// Lets the kernel drop the pages of a tensor already processed (they are re-read from the
+    /// file if touched again), so resident memory stays bounded by the tensors in flight.
+    pub fn release(&self, t: &TensorInfo) {
+        let start = (self.header.data_offset + t.offset) as usize;
+        // Safety: a read-only file mapping; MADV_DONTNEED only drops clean pages, which the
+        // kernel reloads from the unchanged file on the next access.
+        #[cfg(unix)]
+        unsafe {
+            let _ = self.map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                start,
+                t.bytes as usize,
+            );
+        }
+    }
+
     pub fn file_size(&self) -> u64 {
         self.map.len() as u64
     }

@@ -292,6 +292,20 @@ impl Checkpoint {
         &self.files[t.file].map[t.start..t.end]
     }
 
+    /// Lets the kernel drop the pages of a tensor already converted (see
+    /// `GgufFile::release`).
+    pub fn release(&self, t: &SrcTensor) {
+        // Safety: read-only file mapping; dropped clean pages are reloaded from the file.
+        #[cfg(unix)]
+        unsafe {
+            let _ = self.files[t.file].map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                t.start,
+                t.end - t.start,
+            );
+        }
+    }
+
     /// A config.json field, if present.
     pub fn cfg(&self, key: &str) -> Option<&serde_json::Value> {
         self.config.get(key)
