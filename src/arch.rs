@@ -12,7 +12,7 @@ use kiln_kernels::GgmlType;
 use serde_json::Value as Json;
 
 /// The architectures kiln converts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Arch {
     Llama,
     Qwen2,
@@ -35,6 +35,36 @@ pub const SUPPORTED: [(&str, Arch); 9] = [
 ];
 
 impl Arch {
+    pub const ALL: [Arch; 5] = [
+        Arch::Llama,
+        Arch::Qwen2,
+        Arch::Qwen3,
+        Arch::Gemma2,
+        Arch::Gemma3,
+    ];
+
+    /// The `architectures[0]` value Hugging Face writes in config.json.
+    pub fn hf_architecture(self) -> &'static str {
+        match self {
+            Arch::Llama => "LlamaForCausalLM",
+            Arch::Qwen2 => "Qwen2ForCausalLM",
+            Arch::Qwen3 => "Qwen3ForCausalLM",
+            Arch::Gemma2 => "Gemma2ForCausalLM",
+            Arch::Gemma3 => "Gemma3ForCausalLM",
+        }
+    }
+
+    /// The `model_type` in config.json (the text-only Gemma 3 is `gemma3_text`).
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
+            Arch::Gemma2 => "gemma2",
+            Arch::Gemma3 => "gemma3_text",
+        }
+    }
+
     /// `general.architecture`.
     pub fn gguf_name(self) -> &'static str {
         match self {
@@ -46,7 +76,7 @@ impl Arch {
         }
     }
 
-    fn is_gemma(self) -> bool {
+    pub fn is_gemma(self) -> bool {
         matches!(self, Arch::Gemma2 | Arch::Gemma3)
     }
 

@@ -15,6 +15,27 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc::sync_channel;
 
+/// Set by SIGINT/SIGTERM (see [`stop_on_signals`]): the conversion stops at the next slab,
+/// and the temporary file is removed as on any error.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Turns Ctrl-C and SIGTERM into a clean stop: the running conversion returns an error, its
+/// temporary file is deleted and no output appears. A second signal exits at once.
+pub fn stop_on_signals() {
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    });
+}
+
+fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+        bail!("interrupted; nothing was written");
+    }
+    Ok(())
+}
+
 /// f32 input per slab (the output slab is at most as large).
 const SLAB_BYTES: usize = 32 << 20;
 
@@ -329,8 +350,10 @@ fn produce(
 ) -> Result<()> {
     let send = |c: Chunk| tx.send(c).map_err(|_| anyhow!("output writer stopped"));
     for job in jobs {
+        check_interrupted()?;
         if let Some(raw) = input.raw(job) {
             for piece in raw.chunks(SLAB_BYTES) {
+                check_interrupted()?;
                 send(Chunk::Data(piece.to_vec()))?;
             }
             send(Chunk::End)?;
@@ -353,6 +376,7 @@ fn produce(
         let mut f32_buf = vec![0f32; slab_rows * n_per_row];
         let mut first = 0;
         while first < n_rows {
+            check_interrupted()?;
             let n = slab_rows.min(n_rows - first);
             let src = &mut f32_buf[..n * n_per_row];
             input

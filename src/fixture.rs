@@ -21,51 +21,8 @@ use serde_json::{json, Map, Value};
 
 use crate::synth::SplitMix64;
 
-/// The Hugging Face architectures a fixture can take.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Arch {
-    Llama,
-    Qwen2,
-    Qwen3,
-    Gemma2,
-    Gemma3,
-}
-
-impl Arch {
-    pub const ALL: [Arch; 5] = [
-        Arch::Llama,
-        Arch::Qwen2,
-        Arch::Qwen3,
-        Arch::Gemma2,
-        Arch::Gemma3,
-    ];
-
-    /// The `architectures[0]` value Hugging Face writes in config.json.
-    pub fn hf_architecture(self) -> &'static str {
-        match self {
-            Arch::Llama => "LlamaForCausalLM",
-            Arch::Qwen2 => "Qwen2ForCausalLM",
-            Arch::Qwen3 => "Qwen3ForCausalLM",
-            Arch::Gemma2 => "Gemma2ForCausalLM",
-            Arch::Gemma3 => "Gemma3ForCausalLM",
-        }
-    }
-
-    /// The `model_type` in config.json (the text-only Gemma 3 is `gemma3_text`).
-    pub fn model_type(self) -> &'static str {
-        match self {
-            Arch::Llama => "llama",
-            Arch::Qwen2 => "qwen2",
-            Arch::Qwen3 => "qwen3",
-            Arch::Gemma2 => "gemma2",
-            Arch::Gemma3 => "gemma3_text",
-        }
-    }
-
-    pub fn is_gemma(self) -> bool {
-        matches!(self, Arch::Gemma2 | Arch::Gemma3)
-    }
-}
+/// The Hugging Face architectures a fixture can take: the converter's own list.
+pub use crate::arch::Arch;
 
 /// The dtype the weights are stored in (and `torch_dtype` in config.json).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -147,6 +147,7 @@ fn quantize(a: QuantizeArgs) -> anyhow::Result<()> {
         .transpose()?;
     opts.leave_output_tensor = a.leave_output_tensor;
     let start = std::time::Instant::now();
+    kiln::convert::stop_on_signals();
     let p = q::prepare(&a.input, &opts)?;
     for n in &p.notes {
         eprintln!("kiln: {n}");
