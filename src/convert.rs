@@ -275,6 +275,15 @@ enum Chunk {
     End,
 }
 
+/// One output file of a run: its tensors (the same tensors, in the same order, in every output
+/// of one run), metadata and target.
+pub struct Output<'a> {
+    pub jobs: &'a [Job],
+    pub metadata: &'a Metadata,
+    pub target: &'a Path,
+    pub imatrix: Option<&'a HashMap<String, Vec<f32>>>,
+}
+
 /// Converts: writes `jobs` (in order) under `md` to `target` via a temporary file.
 pub fn run(
     input: &Input,
@@ -285,9 +294,28 @@ pub fn run(
     imatrix: Option<&HashMap<String, Vec<f32>>>,
     progress: bool,
 ) -> Result<Summary> {
-    let entries: Vec<TensorEntry> = jobs.iter().map(|j| j.entry()).collect::<Result<_>>()?;
-    let total: u64 = entries.iter().map(|e| e.bytes).sum();
-    let mut writer = GgufWriter::create(target, force, md, entries)?;
+    let out = Output { jobs, metadata: md, target, imatrix };
+    Ok(run_many(input, &[out], force, progress)?.remove(0))
+}
+
+/// Writes several outputs in one pass over the input: each slab of each tensor is read and
+/// widened to f32 once, then quantized for every output (what `kiln sweep` uses). All-or-
+/// nothing per output: a failure removes every temporary file.
+pub fn run_many(input: &Input, outputs: &[Output], force: bool, progress: bool) -> Result<Vec<Summary>> {
+    let Some(first) = outputs.first() else { return Ok(Vec::new()) };
+    for o in outputs {
+        let same = o.jobs.len() == first.jobs.len() && o.jobs.iter().zip(first.jobs).all(|(a, b)| a.name == b.name);
+        if !same {
+            bail!("internal: outputs of one run must list the same tensors in the same order");
+        }
+    }
+    let mut writers = Vec::with_capacity(outputs.len());
+    let mut total = 0u64;
+    for o in outputs {
+        let entries: Vec<TensorEntry> = o.jobs.iter().map(|j| j.entry()).collect::<Result<_>>()?;
+        total += entries.iter().map(|e| e.bytes).sum::<u64>();
+        writers.push(GgufWriter::create(o.target, force, o.metadata, entries)?);
+    }
     let bar = if progress {
         let b = indicatif::ProgressBar::new(total);
         b.set_style(
@@ -300,108 +328,147 @@ pub fn run(
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let (tx, rx) = sync_channel::<Chunk>(2);
-    let n_jobs = jobs.len();
+    let n_jobs = first.jobs.len();
     let result = std::thread::scope(|s| -> Result<()> {
-        let bar_w = bar.clone();
-        let writer_thread = s.spawn(move || -> Result<GgufWriter> {
-            let mut done = 0usize;
-            for c in rx {
-                match c {
-                    Chunk::Data(d) => {
-                        writer.write(&d)?;
-                        bar_w.inc(d.len() as u64);
-                    }
-                    Chunk::End => {
-                        writer.end_tensor()?;
-                        done += 1;
-                        bar_w.set_message(format!("{done}/{n_jobs} tensors"));
+        let mut senders = Vec::new();
+        let mut threads = Vec::new();
+        for (k, mut writer) in writers.into_iter().enumerate() {
+            let (tx, rx) = sync_channel::<Chunk>(2);
+            senders.push(tx);
+            let bar_w = bar.clone();
+            threads.push(s.spawn(move || -> Result<GgufWriter> {
+                let mut done = 0usize;
+                for c in rx {
+                    match c {
+                        Chunk::Data(d) => {
+                            writer.write(&d)?;
+                            bar_w.inc(d.len() as u64);
+                        }
+                        Chunk::End => {
+                            writer.end_tensor()?;
+                            done += 1;
+                            if k == 0 {
+                                bar_w.set_message(format!("{done}/{n_jobs} tensors"));
+                            }
+                        }
                     }
                 }
+                Ok(writer)
+            }));
+        }
+        let produced = produce(input, outputs, &senders);
+        drop(senders);
+        let mut finished = Vec::new();
+        let mut first_err = None;
+        for t in threads {
+            match t.join().map_err(|_| anyhow!("internal: writer thread panicked")).and_then(|r| r) {
+                Ok(w) => finished.push(w),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
             }
-            Ok(writer)
-        });
-        let produced = produce(input, jobs, imatrix, &tx);
-        drop(tx);
-        let writer = writer_thread
-            .join()
-            .map_err(|_| anyhow!("internal: writer thread panicked"))?;
+        }
         // A writer error explains a producer's failed send, so report it first.
-        let writer = writer?;
+        if let Some(e) = first_err {
+            return Err(e);
+        }
         produced?;
-        writer.finish()
+        for w in finished {
+            w.finish()?;
+        }
+        Ok(())
     });
     bar.finish_and_clear();
     result?;
-    let file_size = std::fs::metadata(target).map(|m| m.len()).unwrap_or(0);
-    Ok(Summary {
-        tensors: jobs.len(),
-        bytes_written: total,
-        file_size,
-        n_elements: jobs.iter().map(|j| j.n_elements()).sum(),
-    })
+    Ok(outputs
+        .iter()
+        .map(|o| Summary {
+            tensors: o.jobs.len(),
+            bytes_written: o.jobs.iter().filter_map(|j| j.out_bytes().ok()).sum(),
+            file_size: std::fs::metadata(o.target).map(|m| m.len()).unwrap_or(0),
+            n_elements: o.jobs.iter().map(|j| j.n_elements()).sum(),
+        })
+        .collect())
 }
 
-fn produce(
-    input: &Input,
-    jobs: &[Job],
-    imatrix: Option<&HashMap<String, Vec<f32>>>,
-    tx: &std::sync::mpsc::SyncSender<Chunk>,
-) -> Result<()> {
-    let send = |c: Chunk| tx.send(c).map_err(|_| anyhow!("output writer stopped"));
-    for job in jobs {
+fn kernel_error(job: &Job, out_ty: GgmlType, first: usize, e: KernelError) -> anyhow::Error {
+    match e {
+        KernelError::NonFinite { row, column, value } => anyhow!(
+            "tensor {}: weight at row {}, column {column} is {value} (the input holds non-finite values)",
+            job.name,
+            first + row
+        ),
+        KernelError::Overflow { row, block, .. } => anyhow!(
+            "tensor {}: row {}, block {block}: the scale overflows {} (weights too large for the format)",
+            job.name,
+            first + row,
+            out_ty
+        ),
+        other => anyhow!("tensor {}: {other}", job.name),
+    }
+}
+
+/// What one output does with a tensor.
+enum Step<'a> {
+    /// The input bytes, unchanged (same type in and out).
+    Copy { raw: &'a [u8], row_bytes: usize },
+    Quantize { ty: GgmlType, row_bytes: usize, qw: Option<&'a [f32]> },
+}
+
+fn produce(input: &Input, outputs: &[Output], txs: &[std::sync::mpsc::SyncSender<Chunk>]) -> Result<()> {
+    let send = |k: usize, c: Chunk| txs[k].send(c).map_err(|_| anyhow!("output writer stopped"));
+    let n_jobs = outputs[0].jobs.len();
+    for i in 0..n_jobs {
         check_interrupted()?;
-        if let Some(raw) = input.raw(job) {
-            for piece in raw.chunks(SLAB_BYTES) {
-                check_interrupted()?;
-                send(Chunk::Data(piece.to_vec()))?;
+        let job0 = &outputs[0].jobs[i];
+        let n_per_row = job0.n_per_row();
+        let n_rows = job0.n_rows();
+        // Per output: copy raw bytes, or quantize to a kiln type.
+        let mut plans = Vec::with_capacity(outputs.len());
+        for o in outputs {
+            let job = &o.jobs[i];
+            if let Some(raw) = input.raw(job) {
+                plans.push(Step::Copy { raw, row_bytes: raw.len() / n_rows.max(1) });
+                continue;
             }
-            send(Chunk::End)?;
-            input.release(&job.source);
-            continue;
+            let ty = job.out_type.kiln().with_context(|| {
+                format!("tensor {}: kiln cannot write type {}", job.name, job.out_type.label())
+            })?;
+            let qw = o.imatrix.and_then(|m| m.get(&job.name)).map(|v| v.as_slice());
+            let qw = if ty.uses_imatrix() { qw } else { None };
+            let row_bytes = ty.row_bytes(n_per_row).context("row size")?;
+            plans.push(Step::Quantize { ty, row_bytes, qw });
         }
-        let out_ty = job.out_type.kiln().with_context(|| {
-            format!(
-                "tensor {}: kiln cannot write type {}",
-                job.name,
-                job.out_type.label()
-            )
-        })?;
-        let n_per_row = job.n_per_row();
-        let n_rows = job.n_rows();
-        let qw = imatrix.and_then(|m| m.get(&job.name)).map(|v| v.as_slice());
-        let qw = if out_ty.uses_imatrix() { qw } else { None };
+        let need_f32 = plans.iter().any(|p| matches!(p, Step::Quantize { .. }));
         let slab_rows = (SLAB_BYTES / (n_per_row * 4)).clamp(1, n_rows.max(1));
-        let row_bytes = out_ty.row_bytes(n_per_row).context("row size")?;
-        let mut f32_buf = vec![0f32; slab_rows * n_per_row];
+        let mut f32_buf = if need_f32 { vec![0f32; slab_rows * n_per_row] } else { Vec::new() };
         let mut first = 0;
         while first < n_rows {
             check_interrupted()?;
             let n = slab_rows.min(n_rows - first);
-            let src = &mut f32_buf[..n * n_per_row];
-            input
-                .read_rows(&job.source, n_per_row, first, src)
-                .with_context(|| format!("tensor {}", job.name))?;
-            let mut dst = vec![0u8; n * row_bytes];
-            out_ty.quantize(src, n_per_row, qw, &mut dst).map_err(|e| match e {
-                KernelError::NonFinite { row, column, value } => anyhow!(
-                    "tensor {}: weight at row {}, column {column} is {value} (the input holds non-finite values)",
-                    job.name,
-                    first + row
-                ),
-                KernelError::Overflow { row, block, .. } => anyhow!(
-                    "tensor {}: row {}, block {block}: the scale overflows {} (weights too large for the format)",
-                    job.name,
-                    first + row,
-                    out_ty
-                ),
-                other => anyhow!("tensor {}: {other}", job.name),
-            })?;
-            send(Chunk::Data(dst))?;
+            if need_f32 {
+                input
+                    .read_rows(&job0.source, n_per_row, first, &mut f32_buf[..n * n_per_row])
+                    .with_context(|| format!("tensor {}", job0.name))?;
+            }
+            for (k, step) in plans.iter().enumerate() {
+                let chunk = match *step {
+                    Step::Copy { raw, row_bytes } => raw[first * row_bytes..(first + n) * row_bytes].to_vec(),
+                    Step::Quantize { ty, row_bytes, qw } => {
+                        let mut dst = vec![0u8; n * row_bytes];
+                        ty.quantize(&f32_buf[..n * n_per_row], n_per_row, qw, &mut dst)
+                            .map_err(|e| kernel_error(&outputs[k].jobs[i], ty, first, e))?;
+                        dst
+                    }
+                };
+                send(k, Chunk::Data(chunk))?;
+            }
             first += n;
         }
-        input.release(&job.source);
-        send(Chunk::End)?;
+        input.release(&job0.source);
+        for k in 0..outputs.len() {
+            send(k, Chunk::End)?;
+        }
     }
     Ok(())
 }

@@ -19,3 +19,4 @@ pub mod plan;
 pub mod quantize;
 pub mod source;
 pub mod tokenizer;
+pub mod runner;
