@@ -20,3 +20,5 @@ pub mod quantize;
 pub mod source;
 pub mod tokenizer;
 pub mod runner;
+pub mod report;
+pub mod sweep;

@@ -97,6 +97,21 @@ pub fn logits(model: &LlamaModel, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
         .collect())
 }
 
+/// As [`logits`], but in a context with llama.cpp's default settings (f16 KV cache, flash
+/// attention as llama.cpp chooses): what llama-perplexity and `kiln eval` compute with.
+pub fn logits_default_context(model: &LlamaModel, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
+    let mut ctx = context_with(model, tokens.len() as u32, threads(), false)?;
+    let mut batch = LlamaBatch::new(tokens.len(), 1);
+    for (i, &t) in tokens.iter().enumerate() {
+        batch.add(LlamaToken(t as i32), i as i32, &[0], true)?;
+    }
+    ctx.decode(&mut batch)
+        .map_err(|e| anyhow!("llama.cpp decode: {e}"))?;
+    Ok((0..tokens.len())
+        .map(|i| ctx.get_logits_ith(i as i32).to_vec())
+        .collect())
+}
+
 /// Greedy generation of `n` tokens after `prompt`.
 pub fn generate(model: &LlamaModel, prompt: &[u32], n: usize) -> Result<Vec<u32>> {
     if prompt.is_empty() {

@@ -15,6 +15,14 @@ enum Command {
     /// Convert a Hugging Face checkpoint (folder or .safetensors file) or a GGUF file to GGUF
     /// at TYPE, choosing each tensor's type as llama-quantize does.
     Quantize(QuantizeArgs),
+    /// Measure speed and memory of GGUF files on llama.cpp, as llama-bench does.
+    Bench(BenchArgs),
+    /// Measure quality against a reference GGUF: perplexity, KL divergence, same top token
+    /// (as llama-perplexity --kl-divergence does) and a question-answering check.
+    Eval(EvalArgs),
+    /// Convert a checkpoint to several types in one pass, bench and evaluate every variant
+    /// against the highest-precision one, and write a report folder (markdown, JSON, CSV, chart).
+    Sweep(SweepArgs),
     /// Print a GGUF file's metadata and tensors.
     Inspect {
         file: PathBuf,
@@ -121,6 +129,203 @@ struct QuantizeArgs {
     dry_run: bool,
 }
 
+#[derive(clap::Args)]
+struct BenchFlags {
+    /// Threads, comma-separated for several (default: all cores).
+    #[arg(short = 't', long, value_delimiter = ',')]
+    threads: Vec<u32>,
+    /// Prompt lengths for pp tests (0 disables).
+    #[arg(short = 'p', long = "n-prompt", value_delimiter = ',', default_value = "512")]
+    n_prompt: Vec<u32>,
+    /// Generation lengths for tg tests (0 disables).
+    #[arg(short = 'n', long = "n-gen", value_delimiter = ',', default_value = "128")]
+    n_gen: Vec<u32>,
+    /// Repetitions per test.
+    #[arg(short = 'r', long, default_value_t = 5)]
+    repetitions: u32,
+    /// Logical batch sizes.
+    #[arg(short = 'b', long = "batch-size", value_delimiter = ',', default_value = "2048")]
+    batch: Vec<u32>,
+    /// Physical batch sizes.
+    #[arg(long = "ubatch-size", visible_alias = "ub", value_delimiter = ',', default_value = "512")]
+    ubatch: Vec<u32>,
+    /// KV cache types (f16, q8_0, q4_0, f32).
+    #[arg(long = "cache-type", visible_alias = "ctk", value_delimiter = ',', default_value = "f16")]
+    cache_type: Vec<String>,
+    /// Flash attention, 0 or 1 (comma-separated for both).
+    #[arg(long = "flash-attn", visible_alias = "fa", value_delimiter = ',', default_value = "0")]
+    flash_attn: Vec<u8>,
+    /// Layers offloaded to a GPU (with the `cuda` feature).
+    #[arg(long = "n-gpu-layers", visible_alias = "ngl", value_delimiter = ',', default_value = "99")]
+    n_gpu_layers: Vec<u32>,
+}
+
+impl BenchFlags {
+    fn options(&self) -> kiln::runner::BenchOptions {
+        let mut o = kiln::runner::BenchOptions::default();
+        if !self.threads.is_empty() {
+            o.threads = self.threads.clone();
+        }
+        o.n_prompt = self.n_prompt.clone();
+        o.n_gen = self.n_gen.clone();
+        o.repetitions = self.repetitions;
+        o.batch = self.batch.clone();
+        o.ubatch = self.ubatch.clone();
+        o.cache_type = self.cache_type.clone();
+        o.flash_attn = self.flash_attn.iter().map(|&f| f != 0).collect();
+        o.n_gpu_layers = self.n_gpu_layers.clone();
+        o
+    }
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    #[command(flatten)]
+    flags: BenchFlags,
+    /// One JSON document (a list of results, llama-bench's field names) on stdout.
+    #[arg(long, conflicts_with = "csv")]
+    json: bool,
+    /// CSV on stdout.
+    #[arg(long)]
+    csv: bool,
+}
+
+#[derive(clap::Args)]
+struct EvalFlags {
+    /// Text for perplexity and KLD (default: the bundled text).
+    #[arg(long)]
+    text: Option<PathBuf>,
+    /// Questions, JSONL of {"question", "answer"} (default: the bundled set).
+    #[arg(long)]
+    questions: Option<PathBuf>,
+    /// Context size of each perplexity chunk.
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 512)]
+    n_ctx: u32,
+    /// At most this many chunks (0: all).
+    #[arg(long, default_value_t = 0)]
+    chunks: u32,
+}
+
+impl EvalFlags {
+    fn options(&self, threads: Option<u32>) -> kiln::runner::EvalOptions {
+        let mut o = kiln::runner::EvalOptions::default();
+        o.text = self.text.clone();
+        o.questions = self.questions.clone();
+        o.n_ctx = self.n_ctx;
+        o.max_chunks = self.chunks;
+        if let Some(t) = threads {
+            o.threads = t;
+        }
+        o
+    }
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// The reference GGUF (usually the f32 or f16 variant).
+    #[arg(long)]
+    reference: PathBuf,
+    #[command(flatten)]
+    flags: EvalFlags,
+    #[arg(long)]
+    threads: Option<u32>,
+    /// One JSON document on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct SweepArgs {
+    /// Checkpoint folder, .safetensors file, or .gguf file.
+    input: PathBuf,
+    /// Types to produce and measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "f16,q8_0,q6_K,q5_K_M,q4_K_M,q3_K_M,q2_K")]
+    types: Vec<String>,
+    /// Report folder (default: <name>-sweep beside the input).
+    #[arg(short = 'o', long)]
+    out: Option<PathBuf>,
+    /// Reference type (default: the highest-precision of --types).
+    #[arg(long)]
+    reference: Option<String>,
+    #[arg(long)]
+    allow_requantize: bool,
+    #[arg(long)]
+    imatrix: Option<PathBuf>,
+    /// Overwrite GGUF files already in the report folder.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    bench: BenchFlags,
+    #[command(flatten)]
+    eval: EvalFlags,
+}
+
+/// Progress: one line per step on stderr (stdout stays for the results).
+fn progress_line() -> impl FnMut(&str) {
+    |l: &str| eprintln!("kiln: {l}")
+}
+
+fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    let mut p = progress_line();
+    let r = kiln::runner::bench::run(&a.files, &a.flags.options(), &mut p)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else if a.csv {
+        print!("{}", kiln::runner::bench::to_csv(&r));
+    } else {
+        print!("{}", kiln::runner::bench::to_markdown(&r));
+    }
+    Ok(())
+}
+
+fn eval(a: EvalArgs) -> anyhow::Result<()> {
+    let mut p = progress_line();
+    let r = kiln::runner::eval::run(&a.files, &a.reference, &a.flags.options(a.threads), &mut p)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", kiln::runner::eval::to_markdown(&r));
+    }
+    Ok(())
+}
+
+fn sweep(a: SweepArgs) -> anyhow::Result<()> {
+    use kiln::plan::FileType;
+    kiln::convert::stop_on_signals();
+    let types: Vec<FileType> = a.types.iter().map(|t| FileType::parse(t)).collect::<anyhow::Result<_>>()?;
+    let out = match a.out {
+        Some(o) => o,
+        None => {
+            let d = kiln::quantize::default_output(&a.input, FileType::F32);
+            let name = d.file_name().map(|n| n.to_string_lossy().replace("-F32.gguf", "-sweep")).unwrap_or_else(|| "sweep".into());
+            d.with_file_name(name)
+        }
+    };
+    let threads = a.bench.threads.first().copied();
+    let opts = kiln::sweep::SweepOptions {
+        types,
+        out_dir: out.clone(),
+        reference: a.reference.as_deref().map(FileType::parse).transpose()?,
+        allow_requantize: a.allow_requantize,
+        imatrix: a.imatrix,
+        force: a.force,
+        bench: a.bench.options(),
+        eval: a.eval.options(threads),
+        skip_bench: false,
+        skip_eval: false,
+    };
+    let mut p = progress_line();
+    let rep = kiln::sweep::run(&a.input, &opts, &mut p)?;
+    kiln::report::write(&rep, &out)?;
+    print!("{}", kiln::report::markdown(&rep));
+    println!("\nreport: {}", out.join("report.md").display());
+    Ok(())
+}
+
 fn quantize(a: QuantizeArgs) -> anyhow::Result<()> {
     use kiln::quantize as q;
     if let Some(n) = a.threads {
@@ -190,6 +395,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Quantize(a) => quantize(a),
+        Command::Bench(a) => bench(a),
+        Command::Eval(a) => eval(a),
+        Command::Sweep(a) => sweep(a),
         Command::Inspect { file, json } => inspect(&file, json),
         Command::Demo { out, types } => convert_demo(&out, &types),
         Command::KernelsDemo { rows, cols } => demo(rows, cols),

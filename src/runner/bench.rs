@@ -65,12 +65,30 @@ pub fn run(
         .iter()
         .map(|s| parse_cache_type(s))
         .collect::<Result<Vec<_>>>()?;
+    // llama.cpp refuses a quantized V cache without flash attention (llama-bench stops at that
+    // test); say so before measuring anything.
+    if let Some(&q) = cache_types
+        .iter()
+        .find(|&&t| unsafe { sys::ggml_is_quantized(t) })
+    {
+        if opts.flash_attn.contains(&false) {
+            bail!(
+                "bench: the {} KV cache needs flash attention (llama.cpp quantizes the V cache \
+                 only with it): use flash attention on only",
+                type_name(q)
+            );
+        }
+    }
     crate::llama::backend();
     // llama-bench's tokens come from the process's unseeded rand(), one sequence for the run.
     let mut rng = CRand::new(1);
+    // Every file is checked before any is measured, so a typo in the last name fails at once.
+    let sizes = files
+        .iter()
+        .map(|f| check_file(f))
+        .collect::<Result<Vec<u64>>>()?;
     let mut out = Vec::new();
-    for file in files {
-        let file_size = check_file(file)?;
+    for (file, &file_size) in files.iter().zip(&sizes) {
         for &ngl in &opts.n_gpu_layers {
             let t0 = Instant::now();
             let model = Model::load(file, ngl)?;
@@ -99,10 +117,9 @@ pub fn run(
                                         n_gpu_layers: ngl,
                                         repetitions: opts.repetitions,
                                     };
-                                    let r = run_test(&model, &info, file, &t, &mut rng)
-                                        .with_context(|| {
-                                            format!("{}: {}", file.display(), t.describe())
-                                        })?;
+                                    let r = run_test(&model, &info, &t, &mut rng).with_context(
+                                        || format!("{}: {}", file.display(), t.describe()),
+                                    )?;
                                     let result = BenchResult {
                                         model_filename: file.display().to_string(),
                                         model_size: info.model_size,
@@ -281,13 +298,7 @@ struct Measured {
     tokens_counted: u64,
 }
 
-fn run_test(
-    model: &Model,
-    info: &ModelInfo,
-    file: &Path,
-    t: &Test,
-    rng: &mut CRand,
-) -> Result<Measured> {
+fn run_test(model: &Model, info: &ModelInfo, t: &Test, rng: &mut CRand) -> Result<Measured> {
     let mut cp = unsafe { sys::llama_context_default_params() };
     cp.n_ctx = t.n_prompt + t.n_gen;
     cp.n_batch = t.n_batch;
@@ -305,13 +316,8 @@ fn run_test(
     cp.swa_full = false;
     cp.n_threads = t.n_threads as i32;
     cp.n_threads_batch = t.n_threads as i32;
-    let ctx = Ctx::new(model, cp, t.n_threads).with_context(|| {
-        format!(
-            "{}: llama.cpp cannot create a context (a quantized V cache needs flash attention; \
-             KILN_LLAMA_LOG=1 shows llama.cpp's reason)",
-            file.display()
-        )
-    })?;
+    let ctx = Ctx::new(model, cp, t.n_threads)
+        .context("llama.cpp cannot create the context (KILN_LLAMA_LOG=1 shows its reason)")?;
     let kv_cache_bytes = kv_cache_bytes(info, &ctx);
     let n_threads = t.n_threads as i32;
     ctx.clear();
@@ -402,12 +408,11 @@ fn test_gen(ctx: &Ctx, n_gen: u32, n_threads: i32, rng: &mut CRand) -> Result<u6
         None => rng.next() % n_vocab,
     };
     let mut batch = BatchExt::new(ctx)?;
-    let mut pos = unsafe { sys::llama_memory_seq_pos_max(ctx.memory(), 0) } + 1;
+    let pos0 = unsafe { sys::llama_memory_seq_pos_max(ctx.memory(), 0) } + 1;
     let mut decoded = 0u64;
-    for _ in 0..n_gen {
+    for i in 0..n_gen as i32 {
         batch.clear();
-        batch.add(token, pos, true)?;
-        pos += 1;
+        batch.add(token, pos0 + i, true)?;
         ctx.process(&mut batch, "generation batch")?;
         unsafe { sys::llama_synchronize(ctx.ptr()) };
         decoded += 1;
@@ -738,7 +743,13 @@ impl<'m> Ctx<'m> {
     fn new(model: &'m Model, cp: sys::llama_context_params, n_threads: u32) -> Result<Ctx<'m>> {
         let ctx = NonNull::new(unsafe { sys::llama_init_from_model(model.ptr(), cp) })
             .ok_or_else(|| anyhow!("llama_init_from_model failed"))?;
+        // llama-bench's threadpool: default parameters (polling level 50, normal priority, not
+        // strict, no CPU mask), set here explicitly.
         let mut tpp = unsafe { sys::ggml_threadpool_params_default(n_threads as i32) };
+        tpp.poll = 50;
+        tpp.strict_cpu = false;
+        tpp.prio = sys::GGML_SCHED_PRIO_NORMAL;
+        tpp.cpumask.fill(false);
         let pool = match NonNull::new(unsafe { sys::ggml_threadpool_new(&mut tpp) }) {
             Some(p) => p,
             None => {
@@ -994,7 +1005,13 @@ pub fn to_markdown(results: &[BenchResult]) -> String {
         }
         out += "\n";
     }
-    out += &format!("\nmachine: {}; backend: {backend}\n", cpu_info());
+    let n_cpu = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    out += &format!(
+        "\nmachine: {}, {n_cpu} logical CPUs; backend: {backend}\n",
+        cpu_info()
+    );
     out
 }
 

@@ -829,6 +829,7 @@ pub fn answer(
     max_tokens: u32,
     threads: u32,
 ) -> Result<Answers> {
+    let tt = Instant::now();
     let prompts: Vec<Vec<u32>> = questions
         .iter()
         .map(|q| llama::tokenize(model, &prompt(&q.question), true))
@@ -844,6 +845,7 @@ pub fn answer(
     let mut ctx = model
         .new_context(llama::backend(), p)
         .map_err(|e| anyhow!("llama.cpp context: {e}"))?;
+    eprintln!("ctx created {:?}", tt.elapsed());
     let vocab = model.vocab();
     let mut out = Answers::default();
     let mut batch = LlamaBatch::new(longest, 1);
@@ -877,6 +879,7 @@ pub fn answer(
             next = LlamaToken(llama::argmax(ctx.get_logits_ith(0)) as i32);
         }
         out.decode_time += t0.elapsed();
+        eprintln!("gen {n} {:?} total {:?}", t0.elapsed(), tt.elapsed());
         out.tokens += n as u64;
         let end = bytes
             .iter()

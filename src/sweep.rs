@@ -1,0 +1,198 @@
+//! `kiln sweep`: convert one checkpoint to several types in one pass, bench and evaluate every
+//! variant on llama.cpp against the highest-precision one, and write a report folder.
+
+use crate::convert::{self, Output};
+use crate::plan::FileType;
+use crate::quantize::{self, Options, Prepared};
+use crate::runner::{bench, eval, BenchOptions, BenchResult, EvalOptions, EvalResult};
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What `kiln sweep` takes.
+#[derive(Clone, Debug)]
+pub struct SweepOptions {
+    pub types: Vec<FileType>,
+    /// The report folder (GGUF files go into it too).
+    pub out_dir: PathBuf,
+    /// The reference type (default: the highest-precision of `types`).
+    pub reference: Option<FileType>,
+    pub allow_requantize: bool,
+    pub imatrix: Option<PathBuf>,
+    pub force: bool,
+    pub bench: BenchOptions,
+    pub eval: EvalOptions,
+    /// Skip the benchmark or the evaluation (the report leaves their columns empty).
+    pub skip_bench: bool,
+    pub skip_eval: bool,
+}
+
+/// One variant's line of the report.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SweepRow {
+    /// llama.cpp's name of the file type, "Q4_K_M".
+    pub r#type: String,
+    pub file: String,
+    pub is_reference: bool,
+    pub file_size: u64,
+    pub bits_per_weight: f64,
+    pub n_params: u64,
+    pub bench: Vec<BenchResult>,
+    pub eval: Option<EvalResult>,
+    /// Why this variant has no figures (llama.cpp refused it, ...).
+    pub error: Option<String>,
+}
+
+/// The machine the figures come from.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub memory_gib: f64,
+    pub os: String,
+}
+
+impl Machine {
+    pub fn this() -> Machine {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .and_then(|l| l.split(':').nth(1))
+                    .map(|s| s.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let memory_gib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("MemTotal:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|k| k.parse::<f64>().ok())
+            })
+            .map(|kb| kb / 1048576.0)
+            .unwrap_or(0.0);
+        Machine {
+            cpu,
+            cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            memory_gib,
+            os: std::env::consts::OS.to_string(),
+        }
+    }
+}
+
+/// Everything the report shows.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SweepReport {
+    pub input: String,
+    pub model: String,
+    pub reference: String,
+    pub machine: Machine,
+    /// Seconds to write every variant in one pass over the input.
+    pub convert_seconds: f64,
+    pub bench_settings: BenchOptions,
+    pub eval_n_ctx: u32,
+    pub eval_text: String,
+    pub rows: Vec<SweepRow>,
+}
+
+/// The order of precision (highest first) used to pick the reference.
+fn precision_rank(f: FileType) -> usize {
+    FileType::ALL.iter().position(|&g| g == f).unwrap_or(usize::MAX)
+}
+
+/// Runs the sweep. `progress` gets one line per step.
+pub fn run(input: &Path, opts: &SweepOptions, progress: &mut dyn FnMut(&str)) -> Result<SweepReport> {
+    if opts.types.is_empty() {
+        bail!("--types names no type");
+    }
+    let mut types: Vec<FileType> = Vec::new();
+    for &t in opts.types.iter().chain(opts.reference.iter()) {
+        if !types.contains(&t) {
+            types.push(t);
+        }
+    }
+    types.sort_by_key(|&t| precision_rank(t));
+    let reference = opts.reference.unwrap_or(types[0]);
+    std::fs::create_dir_all(&opts.out_dir)?;
+
+    // Convert every type in one pass.
+    let stem = quantize::default_output(input, FileType::F32);
+    let stem = stem.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let model = stem.trim_end_matches("-F32.gguf").to_string();
+    let mut prepared: Vec<Prepared> = Vec::new();
+    for &t in &types {
+        let mut o = Options::new(t);
+        o.output = Some(opts.out_dir.join(format!("{model}-{}.gguf", t.name())));
+        o.force = opts.force;
+        o.allow_requantize = opts.allow_requantize;
+        o.imatrix = opts.imatrix.clone();
+        let p = quantize::prepare(input, &o)?;
+        crate::gguf::writer::check_target(&p.target, opts.force)?;
+        prepared.push(p);
+    }
+    progress(&format!("converting {} to {} types in one pass", input.display(), types.len()));
+    let t0 = Instant::now();
+    let outputs: Vec<Output> = prepared
+        .iter()
+        .map(|p| Output { jobs: &p.jobs, metadata: &p.metadata, target: &p.target, imatrix: p.imatrix.as_ref() })
+        .collect();
+    convert::run_many(&prepared[0].input, &outputs, opts.force, false)?;
+    let convert_seconds = t0.elapsed().as_secs_f64();
+    progress(&format!("converted in {convert_seconds:.1} s"));
+
+    let ref_path = prepared[types.iter().position(|&t| t == reference).unwrap_or(0)].target.clone();
+    let mut rows = Vec::new();
+    for (t, p) in types.iter().zip(&prepared) {
+        let file = p.target.clone();
+        let n_params = p.n_elements();
+        let data = p.data_bytes().unwrap_or(0);
+        let mut row = SweepRow {
+            r#type: t.name().to_string(),
+            file: file.display().to_string(),
+            is_reference: *t == reference,
+            file_size: std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0),
+            bits_per_weight: data as f64 * 8.0 / n_params.max(1) as f64,
+            n_params,
+            bench: Vec::new(),
+            eval: None,
+            error: None,
+        };
+        if !opts.skip_bench {
+            progress(&format!("bench {}", t.name()));
+            match bench::run(std::slice::from_ref(&file), &opts.bench, &mut |l| progress(l)) {
+                Ok(b) => row.bench = b,
+                Err(e) => row.error = Some(format!("{e:#}")),
+            }
+        }
+        if !opts.skip_eval && row.error.is_none() {
+            progress(&format!("eval {} against {}", t.name(), reference.name()));
+            match eval::run(std::slice::from_ref(&file), &ref_path, &opts.eval, &mut |l| progress(l)) {
+                Ok(mut e) => row.eval = e.pop(),
+                Err(e) => row.error = Some(format!("{e:#}")),
+            }
+        }
+        if let Some(e) = &row.error {
+            progress(&format!("{}: not measured: {e}", t.name()));
+        }
+        rows.push(row);
+    }
+    Ok(SweepReport {
+        input: input.display().to_string(),
+        model,
+        reference: reference.name().to_string(),
+        machine: Machine::this(),
+        convert_seconds,
+        bench_settings: opts.bench.clone(),
+        eval_n_ctx: opts.eval.n_ctx,
+        eval_text: opts
+            .eval
+            .text
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "bundled default text (fixtures/eval/text.txt)".into()),
+        rows,
+    })
+}

@@ -1,0 +1,614 @@
+//! `kiln bench` (src/runner/bench.rs) on the Llama fixture converted to q8_0 and q4_0 (and the
+//! Gemma 3 fixture, for the sliding-window KV cache): the test matrix, llama-bench's arithmetic,
+//! the reports, KV cache bytes against what llama.cpp itself logs, and errors that name the file.
+//!
+//! The tests take one lock, so that they do not compete for the CPU (their timings stay
+//! meaningful) and so that the log capture sees only its own test's llama.cpp lines.
+
+use kiln::plan::FileType;
+use kiln::quantize::{self, Options};
+use kiln::runner::bench;
+use kiln::runner::{BenchOptions, BenchResult};
+use std::ffi::{c_char, c_void, CStr};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+fn serial() -> MutexGuard<'static, ()> {
+    static L: Mutex<()> = Mutex::new(());
+    L.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn tmp() -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn tokenizer_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/llama2-tokenizer.model")
+}
+
+fn convert(input: &Path, ftype: FileType, out: &Path) {
+    let mut o = Options::new(ftype);
+    o.output = Some(out.to_path_buf());
+    o.force = true;
+    let p = quantize::prepare(input, &o).unwrap_or_else(|e| panic!("prepare {ftype}: {e:#}"));
+    quantize::execute(&p, true, false).unwrap_or_else(|e| panic!("convert {ftype}: {e:#}"));
+}
+
+/// The Llama fixture as q8_0 and q4_0 GGUFs, written once.
+fn files() -> &'static [PathBuf; 2] {
+    static F: OnceLock<[PathBuf; 2]> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = tmp().join("llama-spm");
+        let _ = std::fs::remove_dir_all(&dir);
+        kiln::fixture::write_checkpoint(&kiln::fixture::llama_spm_default(tokenizer_model()), &dir)
+            .unwrap();
+        let q8 = tmp().join("llama-Q8_0.gguf");
+        let q4 = tmp().join("llama-Q4_0.gguf");
+        convert(&dir, FileType::Q8_0, &q8);
+        convert(&dir, FileType::Q4_0, &q4);
+        [q8, q4]
+    })
+}
+
+fn opts() -> BenchOptions {
+    BenchOptions {
+        n_prompt: vec![64],
+        n_gen: vec![16],
+        repetitions: 2,
+        threads: vec![2],
+        ..Default::default()
+    }
+}
+
+fn run(files: &[PathBuf], o: &BenchOptions) -> (Vec<BenchResult>, Vec<String>) {
+    let mut lines = Vec::new();
+    let r = bench::run(files, o, &mut |l| lines.push(l.to_string()))
+        .unwrap_or_else(|e| panic!("bench: {e:#}"));
+    (r, lines)
+}
+
+fn check_sane(r: &BenchResult, reps: usize) {
+    let what = format!("{} {}", r.model_filename, r.test);
+    assert!(
+        r.avg_ts.is_finite() && r.avg_ts > 0.0,
+        "{what}: avg_ts {}",
+        r.avg_ts
+    );
+    assert!(
+        r.stddev_ts.is_finite() && r.stddev_ts >= 0.0,
+        "{what}: stddev {}",
+        r.stddev_ts
+    );
+    assert_eq!(r.samples_ns.len(), reps, "{what}");
+    assert_eq!(r.samples_ts.len(), reps, "{what}");
+    assert!(r.samples_ns.iter().all(|&ns| ns > 0), "{what}");
+    // llama-bench's arithmetic: ts = tokens * 1e9 / ns, avg = mean of ts.
+    let n = (r.n_prompt + r.n_gen) as f64;
+    for (&ns, &ts) in r.samples_ns.iter().zip(&r.samples_ts) {
+        assert!((ts - n * 1e9 / ns as f64).abs() <= 1e-9 * ts, "{what}");
+    }
+    let mean = r.samples_ts.iter().sum::<f64>() / reps as f64;
+    assert!((r.avg_ts - mean).abs() <= 1e-9 * mean, "{what}");
+    if reps == 1 {
+        assert_eq!(r.stddev_ts, 0.0, "{what}");
+    } else {
+        let var = r
+            .samples_ts
+            .iter()
+            .map(|x| (x - mean) * (x - mean))
+            .sum::<f64>()
+            / (reps - 1) as f64;
+        assert!((r.stddev_ts - var.sqrt()).abs() <= 1e-9 * mean, "{what}");
+    }
+    // tokens actually decoded per repetition
+    match (r.n_prompt, r.n_gen) {
+        (p, 0) => {
+            assert_eq!(r.tokens_counted, p as u64, "{what}");
+            assert_eq!(r.test, format!("pp{p}"));
+        }
+        (0, g) => {
+            assert_eq!(r.tokens_counted, g as u64, "{what}");
+            assert_eq!(r.test, format!("tg{g}"));
+        }
+        _ => panic!("{what}: mixed test"),
+    }
+    assert!(r.model_size > 0 && r.model_n_params > 0, "{what}");
+    assert_eq!(r.model_buffer_bytes, r.model_size, "{what}");
+    let disk = std::fs::metadata(&r.model_filename).unwrap().len();
+    assert_eq!(r.file_size, disk, "{what}");
+    assert!(
+        r.file_size > r.model_size,
+        "{what}: file holds the tensors and a header"
+    );
+    let bpw = r.model_size as f64 * 8.0 / r.model_n_params as f64;
+    assert!((r.bits_per_weight - bpw).abs() < 1e-9, "{what}");
+    assert!(r.load_ms.is_finite() && r.load_ms > 0.0, "{what}");
+    assert!(r.kv_cache_bytes > 0, "{what}");
+    assert!(
+        r.peak_rss_bytes > r.model_size,
+        "{what}: peak RSS {}",
+        r.peak_rss_bytes
+    );
+}
+
+/// llama.cpp's KV cache for the Llama fixture: 4 layers, 4 KV heads of 32, so 128 K and 128 V
+/// values per layer and cell; n_ctx padded to 256 cells.
+fn llama_kv_bytes(n_ctx: u64, bytes_per_value: u64) -> u64 {
+    4 * 2 * 128 * bytes_per_value * n_ctx.div_ceil(256) * 256
+}
+
+#[test]
+fn one_result_per_file_and_test_all_sane() {
+    let _g = serial();
+    let files = files();
+    let (rs, lines) = run(files, &opts());
+    assert_eq!(rs.len(), 4, "2 files x (pp64, tg16)");
+    assert_eq!(lines.len(), 4, "one progress line per test");
+    let order: Vec<(String, &str)> = rs
+        .iter()
+        .map(|r| (r.model_filename.clone(), r.test.as_str()))
+        .collect();
+    let f0 = files[0].display().to_string();
+    let f1 = files[1].display().to_string();
+    assert_eq!(
+        order,
+        [
+            (f0.clone(), "pp64"),
+            (f0, "tg16"),
+            (f1.clone(), "pp64"),
+            (f1, "tg16")
+        ]
+    );
+    for (r, line) in rs.iter().zip(&lines) {
+        check_sane(r, 2);
+        assert!(line.contains(&r.test), "{line}");
+        assert!(line.contains("t/s"), "{line}");
+        assert_eq!(r.kv_cache_bytes, llama_kv_bytes(256, 2), "{}", r.test);
+        assert_eq!(r.n_threads, 2);
+        assert_eq!((r.n_batch, r.n_ubatch), (2048, 512));
+        assert_eq!((r.type_k.as_str(), r.type_v.as_str()), ("f16", "f16"));
+    }
+    // same model, two precisions
+    assert_eq!(rs[0].model_n_params, rs[2].model_n_params);
+    assert!(
+        rs[0].model_size > rs[2].model_size,
+        "q8_0 is bigger than q4_0"
+    );
+    assert!(rs[0].bits_per_weight > 8.0 && rs[0].bits_per_weight < 9.0);
+    // q4_0 keeps a q6_K output matrix, a large share of this small model
+    assert!(rs[2].bits_per_weight > 4.5 && rs[2].bits_per_weight < rs[0].bits_per_weight);
+    // one load per file: the same load time on both tests of a file
+    assert_eq!(rs[0].load_ms, rs[1].load_ms);
+    // JSON round trip, with llama-bench's field names
+    let j = serde_json::to_string(&rs).unwrap();
+    for k in [
+        "model_filename",
+        "model_size",
+        "model_n_params",
+        "n_threads",
+        "n_prompt",
+    ] {
+        assert!(j.contains(&format!("\"{k}\"")), "{k}");
+    }
+    // (serde_json parses floats to within an ulp, not always exactly)
+    let back: Vec<BenchResult> = serde_json::from_str(&j).unwrap();
+    assert_eq!(back.len(), rs.len());
+    for (a, b) in back.iter().zip(&rs) {
+        assert_eq!(
+            (&a.model_filename, &a.test, &a.samples_ns),
+            (&b.model_filename, &b.test, &b.samples_ns)
+        );
+        assert_eq!(
+            (a.kv_cache_bytes, a.tokens_counted),
+            (b.kv_cache_bytes, b.tokens_counted)
+        );
+        assert!((a.avg_ts - b.avg_ts).abs() <= 1e-12 * b.avg_ts);
+    }
+}
+
+#[test]
+fn one_repetition_has_zero_stddev() {
+    let _g = serial();
+    let o = BenchOptions {
+        repetitions: 1,
+        ..opts()
+    };
+    let (rs, _) = run(&files()[1..], &o);
+    assert_eq!(rs.len(), 2);
+    for r in &rs {
+        check_sane(r, 1);
+        assert_eq!(r.stddev_ts, 0.0);
+    }
+}
+
+/// 2 thread counts x 2 cache types -> 4 results per test per file, in llama-bench's order
+/// (cache type outside threads, pp before tg innermost).
+fn matrix() -> &'static Vec<BenchResult> {
+    static M: OnceLock<Vec<BenchResult>> = OnceLock::new();
+    M.get_or_init(|| {
+        let o = BenchOptions {
+            threads: vec![1, 2],
+            cache_type: vec!["f16".into(), "F32".into()],
+            ..opts()
+        };
+        run(files(), &o).0
+    })
+}
+
+#[test]
+fn matrix_expands_like_llama_bench() {
+    let _g = serial();
+    let rs = matrix();
+    assert_eq!(rs.len(), 2 * 2 * 2 * 2, "files x cache x threads x tests");
+    let got: Vec<(usize, &str, u32, &str)> = rs
+        .iter()
+        .map(|r| {
+            let f = files()
+                .iter()
+                .position(|f| f.display().to_string() == r.model_filename)
+                .unwrap();
+            (f, r.type_k.as_str(), r.n_threads, r.test.as_str())
+        })
+        .collect();
+    let mut want = Vec::new();
+    for f in 0..2 {
+        for ct in ["f16", "f32"] {
+            for t in [1, 2] {
+                for test in ["pp64", "tg16"] {
+                    want.push((f, ct, t, test));
+                }
+            }
+        }
+    }
+    assert_eq!(got, want);
+    for r in rs {
+        check_sane(r, 2);
+        assert_eq!(r.type_k, r.type_v);
+        let bytes = if r.type_k == "f32" { 4 } else { 2 };
+        assert_eq!(r.kv_cache_bytes, llama_kv_bytes(256, bytes), "{}", r.type_k);
+    }
+}
+
+/// A CSV line split as RFC 4180 does (quoted fields, doubled quotes).
+fn csv_fields(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            ('"', _) => quoted = !quoted,
+            (',', false) => out.push(std::mem::take(&mut cur)),
+            (c, _) => cur.push(c),
+        }
+    }
+    assert!(!quoted, "unterminated quote in {line:?}");
+    out.push(cur);
+    out
+}
+
+#[test]
+fn markdown_and_csv_hold_every_row() {
+    let _g = serial();
+    let rs = matrix();
+
+    let md = bench::to_markdown(rs);
+    println!("{md}");
+    let rows: Vec<&str> = md.lines().filter(|l| l.starts_with('|')).collect();
+    assert_eq!(
+        rows.len(),
+        rs.len() + 2,
+        "header, separator, one row per result:\n{md}"
+    );
+    let n_cols = rows[0].matches('|').count();
+    for row in &rows {
+        assert_eq!(row.matches('|').count(), n_cols, "{row}");
+        assert!(row.ends_with('|'), "{row}");
+    }
+    let header: Vec<&str> = rows[0].split('|').map(str::trim).collect();
+    for h in [
+        "model", "size", "params", "backend", "threads", "type_k", "type_v", "test", "t/s",
+    ] {
+        assert!(header.contains(&h), "{h} missing: {}", rows[0]);
+    }
+    assert!(
+        header.iter().position(|&h| h == "model") < header.iter().position(|&h| h == "t/s"),
+        "{}",
+        rows[0]
+    );
+    assert!(rows[1].chars().all(|c| "|-: ".contains(c)), "{}", rows[1]);
+    for (r, row) in rs.iter().zip(&rows[2..]) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let name = Path::new(&r.model_filename)
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap();
+        assert!(cells.contains(&name), "{row}");
+        assert!(cells.contains(&r.test.as_str()), "{row}");
+        assert!(
+            cells.contains(&format!("{:.2} ± {:.2}", r.avg_ts, r.stddev_ts).as_str()),
+            "{row}"
+        );
+    }
+    // default-valued columns are left out, as llama-bench does
+    assert!(
+        !header.contains(&"n_batch") && !header.contains(&"fa"),
+        "{}",
+        rows[0]
+    );
+
+    let csv = bench::to_csv(rs);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), rs.len() + 1);
+    let head = csv_fields(lines[0]);
+    assert_eq!(
+        head[..6],
+        [
+            "model_filename",
+            "model_size",
+            "model_n_params",
+            "n_batch",
+            "n_ubatch",
+            "n_threads"
+        ]
+    );
+    for k in [
+        "avg_ts",
+        "stddev_ts",
+        "n_prompt",
+        "n_gen",
+        "tokens_counted",
+        "kv_cache_bytes",
+    ] {
+        assert!(head.iter().any(|h| h == k), "{k}");
+    }
+    let col = |k: &str| head.iter().position(|h| h == k).unwrap();
+    for (r, line) in rs.iter().zip(&lines[1..]) {
+        let f = csv_fields(line);
+        assert_eq!(f.len(), head.len(), "{line}");
+        assert_eq!(f[col("model_filename")], r.model_filename);
+        assert_eq!(f[col("n_threads")], r.n_threads.to_string());
+        assert_eq!(f[col("type_k")], r.type_k);
+        let ts: f64 = f[col("avg_ts")].parse().unwrap();
+        assert!((ts - r.avg_ts).abs() <= 1e-6 * r.avg_ts.max(1.0), "{line}");
+        assert_eq!(f[col("tokens_counted")], r.tokens_counted.to_string());
+        let samples: Vec<u64> = f[col("samples_ns")]
+            .split(';')
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(samples, r.samples_ns);
+    }
+    // a path with a comma and a quote stays one field
+    let mut odd = rs[0].clone();
+    odd.model_filename = "/tmp/a,b \"c\".gguf".into();
+    let csv = bench::to_csv(&[odd.clone()]);
+    let f = csv_fields(csv.lines().nth(1).unwrap());
+    assert_eq!(f.len(), head.len());
+    assert_eq!(f[0], odd.model_filename);
+}
+
+#[test]
+fn missing_and_corrupt_files_are_errors_naming_them() {
+    let _g = serial();
+    let good = files()[1].clone();
+    let missing = tmp().join("no-such-model.gguf");
+    let garbage = tmp().join("garbage.gguf");
+    std::fs::write(&garbage, b"this is not a GGUF file at all").unwrap();
+    let truncated = tmp().join("truncated.gguf");
+    let bytes = std::fs::read(&good).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    // a GGUF header that parses but whose architecture llama.cpp does not know
+    let alien = tmp().join("alien-arch.gguf");
+    let text = String::from_utf8_lossy(&bytes[..4096]).into_owned();
+    assert!(text.contains("llama"));
+    let mut patched = bytes.clone();
+    let key = b"general.architecture";
+    let at = patched
+        .windows(key.len())
+        .position(|w| w == key)
+        .expect("architecture key")
+        + key.len()
+        + 4 // value type
+        + 8; // string length
+    patched[at..at + 5].copy_from_slice(b"zzzzz");
+    std::fs::write(&alien, &patched).unwrap();
+
+    // Files that are not readable GGUF fail before anything is measured; one that llama.cpp
+    // refuses fails when its turn comes.
+    for (bad, measured_first) in [(&missing, 0), (&garbage, 0), (&truncated, 0), (&alien, 2)] {
+        let mut progress = 0;
+        let e = bench::run(&[good.clone(), bad.clone()], &opts(), &mut |_| {
+            progress += 1
+        })
+        .expect_err("bad file must fail");
+        let msg = format!("{e:#}");
+        assert!(msg.contains(&bad.display().to_string()), "{msg}");
+        assert_eq!(progress, measured_first, "{msg}");
+        eprintln!("{msg}");
+    }
+}
+
+#[test]
+fn bad_options_are_errors() {
+    let _g = serial();
+    let f = &files()[1..];
+    let cases: Vec<(BenchOptions, &str)> = vec![
+        (
+            BenchOptions {
+                cache_type: vec!["q9_9".into()],
+                ..opts()
+            },
+            "q9_9",
+        ),
+        (
+            BenchOptions {
+                cache_type: vec!["f16".into(), "q8_0".into()],
+                flash_attn: vec![false, true],
+                ..opts()
+            },
+            "flash attention",
+        ),
+        (
+            BenchOptions {
+                repetitions: 0,
+                ..opts()
+            },
+            "repetitions",
+        ),
+        (
+            BenchOptions {
+                threads: vec![0],
+                ..opts()
+            },
+            "threads",
+        ),
+        (
+            BenchOptions {
+                n_prompt: vec![0],
+                n_gen: vec![0],
+                ..opts()
+            },
+            "nothing to measure",
+        ),
+        (
+            BenchOptions {
+                threads: vec![],
+                ..opts()
+            },
+            "threads",
+        ),
+    ];
+    for (o, want) in cases {
+        let e = bench::run(f, &o, &mut |_| {}).expect_err(want);
+        assert!(format!("{e:#}").contains(want), "{e:#}");
+    }
+    assert!(bench::run(&[], &opts(), &mut |_| {}).is_err());
+}
+
+// ---- KV cache bytes against llama.cpp's own log ----
+
+static LOG: Mutex<String> = Mutex::new(String::new());
+
+unsafe extern "C" fn capture(_level: u32, text: *const c_char, _user: *mut c_void) {
+    if !text.is_null() {
+        let s = unsafe { CStr::from_ptr(text) }.to_string_lossy();
+        LOG.lock().unwrap_or_else(|e| e.into_inner()).push_str(&s);
+    }
+}
+
+/// Runs `f` with llama.cpp's log captured; returns f's value and the log.
+fn with_log<T>(f: impl FnOnce() -> T) -> (T, String) {
+    use llama_cpp_sys_2 as sys;
+    kiln::llama::backend();
+    let mut prev_cb: sys::ggml_log_callback = None;
+    let mut prev_ud: *mut c_void = std::ptr::null_mut();
+    LOG.lock().unwrap().clear();
+    unsafe {
+        sys::llama_log_get(&mut prev_cb, &mut prev_ud);
+        sys::llama_log_set(Some(capture), std::ptr::null_mut());
+    }
+    let v = f();
+    unsafe { sys::llama_log_set(prev_cb, prev_ud) };
+    let log = std::mem::take(&mut *LOG.lock().unwrap());
+    (v, log)
+}
+
+/// Sum of llama.cpp's "KV buffer size = X MiB" lines (one per cache buffer), in MiB, and their
+/// count.
+fn logged_kv_mib(log: &str) -> (f64, usize) {
+    let v: Vec<f64> = log
+        .lines()
+        .filter_map(|l| l.split("KV buffer size =").nth(1))
+        .map(|r| {
+            r.trim()
+                .trim_end_matches("MiB")
+                .trim()
+                .parse::<f64>()
+                .unwrap()
+        })
+        .collect();
+    (v.iter().sum(), v.len())
+}
+
+fn check_kv_against_log(file: &Path, o: &BenchOptions, buffers_per_test: usize) {
+    let (rs, log) = with_log(|| run(&[file.to_path_buf()], o).0);
+    // one test at a time, so split the log per context: each test creates one context
+    let per_ctx: Vec<&str> = log.split("llama_context: constructing").skip(1).collect();
+    assert_eq!(per_ctx.len(), rs.len(), "one context per test");
+    for (r, l) in rs.iter().zip(per_ctx) {
+        let (mib, n) = logged_kv_mib(l);
+        assert_eq!(n, buffers_per_test, "{}: {l}", r.test);
+        let ours = r.kv_cache_bytes as f64 / 1024.0 / 1024.0;
+        // llama.cpp prints each buffer to 0.01 MiB
+        assert!(
+            (ours - mib).abs() <= 0.005 * n as f64 + 1e-9,
+            "{} {} {}: kiln {} bytes ({ours:.4} MiB), llama.cpp {mib:.2} MiB",
+            r.test,
+            r.type_k,
+            r.flash_attn,
+            r.kv_cache_bytes
+        );
+    }
+}
+
+#[test]
+fn kv_cache_bytes_equal_llama_cpp_log() {
+    let _g = serial();
+    let o = BenchOptions {
+        n_prompt: vec![300],
+        n_gen: vec![8],
+        repetitions: 1,
+        cache_type: vec!["f16".into(), "q8_0".into(), "f32".into()],
+        flash_attn: vec![true],
+        ..opts()
+    };
+    check_kv_against_log(&files()[0], &o, 1);
+}
+
+#[test]
+fn kv_cache_bytes_with_sliding_window_equal_llama_cpp_log() {
+    let _g = serial();
+    use kiln::fixture::{default_for, Arch, Vocab};
+    let dir = tmp().join("gemma3");
+    let _ = std::fs::remove_dir_all(&dir);
+    kiln::fixture::write_checkpoint(
+        &default_for(Arch::Gemma3, Vocab::LlamaSpm(tokenizer_model())),
+        &dir,
+    )
+    .unwrap();
+    let file = tmp().join("gemma3-Q8_0.gguf");
+    convert(&dir, FileType::Q8_0, &file);
+    // 1024 cells for the global layer, pad256(window + 512) for the five sliding ones
+    let o = BenchOptions {
+        n_prompt: vec![1024],
+        n_gen: vec![8],
+        repetitions: 1,
+        ..opts()
+    };
+    check_kv_against_log(&file, &o, 2);
+}
+
+/// llama-bench draws its tokens from C's unseeded rand(); kiln's generator is the same sequence.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn token_generator_is_glibc_rand() {
+    extern "C" {
+        fn srand(seed: std::ffi::c_uint);
+        fn rand() -> std::ffi::c_int;
+    }
+    let _g = serial();
+    for seed in [1u32, 42, 0xdead_beef] {
+        let mut ours = bench::CRand::new(seed);
+        unsafe { srand(seed) };
+        for i in 0..100_000 {
+            assert_eq!(ours.next(), unsafe { rand() }, "seed {seed}, draw {i}");
+        }
+    }
+}
