@@ -250,6 +250,31 @@ impl Input {
         }
     }
 
+    /// Drops the input pages of rows already read, where rows are stored in order (a tensor
+    /// whose rows are permuted is released whole at its end instead).
+    fn release_rows(&self, src: &TensorSource, n_per_row: usize, first: usize, n: usize) {
+        match (self, src) {
+            (
+                Input::Hf(ck),
+                TensorSource::Hf {
+                    index,
+                    dtype,
+                    transform: Transform::None | Transform::AddOne,
+                },
+            ) => {
+                let rb = n_per_row * dtype.size();
+                ck.release_range(&ck.tensors[*index], first * rb, n * rb);
+            }
+            (Input::Gguf(g), TensorSource::Gguf { index }) => {
+                let t = &g.tensors()[*index];
+                if let Some(rb) = t.ty.row_bytes(n_per_row as u64) {
+                    g.release_range(t, first * rb as usize, n * rb as usize);
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// The input bytes of a tensor when it can be copied unchanged.
     fn raw(&self, job: &Job) -> Option<&[u8]> {
         match (self, &job.source) {
@@ -294,17 +319,30 @@ pub fn run(
     imatrix: Option<&HashMap<String, Vec<f32>>>,
     progress: bool,
 ) -> Result<Summary> {
-    let out = Output { jobs, metadata: md, target, imatrix };
+    let out = Output {
+        jobs,
+        metadata: md,
+        target,
+        imatrix,
+    };
     Ok(run_many(input, &[out], force, progress)?.remove(0))
 }
 
 /// Writes several outputs in one pass over the input: each slab of each tensor is read and
 /// widened to f32 once, then quantized for every output (what `kiln sweep` uses). All-or-
 /// nothing per output: a failure removes every temporary file.
-pub fn run_many(input: &Input, outputs: &[Output], force: bool, progress: bool) -> Result<Vec<Summary>> {
-    let Some(first) = outputs.first() else { return Ok(Vec::new()) };
+pub fn run_many(
+    input: &Input,
+    outputs: &[Output],
+    force: bool,
+    progress: bool,
+) -> Result<Vec<Summary>> {
+    let Some(first) = outputs.first() else {
+        return Ok(Vec::new());
+    };
     for o in outputs {
-        let same = o.jobs.len() == first.jobs.len() && o.jobs.iter().zip(first.jobs).all(|(a, b)| a.name == b.name);
+        let same = o.jobs.len() == first.jobs.len()
+            && o.jobs.iter().zip(first.jobs).all(|(a, b)| a.name == b.name);
         if !same {
             bail!("internal: outputs of one run must list the same tensors in the same order");
         }
@@ -361,7 +399,11 @@ pub fn run_many(input: &Input, outputs: &[Output], force: bool, progress: bool) 
         let mut finished = Vec::new();
         let mut first_err = None;
         for t in threads {
-            match t.join().map_err(|_| anyhow!("internal: writer thread panicked")).and_then(|r| r) {
+            match t
+                .join()
+                .map_err(|_| anyhow!("internal: writer thread panicked"))
+                .and_then(|r| r)
+            {
                 Ok(w) => finished.push(w),
                 Err(e) => {
                     first_err.get_or_insert(e);
@@ -412,10 +454,18 @@ fn kernel_error(job: &Job, out_ty: GgmlType, first: usize, e: KernelError) -> an
 enum Step<'a> {
     /// The input bytes, unchanged (same type in and out).
     Copy { raw: &'a [u8], row_bytes: usize },
-    Quantize { ty: GgmlType, row_bytes: usize, qw: Option<&'a [f32]> },
+    Quantize {
+        ty: GgmlType,
+        row_bytes: usize,
+        qw: Option<&'a [f32]>,
+    },
 }
 
-fn produce(input: &Input, outputs: &[Output], txs: &[std::sync::mpsc::SyncSender<Chunk>]) -> Result<()> {
+fn produce(
+    input: &Input,
+    outputs: &[Output],
+    txs: &[std::sync::mpsc::SyncSender<Chunk>],
+) -> Result<()> {
     let send = |k: usize, c: Chunk| txs[k].send(c).map_err(|_| anyhow!("output writer stopped"));
     let n_jobs = outputs[0].jobs.len();
     for i in 0..n_jobs {
@@ -428,32 +478,53 @@ fn produce(input: &Input, outputs: &[Output], txs: &[std::sync::mpsc::SyncSender
         for o in outputs {
             let job = &o.jobs[i];
             if let Some(raw) = input.raw(job) {
-                plans.push(Step::Copy { raw, row_bytes: raw.len() / n_rows.max(1) });
+                plans.push(Step::Copy {
+                    raw,
+                    row_bytes: raw.len() / n_rows.max(1),
+                });
                 continue;
             }
             let ty = job.out_type.kiln().with_context(|| {
-                format!("tensor {}: kiln cannot write type {}", job.name, job.out_type.label())
+                format!(
+                    "tensor {}: kiln cannot write type {}",
+                    job.name,
+                    job.out_type.label()
+                )
             })?;
-            let qw = o.imatrix.and_then(|m| m.get(&job.name)).map(|v| v.as_slice());
+            let qw = o
+                .imatrix
+                .and_then(|m| m.get(&job.name))
+                .map(|v| v.as_slice());
             let qw = if ty.uses_imatrix() { qw } else { None };
             let row_bytes = ty.row_bytes(n_per_row).context("row size")?;
             plans.push(Step::Quantize { ty, row_bytes, qw });
         }
         let need_f32 = plans.iter().any(|p| matches!(p, Step::Quantize { .. }));
         let slab_rows = (SLAB_BYTES / (n_per_row * 4)).clamp(1, n_rows.max(1));
-        let mut f32_buf = if need_f32 { vec![0f32; slab_rows * n_per_row] } else { Vec::new() };
+        let mut f32_buf = if need_f32 {
+            vec![0f32; slab_rows * n_per_row]
+        } else {
+            Vec::new()
+        };
         let mut first = 0;
         while first < n_rows {
             check_interrupted()?;
             let n = slab_rows.min(n_rows - first);
             if need_f32 {
                 input
-                    .read_rows(&job0.source, n_per_row, first, &mut f32_buf[..n * n_per_row])
+                    .read_rows(
+                        &job0.source,
+                        n_per_row,
+                        first,
+                        &mut f32_buf[..n * n_per_row],
+                    )
                     .with_context(|| format!("tensor {}", job0.name))?;
             }
             for (k, step) in plans.iter().enumerate() {
                 let chunk = match *step {
-                    Step::Copy { raw, row_bytes } => raw[first * row_bytes..(first + n) * row_bytes].to_vec(),
+                    Step::Copy { raw, row_bytes } => {
+                        raw[first * row_bytes..(first + n) * row_bytes].to_vec()
+                    }
                     Step::Quantize { ty, row_bytes, qw } => {
                         let mut dst = vec![0u8; n * row_bytes];
                         ty.quantize(&f32_buf[..n * n_per_row], n_per_row, qw, &mut dst)
@@ -463,6 +534,7 @@ fn produce(input: &Input, outputs: &[Output], txs: &[std::sync::mpsc::SyncSender
                 };
                 send(k, Chunk::Data(chunk))?;
             }
+            input.release_rows(&job0.source, n_per_row, first, n);
             first += n;
         }
         input.release(&job0.source);

@@ -135,28 +135,63 @@ struct BenchFlags {
     #[arg(short = 't', long, value_delimiter = ',')]
     threads: Vec<u32>,
     /// Prompt lengths for pp tests (0 disables).
-    #[arg(short = 'p', long = "n-prompt", value_delimiter = ',', default_value = "512")]
+    #[arg(
+        short = 'p',
+        long = "n-prompt",
+        value_delimiter = ',',
+        default_value = "512"
+    )]
     n_prompt: Vec<u32>,
     /// Generation lengths for tg tests (0 disables).
-    #[arg(short = 'n', long = "n-gen", value_delimiter = ',', default_value = "128")]
+    #[arg(
+        short = 'n',
+        long = "n-gen",
+        value_delimiter = ',',
+        default_value = "128"
+    )]
     n_gen: Vec<u32>,
     /// Repetitions per test.
     #[arg(short = 'r', long, default_value_t = 5)]
     repetitions: u32,
     /// Logical batch sizes.
-    #[arg(short = 'b', long = "batch-size", value_delimiter = ',', default_value = "2048")]
+    #[arg(
+        short = 'b',
+        long = "batch-size",
+        value_delimiter = ',',
+        default_value = "2048"
+    )]
     batch: Vec<u32>,
     /// Physical batch sizes.
-    #[arg(long = "ubatch-size", visible_alias = "ub", value_delimiter = ',', default_value = "512")]
+    #[arg(
+        long = "ubatch-size",
+        visible_alias = "ub",
+        value_delimiter = ',',
+        default_value = "512"
+    )]
     ubatch: Vec<u32>,
     /// KV cache types (f16, q8_0, q4_0, f32).
-    #[arg(long = "cache-type", visible_alias = "ctk", value_delimiter = ',', default_value = "f16")]
+    #[arg(
+        long = "cache-type",
+        visible_alias = "ctk",
+        value_delimiter = ',',
+        default_value = "f16"
+    )]
     cache_type: Vec<String>,
     /// Flash attention, 0 or 1 (comma-separated for both).
-    #[arg(long = "flash-attn", visible_alias = "fa", value_delimiter = ',', default_value = "0")]
+    #[arg(
+        long = "flash-attn",
+        visible_alias = "fa",
+        value_delimiter = ',',
+        default_value = "0"
+    )]
     flash_attn: Vec<u8>,
     /// Layers offloaded to a GPU (with the `cuda` feature).
-    #[arg(long = "n-gpu-layers", visible_alias = "ngl", value_delimiter = ',', default_value = "99")]
+    #[arg(
+        long = "n-gpu-layers",
+        visible_alias = "ngl",
+        value_delimiter = ',',
+        default_value = "99"
+    )]
     n_gpu_layers: Vec<u32>,
 }
 
@@ -243,7 +278,11 @@ struct SweepArgs {
     /// Checkpoint folder, .safetensors file, or .gguf file.
     input: PathBuf,
     /// Types to produce and measure, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "f16,q8_0,q6_K,q5_K_M,q4_K_M,q3_K_M,q2_K")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "f16,q8_0,q6_K,q5_K_M,q4_K_M,q3_K_M,q2_K"
+    )]
     types: Vec<String>,
     /// Report folder (default: <name>-sweep beside the input).
     #[arg(short = 'o', long)]
@@ -296,12 +335,19 @@ fn eval(a: EvalArgs) -> anyhow::Result<()> {
 fn sweep(a: SweepArgs) -> anyhow::Result<()> {
     use kiln::plan::FileType;
     kiln::convert::stop_on_signals();
-    let types: Vec<FileType> = a.types.iter().map(|t| FileType::parse(t)).collect::<anyhow::Result<_>>()?;
+    let types: Vec<FileType> = a
+        .types
+        .iter()
+        .map(|t| FileType::parse(t))
+        .collect::<anyhow::Result<_>>()?;
     let out = match a.out {
         Some(o) => o,
         None => {
             let d = kiln::quantize::default_output(&a.input, FileType::F32);
-            let name = d.file_name().map(|n| n.to_string_lossy().replace("-F32.gguf", "-sweep")).unwrap_or_else(|| "sweep".into());
+            let name = d
+                .file_name()
+                .map(|n| n.to_string_lossy().replace("-F32.gguf", "-sweep"))
+                .unwrap_or_else(|| "sweep".into());
             d.with_file_name(name)
         }
     };

@@ -76,7 +76,9 @@ impl Machine {
             .unwrap_or(0.0);
         Machine {
             cpu,
-            cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            cores: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             memory_gib,
             os: std::env::consts::OS.to_string(),
         }
@@ -100,11 +102,18 @@ pub struct SweepReport {
 
 /// The order of precision (highest first) used to pick the reference.
 fn precision_rank(f: FileType) -> usize {
-    FileType::ALL.iter().position(|&g| g == f).unwrap_or(usize::MAX)
+    FileType::ALL
+        .iter()
+        .position(|&g| g == f)
+        .unwrap_or(usize::MAX)
 }
 
 /// Runs the sweep. `progress` gets one line per step.
-pub fn run(input: &Path, opts: &SweepOptions, progress: &mut dyn FnMut(&str)) -> Result<SweepReport> {
+pub fn run(
+    input: &Path,
+    opts: &SweepOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<SweepReport> {
     if opts.types.is_empty() {
         bail!("--types names no type");
     }
@@ -120,7 +129,10 @@ pub fn run(input: &Path, opts: &SweepOptions, progress: &mut dyn FnMut(&str)) ->
 
     // Convert every type in one pass.
     let stem = quantize::default_output(input, FileType::F32);
-    let stem = stem.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = stem
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let model = stem.trim_end_matches("-F32.gguf").to_string();
     let mut prepared: Vec<Prepared> = Vec::new();
     for &t in &types {
@@ -133,17 +145,28 @@ pub fn run(input: &Path, opts: &SweepOptions, progress: &mut dyn FnMut(&str)) ->
         crate::gguf::writer::check_target(&p.target, opts.force)?;
         prepared.push(p);
     }
-    progress(&format!("converting {} to {} types in one pass", input.display(), types.len()));
+    progress(&format!(
+        "converting {} to {} types in one pass",
+        input.display(),
+        types.len()
+    ));
     let t0 = Instant::now();
     let outputs: Vec<Output> = prepared
         .iter()
-        .map(|p| Output { jobs: &p.jobs, metadata: &p.metadata, target: &p.target, imatrix: p.imatrix.as_ref() })
+        .map(|p| Output {
+            jobs: &p.jobs,
+            metadata: &p.metadata,
+            target: &p.target,
+            imatrix: p.imatrix.as_ref(),
+        })
         .collect();
     convert::run_many(&prepared[0].input, &outputs, opts.force, false)?;
     let convert_seconds = t0.elapsed().as_secs_f64();
     progress(&format!("converted in {convert_seconds:.1} s"));
 
-    let ref_path = prepared[types.iter().position(|&t| t == reference).unwrap_or(0)].target.clone();
+    let ref_path = prepared[types.iter().position(|&t| t == reference).unwrap_or(0)]
+        .target
+        .clone();
     let mut rows = Vec::new();
     for (t, p) in types.iter().zip(&prepared) {
         let file = p.target.clone();
@@ -162,14 +185,21 @@ pub fn run(input: &Path, opts: &SweepOptions, progress: &mut dyn FnMut(&str)) ->
         };
         if !opts.skip_bench {
             progress(&format!("bench {}", t.name()));
-            match bench::run(std::slice::from_ref(&file), &opts.bench, &mut |l| progress(l)) {
+            match bench::run(std::slice::from_ref(&file), &opts.bench, &mut |l| {
+                progress(l)
+            }) {
                 Ok(b) => row.bench = b,
                 Err(e) => row.error = Some(format!("{e:#}")),
             }
         }
         if !opts.skip_eval && row.error.is_none() {
             progress(&format!("eval {} against {}", t.name(), reference.name()));
-            match eval::run(std::slice::from_ref(&file), &ref_path, &opts.eval, &mut |l| progress(l)) {
+            match eval::run(
+                std::slice::from_ref(&file),
+                &ref_path,
+                &opts.eval,
+                &mut |l| progress(l),
+            ) {
                 Ok(mut e) => row.eval = e.pop(),
                 Err(e) => row.error = Some(format!("{e:#}")),
             }

@@ -95,16 +95,19 @@ impl GgufFile {
     /// Lets the kernel drop the pages of a tensor already processed (they are re-read from the
     /// file if touched again), so resident memory stays bounded by the tensors in flight.
     pub fn release(&self, t: &TensorInfo) {
-        let start = (self.header.data_offset + t.offset) as usize;
+        self.release_range(t, 0, t.bytes as usize);
+    }
+
+    /// [`GgufFile::release`] for `len` bytes at `offset` within a tensor's data.
+    pub fn release_range(&self, t: &TensorInfo, offset: usize, len: usize) {
+        let start = (self.header.data_offset + t.offset) as usize + offset;
         // Safety: a read-only file mapping; MADV_DONTNEED only drops clean pages, which the
         // kernel reloads from the unchanged file on the next access.
         #[cfg(unix)]
         unsafe {
-            let _ = self.map.unchecked_advise_range(
-                memmap2::UncheckedAdvice::DontNeed,
-                start,
-                t.bytes as usize,
-            );
+            let _ = self
+                .map
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len);
         }
     }
 

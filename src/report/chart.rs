@@ -26,7 +26,9 @@ const TOP: f64 = 60.0;
 const BOTTOM: f64 = 70.0;
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// The chart as an SVG document.
@@ -39,10 +41,25 @@ pub fn svg(title: &str, points: &[Point]) -> String {
         .fold(f64::INFINITY, f64::min)
         .min(1e-3)
         / 3.0;
-    let floor = if floor.is_finite() && floor > 0.0 { floor } else { 1e-4 };
-    let kmax = known.iter().filter_map(|p| p.kld).fold(floor * 10.0, f64::max);
-    let (ylo, yhi) = (floor.log10().floor(), kmax.log10().ceil().max(floor.log10().floor() + 1.0));
-    let smax = points.iter().map(|p| p.size_mib).fold(0.0, f64::max).max(1e-9) * 1.08;
+    let floor = if floor.is_finite() && floor > 0.0 {
+        floor
+    } else {
+        1e-4
+    };
+    let kmax = known
+        .iter()
+        .filter_map(|p| p.kld)
+        .fold(floor * 10.0, f64::max);
+    let (ylo, yhi) = (
+        floor.log10().floor(),
+        kmax.log10().ceil().max(floor.log10().floor() + 1.0),
+    );
+    let smax = points
+        .iter()
+        .map(|p| p.size_mib)
+        .fold(0.0, f64::max)
+        .max(1e-9)
+        * 1.08;
     let tmax = points.iter().filter_map(|p| p.tg_ts).fold(0.0, f64::max);
     let x = |s: f64| LEFT + (W - LEFT - RIGHT) * (s / smax);
     let y = |k: f64| {
@@ -55,7 +72,12 @@ pub fn svg(title: &str, points: &[Point]) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="DejaVu Sans, Arial, sans-serif">"#
     );
     let _ = writeln!(o, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
-    let _ = writeln!(o, r#"<text x="{}" y="30" font-size="18" text-anchor="middle">{}</text>"#, W / 2.0, esc(title));
+    let _ = writeln!(
+        o,
+        r#"<text x="{}" y="30" font-size="18" text-anchor="middle">{}</text>"#,
+        W / 2.0,
+        esc(title)
+    );
     // Grid and axes.
     let mut e = ylo as i32;
     while e as f64 <= yhi {
@@ -113,8 +135,15 @@ pub fn svg(title: &str, points: &[Point]) -> String {
             _ => 6.0,
         };
         let color = if p.is_reference { "#2a7" } else { "#36c" };
-        let speed = p.tg_ts.map(|t| format!(", tg {t:.1} t/s")).unwrap_or_default();
-        let kl = if p.is_reference { "reference".to_string() } else { format!("KLD {k:.4}") };
+        let speed = p
+            .tg_ts
+            .map(|t| format!(", tg {t:.1} t/s"))
+            .unwrap_or_default();
+        let kl = if p.is_reference {
+            "reference".to_string()
+        } else {
+            format!("KLD {k:.4}")
+        };
         let _ = writeln!(
             o,
             r#"<circle cx="{cx:.1}" cy="{cy:.1}" r="{r:.1}" fill="{color}" fill-opacity="0.55" stroke="{color}"/><text x="{:.1}" y="{:.1}" font-size="12">{} ({:.2} bpw, {}{})</text>"#,
@@ -126,7 +155,11 @@ pub fn svg(title: &str, points: &[Point]) -> String {
             speed
         );
     }
-    let failed: Vec<&str> = points.iter().filter(|p| p.kld.is_none()).map(|p| p.label.as_str()).collect();
+    let failed: Vec<&str> = points
+        .iter()
+        .filter(|p| p.kld.is_none())
+        .map(|p| p.label.as_str())
+        .collect();
     if !failed.is_empty() {
         let _ = writeln!(
             o,
@@ -145,8 +178,13 @@ pub fn png(svg: &str) -> Result<Vec<u8>> {
     opt.fontdb_mut().load_system_fonts();
     let tree = resvg::usvg::Tree::from_str(svg, &opt).context("chart SVG does not parse")?;
     let size = tree.size().to_int_size();
-    let mut pixmap = resvg::tiny_skia::Pixmap::new(size.width(), size.height()).context("chart size")?;
-    resvg::render(&tree, resvg::tiny_skia::Transform::default(), &mut pixmap.as_mut());
+    let mut pixmap =
+        resvg::tiny_skia::Pixmap::new(size.width(), size.height()).context("chart size")?;
+    resvg::render(
+        &tree,
+        resvg::tiny_skia::Transform::default(),
+        &mut pixmap.as_mut(),
+    );
     pixmap.encode_png().context("PNG encoding")
 }
 
@@ -157,9 +195,30 @@ mod tests {
     #[test]
     fn chart_has_a_point_per_measured_variant_and_renders() {
         let pts = vec![
-            Point { label: "F16".into(), size_mib: 100.0, bits_per_weight: 16.0, kld: Some(0.0), tg_ts: Some(10.0), is_reference: true },
-            Point { label: "Q4_K_M".into(), size_mib: 30.0, bits_per_weight: 4.9, kld: Some(0.02), tg_ts: Some(30.0), is_reference: false },
-            Point { label: "Q2_K".into(), size_mib: 20.0, bits_per_weight: 3.1, kld: None, tg_ts: None, is_reference: false },
+            Point {
+                label: "F16".into(),
+                size_mib: 100.0,
+                bits_per_weight: 16.0,
+                kld: Some(0.0),
+                tg_ts: Some(10.0),
+                is_reference: true,
+            },
+            Point {
+                label: "Q4_K_M".into(),
+                size_mib: 30.0,
+                bits_per_weight: 4.9,
+                kld: Some(0.02),
+                tg_ts: Some(30.0),
+                is_reference: false,
+            },
+            Point {
+                label: "Q2_K".into(),
+                size_mib: 20.0,
+                bits_per_weight: 3.1,
+                kld: None,
+                tg_ts: None,
+                is_reference: false,
+            },
         ];
         let s = svg("test <model>", &pts);
         assert_eq!(s.matches("<circle").count(), 2);

@@ -16,11 +16,16 @@ fn bench_ts(row: &SweepRow, prefix: &str) -> Option<(f64, f64, String)> {
 }
 
 fn peak_mib(row: &SweepRow) -> Option<f64> {
-    row.bench.iter().map(|b| b.peak_rss_bytes).max().map(|b| b as f64 / 1048576.0)
+    row.bench
+        .iter()
+        .map(|b| b.peak_rss_bytes)
+        .max()
+        .map(|b| b as f64 / 1048576.0)
 }
 
 fn opt(v: Option<f64>, digits: usize) -> String {
-    v.map(|x| format!("{x:.digits$}")).unwrap_or_else(|| "-".into())
+    v.map(|x| format!("{x:.digits$}"))
+        .unwrap_or_else(|| "-".into())
 }
 
 const COLUMNS: [&str; 13] = [
@@ -63,10 +68,18 @@ fn cells(r: &SweepRow) -> Vec<String> {
 /// report.csv: one row per variant.
 pub fn csv(rep: &SweepReport) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "{},task_same_as_reference_pct,is_reference,file,error", COLUMNS.join(","));
+    let _ = writeln!(
+        s,
+        "{},task_same_as_reference_pct,is_reference,file,error",
+        COLUMNS.join(",")
+    );
     for r in &rep.rows {
         let q = |x: &str| format!("\"{}\"", x.replace('"', "\"\""));
-        let e = r.eval.as_ref().map(|e| format!("{:.1}", e.task_same_as_reference_pct)).unwrap_or_else(|| "-".into());
+        let e = r
+            .eval
+            .as_ref()
+            .map(|e| format!("{:.1}", e.task_same_as_reference_pct))
+            .unwrap_or_else(|| "-".into());
         let _ = writeln!(
             s,
             "{},{e},{},{},{}",
@@ -85,13 +98,21 @@ pub fn markdown(rep: &SweepReport) -> String {
     let b = &rep.bench_settings;
     let _ = writeln!(s, "# kiln sweep: {}\n", rep.model);
     let _ = writeln!(s, "- input: `{}`", rep.input);
-    let _ = writeln!(s, "- reference (KLD, same-top-token and task agreement are against it): {}", rep.reference);
+    let _ = writeln!(
+        s,
+        "- reference (KLD, same-top-token and task agreement are against it): {}",
+        rep.reference
+    );
     let _ = writeln!(
         s,
         "- machine: {}, {} cores, {:.0} GiB, {}",
         rep.machine.cpu, rep.machine.cores, rep.machine.memory_gib, rep.machine.os
     );
-    let _ = writeln!(s, "- conversion: every variant in one pass over the input, {:.1} s", rep.convert_seconds);
+    let _ = writeln!(
+        s,
+        "- conversion: every variant in one pass over the input, {:.1} s",
+        rep.convert_seconds
+    );
     let _ = writeln!(
         s,
         "- speed: llama-bench's definitions, pp{} / tg{}, {} repetitions, {} threads, batch {}, ubatch {}, KV cache {}, flash attention {}",
@@ -104,18 +125,39 @@ pub fn markdown(rep: &SweepReport) -> String {
         b.cache_type.first().cloned().unwrap_or_default(),
         if b.flash_attn.first().copied().unwrap_or(false) { "on" } else { "off" }
     );
-    let _ = writeln!(s, "- quality: llama-perplexity's definitions, context {}, text: {}\n", rep.eval_n_ctx, rep.eval_text);
+    let _ = writeln!(
+        s,
+        "- quality: llama-perplexity's definitions, context {}, text: {}\n",
+        rep.eval_n_ctx, rep.eval_text
+    );
     let _ = writeln!(s, "![quality against size](chart.svg)\n");
     let _ = writeln!(
         s,
         "| type | size MiB | bits/weight | pp t/s | tg t/s | peak MiB | PPL | mean KLD | KLD p99 | same top % | task correct % | task = reference % |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     for r in &rep.rows {
         let c = cells(r);
-        let ts = |m: &str, d: &str| if m == "-" { "-".to_string() } else { format!("{m} ± {d}") };
-        let same = r.eval.as_ref().map(|e| format!("{:.1}", e.task_same_as_reference_pct)).unwrap_or_else(|| "-".into());
-        let name = if r.is_reference { format!("{} (reference)", c[0]) } else { c[0].clone() };
+        let ts = |m: &str, d: &str| {
+            if m == "-" {
+                "-".to_string()
+            } else {
+                format!("{m} ± {d}")
+            }
+        };
+        let same = r
+            .eval
+            .as_ref()
+            .map(|e| format!("{:.1}", e.task_same_as_reference_pct))
+            .unwrap_or_else(|| "-".into());
+        let name = if r.is_reference {
+            format!("{} (reference)", c[0])
+        } else {
+            c[0].clone()
+        };
         let _ = writeln!(
             s,
             "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {same} |",
@@ -135,7 +177,12 @@ pub fn markdown(rep: &SweepReport) -> String {
     if !failed.is_empty() {
         let _ = writeln!(s, "\nNot measured:\n");
         for r in failed {
-            let _ = writeln!(s, "- {}: {}", r.r#type, r.error.as_deref().unwrap_or_default());
+            let _ = writeln!(
+                s,
+                "- {}: {}",
+                r.r#type,
+                r.error.as_deref().unwrap_or_default()
+            );
         }
     }
     let _ = writeln!(
@@ -172,7 +219,10 @@ pub fn write(rep: &SweepReport, dir: &Path) -> Result<()> {
             is_reference: r.is_reference,
         })
         .collect();
-    let svg = chart::svg(&format!("{}: quality lost against size", rep.model), &points);
+    let svg = chart::svg(
+        &format!("{}: quality lost against size", rep.model),
+        &points,
+    );
     put("chart.svg", svg.as_bytes())?;
     put("chart.png", &chart::png(&svg)?)?;
     Ok(())

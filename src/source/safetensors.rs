@@ -295,13 +295,18 @@ impl Checkpoint {
     /// Lets the kernel drop the pages of a tensor already converted (see
     /// `GgufFile::release`).
     pub fn release(&self, t: &SrcTensor) {
+        self.release_range(t, 0, t.end - t.start);
+    }
+
+    /// [`Checkpoint::release`] for `len` bytes at `offset` within a tensor's data.
+    pub fn release_range(&self, t: &SrcTensor, offset: usize, len: usize) {
         // Safety: read-only file mapping; dropped clean pages are reloaded from the file.
         #[cfg(unix)]
         unsafe {
             let _ = self.files[t.file].map.unchecked_advise_range(
                 memmap2::UncheckedAdvice::DontNeed,
-                t.start,
-                t.end - t.start,
+                t.start + offset,
+                len.min(t.end - t.start - offset),
             );
         }
     }
