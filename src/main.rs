@@ -522,6 +522,40 @@ fn convert_demo(out: &std::path::Path, types: &[String]) -> anyhow::Result<()> {
     }
     println!("\nkiln s: checkpoint -> GGUF in one pass; llama.cpp s: llama_model_quantize from the F32 GGUF (the second half of llama.cpp's two-step path).");
     anyhow::ensure!(ok, "some files differ from llama.cpp's");
+
+    // Then the sweep: bench and evaluate every type against the highest-precision one.
+    let report_dir = out.join("fixture-llama-sweep");
+    println!("\nkiln sweep of the fixture -> {}\n", report_dir.display());
+    let opts = kiln::sweep::SweepOptions {
+        types,
+        out_dir: report_dir.clone(),
+        reference: None,
+        allow_requantize: false,
+        imatrix: None,
+        force: true,
+        bench: kiln::runner::BenchOptions {
+            n_prompt: vec![128],
+            n_gen: vec![32],
+            repetitions: 3,
+            ..Default::default()
+        },
+        eval: kiln::runner::EvalOptions {
+            n_ctx: 256,
+            max_answer_tokens: 16,
+            ..Default::default()
+        },
+        skip_bench: false,
+        skip_eval: false,
+    };
+    let mut p = progress_line();
+    let rep = kiln::sweep::run(&out.join("fixture-llama"), &opts, &mut p)?;
+    kiln::report::write(&rep, &report_dir)?;
+    print!("{}", kiln::report::markdown(&rep));
+    println!(
+        "\nreport: {} (and report.json, report.csv, chart.svg, chart.png)",
+        report_dir.join("report.md").display()
+    );
+    println!("The fixture has random weights: its perplexity is high and its answers are noise; the point is the measurement.");
     Ok(())
 }
 

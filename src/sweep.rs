@@ -100,6 +100,12 @@ pub struct SweepReport {
     pub rows: Vec<SweepRow>,
 }
 
+/// Resets the process's peak resident memory (VmHWM) to its current value, so that each
+/// variant's benchmark reports its own peak (Linux: writing 5 to /proc/self/clear_refs).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 /// The order of precision (highest first) used to pick the reference.
 fn precision_rank(f: FileType) -> usize {
     FileType::ALL
@@ -185,6 +191,7 @@ pub fn run(
         };
         if !opts.skip_bench {
             progress(&format!("bench {}", t.name()));
+            reset_peak_rss();
             match bench::run(std::slice::from_ref(&file), &opts.bench, &mut |l| {
                 progress(l)
             }) {

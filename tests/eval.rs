@@ -167,7 +167,12 @@ fn cache_is_a_llama_perplexity_base_file_and_is_reused() {
     let o = opts(&cache, 2);
 
     let mut log1 = Vec::new();
-    let t0 = std::time::Instant::now(); let r1 = eval::run(&files, &m.f32, &o, &mut |s| { eprintln!("{:?} {s}", t0.elapsed()); log1.push(s.to_string()) }).unwrap();
+    let t0 = std::time::Instant::now();
+    let r1 = eval::run(&files, &m.f32, &o, &mut |s| {
+        eprintln!("{:?} {s}", t0.elapsed());
+        log1.push(s.to_string())
+    })
+    .unwrap();
     assert!(
         log1.iter()
             .any(|s| s.contains("computing log-probabilities")),
@@ -353,7 +358,7 @@ fn question_set_errors_name_the_line() {
     o.questions = Some(bad);
     let e = format!(
         "{:#}",
-        eval::run(&[m.q8_0.clone()], &m.f32, &o, &mut |_| {}).unwrap_err()
+        eval::run(std::slice::from_ref(&m.q8_0), &m.f32, &o, &mut |_| {}).unwrap_err()
     );
     assert!(
         e.contains("bad-questions.jsonl") && e.contains("line 2"),
@@ -374,7 +379,7 @@ fn too_short_text_says_how_many_tokens_are_needed() {
     o.text = Some(short);
     let e = format!(
         "{:#}",
-        eval::run(&[m.q8_0.clone()], &m.f32, &o, &mut |_| {}).unwrap_err()
+        eval::run(std::slice::from_ref(&m.q8_0), &m.f32, &o, &mut |_| {}).unwrap_err()
     );
     assert!(e.contains("short.txt") && e.contains("at least 256"), "{e}");
 }
@@ -387,14 +392,30 @@ fn unloadable_files_are_named() {
     let o = opts(&fresh_dir("cache-bad"), 2);
     let e = format!(
         "{:#}",
-        eval::run(&[m.q8_0.clone()], &bad, &o, &mut |_| {}).unwrap_err()
+        eval::run(std::slice::from_ref(&m.q8_0), &bad, &o, &mut |_| {}).unwrap_err()
     );
     assert!(e.contains("not-a-model.gguf"), "{e}");
     let e = format!(
         "{:#}",
-        eval::run(&[bad.clone()], &m.f32, &o, &mut |_| {}).unwrap_err()
+        eval::run(std::slice::from_ref(&bad), &m.f32, &o, &mut |_| {}).unwrap_err()
     );
     assert!(e.contains("not-a-model.gguf"), "{e}");
+    // A valid GGUF that llama.cpp refuses (an architecture it does not know).
+    let unknown = tmp().join("unknown-arch.gguf");
+    let mut md = kiln::gguf::Metadata::new();
+    md.set(
+        "general.architecture",
+        kiln::gguf::Value::Str("no-such-arch".into()),
+    );
+    std::fs::write(&unknown, kiln::gguf::writer::header_bytes(&md, &[]).0).unwrap();
+    let e = format!(
+        "{:#}",
+        eval::run(std::slice::from_ref(&unknown), &m.f32, &o, &mut |_| {}).unwrap_err()
+    );
+    assert!(
+        e.contains("unknown-arch.gguf") && e.contains("llama.cpp"),
+        "{e}"
+    );
     let missing = tmp().join("missing.gguf");
     let e = format!(
         "{:#}",
@@ -413,4 +434,97 @@ fn bundled_text_and_questions_are_usable() {
     let model = kiln::llama::load(&models().f32).unwrap();
     let n = kiln::llama::tokenize(&model, text, true).len();
     assert!(n >= 4 * 512, "the bundled text is {n} tokens");
+}
+
+/// With `KILN_LLAMA_PERPLEXITY` pointing at a `llama-perplexity` binary (built from llama.cpp's
+/// tools/perplexity; not part of the crate's copy), kiln's cache must be byte-identical to its
+/// `--kl-divergence-base` file, and its `--kl-divergence` statistics must equal kiln's.
+#[test]
+fn matches_llama_perplexity_when_available() {
+    let Some(exe) = std::env::var_os("KILN_LLAMA_PERPLEXITY") else {
+        eprintln!("skipped: set KILN_LLAMA_PERPLEXITY to a llama-perplexity binary");
+        return;
+    };
+    let m = models();
+    let cache = fresh_dir("cache-llama-perplexity");
+    let text = tmp().join("text.txt");
+    std::fs::write(&text, eval::default_text()).unwrap();
+    let mut o = opts(&cache, 0);
+    o.text = Some(text.clone());
+    o.max_answer_tokens = 0;
+    let files = vec![m.f32.clone(), m.q8_0.clone(), m.q2_k.clone()];
+    let r = eval::run(&files, &m.f32, &o, &mut |_| {}).unwrap();
+    let ours = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".bin"))
+        .unwrap();
+    let theirs = cache.join("llama-perplexity-base.bin");
+    let run = |args: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new(&exe)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let os = |s: &'static str| std::ffi::OsStr::new(s);
+    run(&[
+        os("-m"),
+        m.f32.as_os_str(),
+        os("-f"),
+        text.as_os_str(),
+        os("-c"),
+        os("128"),
+        os("-t"),
+        os("2"),
+        os("--kl-divergence-base"),
+        theirs.as_os_str(),
+    ]);
+    assert!(
+        std::fs::read(&ours).unwrap() == std::fs::read(&theirs).unwrap(),
+        "kiln's cache differs from llama-perplexity's base file"
+    );
+    for (file, ours) in files.iter().zip(&r) {
+        let log = run(&[
+            os("-m"),
+            file.as_os_str(),
+            os("-c"),
+            os("128"),
+            os("-t"),
+            os("2"),
+            os("--kl-divergence-base"),
+            theirs.as_os_str(),
+            os("--kl-divergence"),
+        ]);
+        let value = |label: &str| -> Vec<f64> {
+            let line = log
+                .lines()
+                .find(|l| l.starts_with(label) && l.contains(':'))
+                .unwrap_or_else(|| panic!("{label}"));
+            line[line.find(':').unwrap() + 1..]
+                .split(['±', '%'])
+                .filter_map(|x| x.trim().parse().ok())
+                .collect()
+        };
+        let near = |a: f64, b: f64, decimals: i32| (a - b).abs() <= 0.51 * 10f64.powi(-decimals);
+        let ppl = value("Mean PPL(Q) ");
+        let kld = value("Mean    KLD");
+        let p99 = value("99.0%   KLD");
+        let top = value("Same top p");
+        assert!(
+            near(ours.ppl, ppl[0], 6) && near(ours.ppl_stderr, ppl[1], 6),
+            "{ppl:?} {ours:?}"
+        );
+        assert!(
+            near(ours.kld_mean, kld[0], 6) && near(ours.kld_stderr, kld[1], 6),
+            "{kld:?}"
+        );
+        assert!(near(ours.kld_p99, p99[0], 6), "{p99:?}");
+        assert!(near(ours.same_top_pct, top[0], 3), "{top:?}");
+    }
 }

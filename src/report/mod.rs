@@ -58,7 +58,17 @@ fn cells(r: &SweepRow) -> Vec<String> {
         opt(tg.as_ref().map(|p| p.1), 2),
         opt(peak_mib(r), 1),
         opt(e.map(|e| e.ppl), 4),
-        opt(e.map(|e| e.kld_mean), 6),
+        // The reference against itself can come out a rounding error below zero.
+        opt(
+            e.map(|e| {
+                if e.kld_mean.abs() < 5e-7 {
+                    0.0
+                } else {
+                    e.kld_mean
+                }
+            }),
+            6,
+        ),
         opt(e.map(|e| e.kld_p99), 6),
         opt(e.map(|e| e.same_top_pct), 2),
         opt(e.map(|e| e.task_contains_pct), 1),

@@ -74,7 +74,7 @@ pub fn run(
         if opts.flash_attn.contains(&false) {
             bail!(
                 "bench: the {} KV cache needs flash attention (llama.cpp quantizes the V cache \
-                 only with it): use flash attention on only",
+                 only with it): use -fa 1 alone",
                 type_name(q)
             );
         }
@@ -90,77 +90,82 @@ pub fn run(
     let mut out = Vec::new();
     for (file, &file_size) in files.iter().zip(&sizes) {
         for &ngl in &opts.n_gpu_layers {
+            // one load per file and model-affecting setting, as llama-bench keeps its model
             let t0 = Instant::now();
             let model = Model::load(file, ngl)?;
             let load_ms = t0.elapsed().as_secs_f64() * 1e3;
             let info = ModelInfo::read(&model, file)?;
-            for &n_batch in &opts.batch {
-                for &n_ubatch in &opts.ubatch {
-                    for &cache in &cache_types {
-                        for &flash_attn in &opts.flash_attn {
-                            for &n_threads in &opts.threads {
-                                let tests = opts
-                                    .n_prompt
-                                    .iter()
-                                    .filter(|&&n| n > 0)
-                                    .map(|&n| (n, 0))
-                                    .chain(opts.n_gen.iter().filter(|&&n| n > 0).map(|&n| (0, n)));
-                                for (n_prompt, n_gen) in tests {
-                                    let t = Test {
-                                        n_prompt,
-                                        n_gen,
-                                        n_batch,
-                                        n_ubatch,
-                                        cache,
-                                        flash_attn,
-                                        n_threads,
-                                        n_gpu_layers: ngl,
-                                        repetitions: opts.repetitions,
-                                    };
-                                    let r = run_test(&model, &info, &t, &mut rng).with_context(
-                                        || format!("{}: {}", file.display(), t.describe()),
-                                    )?;
-                                    let result = BenchResult {
-                                        model_filename: file.display().to_string(),
-                                        model_size: info.model_size,
-                                        model_n_params: info.n_params,
-                                        n_threads,
-                                        n_batch,
-                                        n_ubatch,
-                                        type_k: type_name(cache),
-                                        type_v: type_name(cache),
-                                        flash_attn,
-                                        n_gpu_layers: ngl,
-                                        n_prompt,
-                                        n_gen,
-                                        test: t.name(),
-                                        avg_ts: mean(&r.samples_ts),
-                                        stddev_ts: stddev(&r.samples_ts),
-                                        samples_ts: r.samples_ts,
-                                        samples_ns: r.samples_ns,
-                                        file_size,
-                                        bits_per_weight: if info.n_params > 0 {
-                                            info.model_size as f64 * 8.0 / info.n_params as f64
-                                        } else {
-                                            0.0
-                                        },
-                                        load_ms,
-                                        model_buffer_bytes: info.model_size,
-                                        kv_cache_bytes: r.kv_cache_bytes,
-                                        peak_rss_bytes: peak_rss_bytes(),
-                                        tokens_counted: r.tokens_counted,
-                                    };
-                                    progress(&progress_line(&result));
-                                    out.push(result);
-                                }
-                            }
+            for t in matrix(opts, &cache_types, ngl) {
+                let r = run_test(&model, &info, &t, &mut rng)
+                    .with_context(|| format!("{}: {}", file.display(), t.describe()))?;
+                let result = BenchResult {
+                    model_filename: file.display().to_string(),
+                    model_size: info.model_size,
+                    model_n_params: info.n_params,
+                    n_threads: t.n_threads,
+                    n_batch: t.n_batch,
+                    n_ubatch: t.n_ubatch,
+                    type_k: type_name(t.cache),
+                    type_v: type_name(t.cache),
+                    flash_attn: t.flash_attn,
+                    n_gpu_layers: ngl,
+                    n_prompt: t.n_prompt,
+                    n_gen: t.n_gen,
+                    test: t.name(),
+                    avg_ts: mean(&r.samples_ts),
+                    stddev_ts: stddev(&r.samples_ts),
+                    samples_ts: r.samples_ts,
+                    samples_ns: r.samples_ns,
+                    file_size,
+                    bits_per_weight: if info.n_params > 0 {
+                        info.model_size as f64 * 8.0 / info.n_params as f64
+                    } else {
+                        0.0
+                    },
+                    load_ms,
+                    model_buffer_bytes: info.model_size,
+                    kv_cache_bytes: r.kv_cache_bytes,
+                    peak_rss_bytes: peak_rss_bytes(),
+                    tokens_counted: r.tokens_counted,
+                };
+                progress(&progress_line(&result));
+                out.push(result);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The tests for one loaded model, in llama-bench's order: batch, micro-batch, cache type,
+/// flash attention, threads, then the pp tests and the tg tests.
+fn matrix(o: &BenchOptions, cache_types: &[sys::ggml_type], ngl: u32) -> Vec<Test> {
+    let mut v = Vec::new();
+    for &n_batch in &o.batch {
+        for &n_ubatch in &o.ubatch {
+            for &cache in cache_types {
+                for &flash_attn in &o.flash_attn {
+                    for &n_threads in &o.threads {
+                        let pp = o.n_prompt.iter().filter(|&&n| n > 0).map(|&n| (n, 0));
+                        let tg = o.n_gen.iter().filter(|&&n| n > 0).map(|&n| (0, n));
+                        for (n_prompt, n_gen) in pp.chain(tg) {
+                            v.push(Test {
+                                n_prompt,
+                                n_gen,
+                                n_batch,
+                                n_ubatch,
+                                cache,
+                                flash_attn,
+                                n_threads,
+                                n_gpu_layers: ngl,
+                                repetitions: o.repetitions,
+                            });
                         }
                     }
                 }
             }
         }
     }
-    Ok(out)
+    v
 }
 
 fn check_options(o: &BenchOptions) -> Result<()> {
@@ -526,7 +531,7 @@ fn parse_ints(s: &str) -> Option<Vec<i64>> {
 /// sets it) `pad256(min(n_ctx, n_swa + n_ubatch))`. This is the sum llama.cpp logs as
 /// `llama_kv_cache: size = ...`; llama.cpp's C API has no query for it. Architectures with other
 /// memory (recurrent state, MLA, other sliding-window patterns) are sized as plain attention.
-pub fn kv_cache_bytes_for(
+fn kv_cache_bytes_for(
     layers: &[(i64, i64, bool)],
     n_swa: u32,
     n_ctx: u32,

@@ -6,10 +6,15 @@
 //!
 //! - The text is tokenized once, with BOS when the vocabulary adds it. It must hold at least
 //!   `2 * n_ctx` tokens (llama-perplexity's minimum). It is cut into `n_chunk = tokens / n_ctx`
-//!   chunks of `n_ctx` tokens (at most `max_chunks`); each chunk is decoded from an empty KV cache
-//!   in batches of `min(n_ctx, 2048)` tokens, its first token replaced by BOS when the vocabulary
-//!   adds BOS. Only the second half is scored: the logits at positions `first = n_ctx/2` to
-//!   `n_ctx - 2` predict the next token, so a chunk scores `n_ctx - 1 - n_ctx/2` tokens.
+//!   chunks of `n_ctx` tokens (at most `max_chunks`). Chunks are decoded as llama-perplexity
+//!   decodes them with its default `-b 2048`: `n_seq = max(1, 2048/n_ctx)` chunks side by side,
+//!   one sequence each, in a context of `n_seq * n_ctx` cells (f16 KV cache, flash attention
+//!   auto, physical batch 512), the KV cache cleared before each group, batches of
+//!   `min(2048, n_seq * n_ctx)` tokens, each chunk's first token replaced by BOS when the
+//!   vocabulary adds BOS. Only the second half is scored: the logits at positions
+//!   `first = n_ctx/2` to `n_ctx - 2` predict the next token, so a chunk scores
+//!   `n_ctx - 1 - n_ctx/2` tokens. (Batch composition changes llama.cpp's logits in the last
+//!   bits, so the layout is copied, not only the definitions.)
 //! - The reference's distributions are stored exactly as llama-perplexity's
 //!   `--kl-divergence-base` file stores them: per scored token, the log-softmax quantized to
 //!   uint16 between `max - 16` and `max` with a per-token scale and minimum (see [`cache`]).
@@ -31,6 +36,18 @@
 //! The reference's log-probabilities and answers are computed once and cached on disk (keyed by
 //! the reference file's size, mtime and the sha256 of its first MiB, by the text and by the
 //! options), under `EvalOptions::cache_dir` or beside the reference.
+//!
+//! Checked against llama-perplexity itself (built from the llama.cpp tools source, same ggml
+//! flags; `tests/eval.rs` with `KILN_LLAMA_PERPLEXITY` set): the cache file is byte-identical to
+//! its `--kl-divergence-base` file for n_ctx 128 (16 sequences per batch), 512 (groups of 4 and
+//! 3) and 3000 (two batches per chunk), and PPL, KLD, KLD_99 and same-top agree to every printed
+//! digit.
+//!
+//! Where kiln differs from llama-perplexity: it refuses (rather than logs and continues) a model
+//! whose vocabulary size or tokenization of the text differs from the reference's; it computes
+//! KLD_99 even below 100 scored tokens (llama-perplexity prints no percentiles then); per-token
+//! values are summed in token order (llama-perplexity's worker threads add partial sums in
+//! whatever order they finish, which moves the last bits of a sum).
 
 use super::{EvalOptions, EvalResult};
 use crate::llama;
@@ -558,78 +575,113 @@ fn write_atomically(
 // ---------------------------------------------------------------------------------------------
 // Decoding chunks
 
-fn ppl_context<'m>(model: &'m LlamaModel, n_ctx: u32, threads: u32) -> Result<LlamaContext<'m>> {
-    let n_batch = n_ctx.min(N_BATCH_MAX);
+/// How llama-perplexity lays out its decoding for a context of `n_ctx`: `n_seq` chunks side by
+/// side in one batch (`n_seq = max(1, n_batch / n_ctx)` with its default `-b 2048`), each in its
+/// own sequence of a context of `n_seq * n_ctx` cells, and batches of `n_batch` tokens.
+#[derive(Clone, Copy, Debug)]
+struct Layout {
+    n_ctx: usize,
+    n_seq: usize,
+    n_batch: usize,
+}
+
+impl Layout {
+    fn new(n_ctx: u32) -> Layout {
+        let n_ctx = n_ctx as usize;
+        let n_seq = (N_BATCH_MAX as usize / n_ctx).max(1);
+        Layout {
+            n_ctx,
+            n_seq,
+            n_batch: (N_BATCH_MAX as usize).min(n_seq * n_ctx),
+        }
+    }
+    fn first(&self) -> usize {
+        self.n_ctx / 2
+    }
+    fn n_scored(&self) -> usize {
+        self.n_ctx - 1 - self.first()
+    }
+}
+
+fn ppl_context<'m>(model: &'m LlamaModel, l: &Layout, threads: u32) -> Result<LlamaContext<'m>> {
+    let total = (l.n_seq * l.n_ctx) as u32;
     let p = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(n_ctx))
-        .with_n_batch(n_batch)
-        .with_n_ubatch(n_batch.min(N_UBATCH_MAX))
+        .with_n_ctx(NonZeroU32::new(total))
+        .with_n_batch(l.n_batch as u32)
+        .with_n_ubatch((l.n_batch as u32).min(N_UBATCH_MAX))
+        .with_n_seq_max(l.n_seq as u32)
         .with_n_threads(threads as i32)
         .with_n_threads_batch(threads as i32)
         .with_swa_full(false);
     model
         .new_context(llama::backend(), p)
-        .map_err(|e| anyhow!("llama.cpp context (n_ctx {n_ctx}): {e}"))
+        .map_err(|e| anyhow!("llama.cpp context (n_ctx {total}): {e}"))
 }
 
-/// Decodes one chunk as llama-perplexity does and hands `f` the logits of the scored positions
-/// (`first .. n_ctx-1`, one row of n_vocab per position).
-fn with_chunk_logits<R>(
+/// Decodes a group of consecutive chunks (`tokens`: `n_seq_batch * n_ctx` of them) as
+/// llama-perplexity does: the KV cache cleared, chunk `s` in sequence `s`, its first token
+/// replaced by `bos` when the vocabulary adds BOS, logits requested from position `n_ctx/2` on.
+/// Calls `f(s, rows)` for each chunk with the logits of its scored positions (`n_ctx/2 ..
+/// n_ctx-1`, one row of n_vocab per position).
+fn with_group_logits(
     ctx: &mut LlamaContext,
-    chunk: &[i32],
+    l: &Layout,
+    tokens: &[i32],
     bos: Option<i32>,
     n_vocab: usize,
-    f: impl FnOnce(&[&[f32]]) -> R,
-) -> Result<R> {
-    let n_ctx = chunk.len();
-    let first = n_ctx / 2;
-    let n_batch = (n_ctx as u32).min(N_BATCH_MAX) as usize;
-    let num_batches = n_ctx.div_ceil(n_batch);
+    mut f: impl FnMut(usize, &[&[f32]]) -> Result<()>,
+) -> Result<()> {
+    let n_ctx = l.n_ctx;
+    let first = l.first();
+    let n_seq_batch = tokens.len() / n_ctx;
+    let num_batches = n_ctx.div_ceil(l.n_batch);
     ctx.clear_kv_cache();
-    let mut batch = LlamaBatch::new(n_batch, 1);
+    let mut batch = LlamaBatch::new(l.n_batch, n_seq_batch as i32);
+    // n_seq_batch is 1 whenever num_batches > 1 (n_ctx > n_batch).
     let mut owned: Vec<f32> = Vec::new();
     for j in 0..num_batches {
-        let start = j * n_batch;
-        let size = (n_ctx - start).min(n_batch);
+        let batch_start = j * l.n_batch;
+        let size = (n_ctx - batch_start).min(l.n_batch);
         batch.clear();
-        let mut n_outputs = 0;
-        for k in 0..size {
-            let pos = start + k;
-            let tok = match (pos, bos) {
-                (0, Some(b)) => b,
-                _ => chunk[pos],
-            };
-            let need = pos >= first;
-            batch.add(LlamaToken(tok), pos as i32, &[0], need)?;
-            n_outputs += need as usize;
+        for s in 0..n_seq_batch {
+            for k in 0..size {
+                let pos = batch_start + k;
+                let tok = match (pos, bos) {
+                    (0, Some(b)) => b,
+                    _ => tokens[s * n_ctx + pos],
+                };
+                batch.add(LlamaToken(tok), pos as i32, &[s as i32], pos >= first)?;
+            }
         }
         ctx.decode(&mut batch)
             .map_err(|e| anyhow!("llama.cpp decode: {e}"))?;
         if num_batches > 1 {
             for k in 0..size {
-                if start + k >= first {
+                if batch_start + k >= first {
                     owned.extend_from_slice(ctx.get_logits_ith(k as i32));
                 }
             }
-            debug_assert!(n_outputs > 0 || start + size <= first);
         }
     }
-    let n_scored = n_ctx - 1 - first;
-    let rows: Vec<&[f32]> = if num_batches > 1 {
-        owned.chunks_exact(n_vocab).take(n_scored).collect()
-    } else {
-        (first..first + n_scored)
-            .map(|p| ctx.get_logits_ith(p as i32))
-            .collect()
-    };
-    for r in &rows {
-        ensure!(
-            r.len() == n_vocab,
-            "llama.cpp returned {} logits, expected {n_vocab}",
-            r.len()
-        );
+    let n_scored = l.n_scored();
+    for s in 0..n_seq_batch {
+        let rows: Vec<&[f32]> = if num_batches > 1 {
+            owned.chunks_exact(n_vocab).take(n_scored).collect()
+        } else {
+            (0..n_scored)
+                .map(|r| ctx.get_logits_ith((s * n_ctx + first + r) as i32))
+                .collect()
+        };
+        for r in &rows {
+            ensure!(
+                r.len() == n_vocab,
+                "llama.cpp returned {} logits, expected {n_vocab}",
+                r.len()
+            );
+        }
+        f(s, &rows)?;
     }
-    Ok(f(&rows))
+    Ok(())
 }
 
 /// Scores one chunk's rows against the reference's records, in parallel, accumulated in order.
@@ -704,19 +756,23 @@ fn build_base(
         tokens: tokens[..n_chunk * n_ctx].to_vec(),
     };
     let nv = record_len(n_vocab);
-    let first = n_ctx / 2;
-    let mut ctx = ppl_context(model, opts.n_ctx, opts.threads)?;
+    let l = Layout::new(opts.n_ctx);
+    let first = l.first();
+    let mut ctx = ppl_context(model, &l, opts.threads)?;
     let mut rec = vec![0u16; header.chunk_slots()];
     write_atomically(path, |w| {
         header.write(w)?;
-        for c in 0..n_chunk {
+        for i in (0..n_chunk).step_by(l.n_seq) {
+            let n_seq_batch = l.n_seq.min(n_chunk - i);
             progress(&format!(
-                "reference {}: chunk {}/{n_chunk}",
+                "reference {}: chunks {}-{} of {n_chunk}",
                 file_name(reference),
-                c + 1
+                i + 1,
+                i + n_seq_batch
             ));
-            let chunk = &header.tokens[c * n_ctx..(c + 1) * n_ctx];
-            with_chunk_logits(&mut ctx, chunk, bos, n_vocab, |rows| {
+            let group = &header.tokens[i * n_ctx..(i + n_seq_batch) * n_ctx];
+            with_group_logits(&mut ctx, &l, group, bos, n_vocab, |s, rows| {
+                let chunk = &group[s * n_ctx..(s + 1) * n_ctx];
                 rec.par_chunks_mut(nv)
                     .zip(rows.par_iter())
                     .enumerate()
@@ -726,9 +782,9 @@ fn build_base(
                 if let Some(acc) = self_acc.as_deref_mut() {
                     score_chunk(rows, &rec, nv, &chunk[first..], acc);
                 }
+                cache::write_u16s(w, &rec)
             })
             .with_context(|| format!("{}", reference.display()))?;
-            cache::write_u16s(w, &rec)?;
         }
         Ok(())
     })
@@ -783,23 +839,28 @@ fn score_model(
     }
     let bos = bos_of(model, file)?;
     let n_ctx = h.n_ctx as usize;
-    let first = n_ctx / 2;
+    let n_chunk = h.n_chunk as usize;
+    let l = Layout::new(h.n_ctx);
+    let first = l.first();
     let nv = record_len(n_vocab);
-    let mut ctx = ppl_context(model, h.n_ctx, opts.threads)?;
+    let mut ctx = ppl_context(model, &l, opts.threads)?;
     let mut rec = vec![0u16; h.chunk_slots()];
     let mut acc = KldAccum::default();
-    for c in 0..h.n_chunk as usize {
+    for i in (0..n_chunk).step_by(l.n_seq) {
+        let n_seq_batch = l.n_seq.min(n_chunk - i);
         progress(&format!(
-            "{}: chunk {}/{}",
+            "{}: chunks {}-{} of {n_chunk}",
             file_name(file),
-            c + 1,
-            h.n_chunk
+            i + 1,
+            i + n_seq_batch
         ));
-        cache::read_u16s(&mut base.r, &mut rec)
-            .with_context(|| format!("{}: reading chunk {}", base.path.display(), c + 1))?;
-        let chunk = &h.tokens[c * n_ctx..(c + 1) * n_ctx];
-        with_chunk_logits(&mut ctx, chunk, bos, n_vocab, |rows| {
-            score_chunk(rows, &rec, nv, &chunk[first..], &mut acc)
+        let group = &h.tokens[i * n_ctx..(i + n_seq_batch) * n_ctx];
+        with_group_logits(&mut ctx, &l, group, bos, n_vocab, |s, rows| {
+            cache::read_u16s(&mut base.r, &mut rec)
+                .with_context(|| format!("{}: reading chunk {}", base.path.display(), i + s + 1))?;
+            let chunk = &group[s * n_ctx..(s + 1) * n_ctx];
+            score_chunk(rows, &rec, nv, &chunk[first..], &mut acc);
+            Ok(())
         })
         .with_context(|| format!("{}", file.display()))?;
     }
@@ -829,7 +890,6 @@ pub fn answer(
     max_tokens: u32,
     threads: u32,
 ) -> Result<Answers> {
-    let tt = Instant::now();
     let prompts: Vec<Vec<u32>> = questions
         .iter()
         .map(|q| llama::tokenize(model, &prompt(&q.question), true))
@@ -845,7 +905,6 @@ pub fn answer(
     let mut ctx = model
         .new_context(llama::backend(), p)
         .map_err(|e| anyhow!("llama.cpp context: {e}"))?;
-    eprintln!("ctx created {:?}", tt.elapsed());
     let vocab = model.vocab();
     let mut out = Answers::default();
     let mut batch = LlamaBatch::new(longest, 1);
@@ -879,7 +938,6 @@ pub fn answer(
             next = LlamaToken(llama::argmax(ctx.get_logits_ith(0)) as i32);
         }
         out.decode_time += t0.elapsed();
-        eprintln!("gen {n} {:?} total {:?}", t0.elapsed(), tt.elapsed());
         out.tokens += n as u64;
         let end = bytes
             .iter()
@@ -970,6 +1028,8 @@ pub fn run(
         if !f.is_file() {
             bail!("{}: no such file", f.display());
         }
+        // A file that is not GGUF fails here, before minutes of work on the others.
+        drop(crate::gguf::GgufFile::open(f)?);
     }
 
     // The reference's distributions.
@@ -1144,6 +1204,15 @@ pub fn run(
     Ok(results)
 }
 
+/// `x`, or 0 when it prints as zero at `decimals` (no "-0.000000" for the reference's KLD).
+fn no_neg_zero(x: f64, decimals: i32) -> f64 {
+    if x.abs() < 0.5 * 10f64.powi(-decimals) {
+        0.0
+    } else {
+        x
+    }
+}
+
 /// The results as a Markdown table, with the measurement's conditions below it.
 pub fn to_markdown(results: &[EvalResult]) -> String {
     let mut s = String::new();
@@ -1165,9 +1234,9 @@ pub fn to_markdown(results: &[EvalResult]) -> String {
             "| {name} | {:.4} ± {:.4} | {:.6} ± {:.6} | {:.6} | {:.3} ± {:.3} % | {:.1} % | {:.1} % | {:.1} | {} |",
             r.ppl,
             r.ppl_stderr,
-            r.kld_mean,
+            no_neg_zero(r.kld_mean, 6),
             r.kld_stderr,
-            r.kld_p99,
+            no_neg_zero(r.kld_p99, 6),
             r.same_top_pct,
             p_unc,
             r.task_contains_pct,
