@@ -241,19 +241,23 @@ struct EvalFlags {
     /// At most this many chunks (0: all).
     #[arg(long, default_value_t = 0)]
     chunks: u32,
+    /// Where the reference's logits are cached (default: beside the reference).
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
 }
 
 impl EvalFlags {
     fn options(&self, threads: Option<u32>) -> kiln::runner::EvalOptions {
-        let mut o = kiln::runner::EvalOptions::default();
-        o.text = self.text.clone();
-        o.questions = self.questions.clone();
-        o.n_ctx = self.n_ctx;
-        o.max_chunks = self.chunks;
-        if let Some(t) = threads {
-            o.threads = t;
+        let d = kiln::runner::EvalOptions::default();
+        kiln::runner::EvalOptions {
+            text: self.text.clone(),
+            questions: self.questions.clone(),
+            n_ctx: self.n_ctx,
+            max_chunks: self.chunks,
+            threads: threads.unwrap_or(d.threads),
+            cache_dir: self.cache_dir.clone(),
+            ..d
         }
-        o
     }
 }
 

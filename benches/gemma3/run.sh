@@ -38,7 +38,6 @@ echo "| F32 (from Q4_K_M) | $ks | $ls | $(python3 -c "print(f'{$ks/$ls:.2f}')") 
 rm -f "$work/llama-F32.gguf"
 mkdir -p "$work/llama"
 for t in ${types//,/ }; do
-  T=$(echo "$t" | tr a-z A-Z | sed 's/_K/_K/')
   read -r ks km < <(measure $kiln quantize -t "$t" "$ref" -o "$work/kiln-$t.gguf" --force)
   read -r ls lm < <(measure $kiln llama-quantize "$ref" "$work/llama/gemma-3-270m-$t.gguf" -t "$t")
   same=no; cmp -s "$work/kiln-$t.gguf" "$work/llama/gemma-3-270m-$t.gguf" && same=yes

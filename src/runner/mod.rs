@@ -38,7 +38,9 @@ impl Default for BenchOptions {
             n_prompt: vec![512],
             n_gen: vec![128],
             repetitions: 5,
-            threads: vec![std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(4)],
+            threads: vec![std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(4)],
             batch: vec![2048],
             ubatch: vec![512],
             cache_type: vec!["f16".into()],
@@ -112,7 +114,9 @@ impl Default for EvalOptions {
             questions: None,
             n_ctx: 512,
             max_chunks: 0,
-            threads: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(4),
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(4),
             max_answer_tokens: 32,
             cache_dir: None,
         }
