@@ -23,6 +23,9 @@ enum Command {
     /// Convert a checkpoint to several types in one pass, bench and evaluate every variant
     /// against the highest-precision one, and write a report folder (markdown, JSON, CSV, chart).
     Sweep(SweepArgs),
+    /// Write a sweep's report files (report.md, report.csv, chart.svg, chart.png) again from
+    /// its report.json.
+    Report { dir: PathBuf },
     /// Print a GGUF file's metadata and tensors.
     Inspect {
         file: PathBuf,
@@ -441,13 +444,49 @@ fn inspect(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Ignores SIGXFSZ, so a write past the file-size limit (`ulimit -f`) fails with EFBIG and
+/// the normal error path removes the temporary file, instead of the signal killing the
+/// process and leaving a `*.partial` file behind.
+fn ignore_sigxfsz() {
+    #[cfg(all(
+        target_os = "linux",
+        any(
+            target_arch = "x86_64",
+            target_arch = "x86",
+            target_arch = "aarch64",
+            target_arch = "arm",
+            target_arch = "riscv64"
+        )
+    ))]
+    {
+        extern "C" {
+            fn signal(signum: i32, handler: usize) -> usize;
+        }
+        const SIGXFSZ: i32 = 25;
+        const SIG_IGN: usize = 1;
+        // Safety: installs the ignore disposition for one signal; no handler code runs.
+        unsafe {
+            signal(SIGXFSZ, SIG_IGN);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    ignore_sigxfsz();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Quantize(a) => quantize(a),
         Command::Bench(a) => bench(a),
         Command::Eval(a) => eval(a),
         Command::Sweep(a) => sweep(a),
+        Command::Report { dir } => (|| {
+            let p = dir.join("report.json");
+            let text =
+                std::fs::read_to_string(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            let rep: kiln::sweep::SweepReport = serde_json::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("{}: not a kiln report: {e}", p.display()))?;
+            kiln::report::write(&rep, &dir)
+        })(),
         Command::Inspect { file, json } => inspect(&file, json),
         Command::Demo { out, types } => convert_demo(&out, &types),
         Command::KernelsDemo { rows, cols } => demo(rows, cols),

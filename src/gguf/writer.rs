@@ -251,6 +251,14 @@ impl GgufWriter {
         let mut f = tmp.as_file();
         f.flush().ok();
         f.stream_position().ok();
+        // tempfile creates files readable by the owner only; a model file is for everyone.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = tmp
+                .as_file()
+                .set_permissions(std::fs::Permissions::from_mode(0o644));
+        }
         tmp.as_file()
             .sync_all()
             .with_context(|| format!("{}: sync failed", target.display()))?;

@@ -31,6 +31,25 @@ fn esc(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// A round tick step (1, 2 or 5 times a power of ten) near `raw`.
+fn nice_step(raw: f64) -> f64 {
+    if raw.is_nan() || raw <= 0.0 || !raw.is_finite() {
+        return 1.0;
+    }
+    let p = 10f64.powf(raw.log10().floor());
+    let f = raw / p;
+    let m = if f < 1.5 {
+        1.0
+    } else if f < 3.5 {
+        2.0
+    } else if f < 7.5 {
+        5.0
+    } else {
+        10.0
+    };
+    m * p
+}
+
 /// The chart as an SVG document.
 pub fn svg(title: &str, points: &[Point]) -> String {
     let known: Vec<&Point> = points.iter().filter(|p| p.kld.is_some()).collect();
@@ -91,8 +110,11 @@ pub fn svg(title: &str, points: &[Point]) -> String {
         );
         e += 1;
     }
-    for i in 0..=5 {
-        let s = smax * i as f64 / 5.0;
+    let step = nice_step(smax / 5.0);
+    let mut i = 0;
+    while step * i as f64 <= smax {
+        let s = step * i as f64;
+        i += 1;
         let xx = x(s);
         let _ = writeln!(
             o,
@@ -127,6 +149,8 @@ pub fn svg(title: &str, points: &[Point]) -> String {
         W - RIGHT,
         TOP - 10.0
     );
+    // Points first, then labels, moved apart vertically where they would overlap.
+    let mut placed: Vec<(f64, f64, f64, String, &str)> = Vec::new();
     for p in points {
         let Some(k) = p.kld else { continue };
         let (cx, cy) = (x(p.size_mib), y(k));
@@ -135,6 +159,10 @@ pub fn svg(title: &str, points: &[Point]) -> String {
             _ => 6.0,
         };
         let color = if p.is_reference { "#2a7" } else { "#36c" };
+        let _ = writeln!(
+            o,
+            r#"<circle cx="{cx:.1}" cy="{cy:.1}" r="{r:.1}" fill="{color}" fill-opacity="0.55" stroke="{color}"/>"#
+        );
         let speed = p
             .tg_ts
             .map(|t| format!(", tg {t:.1} t/s"))
@@ -144,15 +172,31 @@ pub fn svg(title: &str, points: &[Point]) -> String {
         } else {
             format!("KLD {k:.4}")
         };
+        let text = format!("{} ({:.2} bpw, {kl}{speed})", p.label, p.bits_per_weight);
+        placed.push((cx, cy, r, text, color));
+    }
+    placed.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let mut last_y = f64::NEG_INFINITY;
+    for (cx, cy, r, text, color) in placed {
+        let ly = (cy + 4.0).max(last_y + 15.0);
+        last_y = ly;
+        let width = text.chars().count() as f64 * 6.6;
+        let (tx, anchor) = if cx + r + 4.0 + width > W - 4.0 {
+            (cx - r - 4.0, "end")
+        } else {
+            (cx + r + 4.0, "start")
+        };
+        if (ly - cy - 4.0).abs() > 1.0 {
+            let _ = writeln!(
+                o,
+                r#"<line x1="{cx:.1}" y1="{cy:.1}" x2="{tx:.1}" y2="{:.1}" stroke="{color}" stroke-width="0.8"/>"#,
+                ly - 4.0
+            );
+        }
         let _ = writeln!(
             o,
-            r#"<circle cx="{cx:.1}" cy="{cy:.1}" r="{r:.1}" fill="{color}" fill-opacity="0.55" stroke="{color}"/><text x="{:.1}" y="{:.1}" font-size="12">{} ({:.2} bpw, {}{})</text>"#,
-            cx + r + 4.0,
-            cy + 4.0,
-            esc(&p.label),
-            p.bits_per_weight,
-            kl,
-            speed
+            r#"<text x="{tx:.1}" y="{ly:.1}" font-size="12" text-anchor="{anchor}">{}</text>"#,
+            esc(&text)
         );
     }
     let failed: Vec<&str> = points
