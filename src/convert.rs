@@ -433,13 +433,55 @@ pub fn run_many(
         .collect())
 }
 
-fn kernel_error(job: &Job, out_ty: GgmlType, first: usize, e: KernelError) -> anyhow::Error {
+/// For an error in a source tensor: "FILE: tensor NAME" of the input, with the output name in
+/// parentheses when it differs, and the input row of output row `row` (Llama's q/k rows are
+/// permuted on the way).
+fn origin(input: &Input, job: &Job, row: usize) -> (String, usize) {
+    let (file, name, row) = match (&job.source, input) {
+        (
+            TensorSource::Hf {
+                index, transform, ..
+            },
+            Input::Hf(ck),
+        ) => {
+            let t = &ck.tensors[*index];
+            let n_rows = job.n_rows();
+            let src_row = match *transform {
+                Transform::PermuteHeads { n_head } if n_rows > 1 && n_head > 0 => {
+                    let d = n_rows / n_head;
+                    let rem = row % d;
+                    (row / d) * d + (rem % 2) * (d / 2) + rem / 2
+                }
+                _ => row,
+            };
+            (ck.file_of(t).display().to_string(), &t.name, src_row)
+        }
+        (TensorSource::Gguf { index }, Input::Gguf(g)) => {
+            (g.path.display().to_string(), &g.tensors()[*index].name, row)
+        }
+        _ => return (format!("tensor {}", job.name), row),
+    };
+    if *name == job.name {
+        (format!("{file}: tensor {name}"), row)
+    } else {
+        (format!("{file}: tensor {name} ({})", job.name), row)
+    }
+}
+
+fn kernel_error(
+    input: &Input,
+    job: &Job,
+    out_ty: GgmlType,
+    first: usize,
+    e: KernelError,
+) -> anyhow::Error {
     match e {
-        KernelError::NonFinite { row, column, value } => anyhow!(
-            "tensor {}: weight at row {}, column {column} is {value} (the input holds non-finite values)",
-            job.name,
-            first + row
-        ),
+        KernelError::NonFinite { row, column, value } => {
+            let (what, row) = origin(input, job, first + row);
+            anyhow!(
+                "{what}: weight at row {row}, column {column} is {value} (the input holds non-finite values)"
+            )
+        }
         KernelError::Overflow { row, block, .. } => anyhow!(
             "tensor {}: row {}, block {block}: the scale overflows {} (weights too large for the format)",
             job.name,
@@ -528,7 +570,7 @@ fn produce(
                     Step::Quantize { ty, row_bytes, qw } => {
                         let mut dst = vec![0u8; n * row_bytes];
                         ty.quantize(&f32_buf[..n * n_per_row], n_per_row, qw, &mut dst)
-                            .map_err(|e| kernel_error(&outputs[k].jobs[i], ty, first, e))?;
+                            .map_err(|e| kernel_error(input, &outputs[k].jobs[i], ty, first, e))?;
                         dst
                     }
                 };

@@ -159,7 +159,7 @@ impl<'a> Cursor<'a> {
         let left = (self.buf.len() - self.pos) as u64;
         if count.saturating_mul(min_size) > left {
             bail!(
-                "{what} count {count} at offset {} cannot fit in the {left} bytes left",
+                "{what} count {count} at offset {} cannot fit in the {left} bytes left (truncated or corrupt file)",
                 self.pos
             );
         }

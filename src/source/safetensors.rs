@@ -96,6 +96,50 @@ fn explain(e: SafeTensorError, len: usize) -> String {
     }
 }
 
+/// Names the tensor behind a header that passed the JSON parse but not the size checks:
+/// a shape and dtype that disagree with the byte range, or data past the end of the file.
+fn diagnose(buf: &[u8]) -> Option<String> {
+    let n = u64::from_le_bytes(buf.get(..8)?.try_into().ok()?) as usize;
+    let header: serde_json::Value =
+        serde_json::from_slice(buf.get(8..8usize.checked_add(n)?)?).ok()?;
+    let data_len = (buf.len() - 8 - n) as u64;
+    for (name, t) in header.as_object()? {
+        if name == "__metadata__" {
+            continue;
+        }
+        let elem: u64 = match t.get("dtype")?.as_str()? {
+            "F64" | "I64" | "U64" => 8,
+            "F32" | "I32" | "U32" => 4,
+            "F16" | "BF16" | "I16" | "U16" => 2,
+            "I8" | "U8" | "BOOL" | "F8_E4M3" | "F8_E5M2" => 1,
+            _ => continue,
+        };
+        let shape: Vec<u64> = t
+            .get("shape")?
+            .as_array()?
+            .iter()
+            .map(|d| d.as_u64())
+            .collect::<Option<_>>()?;
+        let offs = t.get("data_offsets")?.as_array()?;
+        let (a, b) = (offs.first()?.as_u64()?, offs.get(1)?.as_u64()?);
+        let need = shape.iter().try_fold(elem, |acc, &d| acc.checked_mul(d));
+        if need != b.checked_sub(a) {
+            return Some(format!(
+                "tensor {name}: shape {shape:?} of {} needs {} bytes, its data_offsets [{a}, {b}] hold {}",
+                t["dtype"].as_str().unwrap_or_default(),
+                need.map_or("too many".into(), |x| x.to_string()),
+                b.saturating_sub(a)
+            ));
+        }
+        if b > data_len {
+            return Some(format!(
+                "tensor {name}: data ends at byte {b} of the data section, which has {data_len} bytes (truncated?)"
+            ));
+        }
+    }
+    None
+}
+
 fn map_file(path: &Path) -> Result<Mmap> {
     let f = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     // Safety: read-only map of an input file.
@@ -206,8 +250,16 @@ impl Checkpoint {
 
     fn add_file(&mut self, path: &Path) -> Result<()> {
         let map = map_file(path)?;
-        let (n, meta) = SafeTensors::read_metadata(&map)
-            .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), explain(e, map.len())))?;
+        let (n, meta) = SafeTensors::read_metadata(&map).map_err(|e| {
+            let why = match e {
+                SafeTensorError::TensorInvalidInfo | SafeTensorError::MetadataIncompleteBuffer => {
+                    diagnose(&map)
+                }
+                _ => None,
+            };
+            let why = why.unwrap_or_else(|| explain(e, map.len()));
+            anyhow::anyhow!("{}: {why}", path.display())
+        })?;
         let base = 8 + n;
         let file = self.files.len();
         let mut list: Vec<SrcTensor> = Vec::new();

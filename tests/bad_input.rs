@@ -1,0 +1,831 @@
+//! Corrupt and hostile inputs through the `kiln` binary: every case must fail with exit status
+//! non-zero, one `kiln: error:` line naming the file and the problem, no panic, and nothing left
+//! in the output folder (no output file, no `*.partial` temporary).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+const SHARD1: &str = "model-00001-of-00002.safetensors";
+const SHARD2: &str = "model-00002-of-00002.safetensors";
+const INDEX: &str = "model.safetensors.index.json";
+
+fn kiln() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("bad_input")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The small valid checkpoint (2 BF16 shards + index, SentencePiece tokenizer), written once.
+fn base_checkpoint() -> &'static Path {
+    static CK: OnceLock<PathBuf> = OnceLock::new();
+    CK.get_or_init(|| {
+        let d = tmp("base").join("ck");
+        let o = kiln()
+            .args([
+                "make-fixture",
+                "--hidden",
+                "64",
+                "--intermediate",
+                "128",
+                "--layers",
+                "1",
+                "--heads",
+                "2",
+                "--kv-heads",
+                "1",
+            ])
+            .arg(&d)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        for f in [SHARD1, SHARD2, INDEX, "config.json", "tokenizer.model"] {
+            assert!(d.join(f).exists(), "fixture lacks {f}");
+        }
+        d
+    })
+}
+
+/// A valid f32 GGUF of the base checkpoint, written once.
+fn base_gguf() -> &'static [u8] {
+    static G: OnceLock<Vec<u8>> = OnceLock::new();
+    G.get_or_init(|| {
+        let out = tmp("base_gguf").join("x.gguf");
+        let o = kiln()
+            .args(["quantize", "-t", "f32"])
+            .arg(base_checkpoint())
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        std::fs::read(&out).unwrap()
+    })
+}
+
+/// A copy of the base checkpoint in a fresh case folder; returns (checkpoint, output folder).
+fn case(name: &str) -> (PathBuf, PathBuf) {
+    let d = tmp(name);
+    let ck = d.join("ck");
+    std::fs::create_dir_all(&ck).unwrap();
+    for e in std::fs::read_dir(base_checkpoint()).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), ck.join(e.file_name())).unwrap();
+    }
+    let out = d.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    (ck, out)
+}
+
+fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// A failed run: non-zero exit, an error line containing every needle (and one of `any`, when
+/// given), no panic.
+fn assert_clean_failure(o: &Output, needles: &[&str], any: &[&str], what: &str) {
+    let e = stderr(o);
+    assert!(!o.status.success(), "{what}: should fail: {e}");
+    assert!(e.contains("kiln: error:"), "{what}: no error line: {e}");
+    for n in needles {
+        assert!(e.contains(n), "{what}: stderr lacks {n:?}: {e}");
+    }
+    if !any.is_empty() {
+        assert!(
+            any.iter().any(|n| e.contains(n)),
+            "{what}: stderr names none of {any:?}: {e}"
+        );
+    }
+    assert!(!e.contains("panicked"), "{what}: panic: {e}");
+    let line = e
+        .lines()
+        .find(|l| l.contains("kiln: error:"))
+        .unwrap_or_default();
+    eprintln!("{what}: {line}");
+}
+
+/// `kiln quantize -t TY INPUT -o OUT/out.gguf [extra]` must fail cleanly and leave `out` empty.
+fn quantize_fails(
+    ty: &str,
+    input: &Path,
+    out: &Path,
+    extra: &[&str],
+    needles: &[&str],
+    any: &[&str],
+    what: &str,
+) {
+    let before = listing(out);
+    let o = kiln()
+        .args(["quantize", "-t", ty])
+        .arg(input)
+        .arg("-o")
+        .arg(out.join("out.gguf"))
+        .args(extra)
+        .output()
+        .unwrap();
+    assert_clean_failure(&o, needles, any, what);
+    assert_eq!(listing(out), before, "{what}: output folder changed");
+}
+
+/// `kiln inspect FILE` and `kiln quantize -t q8_0 FILE` must both fail cleanly.
+fn gguf_fails(path: &Path, out: &Path, needles: &[&str], any: &[&str], what: &str) {
+    let o = kiln().arg("inspect").arg(path).output().unwrap();
+    assert_clean_failure(&o, needles, any, &format!("inspect {what}"));
+    let name = path.file_name().unwrap().to_str().unwrap();
+    let mut n = needles.to_vec();
+    n.push(name);
+    quantize_fails(
+        "q8_0",
+        path,
+        out,
+        &["--allow-requantize"],
+        &n,
+        any,
+        &format!("quantize {what}"),
+    );
+}
+
+// ---- safetensors helpers ----
+
+/// (header length, header JSON, data) of a safetensors file.
+fn split_safetensors(b: &[u8]) -> (usize, serde_json::Value, Vec<u8>) {
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    let h: serde_json::Value = serde_json::from_slice(&b[8..8 + n]).unwrap();
+    (n, h, b[8 + n..].to_vec())
+}
+
+/// 8-byte length + header (padded with spaces to 8 bytes) + data.
+fn safetensors_bytes(header: &str, data: &[u8]) -> Vec<u8> {
+    let mut h = header.as_bytes().to_vec();
+    while !h.len().is_multiple_of(8) {
+        h.push(b' ');
+    }
+    let mut b = (h.len() as u64).to_le_bytes().to_vec();
+    b.extend_from_slice(&h);
+    b.extend_from_slice(data);
+    b
+}
+
+/// Which shard holds a tensor, per the index.
+fn shard_of(ck: &Path, tensor: &str) -> String {
+    let j: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ck.join(INDEX)).unwrap()).unwrap();
+    j["weight_map"][tensor].as_str().unwrap().to_string()
+}
+
+/// A checkpoint folder whose only weights file is the given model.safetensors bytes.
+fn single_file_case(name: &str, bytes: &[u8]) -> (PathBuf, PathBuf) {
+    let (ck, out) = case(name);
+    std::fs::remove_file(ck.join(SHARD1)).unwrap();
+    std::fs::remove_file(ck.join(SHARD2)).unwrap();
+    std::fs::remove_file(ck.join(INDEX)).unwrap();
+    std::fs::write(ck.join("model.safetensors"), bytes).unwrap();
+    (ck, out)
+}
+
+#[test]
+fn truncated_safetensors_shards() {
+    let full = std::fs::read(base_checkpoint().join(SHARD1)).unwrap();
+    let n = u64::from_le_bytes(full[..8].try_into().unwrap()) as usize;
+    let cuts = [
+        0,
+        4,
+        8,
+        9,
+        8 + n / 2,
+        8 + n,
+        8 + n + (full.len() - 8 - n) / 2,
+        full.len() - 1,
+    ];
+    let (ck, out) = case("trunc_st");
+    for cut in cuts {
+        std::fs::write(ck.join(SHARD1), &full[..cut]).unwrap();
+        quantize_fails(
+            "q8_0",
+            &ck,
+            &out,
+            &[],
+            &[SHARD1],
+            &["truncated", "too short"],
+            &format!("safetensors cut at {cut}"),
+        );
+    }
+}
+
+#[test]
+fn malformed_safetensors_headers() {
+    let cfg_f32 = |name: &str, shape: &str, a: usize, b: usize| {
+        format!(r#""{name}":{{"dtype":"F32","shape":{shape},"data_offsets":[{a},{b}]}}"#)
+    };
+    let cases: Vec<(&str, Vec<u8>, &[&str])> = vec![
+        (
+            "not_json",
+            safetensors_bytes("this is not json at all!", &[0; 16]),
+            &["JSON"],
+        ),
+        (
+            "len_past_end",
+            {
+                let mut b = 4096u64.to_le_bytes().to_vec();
+                b.extend_from_slice(b"{\"a\":1}");
+                b
+            },
+            &["runs past the end"],
+        ),
+        (
+            "len_over_100mb",
+            {
+                let mut b = (200u64 << 20).to_le_bytes().to_vec();
+                b.extend_from_slice(b"{}");
+                b
+            },
+            &["100 MB"],
+        ),
+        (
+            "offsets_past_end",
+            safetensors_bytes(&format!("{{{}}}", cfg_f32("a", "[4]", 0, 16)), &[0; 8]),
+            &["tensor a", "truncated"],
+        ),
+        (
+            "overlap",
+            safetensors_bytes(
+                &format!(
+                    "{{{},{}}}",
+                    cfg_f32("a", "[4]", 0, 16),
+                    cfg_f32("b", "[4]", 8, 24)
+                ),
+                &[0; 24],
+            ),
+            &["overlap"],
+        ),
+        (
+            "shape_vs_range",
+            safetensors_bytes(&format!("{{{}}}", cfg_f32("a", "[3]", 0, 16)), &[0; 16]),
+            &["tensor a", "[3]", "needs 12 bytes"],
+        ),
+    ];
+    for (name, bytes, needles) in cases {
+        let (ck, out) = single_file_case(name, &bytes);
+        let mut n = needles.to_vec();
+        n.push("model.safetensors");
+        quantize_fails("q8_0", &ck, &out, &[], &n, &[], name);
+    }
+}
+
+#[test]
+fn unsupported_dtypes_name_the_tensor() {
+    let tensor = "model.layers.0.mlp.up_proj.weight";
+    for (dtype, elem) in [("I64", 8usize), ("F8_E4M3", 1)] {
+        let (ck, out) = case(&format!("dtype_{dtype}"));
+        let shard = shard_of(&ck, tensor);
+        let (_, mut h, data) = split_safetensors(&std::fs::read(ck.join(&shard)).unwrap());
+        let t = &mut h[tensor];
+        let shape: Vec<u64> = t["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect();
+        // Same byte range, re-read as `dtype` (BF16 source: 2 bytes an element).
+        let bytes = shape.iter().product::<u64>() * 2;
+        t["dtype"] = dtype.into();
+        t["shape"] = serde_json::json!([shape[0], bytes / shape[0] / elem as u64]);
+        std::fs::write(ck.join(&shard), safetensors_bytes(&h.to_string(), &data)).unwrap();
+        quantize_fails("q8_0", &ck, &out, &[], &[tensor, dtype], &[], dtype);
+    }
+}
+
+#[test]
+fn broken_shard_sets() {
+    // A shard the index names is missing.
+    let (ck, out) = case("missing_shard");
+    std::fs::remove_file(ck.join(SHARD2)).unwrap();
+    quantize_fails(
+        "q8_0",
+        &ck,
+        &out,
+        &[],
+        &[INDEX, SHARD2, "missing"],
+        &[],
+        "missing shard",
+    );
+
+    // The index names a tensor its shard does not hold.
+    let (ck, out) = case("index_extra_tensor");
+    let p = ck.join(INDEX);
+    let mut j: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    j["weight_map"]["model.layers.0.ghost.weight"] = SHARD1.into();
+    std::fs::write(&p, j.to_string()).unwrap();
+    quantize_fails(
+        "q8_0",
+        &ck,
+        &out,
+        &[],
+        &[INDEX, "model.layers.0.ghost.weight", SHARD1],
+        &[],
+        "index names an absent tensor",
+    );
+
+    // The index puts a real tensor in the wrong shard.
+    let (ck, out) = case("index_wrong_shard");
+    let p = ck.join(INDEX);
+    let mut j: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    let t = "lm_head.weight";
+    let wrong = if shard_of(&ck, t) == SHARD1 {
+        SHARD2
+    } else {
+        SHARD1
+    };
+    j["weight_map"][t] = wrong.into();
+    std::fs::write(&p, j.to_string()).unwrap();
+    quantize_fails(
+        "q8_0",
+        &ck,
+        &out,
+        &[],
+        &[INDEX, t],
+        &[],
+        "index wrong shard",
+    );
+}
+
+#[test]
+fn broken_configs() {
+    let (ck, out) = case("config_missing");
+    std::fs::remove_file(ck.join("config.json")).unwrap();
+    quantize_fails(
+        "q8_0",
+        &ck,
+        &out,
+        &[],
+        &["config.json", "missing"],
+        &[],
+        "no config",
+    );
+
+    let (ck, out) = case("config_not_json");
+    std::fs::write(ck.join("config.json"), "{ hidden_size: 64, oops").unwrap();
+    quantize_fails(
+        "q8_0",
+        &ck,
+        &out,
+        &[],
+        &["config.json", "JSON"],
+        &[],
+        "config not JSON",
+    );
+
+    let base: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(base_checkpoint().join("config.json")).unwrap())
+            .unwrap();
+    for key in ["hidden_size", "num_hidden_layers"] {
+        let (ck, out) = case(&format!("config_no_{key}"));
+        let mut c = base.clone();
+        c.as_object_mut().unwrap().remove(key);
+        std::fs::write(ck.join("config.json"), c.to_string()).unwrap();
+        quantize_fails("q8_0", &ck, &out, &[], &["config.json", key], &[], key);
+    }
+
+    let (ck, out) = case("config_arch");
+    let mut c = base.clone();
+    c["architectures"] = serde_json::json!(["FrobnicatorForCausalLM"]);
+    c["model_type"] = "frobnicator".into();
+    std::fs::write(ck.join("config.json"), c.to_string()).unwrap();
+    quantize_fails(
+        "q8_0",
+        &ck,
+        &out,
+        &[],
+        &[
+            "FrobnicatorForCausalLM",
+            "LlamaForCausalLM",
+            "Qwen2ForCausalLM",
+        ],
+        &[],
+        "unsupported architecture",
+    );
+}
+
+#[test]
+fn broken_tokenizers() {
+    let (ck, out) = case("tok_absent");
+    std::fs::remove_file(ck.join("tokenizer.model")).unwrap();
+    let _ = std::fs::remove_file(ck.join("tokenizer.json"));
+    quantize_fails(
+        "q8_0",
+        &ck,
+        &out,
+        &[],
+        &["tokenizer.model", "tokenizer.json"],
+        &[],
+        "no tokenizer",
+    );
+
+    let (ck, out) = case("tok_garbage_model");
+    let garbage: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(ck.join("tokenizer.model"), &garbage).unwrap();
+    quantize_fails(
+        "q8_0",
+        &ck,
+        &out,
+        &[],
+        &["tokenizer.model"],
+        &[],
+        "garbage tokenizer.model",
+    );
+
+    let (ck, out) = case("tok_json_not_json");
+    std::fs::remove_file(ck.join("tokenizer.model")).unwrap();
+    std::fs::write(
+        ck.join("tokenizer.json"),
+        "{\"model\": {\"type\": \"BPE\", ",
+    )
+    .unwrap();
+    quantize_fails(
+        "q8_0",
+        &ck,
+        &out,
+        &[],
+        &["tokenizer.json", "JSON"],
+        &[],
+        "tokenizer.json not JSON",
+    );
+}
+
+#[test]
+fn non_finite_weights_name_tensor_and_row() {
+    let tensor = "model.layers.0.mlp.up_proj.weight";
+    for (label, bits) in [("nan", 0x7fc0u16), ("inf", 0x7f80), ("-inf", 0xff80)] {
+        let (ck, out) = case(&format!("nonfinite_{label}"));
+        let shard = shard_of(&ck, tensor);
+        let p = ck.join(&shard);
+        let mut b = std::fs::read(&p).unwrap();
+        let (n, h, _) = split_safetensors(&b);
+        let t = &h[tensor];
+        assert_eq!(t["dtype"], "BF16");
+        let cols = t["shape"][1].as_u64().unwrap() as usize;
+        let start = t["data_offsets"][0].as_u64().unwrap() as usize;
+        let (row, col) = (3usize, 5usize);
+        let at = 8 + n + start + (row * cols + col) * 2;
+        b[at..at + 2].copy_from_slice(&bits.to_le_bytes());
+        std::fs::write(&p, &b).unwrap();
+        for ty in ["f32", "q8_0", "q4_0"] {
+            quantize_fails(
+                ty,
+                &ck,
+                &out,
+                &[],
+                &[
+                    &shard,
+                    tensor,
+                    "blk.0.ffn_up.weight",
+                    "row 3, column 5",
+                    "non-finite",
+                ],
+                &[],
+                &format!("{label} weight to {ty}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn non_finite_weights_in_permuted_tensors_name_the_source_row() {
+    // Llama's q rows are permuted on the way; the error gives the row of the source tensor.
+    let tensor = "model.layers.0.self_attn.q_proj.weight";
+    let (ck, out) = case("nonfinite_permuted");
+    let shard = shard_of(&ck, tensor);
+    let p = ck.join(&shard);
+    let mut b = std::fs::read(&p).unwrap();
+    let (n, h, _) = split_safetensors(&b);
+    let t = &h[tensor];
+    let cols = t["shape"][1].as_u64().unwrap() as usize;
+    let start = t["data_offsets"][0].as_u64().unwrap() as usize;
+    let (row, col) = (3usize, 7usize);
+    let at = 8 + n + start + (row * cols + col) * 2;
+    b[at..at + 2].copy_from_slice(&0x7fc0u16.to_le_bytes());
+    std::fs::write(&p, &b).unwrap();
+    quantize_fails(
+        "q8_0",
+        &ck,
+        &out,
+        &[],
+        &[
+            &shard,
+            tensor,
+            "blk.0.attn_q.weight",
+            "row 3, column 7",
+            "NaN",
+        ],
+        &[],
+        "NaN in a permuted tensor",
+    );
+}
+
+// ---- GGUF helpers ----
+
+/// Byte offset of the tensor-info entry of `name` (its length-prefixed name) in a GGUF file.
+fn tensor_info_at(g: &[u8], name: &str) -> usize {
+    let mut pat = (name.len() as u64).to_le_bytes().to_vec();
+    pat.extend_from_slice(name.as_bytes());
+    let h = kiln::gguf::reader::parse(g).unwrap();
+    let region = &g[..h.data_offset as usize];
+    region
+        .windows(pat.len())
+        .rposition(|w| w == pat.as_slice())
+        .unwrap_or_else(|| panic!("{name} not found in the tensor infos"))
+}
+
+/// Offsets of (type id, data offset) fields of a tensor's info entry.
+fn tensor_fields(g: &[u8], name: &str) -> (usize, usize) {
+    let at = tensor_info_at(g, name) + 8 + name.len();
+    let n_dims = u32::from_le_bytes(g[at..at + 4].try_into().unwrap()) as usize;
+    let ty = at + 4 + 8 * n_dims;
+    (ty, ty + 4)
+}
+
+#[test]
+fn corrupt_gguf_inputs() {
+    let g = base_gguf();
+    let h = kiln::gguf::reader::parse(g).unwrap();
+    let d = tmp("gguf");
+    let out = d.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let p = d.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+
+    // Truncated at many points: magic, version, counts, inside the metadata, inside the
+    // tensor infos, at the data section, inside the data, one byte short.
+    let first_info = tensor_info_at(g, &h.tensors[0].name);
+    let data = h.data_offset as usize;
+    let cuts = [
+        0,
+        2,
+        4,
+        6,
+        8,
+        16,
+        24,
+        30,
+        first_info / 3,
+        first_info / 2,
+        first_info - 1,
+        first_info + 5,
+        (first_info + data) / 2,
+        data,
+        data + (g.len() - data) / 2,
+        g.len() - 1,
+    ];
+    for cut in cuts {
+        let p = write("cut.gguf", &g[..cut]);
+        gguf_fails(
+            &p,
+            &out,
+            &["cut.gguf", "truncated"],
+            &[],
+            &format!("gguf cut at {cut}"),
+        );
+    }
+
+    let mut b = g.to_vec();
+    b[..4].copy_from_slice(b"GGUG");
+    let p = write("magic.gguf", &b);
+    gguf_fails(&p, &out, &["magic.gguf", "bad magic"], &[], "bad magic");
+
+    for v in [1u32, 99] {
+        let mut b = g.to_vec();
+        b[4..8].copy_from_slice(&v.to_le_bytes());
+        let p = write("version.gguf", &b);
+        gguf_fails(
+            &p,
+            &out,
+            &["version.gguf", &format!("version {v}")],
+            &[],
+            &format!("version {v}"),
+        );
+    }
+
+    // Duplicate tensor names: rename attn_k to attn_q (same length).
+    let mut b = g.to_vec();
+    let at = tensor_info_at(g, "blk.0.attn_k.weight") + 8;
+    b[at..at + 19].copy_from_slice(b"blk.0.attn_q.weight");
+    let p = write("dup.gguf", &b);
+    gguf_fails(
+        &p,
+        &out,
+        &["dup.gguf", "duplicate tensor name"],
+        &[],
+        "duplicate names",
+    );
+
+    // Misaligned data offset.
+    let name = &h.tensors[1].name;
+    let (_, off) = tensor_fields(g, name);
+    let mut b = g.to_vec();
+    let o = u64::from_le_bytes(b[off..off + 8].try_into().unwrap()) + 4;
+    b[off..off + 8].copy_from_slice(&o.to_le_bytes());
+    let p = write("misaligned.gguf", &b);
+    gguf_fails(
+        &p,
+        &out,
+        &["misaligned.gguf", name, "alignment"],
+        &[],
+        "misaligned",
+    );
+
+    // Offset past the end of the file.
+    let mut b = g.to_vec();
+    b[off..off + 8].copy_from_slice(&(g.len() as u64 * 64).to_le_bytes());
+    let p = write("past_end.gguf", &b);
+    gguf_fails(
+        &p,
+        &out,
+        &["past_end.gguf", name],
+        &["truncated"],
+        "offset past end",
+    );
+
+    // Unknown tensor type id.
+    let (ty, _) = tensor_fields(g, name);
+    let mut b = g.to_vec();
+    b[ty..ty + 4].copy_from_slice(&77u32.to_le_bytes());
+    let p = write("type.gguf", &b);
+    gguf_fails(
+        &p,
+        &out,
+        &["type.gguf", name, "unknown ggml type id 77"],
+        &[],
+        "unknown type",
+    );
+
+    // Huge tensor and key-value counts.
+    for (at, label) in [(8usize, "tensor"), (16, "key-value")] {
+        let mut b = g.to_vec();
+        b[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        let p = write("counts.gguf", &b);
+        gguf_fails(&p, &out, &["counts.gguf", label, "cannot fit"], &[], label);
+    }
+}
+
+// ---- importance matrices ----
+
+fn legacy_imatrix(entries: &[(&str, i32, &[f32])]) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(&(entries.len() as i32).to_le_bytes());
+    for (name, ncall, vals) in entries {
+        b.extend_from_slice(&(name.len() as i32).to_le_bytes());
+        b.extend_from_slice(name.as_bytes());
+        b.extend_from_slice(&ncall.to_le_bytes());
+        b.extend_from_slice(&(vals.len() as i32).to_le_bytes());
+        for v in *vals {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    b
+}
+
+#[test]
+fn imatrix_for_another_model_or_truncated() {
+    let (ck, out) = case("imatrix");
+    let wrong = vec![1.0f32; 96];
+    let b = legacy_imatrix(&[
+        ("blk.0.attn_q.weight", 10, &wrong),
+        ("blk.0.ffn_up.weight", 10, &wrong),
+        ("blk.0.ffn_down.weight", 10, &wrong),
+    ]);
+    let p = out.parent().unwrap().join("other.dat");
+    std::fs::write(&p, &b).unwrap();
+    quantize_fails(
+        "q4_0",
+        &ck,
+        &out,
+        &["--imatrix", p.to_str().unwrap()],
+        &["other.dat", "96 values", "another model"],
+        &[],
+        "imatrix of another model",
+    );
+
+    let unrelated = legacy_imatrix(&[("blk.99.nothing.weight", 1, &[1.0; 64])]);
+    let p = out.parent().unwrap().join("unrelated.dat");
+    std::fs::write(&p, &unrelated).unwrap();
+    quantize_fails(
+        "q4_0",
+        &ck,
+        &out,
+        &["--imatrix", p.to_str().unwrap()],
+        &["unrelated.dat", "another model"],
+        &[],
+        "imatrix with no matching entry",
+    );
+
+    let good = vec![1.0f32; 64];
+    let b = legacy_imatrix(&[("blk.0.attn_q.weight", 10, &good)]);
+    let p = out.parent().unwrap().join("cut.dat");
+    for cut in [0, 3, 4, 10, 30, b.len() / 2, b.len() - 1] {
+        std::fs::write(&p, &b[..cut]).unwrap();
+        quantize_fails(
+            "q4_0",
+            &ck,
+            &out,
+            &["--imatrix", p.to_str().unwrap()],
+            &["cut.dat"],
+            &["truncated", "entry count"],
+            &format!("imatrix cut at {cut}"),
+        );
+    }
+}
+
+// ---- output safety ----
+
+#[test]
+fn existing_output_is_untouched_without_force() {
+    let (ck, out) = case("exists");
+    let target = out.join("out.gguf");
+    std::fs::write(&target, b"precious").unwrap();
+    quantize_fails(
+        "q8_0",
+        &ck,
+        &out,
+        &[],
+        &["out.gguf", "already exists"],
+        &[],
+        "exists",
+    );
+    assert_eq!(std::fs::read(&target).unwrap(), b"precious");
+}
+
+#[test]
+fn unwritable_output_folders() {
+    let (ck, out) = case("unwritable");
+    let o = kiln()
+        .args(["quantize", "-t", "q8_0"])
+        .arg(&ck)
+        .arg("-o")
+        .arg(out.join("no/such/dir/out.gguf"))
+        .output()
+        .unwrap();
+    assert_clean_failure(&o, &["no/such/dir"], &[], "missing folder");
+    assert!(listing(&out).is_empty());
+
+    // A read-only folder (skipped where the tests run as root, who may write anyway).
+    use std::os::unix::fs::PermissionsExt;
+    let ro = out.join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let writable = std::fs::write(ro.join("probe"), b"x").is_ok();
+    if writable {
+        let _ = std::fs::remove_file(ro.join("probe"));
+        eprintln!("read-only folder case skipped: this user can write into mode 555 folders");
+    } else {
+        quantize_fails("q8_0", &ck, &ro, &[], &["ro"], &[], "read-only folder");
+    }
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn disk_full_leaves_no_partial_file() {
+    let (ck, out) = case("disk_full");
+    // 100 blocks of 1 KiB: the 16 MB output cannot fit.
+    let cmd = format!(
+        "ulimit -f 100; exec '{}' quantize -t f32 '{}' -o '{}'",
+        env!("CARGO_BIN_EXE_kiln"),
+        ck.display(),
+        out.join("out.gguf").display()
+    );
+    let o = Command::new("bash").args(["-c", &cmd]).output().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert!(
+        o.status.signal().is_none(),
+        "killed by signal {:?}: {}",
+        o.status.signal(),
+        stderr(&o)
+    );
+    assert_clean_failure(
+        &o,
+        &["out.gguf"],
+        &["too large", "File too large", "No space"],
+        "disk full",
+    );
+    assert!(listing(&out).is_empty(), "left: {:?}", listing(&out));
+}
