@@ -83,24 +83,20 @@ fn threads() -> i32 {
         .unwrap_or(2)
 }
 
-/// The logits at every position of `tokens`, in one batch.
+/// The logits at every position of `tokens`, in one batch, with an f32 KV cache and no flash
+/// attention (f32 arithmetic throughout, for comparisons with an independent implementation).
 pub fn logits(model: &LlamaModel, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
-    let mut ctx = context_with(model, tokens.len() as u32, threads(), true)?;
-    let mut batch = LlamaBatch::new(tokens.len(), 1);
-    for (i, &t) in tokens.iter().enumerate() {
-        batch.add(LlamaToken(t as i32), i as i32, &[0], true)?;
-    }
-    ctx.decode(&mut batch)
-        .map_err(|e| anyhow!("llama.cpp decode: {e}"))?;
-    Ok((0..tokens.len())
-        .map(|i| ctx.get_logits_ith(i as i32).to_vec())
-        .collect())
+    logits_in(model, tokens, true)
 }
 
 /// As [`logits`], but in a context with llama.cpp's default settings (f16 KV cache, flash
 /// attention as llama.cpp chooses): what llama-perplexity and `kiln eval` compute with.
 pub fn logits_default_context(model: &LlamaModel, tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
-    let mut ctx = context_with(model, tokens.len() as u32, threads(), false)?;
+    logits_in(model, tokens, false)
+}
+
+fn logits_in(model: &LlamaModel, tokens: &[u32], exact: bool) -> Result<Vec<Vec<f32>>> {
+    let mut ctx = context_with(model, tokens.len() as u32, threads(), exact)?;
     let mut batch = LlamaBatch::new(tokens.len(), 1);
     for (i, &t) in tokens.iter().enumerate() {
         batch.add(LlamaToken(t as i32), i as i32, &[0], true)?;
