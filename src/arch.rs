@@ -409,10 +409,8 @@ pub fn prepare(ck: &Checkpoint, ftype: FileType) -> Result<Converted> {
             jobs.push(t);
         }
     }
-    for name in ["token_embd.weight"] {
-        if !jobs.iter().any(|j| j.name == name) {
-            bail!("{}: no model.embed_tokens.weight tensor", ck.dir.display());
-        }
+    if !jobs.iter().any(|j| j.name == "token_embd.weight") {
+        bail!("{}: no model.embed_tokens.weight tensor", ck.dir.display());
     }
     let n_params: u64 = jobs.iter().map(|j| j.n_elements()).sum();
     if md.get("general.size_label").is_none() {
@@ -457,7 +455,6 @@ fn hf_input_type(gguf_name: &str, dims: &[u64], dtype: SrcDtype) -> TypeId {
 /// transformers' config-class defaults that convert_hf_to_gguf.py sees (it reads
 /// `AutoConfig(...).to_dict()`, not the raw file).
 fn default_of(hf_arch: &str, key: &str) -> Option<Json> {
-    let llama = hf_arch != "MistralForCausalLM";
     let v = match (key, hf_arch) {
         ("rope_theta", "Gemma3ForCausalLM" | "Gemma3ForConditionalGeneration") => {
             Json::from(1_000_000.0)
@@ -486,10 +483,7 @@ fn default_of(hf_arch: &str, key: &str) -> Option<Json> {
         ) => Json::from(4096),
         ("attn_logit_softcapping", "Gemma2ForCausalLM") => Json::from(50.0),
         ("final_logit_softcapping", "Gemma2ForCausalLM") => Json::from(30.0),
-        _ => {
-            let _ = llama;
-            return None;
-        }
+        _ => return None,
     };
     Some(v)
 }

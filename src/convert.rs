@@ -75,15 +75,6 @@ pub enum Input {
     Gguf(GgufFile),
 }
 
-impl Input {
-    pub fn path_label(&self) -> String {
-        match self {
-            Input::Hf(ck) => ck.dir.display().to_string(),
-            Input::Gguf(g) => g.path.display().to_string(),
-        }
-    }
-}
-
 /// One tensor of the output.
 #[derive(Clone, Debug)]
 pub struct Job {

@@ -92,41 +92,39 @@ fn load_gguf(path: &Path) -> Result<Imatrix> {
 
 /// The legacy binary format (llama-imatrix before GGUF).
 pub fn parse_legacy(b: &[u8]) -> Result<Imatrix> {
-    let n = b
-        .get(0..4)
-        .context("truncated at offset 0 reading the entry count")?;
-    let n = i32::from_le_bytes([n[0], n[1], n[2], n[3]]);
+    // `n` bytes at `*p`, or an error saying where the file ends.
+    let take = |p: &mut usize, n: usize, what: &dyn Fn() -> String| -> Result<&[u8]> {
+        let s = b
+            .get(*p..p.saturating_add(n))
+            .with_context(|| format!("truncated at offset {p} reading {}", what()))?;
+        *p += n;
+        Ok(s)
+    };
+    let int = |p: &mut usize, what: &dyn Fn() -> String| -> Result<i32> {
+        let s = take(p, 4, what)?;
+        Ok(i32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    };
+    let mut p = 0usize;
+    let n = int(&mut p, &|| "the entry count".into())?;
     if n < 1 {
         bail!("entry count is {n}");
     }
     let mut out = Imatrix::new();
-    let mut p = 4usize;
     for k in 0..n {
-        let rd = |p: &mut usize, what: &str| -> Result<i32> {
-            let s = b
-                .get(*p..*p + 4)
-                .with_context(|| format!("truncated at offset {p} reading {what} of entry {k}"))?;
-            *p += 4;
-            Ok(i32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-        };
-        let len = rd(&mut p, "name length")?;
+        let len = int(&mut p, &|| format!("name length of entry {k}"))?;
         if len < 0 {
             bail!("entry {k}: negative name length");
         }
-        let name = b
-            .get(p..p + len as usize)
-            .with_context(|| format!("truncated at offset {p} reading the name of entry {k}"))?;
+        let name = take(&mut p, len as usize, &|| format!("the name of entry {k}"))?;
         let name = String::from_utf8_lossy(name).into_owned();
-        p += len as usize;
-        let ncall = rd(&mut p, "call count")?;
-        let nval = rd(&mut p, "value count")?;
+        let ncall = int(&mut p, &|| format!("call count of entry {k}"))?;
+        let nval = int(&mut p, &|| format!("value count of entry {k}"))?;
         if nval < 1 {
             bail!("entry {name}: {nval} values");
         }
-        let bytes = b
-            .get(p..p + nval as usize * 4)
-            .with_context(|| format!("truncated at offset {p} reading the values of {name}"))?;
-        p += nval as usize * 4;
+        let bytes = take(&mut p, nval as usize * 4, &|| {
+            format!("the values of {name}")
+        })?;
         let vals: Vec<f32> = bytes
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -143,28 +141,31 @@ pub fn parse_legacy(b: &[u8]) -> Result<Imatrix> {
     Ok(out)
 }
 
+/// The legacy format's bytes for `(name, ncall, stored values)` entries, the inverse of
+/// [`parse_legacy`] (without the optional trailing chunk count and dataset name). Values are
+/// written as stored: llama-imatrix stored (sum / count) * ncall.
+pub fn encode_legacy(entries: &[(&str, i32, &[f32])]) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(&(entries.len() as i32).to_le_bytes());
+    for (name, ncall, vals) in entries {
+        b.extend_from_slice(&(name.len() as i32).to_le_bytes());
+        b.extend_from_slice(name.as_bytes());
+        b.extend_from_slice(&ncall.to_le_bytes());
+        b.extend_from_slice(&(vals.len() as i32).to_le_bytes());
+        for v in *vals {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    b
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn legacy(entries: &[(&str, i32, &[f32])]) -> Vec<u8> {
-        let mut b = Vec::new();
-        b.extend_from_slice(&(entries.len() as i32).to_le_bytes());
-        for (name, ncall, vals) in entries {
-            b.extend_from_slice(&(name.len() as i32).to_le_bytes());
-            b.extend_from_slice(name.as_bytes());
-            b.extend_from_slice(&ncall.to_le_bytes());
-            b.extend_from_slice(&(vals.len() as i32).to_le_bytes());
-            for v in *vals {
-                b.extend_from_slice(&v.to_le_bytes());
-            }
-        }
-        b
-    }
-
     #[test]
     fn legacy_values_are_divided_by_the_call_count() {
-        let b = legacy(&[("blk.0.attn_q.weight", 4, &[8.0, 2.0]), ("x", 0, &[3.0])]);
+        let b = encode_legacy(&[("blk.0.attn_q.weight", 4, &[8.0, 2.0]), ("x", 0, &[3.0])]);
         let m = parse_legacy(&b).unwrap();
         assert_eq!(m["blk.0.attn_q.weight"], vec![2.0, 0.5]);
         assert_eq!(m["x"], vec![3.0]);
@@ -172,7 +173,7 @@ mod tests {
 
     #[test]
     fn truncated_legacy_files_are_errors_at_every_cut() {
-        let b = legacy(&[("blk.0.attn_q.weight", 4, &[8.0, 2.0, 1.0])]);
+        let b = encode_legacy(&[("blk.0.attn_q.weight", 4, &[8.0, 2.0, 1.0])]);
         for cut in 0..b.len() {
             assert!(parse_legacy(&b[..cut]).is_err(), "cut at {cut}");
         }

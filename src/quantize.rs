@@ -3,7 +3,7 @@
 
 use crate::arch;
 use crate::convert::{self, Input, Job, Summary, TensorSource};
-use crate::gguf::writer::{check_target, file_size, TensorEntry};
+use crate::gguf::writer::{file_size, TensorEntry};
 use crate::gguf::{GgufFile, Metadata, Value};
 use crate::imatrix::{self, Imatrix};
 use crate::plan::{self, FileType, ModelFacts, PlanOptions, PlanTensor};
@@ -280,7 +280,6 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
 
 /// Writes a prepared conversion.
 pub fn execute(p: &Prepared, force: bool, progress: bool) -> Result<Summary> {
-    check_target(&p.target, force)?;
     convert::run(
         &p.input,
         &p.jobs,

@@ -690,26 +690,11 @@ fn corrupt_gguf_inputs() {
 
 // ---- importance matrices ----
 
-fn legacy_imatrix(entries: &[(&str, i32, &[f32])]) -> Vec<u8> {
-    let mut b = Vec::new();
-    b.extend_from_slice(&(entries.len() as i32).to_le_bytes());
-    for (name, ncall, vals) in entries {
-        b.extend_from_slice(&(name.len() as i32).to_le_bytes());
-        b.extend_from_slice(name.as_bytes());
-        b.extend_from_slice(&ncall.to_le_bytes());
-        b.extend_from_slice(&(vals.len() as i32).to_le_bytes());
-        for v in *vals {
-            b.extend_from_slice(&v.to_le_bytes());
-        }
-    }
-    b
-}
-
 #[test]
 fn imatrix_for_another_model_or_truncated() {
     let (ck, out) = case("imatrix");
     let wrong = vec![1.0f32; 96];
-    let b = legacy_imatrix(&[
+    let b = kiln::imatrix::encode_legacy(&[
         ("blk.0.attn_q.weight", 10, &wrong),
         ("blk.0.ffn_up.weight", 10, &wrong),
         ("blk.0.ffn_down.weight", 10, &wrong),
@@ -726,7 +711,7 @@ fn imatrix_for_another_model_or_truncated() {
         "imatrix of another model",
     );
 
-    let unrelated = legacy_imatrix(&[("blk.99.nothing.weight", 1, &[1.0; 64])]);
+    let unrelated = kiln::imatrix::encode_legacy(&[("blk.99.nothing.weight", 1, &[1.0; 64])]);
     let p = out.parent().unwrap().join("unrelated.dat");
     std::fs::write(&p, &unrelated).unwrap();
     quantize_fails(
@@ -740,7 +725,7 @@ fn imatrix_for_another_model_or_truncated() {
     );
 
     let good = vec![1.0f32; 64];
-    let b = legacy_imatrix(&[("blk.0.attn_q.weight", 10, &good)]);
+    let b = kiln::imatrix::encode_legacy(&[("blk.0.attn_q.weight", 10, &good)]);
     let p = out.parent().unwrap().join("cut.dat");
     for cut in [0, 3, 4, 10, 30, b.len() / 2, b.len() - 1] {
         std::fs::write(&p, &b[..cut]).unwrap();

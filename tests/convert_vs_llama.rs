@@ -374,19 +374,17 @@ fn fixture_imatrix() -> Vec<(String, Vec<f32>)> {
         .collect()
 }
 
+/// A legacy imatrix file whose weights (stored / ncall) are `entries`' values.
 fn write_legacy_imatrix(path: &Path, entries: &[(String, Vec<f32>)], ncall: i32) {
-    let mut b = Vec::new();
-    b.extend_from_slice(&(entries.len() as i32).to_le_bytes());
-    for (name, v) in entries {
-        b.extend_from_slice(&(name.len() as i32).to_le_bytes());
-        b.extend_from_slice(name.as_bytes());
-        b.extend_from_slice(&ncall.to_le_bytes());
-        b.extend_from_slice(&(v.len() as i32).to_le_bytes());
-        for x in v {
-            b.extend_from_slice(&(x * ncall as f32).to_le_bytes());
-        }
-    }
-    std::fs::write(path, b).unwrap();
+    let stored: Vec<(String, Vec<f32>)> = entries
+        .iter()
+        .map(|(n, v)| (n.clone(), v.iter().map(|x| x * ncall as f32).collect()))
+        .collect();
+    let refs: Vec<(&str, i32, &[f32])> = stored
+        .iter()
+        .map(|(n, v)| (n.as_str(), ncall, v.as_slice()))
+        .collect();
+    std::fs::write(path, kiln::imatrix::encode_legacy(&refs)).unwrap();
 }
 
 fn write_gguf_imatrix(path: &Path, entries: &[(String, Vec<f32>)], count: f32) {

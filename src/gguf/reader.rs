@@ -32,9 +32,6 @@ impl TensorInfo {
     pub fn n_elements(&self) -> u64 {
         self.dims.iter().product()
     }
-    pub fn row_len(&self) -> u64 {
-        self.dims.first().copied().unwrap_or(1)
-    }
     pub fn n_rows(&self) -> u64 {
         self.dims.iter().skip(1).product()
     }

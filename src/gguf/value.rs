@@ -230,9 +230,6 @@ impl Metadata {
     pub fn set_u32(&mut self, key: &str, v: u32) {
         self.set(key, Value::U32(v));
     }
-    pub fn set_f32(&mut self, key: &str, v: f32) {
-        self.set(key, Value::F32(v));
-    }
     pub fn set_str(&mut self, key: &str, v: impl Into<String>) {
         self.set(key, Value::Str(v.into()));
     }

@@ -7,7 +7,7 @@ use super::reader::DEFAULT_ALIGNMENT;
 use super::types::TypeId;
 use super::value::{Array, Metadata, Value};
 use anyhow::{bail, Context, Result};
-use std::io::{BufWriter, Seek, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use tempfile::NamedTempFile;
 
@@ -229,11 +229,6 @@ impl GgufWriter {
         Ok(())
     }
 
-    /// The tensor whose data comes next.
-    pub fn current(&self) -> Option<&TensorEntry> {
-        self.tensors.get(self.current)
-    }
-
     /// Flushes, syncs and renames the temporary file onto the target.
     pub fn finish(self) -> Result<()> {
         if self.current != self.tensors.len() {
@@ -248,9 +243,6 @@ impl GgufWriter {
             .out
             .into_inner()
             .map_err(|e| anyhow::anyhow!("{}: write failed: {}", target.display(), e.error()))?;
-        let mut f = tmp.as_file();
-        f.flush().ok();
-        f.stream_position().ok();
         // tempfile creates files readable by the owner only; a model file is for everyone.
         #[cfg(unix)]
         {
