@@ -9,27 +9,111 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_sys_2 as sys;
-use std::ffi::CString;
+use std::cell::{Cell, RefCell};
+use std::ffi::{CStr, CString};
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::OnceLock;
 
-/// The process-wide llama.cpp backend (it may be initialized once), with logging silenced.
+/// The process-wide llama.cpp backend (it may be initialized once). llama.cpp's log goes to
+/// [`log_callback`]: shown on stderr only with KILN_LLAMA_LOG set, and its errors kept so that
+/// a refused file gets llama.cpp's reason in kiln's message.
 pub fn backend() -> &'static LlamaBackend {
     static B: OnceLock<LlamaBackend> = OnceLock::new();
     B.get_or_init(|| {
-        let mut b = LlamaBackend::init().expect("llama.cpp backend initializes once");
-        if std::env::var_os("KILN_LLAMA_LOG").is_none() {
-            b.void_logs();
-        }
+        let b = LlamaBackend::init().expect("llama.cpp backend initializes once");
+        // Safety: the callback is a plain function that never unwinds.
+        unsafe { sys::llama_log_set(Some(log_callback), std::ptr::null_mut()) };
         b
     })
 }
 
+thread_local! {
+    /// llama.cpp's error lines logged on this thread since [`clear_errors`].
+    static ERRORS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    static LAST_LEVEL: Cell<sys::ggml_log_level> = const { Cell::new(0) };
+}
+
+unsafe extern "C" fn log_callback(
+    level: sys::ggml_log_level,
+    text: *const std::os::raw::c_char,
+    _user: *mut std::os::raw::c_void,
+) {
+    if text.is_null() {
+        return;
+    }
+    // Safety: llama.cpp passes a NUL-terminated string valid for the call.
+    let s = unsafe { CStr::from_ptr(text) }.to_string_lossy();
+    static SHOW: OnceLock<bool> = OnceLock::new();
+    if *SHOW.get_or_init(|| std::env::var_os("KILN_LLAMA_LOG").is_some()) {
+        eprint!("{s}");
+    }
+    let level = if level == sys::GGML_LOG_LEVEL_CONT {
+        LAST_LEVEL.with(Cell::get)
+    } else {
+        LAST_LEVEL.with(|l| l.set(level));
+        level
+    };
+    if level != sys::GGML_LOG_LEVEL_ERROR {
+        return;
+    }
+    let _ = ERRORS.try_with(|e| {
+        if let Ok(mut e) = e.try_borrow_mut() {
+            if e.len() < 64 {
+                e.push(s.trim_end().to_string());
+            }
+        }
+    });
+}
+
+/// Forgets llama.cpp's errors logged so far on this thread.
+pub fn clear_errors() {
+    ERRORS.with(|e| e.borrow_mut().clear());
+}
+
+/// llama.cpp's errors logged on this thread since [`clear_errors`], as one line: the most
+/// specific first ("error loading model: ..." rather than "failed to load model").
+pub fn logged_errors() -> Option<String> {
+    let lines = ERRORS.with(|e| std::mem::take(&mut *e.borrow_mut()));
+    let text: Vec<String> = lines
+        .iter()
+        // "llama_model_load: error loading model: ..." -> "error loading model: ..."
+        .map(|l| match l.split_once(": ") {
+            Some((f, rest)) if !f.contains(' ') => rest.to_string(),
+            _ => l.clone(),
+        })
+        .filter(|l| !l.is_empty())
+        .collect();
+    // llama.cpp ends with a generic line; keep it only when it is all there is.
+    let specific: Vec<String> = text
+        .iter()
+        .filter(|l| !l.starts_with("failed to load model"))
+        .cloned()
+        .collect();
+    let text = if specific.is_empty() { text } else { specific };
+    if text.is_empty() {
+        None
+    } else {
+        Some(text.join("; "))
+    }
+}
+
+/// The error for a file llama.cpp did not load, with llama.cpp's logged reason.
+pub fn refused(path: &Path) -> anyhow::Error {
+    match logged_errors() {
+        Some(why) => anyhow!("{}: llama.cpp cannot load it: {why}", path.display()),
+        None => anyhow!(
+            "{}: llama.cpp cannot load it (KILN_LLAMA_LOG=1 shows llama.cpp's log)",
+            path.display()
+        ),
+    }
+}
+
 /// Loads a GGUF on the CPU.
 pub fn load(path: &Path) -> Result<LlamaModel> {
-    LlamaModel::load_from_file(backend(), path, &LlamaModelParams::default())
-        .map_err(|e| anyhow!("{}: llama.cpp cannot load it: {e}", path.display()))
+    let b = backend();
+    clear_errors();
+    LlamaModel::load_from_file(b, path, &LlamaModelParams::default()).map_err(|_| refused(path))
 }
 
 /// Tokenizes as llama.cpp does (`add_special`: BOS/EOS as the vocabulary asks).

@@ -304,6 +304,10 @@ struct SweepArgs {
     /// Overwrite GGUF files already in the report folder.
     #[arg(long)]
     force: bool,
+    /// A GGUF made elsewhere (llama-quantize, a download) to measure beside kiln's variants,
+    /// against the same reference; repeatable. A file llama.cpp refuses is reported, not fatal.
+    #[arg(long = "add", value_name = "GGUF")]
+    extra: Vec<PathBuf>,
     #[command(flatten)]
     bench: BenchFlags,
     #[command(flatten)]
@@ -370,6 +374,7 @@ fn sweep(a: SweepArgs) -> anyhow::Result<()> {
         eval: a.eval.options(threads),
         skip_bench: false,
         skip_eval: false,
+        extra: a.extra,
     };
     let mut p = progress_line();
     let rep = kiln::sweep::run(&a.input, &opts, &mut p)?;
@@ -587,6 +592,7 @@ fn convert_demo(out: &std::path::Path, types: &[String]) -> anyhow::Result<()> {
             max_answer_tokens: 16,
             ..Default::default()
         },
+        extra: Vec::new(),
         skip_bench: false,
         skip_eval: false,
     };

@@ -26,6 +26,9 @@ pub struct SweepOptions {
     /// Skip the benchmark or the evaluation (the report leaves their columns empty).
     pub skip_bench: bool,
     pub skip_eval: bool,
+    /// GGUF files made elsewhere (llama-quantize, a download) to measure beside kiln's
+    /// variants, against the same reference.
+    pub extra: Vec<PathBuf>,
 }
 
 /// One variant's line of the report.
@@ -114,6 +117,38 @@ fn precision_rank(f: FileType) -> usize {
         .unwrap_or(usize::MAX)
 }
 
+/// The row of a GGUF made elsewhere, labelled with its file name; sizes come from its header,
+/// and a file kiln cannot read is a row with that error.
+fn extra_row(file: &Path) -> SweepRow {
+    let label = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| file.display().to_string());
+    let mut row = SweepRow {
+        r#type: label,
+        file: file.display().to_string(),
+        is_reference: false,
+        file_size: std::fs::metadata(file).map(|m| m.len()).unwrap_or(0),
+        bits_per_weight: 0.0,
+        n_params: 0,
+        bench: Vec::new(),
+        eval: None,
+        error: None,
+    };
+    match crate::gguf::GgufFile::open(file) {
+        Ok(g) => {
+            let (n, data): (u64, u64) = g
+                .tensors()
+                .iter()
+                .fold((0, 0), |(n, d), t| (n + t.n_elements(), d + t.bytes));
+            row.n_params = n;
+            row.bits_per_weight = data as f64 * 8.0 / n.max(1) as f64;
+        }
+        Err(e) => row.error = Some(format!("{e:#}")),
+    }
+    row
+}
+
 /// Runs the sweep. `progress` gets one line per step.
 pub fn run(
     input: &Path,
@@ -174,23 +209,31 @@ pub fn run(
         .target
         .clone();
     let mut rows = Vec::new();
-    for (t, p) in types.iter().zip(&prepared) {
-        let file = p.target.clone();
-        let n_params = p.n_elements();
-        let data = p.data_bytes().unwrap_or(0);
-        let mut row = SweepRow {
-            r#type: t.name().to_string(),
-            file: file.display().to_string(),
-            is_reference: *t == reference,
-            file_size: std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0),
-            bits_per_weight: data as f64 * 8.0 / n_params.max(1) as f64,
-            n_params,
-            bench: Vec::new(),
-            eval: None,
-            error: None,
-        };
-        if !opts.skip_bench {
-            progress(&format!("bench {}", t.name()));
+    let mut variants: Vec<SweepRow> = types
+        .iter()
+        .zip(&prepared)
+        .map(|(t, p)| {
+            let n_params = p.n_elements();
+            let data = p.data_bytes().unwrap_or(0);
+            SweepRow {
+                r#type: t.name().to_string(),
+                file: p.target.display().to_string(),
+                is_reference: *t == reference,
+                file_size: std::fs::metadata(&p.target).map(|m| m.len()).unwrap_or(0),
+                bits_per_weight: data as f64 * 8.0 / n_params.max(1) as f64,
+                n_params,
+                bench: Vec::new(),
+                eval: None,
+                error: None,
+            }
+        })
+        .collect();
+    variants.extend(opts.extra.iter().map(|f| extra_row(f)));
+    for mut row in variants {
+        let file = PathBuf::from(&row.file);
+        let label = row.r#type.clone();
+        if !opts.skip_bench && row.error.is_none() {
+            progress(&format!("bench {label}"));
             reset_peak_rss();
             match bench::run(std::slice::from_ref(&file), &opts.bench, &mut |l| {
                 progress(l)
@@ -200,7 +243,7 @@ pub fn run(
             }
         }
         if !opts.skip_eval && row.error.is_none() {
-            progress(&format!("eval {} against {}", t.name(), reference.name()));
+            progress(&format!("eval {label} against {}", reference.name()));
             match eval::run(
                 std::slice::from_ref(&file),
                 &ref_path,
@@ -212,7 +255,7 @@ pub fn run(
             }
         }
         if let Some(e) = &row.error {
-            progress(&format!("{}: not measured: {e}", t.name()));
+            progress(&format!("{label}: not measured: {e}"));
         }
         rows.push(row);
     }

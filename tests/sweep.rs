@@ -40,6 +40,7 @@ fn sweep_of_the_fixture_writes_a_complete_report() {
         },
         skip_bench: false,
         skip_eval: false,
+        extra: Vec::new(),
     };
     let rep = sweep::run(&ck, &opts, &mut |_| {}).unwrap();
     kiln::report::write(&rep, &opts.out_dir).unwrap();
@@ -112,4 +113,99 @@ fn sweep_of_the_fixture_writes_a_complete_report() {
     for t in types {
         assert!(dir.join(format!("fixture-{}.gguf", t.name())).exists());
     }
+}
+
+/// A sweep goes on past files it cannot measure: a GGUF llama.cpp refuses (a required key
+/// renamed) and one kiln's reader refuses (truncated) become rows with an error naming the
+/// file and llama.cpp's reason, while kiln's variants and a llama-quantize file added with
+/// `--add` are measured against the same reference.
+#[test]
+fn sweep_records_files_llama_cpp_refuses_and_goes_on() {
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sweep-refused");
+    let _ = std::fs::remove_dir_all(&base);
+    let ck = base.join("fixture");
+    let tok = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/llama2-tokenizer.model");
+    kiln::fixture::write_checkpoint(&kiln::fixture::llama_spm_default(tok), &ck).unwrap();
+
+    // A q8_0 from kiln, then two broken copies and llama.cpp's own q4_0 of it.
+    let mut o = kiln::quantize::Options::new(FileType::Q8_0);
+    let q8 = base.join("made-q8_0.gguf");
+    o.output = Some(q8.clone());
+    let p = kiln::quantize::prepare(&ck, &o).unwrap();
+    kiln::quantize::execute(&p, false, false).unwrap();
+    let bytes = std::fs::read(&q8).unwrap();
+    let key = b"llama.block_count";
+    let at = bytes.windows(key.len()).position(|w| w == key).unwrap();
+    let mut renamed = bytes.clone();
+    renamed[at..at + key.len()].copy_from_slice(b"llama.block_xount");
+    let refused = base.join("refused.gguf");
+    std::fs::write(&refused, &renamed).unwrap();
+    let truncated = base.join("truncated.gguf");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let theirs = base.join("llama-quantize-q4_0.gguf");
+    let ro = kiln::llama::ReferenceOptions {
+        threads: 2,
+        allow_requantize: true,
+        pure: false,
+        leave_output_tensor: false,
+        output_tensor_type: None,
+        token_embedding_type: None,
+        imatrix: None,
+    };
+    kiln::llama::reference_quantize(&q8, &theirs, FileType::Q4_0.id(), &ro).unwrap();
+
+    let opts = SweepOptions {
+        types: vec![FileType::F16, FileType::Q4_0],
+        out_dir: base.join("report"),
+        reference: None,
+        allow_requantize: false,
+        imatrix: None,
+        force: false,
+        bench: BenchOptions {
+            n_prompt: vec![32],
+            n_gen: vec![8],
+            repetitions: 1,
+            ..Default::default()
+        },
+        eval: EvalOptions {
+            n_ctx: 128,
+            max_chunks: 2,
+            max_answer_tokens: 4,
+            ..Default::default()
+        },
+        skip_bench: false,
+        skip_eval: false,
+        extra: vec![refused.clone(), truncated.clone(), theirs.clone()],
+    };
+    let rep = sweep::run(&ck, &opts, &mut |_| {}).unwrap();
+    kiln::report::write(&rep, &opts.out_dir).unwrap();
+    let labels: Vec<&str> = rep.rows.iter().map(|r| r.r#type.as_str()).collect();
+    assert_eq!(
+        labels,
+        ["F16", "Q4_0", "refused", "truncated", "llama-quantize-q4_0"]
+    );
+    let row = |l: &str| rep.rows.iter().find(|r| r.r#type == l).unwrap();
+    for l in ["F16", "Q4_0", "llama-quantize-q4_0"] {
+        let r = row(l);
+        assert!(r.error.is_none(), "{l}: {:?}", r.error);
+        assert_eq!(r.bench.len(), 2, "{l}");
+        assert!(r.eval.as_ref().is_some_and(|e| e.ppl.is_finite()), "{l}");
+    }
+    // llama.cpp's q4_0 of a q8_0 is a q4_0 file: its bits per weight are q4_0's, not q8_0's.
+    assert!(row("llama-quantize-q4_0").bits_per_weight < 6.0);
+
+    let e = row("refused").error.clone().unwrap();
+    assert!(e.contains(&refused.display().to_string()), "{e}");
+    assert!(e.contains("llama.block_count"), "llama.cpp's reason: {e}");
+    assert!(row("refused").bench.is_empty() && row("refused").eval.is_none());
+    let e = row("truncated").error.clone().unwrap();
+    assert!(e.contains(&truncated.display().to_string()), "{e}");
+    assert!(e.contains("truncated"), "{e}");
+
+    let md = std::fs::read_to_string(opts.out_dir.join("report.md")).unwrap();
+    assert!(md.contains("Not measured"), "{md}");
+    assert!(
+        md.contains("- refused: ") && md.contains("- truncated: "),
+        "{md}"
+    );
 }

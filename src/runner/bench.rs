@@ -676,13 +676,11 @@ impl Model {
         let c = path_cstring(file)?;
         let mut mp = unsafe { sys::llama_model_default_params() };
         mp.n_gpu_layers = n_gpu_layers.min(i32::MAX as u32) as i32;
+        crate::llama::clear_errors();
         let p = unsafe { sys::llama_model_load_from_file(c.as_ptr(), mp) };
-        NonNull::new(p).map(Model).ok_or_else(|| {
-            anyhow!(
-                "{}: llama.cpp cannot load it (KILN_LLAMA_LOG=1 shows llama.cpp's reason)",
-                file.display()
-            )
-        })
+        NonNull::new(p)
+            .map(Model)
+            .ok_or_else(|| crate::llama::refused(file))
     }
 
     fn ptr(&self) -> *mut sys::llama_model {

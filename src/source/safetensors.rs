@@ -50,6 +50,11 @@ impl SrcTensor {
     pub fn n_elements(&self) -> usize {
         self.shape.iter().product()
     }
+
+    /// Where its bytes are in its file.
+    pub fn byte_range(&self) -> std::ops::Range<usize> {
+        self.start..self.end
+    }
 }
 
 struct Mapped {
@@ -152,6 +157,42 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
     serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))
 }
 
+/// Parses and checks the header of a whole safetensors file held in `buf`: the tensors in
+/// offset order, each with its byte range in `buf`, tagged with file number `file`. The error
+/// says what is wrong (without the file name).
+pub fn parse_header(buf: &[u8], file: usize) -> std::result::Result<Vec<SrcTensor>, String> {
+    let (n, meta) = SafeTensors::read_metadata(buf).map_err(|e| {
+        let why = match e {
+            SafeTensorError::TensorInvalidInfo | SafeTensorError::MetadataIncompleteBuffer => {
+                diagnose(buf)
+            }
+            _ => None,
+        };
+        why.unwrap_or_else(|| explain(e, buf.len()))
+    })?;
+    let base = 8 + n;
+    let mut list: Vec<SrcTensor> = Vec::new();
+    for (name, info) in meta.tensors() {
+        let dtype = match info.dtype {
+            Dtype::F32 => Ok(SrcDtype::F32),
+            Dtype::F16 => Ok(SrcDtype::F16),
+            Dtype::BF16 => Ok(SrcDtype::BF16),
+            other => Err(format!("{other:?}")),
+        };
+        let (s, e) = info.data_offsets;
+        list.push(SrcTensor {
+            name,
+            shape: info.shape.clone(),
+            dtype,
+            file,
+            start: base + s,
+            end: base + e,
+        });
+    }
+    list.sort_by_key(|t| t.start);
+    Ok(list)
+}
+
 impl Checkpoint {
     /// Opens a checkpoint folder, or a single .safetensors file with its folder's config.json.
     pub fn open(input: &Path) -> Result<Self> {
@@ -250,37 +291,9 @@ impl Checkpoint {
 
     fn add_file(&mut self, path: &Path) -> Result<()> {
         let map = map_file(path)?;
-        let (n, meta) = SafeTensors::read_metadata(&map).map_err(|e| {
-            let why = match e {
-                SafeTensorError::TensorInvalidInfo | SafeTensorError::MetadataIncompleteBuffer => {
-                    diagnose(&map)
-                }
-                _ => None,
-            };
-            let why = why.unwrap_or_else(|| explain(e, map.len()));
-            anyhow::anyhow!("{}: {why}", path.display())
-        })?;
-        let base = 8 + n;
         let file = self.files.len();
-        let mut list: Vec<SrcTensor> = Vec::new();
-        for (name, info) in meta.tensors() {
-            let dtype = match info.dtype {
-                Dtype::F32 => Ok(SrcDtype::F32),
-                Dtype::F16 => Ok(SrcDtype::F16),
-                Dtype::BF16 => Ok(SrcDtype::BF16),
-                other => Err(format!("{other:?}")),
-            };
-            let (s, e) = info.data_offsets;
-            list.push(SrcTensor {
-                name,
-                shape: info.shape.clone(),
-                dtype,
-                file,
-                start: base + s,
-                end: base + e,
-            });
-        }
-        list.sort_by_key(|t| t.start);
+        let list =
+            parse_header(&map, file).map_err(|why| anyhow::anyhow!("{}: {why}", path.display()))?;
         for t in list {
             if self.by_name.contains_key(&t.name) {
                 bail!(
