@@ -1,5 +1,6 @@
 //! `kiln inspect`: a GGUF file's metadata and tensors, as text or JSON.
 
+use crate::gguf::checksum::Verdict;
 use crate::gguf::{Array, GgufFile, Value};
 use anyhow::Result;
 use serde_json::{json, Value as Json};
@@ -138,4 +139,28 @@ pub fn to_text(g: &GgufFile) -> Result<String> {
         bytes as f64 / 1048576.0
     )?;
     Ok(s)
+}
+
+/// One line on what `--verify` found.
+pub fn verdict_text(v: &Verdict) -> String {
+    match v {
+        Verdict::Ok { tensors, bytes } => format!(
+            "checksum: ok ({tensors} tensors, {bytes} bytes of tensor data match what kiln wrote)"
+        ),
+        Verdict::Absent => {
+            "checksum: none (not written by kiln, or with --no-checksum); the header reads correctly, the data was not checked".into()
+        }
+        Verdict::Stale => "checksum: not applicable (another tool rewrote this file and kept kiln's checksum keys, which describe other tensors); the header reads correctly, the data was not checked".into(),
+    }
+}
+
+/// `--verify`'s finding in `--json` output.
+pub fn verdict_json(v: &Verdict) -> Json {
+    match v {
+        Verdict::Ok { tensors, bytes } => {
+            serde_json::json!({"status": "ok", "tensors": tensors, "bytes": bytes})
+        }
+        Verdict::Absent => serde_json::json!({"status": "absent"}),
+        Verdict::Stale => serde_json::json!({"status": "stale"}),
+    }
 }

@@ -32,6 +32,10 @@ enum Command {
         /// One JSON document on stdout.
         #[arg(long)]
         json: bool,
+        /// Also read every tensor and check it against the checksum kiln wrote into the file
+        /// (exit 1 naming the damaged tensor).
+        #[arg(long)]
+        verify: bool,
     },
     /// Quantize a deterministic weight matrix to every format with kiln and with ggml, and
     /// compare bytes, error and time.
@@ -127,6 +131,10 @@ struct QuantizeArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Leave out kiln's integrity check (two metadata keys that `kiln inspect --verify`
+    /// checks), for a file byte-identical to llama-quantize's.
+    #[arg(long)]
+    no_checksum: bool,
     /// Print the plan (tensors, types, sizes) without writing.
     #[arg(long)]
     dry_run: bool,
@@ -409,6 +417,7 @@ fn quantize(a: QuantizeArgs) -> anyhow::Result<()> {
         .map(q::parse_ggml_type)
         .transpose()?;
     opts.leave_output_tensor = a.leave_output_tensor;
+    opts.checksum = !a.no_checksum;
     let start = std::time::Instant::now();
     kiln::convert::stop_on_signals();
     let p = q::prepare(&a.input, &opts)?;
@@ -436,15 +445,24 @@ fn quantize(a: QuantizeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn inspect(file: &std::path::Path, json: bool) -> anyhow::Result<()> {
+fn inspect(file: &std::path::Path, json: bool, verify: bool) -> anyhow::Result<()> {
     let g = kiln::gguf::GgufFile::open(file)?;
+    let verdict = if verify {
+        Some(kiln::gguf::checksum::verify(&g)?)
+    } else {
+        None
+    };
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&kiln::inspect::to_json(&g))?
-        );
+        let mut j = kiln::inspect::to_json(&g);
+        if let Some(v) = &verdict {
+            j["checksum"] = kiln::inspect::verdict_json(v);
+        }
+        println!("{}", serde_json::to_string_pretty(&j)?);
     } else {
         print!("{}", kiln::inspect::to_text(&g)?);
+        if let Some(v) = &verdict {
+            println!("{}", kiln::inspect::verdict_text(v));
+        }
     }
     Ok(())
 }
@@ -492,7 +510,7 @@ fn main() -> ExitCode {
                 .map_err(|e| anyhow::anyhow!("{}: not a kiln report: {e}", p.display()))?;
             kiln::report::write(&rep, &dir)
         })(),
-        Command::Inspect { file, json } => inspect(&file, json),
+        Command::Inspect { file, json, verify } => inspect(&file, json, verify),
         Command::Demo { out, types } => convert_demo(&out, &types),
         Command::KernelsDemo { rows, cols } => demo(rows, cols),
         Command::LlamaQuantize {

@@ -4,7 +4,7 @@
 use crate::arch;
 use crate::convert::{self, Input, Job, Summary, TensorSource};
 use crate::gguf::writer::{file_size, TensorEntry};
-use crate::gguf::{GgufFile, Metadata, Value};
+use crate::gguf::{checksum, GgufFile, Metadata, Value};
 use crate::imatrix::{self, Imatrix};
 use crate::plan::{self, FileType, ModelFacts, PlanOptions, PlanTensor};
 use crate::source::Checkpoint;
@@ -27,6 +27,8 @@ pub struct Options {
     pub output_tensor_type: Option<GgmlType>,
     pub token_embedding_type: Option<GgmlType>,
     pub leave_output_tensor: bool,
+    /// Write kiln's integrity check (see [`crate::gguf::checksum`]).
+    pub checksum: bool,
 }
 
 impl Options {
@@ -41,6 +43,7 @@ impl Options {
             output_tensor_type: None,
             token_embedding_type: None,
             leave_output_tensor: false,
+            checksum: true,
         }
     }
 }
@@ -261,6 +264,11 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
         Value::U32(QUANTIZATION_VERSION),
     );
     metadata.set_last("general.file_type", Value::U32(opts.ftype.id()));
+    if opts.checksum {
+        checksum::reserve(&mut metadata, jobs.len());
+    } else {
+        checksum::remove(&mut metadata);
+    }
     let n_fallback = jobs.iter().filter(|j| j.fallback_from.is_some()).count();
     if n_fallback > 0 {
         notes.push(format!(

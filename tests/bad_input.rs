@@ -814,3 +814,91 @@ fn disk_full_leaves_no_partial_file() {
     );
     assert!(listing(&out).is_empty(), "left: {:?}", listing(&out));
 }
+
+/// Written files carry kiln's checksum: `kiln inspect --verify` passes on the file as written,
+/// names the tensor and byte range when one bit of its data flips, and reports a check that
+/// another tool carried over (llama-quantize copies every key) as not applicable, not damage.
+#[test]
+fn damaged_output_is_caught_by_inspect_verify() {
+    let d = tmp("checksum");
+    let good = d.join("good.gguf");
+    std::fs::write(&good, base_gguf()).unwrap();
+    let o = kiln()
+        .args(["inspect", "--verify"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("checksum: ok"), "{text}");
+
+    // One bit of blk.0.attn_k.weight's data flipped.
+    let g = kiln::gguf::GgufFile::open(&good).unwrap();
+    let t = g.find("blk.0.attn_k.weight").unwrap().clone();
+    let at = (g.header.data_offset + t.offset + t.bytes / 2) as usize;
+    drop(g);
+    let mut bytes = base_gguf().to_vec();
+    bytes[at] ^= 0x10;
+    let bad = d.join("bad.gguf");
+    std::fs::write(&bad, &bytes).unwrap();
+    let o = kiln()
+        .args(["inspect", "--verify"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_clean_failure(
+        &o,
+        &["bad.gguf", "blk.0.attn_k.weight", "damaged"],
+        &[],
+        "flipped bit",
+    );
+    // Without --verify the header alone is read, and it is fine.
+    let o = kiln().arg("inspect").arg(&bad).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // llama.cpp's quantizer keeps kiln's keys, which then describe other tensors.
+    let theirs = d.join("theirs-q8_0.gguf");
+    let o = kiln()
+        .args(["llama-quantize", "--type", "q8_0"])
+        .arg(&good)
+        .arg(&theirs)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = kiln()
+        .args(["inspect", "--verify", "--json"])
+        .arg(&theirs)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["checksum"]["status"], "stale");
+    assert!(j["metadata"]
+        .as_object()
+        .unwrap()
+        .contains_key("kiln.checksum.xxh3_64"));
+
+    // A file written with --no-checksum has none to verify.
+    let plain = d.join("plain.gguf");
+    let o = kiln()
+        .args(["quantize", "-t", "q8_0", "--no-checksum"])
+        .arg(&good)
+        .arg("-o")
+        .arg(&plain)
+        .arg("--allow-requantize")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = kiln()
+        .args(["inspect", "--verify", "--json"])
+        .arg(&plain)
+        .output()
+        .unwrap();
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["checksum"]["status"], "absent");
+    assert!(!j["metadata"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .any(|k| k.starts_with("kiln.")));
+}

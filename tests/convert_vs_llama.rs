@@ -5,6 +5,7 @@
 
 mod common;
 
+use kiln::gguf::checksum::{self, Verdict};
 use kiln::gguf::{GgufFile, Value};
 use kiln::plan::FileType;
 use kiln::quantize::{self, Options};
@@ -131,12 +132,51 @@ fn assert_same(kiln_file: &Path, llama_file: &Path, what: &str) {
             );
         }
     }
-    let ma = GgufFile::open(kiln_file).unwrap().header.metadata;
-    let mb = GgufFile::open(llama_file).unwrap().header.metadata;
+    // kiln's file carries its check and the check holds; apart from the check's keys (which
+    // llama.cpp copies from a kiln input, stale), the metadata is llama.cpp's.
+    let g = GgufFile::open(kiln_file).unwrap();
+    assert!(
+        matches!(checksum::verify(&g).unwrap(), Verdict::Ok { .. }),
+        "{what}: kiln's checksum"
+    );
+    let mut ma = g.header.metadata.clone();
+    let mut mb = GgufFile::open(llama_file).unwrap().header.metadata;
+    checksum::remove(&mut ma);
+    checksum::remove(&mut mb);
     for (k, v) in mb.iter() {
         assert_eq!(ma.get(k), Some(v), "{what}: metadata key {k}");
     }
     assert_eq!(ma.len(), mb.len(), "{what}: metadata key count");
+}
+
+/// With --no-checksum, from an f32 GGUF without kiln's check, kiln's file is llama-quantize's,
+/// byte for byte, for every type.
+#[test]
+fn without_the_checksum_files_are_byte_identical_to_llama_quantize() {
+    let f32_plain = tmp().join("llama-F32-plain.gguf");
+    let mut o = Options::new(FileType::F32);
+    o.output = Some(f32_plain.clone());
+    o.force = true;
+    o.checksum = false;
+    quantize::execute(&quantize::prepare(llama_dir(), &o).unwrap(), true, false).unwrap();
+    for ftype in FileType::ALL {
+        let ours = tmp().join(format!("kiln-plain-{}.gguf", ftype.name()));
+        let theirs = tmp().join(format!("llama-plain-{}.gguf", ftype.name()));
+        let mut o = Options::new(ftype);
+        o.output = Some(ours.clone());
+        o.force = true;
+        o.checksum = false;
+        quantize::execute(&quantize::prepare(&f32_plain, &o).unwrap(), true, false).unwrap();
+        kiln::llama::reference_quantize(&f32_plain, &theirs, ftype.id(), &Default::default())
+            .unwrap();
+        let (a, b) = (
+            std::fs::read(&ours).unwrap(),
+            std::fs::read(&theirs).unwrap(),
+        );
+        assert_eq!(a.len(), b.len(), "{ftype}: file sizes");
+        let first = a.iter().zip(&b).position(|(x, y)| x != y);
+        assert_eq!(first, None, "{ftype}: first differing byte");
+    }
 }
 
 #[test]

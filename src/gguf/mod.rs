@@ -1,5 +1,6 @@
 //! GGUF: metadata values, reading (memory-mapped, checked) and streaming writing.
 
+pub mod checksum;
 pub mod reader;
 pub mod types;
 pub mod value;

@@ -185,14 +185,26 @@ impl fmt::Display for Value {
                     Array::F32(v) => v.iter().take(4).map(|x| x.to_string()).collect(),
                     Array::I32(v) => v.iter().take(4).map(|x| x.to_string()).collect(),
                     Array::U32(v) => v.iter().take(4).map(|x| x.to_string()).collect(),
-                    _ => Vec::new(),
+                    Array::U64(v) => v.iter().take(4).map(|x| x.to_string()).collect(),
+                    Array::I64(v) => v.iter().take(4).map(|x| x.to_string()).collect(),
+                    Array::U8(v) => v.iter().take(4).map(|x| x.to_string()).collect(),
+                    Array::I8(v) => v.iter().take(4).map(|x| x.to_string()).collect(),
+                    Array::U16(v) => v.iter().take(4).map(|x| x.to_string()).collect(),
+                    Array::I16(v) => v.iter().take(4).map(|x| x.to_string()).collect(),
+                    Array::F64(v) => v.iter().take(4).map(|x| x.to_string()).collect(),
+                    Array::Bool(v) => v.iter().take(4).map(|x| x.to_string()).collect(),
+                    Array::Array(v) => v
+                        .iter()
+                        .take(4)
+                        .map(|a| format!("[{} items]", a.len()))
+                        .collect(),
                 };
-                write!(
-                    f,
-                    "[{}{}] ({n} items)",
-                    head.join(", "),
-                    if n > head.len() { ", ..." } else { "" }
-                )
+                let more = if n > head.len() { ", ..." } else { "" };
+                if head.is_empty() && n > 0 {
+                    write!(f, "[...] ({n} items)")
+                } else {
+                    write!(f, "[{}{more}] ({n} items)", head.join(", "))
+                }
             }
         }
     }

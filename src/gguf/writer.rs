@@ -3,11 +3,12 @@
 //! to a temporary file beside the target, which is renamed over the target only by
 //! [`GgufWriter::finish`]; dropped early (error, panic), the temporary file is deleted.
 
-use super::reader::DEFAULT_ALIGNMENT;
+use super::checksum;
+use super::reader::{self, DEFAULT_ALIGNMENT};
 use super::types::TypeId;
 use super::value::{Array, Metadata, Value};
 use anyhow::{bail, Context, Result};
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use tempfile::NamedTempFile;
 
@@ -89,15 +90,23 @@ fn alignment_of(md: &Metadata) -> u64 {
 
 /// The header (magic through tensor infos, padded to the alignment) and each tensor's offset.
 pub fn header_bytes(md: &Metadata, tensors: &[TensorEntry]) -> (Vec<u8>, Vec<u64>) {
+    let (h, offsets, _) = header_layout(md, tensors);
+    (h, offsets)
+}
+
+/// [`header_bytes`] plus where each metadata value starts in the header.
+fn header_layout(md: &Metadata, tensors: &[TensorEntry]) -> (Vec<u8>, Vec<u64>, Vec<usize>) {
     let align = alignment_of(md);
     let mut out = Vec::new();
     out.extend_from_slice(b"GGUF");
     out.extend_from_slice(&3u32.to_le_bytes());
     out.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
     out.extend_from_slice(&(md.len() as u64).to_le_bytes());
+    let mut value_at = Vec::with_capacity(md.len());
     for (k, v) in md.iter() {
         put_str(&mut out, k);
         out.extend_from_slice(&v.type_id().to_le_bytes());
+        value_at.push(out.len());
         put_value(&mut out, v);
     }
     let mut offsets = Vec::with_capacity(tensors.len());
@@ -115,7 +124,7 @@ pub fn header_bytes(md: &Metadata, tensors: &[TensorEntry]) -> (Vec<u8>, Vec<u64
     }
     let padded = (out.len() as u64).div_ceil(align) * align;
     out.resize(padded as usize, 0);
-    (out, offsets)
+    (out, offsets, value_at)
 }
 
 /// Total file size for this header and these tensors.
@@ -149,6 +158,16 @@ pub struct GgufWriter {
     align: u64,
     current: usize,
     written_in_current: u64,
+    check: Option<Check>,
+}
+
+/// The checksum being computed (see [`checksum`]), and where its values go in the header.
+struct Check {
+    layout_at: usize,
+    data_at: usize,
+    layout: u64,
+    hasher: checksum::Hasher,
+    done: Vec<u64>,
 }
 
 impl GgufWriter {
@@ -174,7 +193,18 @@ impl GgufWriter {
             .tempfile_in(&dir)
             .with_context(|| format!("{}: cannot create a temporary file", dir.display()))?;
         let mut out = BufWriter::with_capacity(1 << 20, tmp);
-        let (header, _) = header_bytes(md, &tensors);
+        let (header, _, value_at) = header_layout(md, &tensors);
+        // The two checksum keys are the last two: a u64, then an array of u64 whose values
+        // follow its element type (4 bytes) and length (8 bytes).
+        let check = checksum::is_reserved(md, tensors.len()).then(|| Check {
+            layout_at: value_at[value_at.len() - 2],
+            data_at: value_at[value_at.len() - 1] + 12,
+            layout: checksum::layout_hash(
+                tensors.iter().map(|t| (t.name.as_str(), &t.dims[..], t.ty)),
+            ),
+            hasher: checksum::Hasher::new(),
+            done: Vec::with_capacity(tensors.len()),
+        });
         out.write_all(&header)
             .with_context(|| format!("{}: write failed", target.display()))?;
         Ok(GgufWriter {
@@ -185,6 +215,7 @@ impl GgufWriter {
             align: alignment_of(md),
             current: 0,
             written_in_current: 0,
+            check,
         })
     }
 
@@ -204,6 +235,9 @@ impl GgufWriter {
             .write_all(bytes)
             .with_context(|| format!("{}: write failed", self.target.display()))?;
         self.written_in_current += bytes.len() as u64;
+        if let Some(c) = &mut self.check {
+            c.hasher.update(bytes);
+        }
         Ok(())
     }
 
@@ -226,6 +260,10 @@ impl GgufWriter {
             .with_context(|| format!("{}: write failed", self.target.display()))?;
         self.current += 1;
         self.written_in_current = 0;
+        if let Some(c) = &mut self.check {
+            c.done.push(c.hasher.digest());
+            c.hasher.reset();
+        }
         Ok(())
     }
 
@@ -239,10 +277,22 @@ impl GgufWriter {
             );
         }
         let target = self.target.clone();
-        let tmp = self
+        let mut tmp = self
             .out
             .into_inner()
             .map_err(|e| anyhow::anyhow!("{}: write failed: {}", target.display(), e.error()))?;
+        if let Some(c) = &self.check {
+            let mut values = Vec::with_capacity(c.done.len() * 8);
+            c.done
+                .iter()
+                .for_each(|h| values.extend_from_slice(&h.to_le_bytes()));
+            let f = tmp.as_file_mut();
+            f.seek(SeekFrom::Start(c.layout_at as u64))
+                .and_then(|_| f.write_all(&c.layout.to_le_bytes()))
+                .and_then(|_| f.seek(SeekFrom::Start(c.data_at as u64)))
+                .and_then(|_| f.write_all(&values))
+                .with_context(|| format!("{}: write failed", target.display()))?;
+        }
         // tempfile creates files readable by the owner only; a model file is for everyone.
         #[cfg(unix)]
         {
@@ -254,6 +304,25 @@ impl GgufWriter {
         tmp.as_file()
             .sync_all()
             .with_context(|| format!("{}: sync failed", target.display()))?;
+        // What is about to appear must read back as the GGUF it was meant to be.
+        // Safety: a read-only map of the finished temporary file, which only kiln writes.
+        let map = unsafe { memmap2::Mmap::map(tmp.as_file()) }
+            .with_context(|| format!("{}: cannot read back", tmp.path().display()))?;
+        let back = reader::parse(&map).with_context(|| {
+            format!(
+                "{}: internal: the written file does not read back",
+                target.display()
+            )
+        })?;
+        if back.tensors.len() != self.tensors.len() {
+            bail!(
+                "{}: internal: the written file reads back with {} tensors, not {}",
+                target.display(),
+                back.tensors.len(),
+                self.tensors.len()
+            );
+        }
+        drop(map);
         if self.force {
             tmp.persist(&target).map_err(|e| {
                 anyhow::anyhow!(
