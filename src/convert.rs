@@ -24,6 +24,8 @@ static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBoo
 pub fn stop_on_signals() {
     let _ = ctrlc::set_handler(|| {
         if INTERRUPTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            // A second signal: stop now, but take the temporary files along.
+            crate::gguf::writer::remove_partial_files();
             std::process::exit(130);
         }
     });

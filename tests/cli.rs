@@ -131,7 +131,22 @@ fn convert_inspect_and_dry_run_from_the_command_line() {
 
 #[test]
 fn sigint_during_a_conversion_leaves_no_file() {
-    let d = tmp("sigint");
+    interrupted_conversion_leaves_no_file("INT", 1);
+}
+
+#[test]
+fn sigterm_during_a_conversion_leaves_no_file() {
+    interrupted_conversion_leaves_no_file("TERM", 1);
+}
+
+/// A second Ctrl-C exits at once, and still takes the temporary file along.
+#[test]
+fn double_sigint_leaves_no_file() {
+    interrupted_conversion_leaves_no_file("INT", 2);
+}
+
+fn interrupted_conversion_leaves_no_file(signal: &str, times: usize) {
+    let d = tmp(&format!("sig{signal}{times}"));
     let ck = d.join("big");
     fixture(&ck, "1024", "12");
     let out = d.join("out.gguf");
@@ -161,13 +176,15 @@ fn sigint_during_a_conversion_leaves_no_file() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap()
-        .success());
+    for _ in 0..times {
+        assert!(Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
     let status = child.wait().unwrap();
-    assert!(!status.success(), "an interrupted conversion fails");
+    assert!(!status.success(), "SIG{signal}: an interrupted conversion fails");
     assert!(!out.exists(), "no output file");
     assert!(!partial(), "no temporary file left");
 }

@@ -149,6 +149,39 @@ pub fn check_target(target: &Path, force: bool) -> Result<()> {
     Ok(())
 }
 
+/// Temporary files being written, so that a second Ctrl-C (which exits at once, without
+/// unwinding) can still remove them.
+static LIVE: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Removes every temporary file still being written (for an immediate exit).
+pub fn remove_partial_files() {
+    if let Ok(live) = LIVE.lock() {
+        for p in live.iter() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// A temporary file's place in [`LIVE`], given up when dropped.
+struct Registration(PathBuf);
+
+impl Registration {
+    fn new(p: &Path) -> Self {
+        if let Ok(mut live) = LIVE.lock() {
+            live.push(p.to_path_buf());
+        }
+        Registration(p.to_path_buf())
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Ok(mut live) = LIVE.lock() {
+            live.retain(|p| p != &self.0);
+        }
+    }
+}
+
 /// Writes one GGUF file, tensor data in header order.
 pub struct GgufWriter {
     target: PathBuf,
@@ -159,6 +192,7 @@ pub struct GgufWriter {
     current: usize,
     written_in_current: u64,
     check: Option<Check>,
+    _registration: Registration,
 }
 
 /// The checksum being computed (see [`checksum`]), and where its values go in the header.
@@ -192,6 +226,7 @@ impl GgufWriter {
             .suffix(".partial")
             .tempfile_in(&dir)
             .with_context(|| format!("{}: cannot create a temporary file", dir.display()))?;
+        let registration = Registration::new(tmp.path());
         let mut out = BufWriter::with_capacity(1 << 20, tmp);
         let (header, _, value_at) = header_layout(md, &tensors);
         // The two checksum keys are the last two: a u64, then an array of u64 whose values
@@ -216,6 +251,7 @@ impl GgufWriter {
             current: 0,
             written_in_current: 0,
             check,
+            _registration: registration,
         })
     }
 
