@@ -163,7 +163,7 @@ def field(num, wire, payload):
 
 
 def piece(text, score, kind):
-    return field(1, 2, field(1, 2, text.encode()) + field(2, 5, score) + field(3, 0, kind))
+    return field(1, 2, text.encode()) + field(2, 5, score) + field(3, 0, kind)
 
 
 def spm(model_type, byte_fallback, pieces, add_dummy_prefix=1):

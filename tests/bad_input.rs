@@ -797,11 +797,18 @@ fn unwritable_output_folders() {
         .output();
     match o {
         Ok(o) if writable && stderr(&o).contains("setpriv:") => {
-            eprintln!("read-only folder case skipped: setpriv failed: {}", stderr(&o))
+            eprintln!(
+                "read-only folder case skipped: setpriv failed: {}",
+                stderr(&o)
+            )
         }
         Ok(o) => {
             assert_clean_failure(&o, &["ro", "Permission denied"], &[], "read-only folder");
-            assert!(listing(&ro).is_empty(), "read-only folder: {:?}", listing(&ro));
+            assert!(
+                listing(&ro).is_empty(),
+                "read-only folder: {:?}",
+                listing(&ro)
+            );
         }
         Err(e) => eprintln!("read-only folder case skipped: no setpriv to drop root ({e})"),
     }

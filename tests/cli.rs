@@ -184,7 +184,10 @@ fn interrupted_conversion_leaves_no_file(signal: &str, times: usize) {
             .success());
     }
     let status = child.wait().unwrap();
-    assert!(!status.success(), "SIG{signal}: an interrupted conversion fails");
+    assert!(
+        !status.success(),
+        "SIG{signal}: an interrupted conversion fails"
+    );
     assert!(!out.exists(), "no output file");
     assert!(!partial(), "no temporary file left");
 }

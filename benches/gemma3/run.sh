@@ -31,14 +31,16 @@ echo "source: $(basename "$src") (sha256 verified), reference: f32 requantized f
 echo
 echo "| type | kiln s | llama.cpp s | kiln / llama.cpp | kiln peak MB | llama.cpp peak MB | bytes identical |"
 echo "|---|---:|---:|---:|---:|---:|---|"
-read -r ks km < <(measure $kiln quantize --allow-requantize -t f32 "$src" -o "$ref" --force)
+# --no-checksum: the cmp comparisons below need files without kiln's two checksum keys (and
+# llama.cpp's files would carry a stale copy of the reference's).
+read -r ks km < <(measure $kiln quantize --allow-requantize --no-checksum -t f32 "$src" -o "$ref" --force)
 read -r ls lm < <(measure $kiln llama-quantize --allow-requantize "$src" "$work/llama-F32.gguf" -t f32)
 same=no; cmp -s "$ref" "$work/llama-F32.gguf" && same=yes
 echo "| F32 (from Q4_K_M) | $ks | $ls | $(python3 -c "print(f'{$ks/$ls:.2f}')") | $((km/1024)) | $((lm/1024)) | $same |"
 rm -f "$work/llama-F32.gguf"
 mkdir -p "$work/llama"
 for t in ${types//,/ }; do
-  read -r ks km < <(measure $kiln quantize -t "$t" "$ref" -o "$work/kiln-$t.gguf" --force)
+  read -r ks km < <(measure $kiln quantize -t "$t" --no-checksum "$ref" -o "$work/kiln-$t.gguf" --force)
   read -r ls lm < <(measure $kiln llama-quantize "$ref" "$work/llama/gemma-3-270m-$t.gguf" -t "$t")
   same=no; cmp -s "$work/kiln-$t.gguf" "$work/llama/gemma-3-270m-$t.gguf" && same=yes
   echo "| $t | $ks | $ls | $(python3 -c "print(f'{$ks/$ls:.2f}')") | $((km/1024)) | $((lm/1024)) | $same |"
