@@ -340,6 +340,11 @@ pub fn run_many(
             bail!("internal: outputs of one run must list the same tensors in the same order");
         }
     }
+    // A GGUF input that carries kiln's checksum is checked before anything is written (one
+    // parallel pass; the conversion then reads the same pages from the cache).
+    if let Input::Gguf(g) = input {
+        crate::gguf::checksum::verify(g)?;
+    }
     let mut writers = Vec::with_capacity(outputs.len());
     let mut total = 0u64;
     for o in outputs {

@@ -929,3 +929,30 @@ fn damaged_output_is_caught_by_inspect_verify() {
         .keys()
         .any(|k| k.starts_with("kiln.")));
 }
+
+/// A GGUF input whose data no longer matches kiln's checksum is refused before anything is
+/// written, naming the file and the tensor.
+#[test]
+fn damaged_gguf_input_is_refused() {
+    let d = tmp("damaged_input");
+    let out = d.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let path = d.join("in.gguf");
+    std::fs::write(&path, base_gguf()).unwrap();
+    let g = kiln::gguf::GgufFile::open(&path).unwrap();
+    let t = g.find("output_norm.weight").unwrap().clone();
+    let at = (g.header.data_offset + t.offset) as usize;
+    drop(g);
+    let mut bytes = base_gguf().to_vec();
+    bytes[at + 2] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    quantize_fails(
+        "q8_0",
+        &path,
+        &out,
+        &[],
+        &["in.gguf", "output_norm.weight", "damaged"],
+        &[],
+        "damaged GGUF input",
+    );
+}

@@ -4,15 +4,45 @@
 use kiln::plan::FileType;
 use kiln::runner::{BenchOptions, EvalOptions};
 use kiln::sweep::{self, SweepOptions};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-#[test]
-fn sweep_of_the_fixture_writes_a_complete_report() {
-    let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sweep");
+/// A fresh folder with the Llama fixture checkpoint in it: (folder, checkpoint).
+fn fixture(name: &str) -> (PathBuf, PathBuf) {
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
     let _ = std::fs::remove_dir_all(&base);
     let ck = base.join("fixture");
     let tok = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/llama2-tokenizer.model");
     kiln::fixture::write_checkpoint(&kiln::fixture::llama_spm_default(tok), &ck).unwrap();
+    (base, ck)
+}
+
+/// Short bench and eval settings for the fixture.
+fn quick(
+    n_prompt: u32,
+    n_gen: u32,
+    repetitions: u32,
+    max_chunks: u32,
+) -> (BenchOptions, EvalOptions) {
+    (
+        BenchOptions {
+            n_prompt: vec![n_prompt],
+            n_gen: vec![n_gen],
+            repetitions,
+            ..Default::default()
+        },
+        EvalOptions {
+            n_ctx: 128,
+            max_chunks,
+            max_answer_tokens: 8,
+            ..Default::default()
+        },
+    )
+}
+
+#[test]
+fn sweep_of_the_fixture_writes_a_complete_report() {
+    let (base, ck) = fixture("sweep");
+    let (bench, eval) = quick(64, 16, 2, 3);
     let types = vec![
         FileType::Q2_K,
         FileType::F16,
@@ -26,18 +56,8 @@ fn sweep_of_the_fixture_writes_a_complete_report() {
         allow_requantize: false,
         imatrix: None,
         force: false,
-        bench: BenchOptions {
-            n_prompt: vec![64],
-            n_gen: vec![16],
-            repetitions: 2,
-            ..Default::default()
-        },
-        eval: EvalOptions {
-            n_ctx: 128,
-            max_chunks: 3,
-            max_answer_tokens: 8,
-            ..Default::default()
-        },
+        bench,
+        eval,
         skip_bench: false,
         skip_eval: false,
         extra: Vec::new(),
@@ -121,11 +141,8 @@ fn sweep_of_the_fixture_writes_a_complete_report() {
 /// `--add` are measured against the same reference.
 #[test]
 fn sweep_records_files_llama_cpp_refuses_and_goes_on() {
-    let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sweep-refused");
-    let _ = std::fs::remove_dir_all(&base);
-    let ck = base.join("fixture");
-    let tok = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/llama2-tokenizer.model");
-    kiln::fixture::write_checkpoint(&kiln::fixture::llama_spm_default(tok), &ck).unwrap();
+    let (base, ck) = fixture("sweep-refused");
+    let (bench, eval) = quick(32, 8, 1, 2);
 
     // A q8_0 from kiln, then two broken copies and llama.cpp's own q4_0 of it.
     let mut o = kiln::quantize::Options::new(FileType::Q8_0);
@@ -161,18 +178,8 @@ fn sweep_records_files_llama_cpp_refuses_and_goes_on() {
         allow_requantize: false,
         imatrix: None,
         force: false,
-        bench: BenchOptions {
-            n_prompt: vec![32],
-            n_gen: vec![8],
-            repetitions: 1,
-            ..Default::default()
-        },
-        eval: EvalOptions {
-            n_ctx: 128,
-            max_chunks: 2,
-            max_answer_tokens: 4,
-            ..Default::default()
-        },
+        bench,
+        eval,
         skip_bench: false,
         skip_eval: false,
         extra: vec![refused.clone(), truncated.clone(), theirs.clone()],
