@@ -26,6 +26,10 @@ enum Command {
     /// Write a sweep's report files (report.md, report.csv, chart.svg, chart.png) again from
     /// its report.json.
     Report { dir: PathBuf },
+    /// Internal: measure one sweep variant (a JSON job on stdin, the result as JSON on stdout),
+    /// so that a llama.cpp abort ends only this process.
+    #[command(hide = true)]
+    MeasureWorker,
     /// Print a GGUF file's metadata and tensors.
     Inspect {
         file: PathBuf,
@@ -383,6 +387,7 @@ fn sweep(a: SweepArgs) -> anyhow::Result<()> {
         skip_bench: false,
         skip_eval: false,
         extra: a.extra,
+        worker: std::env::current_exe().ok(),
     };
     let mut p = progress_line();
     let rep = kiln::sweep::run(&a.input, &opts, &mut p)?;
@@ -442,6 +447,16 @@ fn quantize(a: QuantizeArgs) -> anyhow::Result<()> {
         s.bytes_written as f64 * 8.0 / s.n_elements.max(1) as f64,
         start.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+fn measure_worker() -> anyhow::Result<()> {
+    let mut input = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)?;
+    let job: kiln::sweep::MeasureJob = serde_json::from_str(&input)?;
+    let mut p = progress_line();
+    let m = kiln::sweep::measure(&job, &mut p);
+    println!("{}", serde_json::to_string(&m)?);
     Ok(())
 }
 
@@ -511,6 +526,7 @@ fn main() -> ExitCode {
             kiln::report::write(&rep, &dir)
         })(),
         Command::Inspect { file, json, verify } => inspect(&file, json, verify),
+        Command::MeasureWorker => measure_worker(),
         Command::Demo { out, types } => convert_demo(&out, &types),
         Command::KernelsDemo { rows, cols } => demo(rows, cols),
         Command::LlamaQuantize {
@@ -611,6 +627,7 @@ fn convert_demo(out: &std::path::Path, types: &[String]) -> anyhow::Result<()> {
             ..Default::default()
         },
         extra: Vec::new(),
+        worker: std::env::current_exe().ok(),
         skip_bench: false,
         skip_eval: false,
     };

@@ -61,6 +61,7 @@ fn sweep_of_the_fixture_writes_a_complete_report() {
         skip_bench: false,
         skip_eval: false,
         extra: Vec::new(),
+        worker: None,
     };
     let rep = sweep::run(&ck, &opts, &mut |_| {}).unwrap();
     kiln::report::write(&rep, &opts.out_dir).unwrap();
@@ -136,9 +137,10 @@ fn sweep_of_the_fixture_writes_a_complete_report() {
 }
 
 /// A sweep goes on past files it cannot measure: a GGUF llama.cpp refuses (a required key
-/// renamed) and one kiln's reader refuses (truncated) become rows with an error naming the
-/// file and llama.cpp's reason, while kiln's variants and a llama-quantize file added with
-/// `--add` are measured against the same reference.
+/// renamed), one that makes llama.cpp abort the process, and one kiln's reader refuses
+/// (truncated) become rows with an error naming the file and llama.cpp's reason, while kiln's
+/// variants and a llama-quantize file added with `--add` are measured against the same
+/// reference, each in its own worker process as `kiln sweep` runs them.
 #[test]
 fn sweep_records_files_llama_cpp_refuses_and_goes_on() {
     let (base, ck) = fixture("sweep-refused");
@@ -157,6 +159,30 @@ fn sweep_records_files_llama_cpp_refuses_and_goes_on() {
     renamed[at..at + key.len()].copy_from_slice(b"llama.block_xount");
     let refused = base.join("refused.gguf");
     std::fs::write(&refused, &renamed).unwrap();
+    // llama.cpp accepts the file but aborts in a GGML_ASSERT on an expert count over its
+    // limit of 512: only a separate process survives that.
+    let aborts = base.join("aborts.gguf");
+    {
+        let g = kiln::gguf::GgufFile::open(&q8).unwrap();
+        let mut md = g.metadata().clone();
+        md.set("llama.expert_count", kiln::gguf::Value::U32(100_000));
+        let entries = g
+            .tensors()
+            .iter()
+            .map(|t| kiln::gguf::writer::TensorEntry {
+                name: t.name.clone(),
+                dims: t.dims.clone(),
+                ty: t.ty,
+                bytes: t.bytes,
+            })
+            .collect();
+        let mut w = kiln::gguf::writer::GgufWriter::create(&aborts, false, &md, entries).unwrap();
+        for t in g.tensors() {
+            w.write(g.data(t)).unwrap();
+            w.end_tensor().unwrap();
+        }
+        w.finish().unwrap();
+    }
     let truncated = base.join("truncated.gguf");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     let theirs = base.join("llama-quantize-q4_0.gguf");
@@ -182,14 +208,27 @@ fn sweep_records_files_llama_cpp_refuses_and_goes_on() {
         eval,
         skip_bench: false,
         skip_eval: false,
-        extra: vec![refused.clone(), truncated.clone(), theirs.clone()],
+        extra: vec![
+            refused.clone(),
+            aborts.clone(),
+            truncated.clone(),
+            theirs.clone(),
+        ],
+        worker: Some(PathBuf::from(env!("CARGO_BIN_EXE_kiln"))),
     };
     let rep = sweep::run(&ck, &opts, &mut |_| {}).unwrap();
     kiln::report::write(&rep, &opts.out_dir).unwrap();
     let labels: Vec<&str> = rep.rows.iter().map(|r| r.r#type.as_str()).collect();
     assert_eq!(
         labels,
-        ["F16", "Q4_0", "refused", "truncated", "llama-quantize-q4_0"]
+        [
+            "F16",
+            "Q4_0",
+            "refused",
+            "aborts",
+            "truncated",
+            "llama-quantize-q4_0"
+        ]
     );
     let row = |l: &str| rep.rows.iter().find(|r| r.r#type == l).unwrap();
     for l in ["F16", "Q4_0", "llama-quantize-q4_0"] {
@@ -205,6 +244,9 @@ fn sweep_records_files_llama_cpp_refuses_and_goes_on() {
     assert!(e.contains(&refused.display().to_string()), "{e}");
     assert!(e.contains("llama.block_count"), "llama.cpp's reason: {e}");
     assert!(row("refused").bench.is_empty() && row("refused").eval.is_none());
+    let e = row("aborts").error.clone().unwrap();
+    assert!(e.contains(&aborts.display().to_string()), "{e}");
+    assert!(e.contains("aborted") && e.contains("GGML_ASSERT"), "{e}");
     let e = row("truncated").error.clone().unwrap();
     assert!(e.contains(&truncated.display().to_string()), "{e}");
     assert!(e.contains("truncated"), "{e}");

@@ -90,7 +90,7 @@ pub struct BenchResult {
 }
 
 /// Options of `kiln eval`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EvalOptions {
     /// Text for perplexity/KLD (default: the bundled text).
     pub text: Option<PathBuf>,
