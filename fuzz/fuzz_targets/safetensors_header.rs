@@ -7,7 +7,11 @@ fuzz_target!(|data: &[u8]| {
         // Every range it accepts must lie inside the buffer and match shape x dtype.
         for t in &tensors {
             let r = t.byte_range();
-            assert!(r.start <= r.end && r.end <= data.len(), "{} out of bounds", t.name);
+            assert!(
+                r.start <= r.end && r.end <= data.len(),
+                "{} out of bounds",
+                t.name
+            );
             if let Ok(d) = t.dtype {
                 assert_eq!(t.n_elements() * d.size(), r.end - r.start, "{}", t.name);
             }
