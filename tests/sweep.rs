@@ -16,7 +16,8 @@ fn fixture(name: &str) -> (PathBuf, PathBuf) {
     (base, ck)
 }
 
-/// Short bench and eval settings for the fixture.
+/// Short bench and eval settings for the fixture, one thread each: the two tests run side by
+/// side, and llama.cpp's spinning workers slow down many-fold when threads outnumber cores.
 fn quick(
     n_prompt: u32,
     n_gen: u32,
@@ -28,11 +29,13 @@ fn quick(
             n_prompt: vec![n_prompt],
             n_gen: vec![n_gen],
             repetitions,
+            threads: vec![1],
             ..Default::default()
         },
         EvalOptions {
             n_ctx: 128,
             max_chunks,
+            threads: 1,
             max_answer_tokens: 8,
             ..Default::default()
         },
