@@ -16,56 +16,52 @@ fn fixture(name: &str) -> (PathBuf, PathBuf) {
     (base, ck)
 }
 
-/// Short bench and eval settings for the fixture, one thread each: the two tests run side by
-/// side, and llama.cpp's spinning workers slow down many-fold when threads outnumber cores.
+/// A sweep of `types` into `base/report` with short bench and eval settings, one thread each:
+/// the two tests run side by side, and llama.cpp's spinning workers slow down many-fold when
+/// threads outnumber cores. In this process, no extra files.
 fn quick(
-    n_prompt: u32,
-    n_gen: u32,
-    repetitions: u32,
-    max_chunks: u32,
-) -> (BenchOptions, EvalOptions) {
-    (
-        BenchOptions {
+    types: Vec<FileType>,
+    base: &Path,
+    (n_prompt, n_gen, repetitions, max_chunks): (u32, u32, u32, u32),
+) -> SweepOptions {
+    SweepOptions {
+        types,
+        out_dir: base.join("report"),
+        reference: None,
+        allow_requantize: false,
+        imatrix: None,
+        force: false,
+        bench: BenchOptions {
             n_prompt: vec![n_prompt],
             n_gen: vec![n_gen],
             repetitions,
             threads: vec![1],
             ..Default::default()
         },
-        EvalOptions {
+        eval: EvalOptions {
             n_ctx: 128,
             max_chunks,
             threads: 1,
             max_answer_tokens: 8,
             ..Default::default()
         },
-    )
+        skip_bench: false,
+        skip_eval: false,
+        extra: Vec::new(),
+        worker: None,
+    }
 }
 
 #[test]
 fn sweep_of_the_fixture_writes_a_complete_report() {
     let (base, ck) = fixture("sweep");
-    let (bench, eval) = quick(64, 16, 2, 3);
     let types = vec![
         FileType::Q2_K,
         FileType::F16,
         FileType::Q8_0,
         FileType::Q4_K_M,
     ];
-    let opts = SweepOptions {
-        types: types.clone(),
-        out_dir: base.join("report"),
-        reference: None,
-        allow_requantize: false,
-        imatrix: None,
-        force: false,
-        bench,
-        eval,
-        skip_bench: false,
-        skip_eval: false,
-        extra: Vec::new(),
-        worker: None,
-    };
+    let opts = quick(types.clone(), &base, (64, 16, 2, 3));
     let rep = sweep::run(&ck, &opts, &mut |_| {}).unwrap();
     kiln::report::write(&rep, &opts.out_dir).unwrap();
 
@@ -147,7 +143,6 @@ fn sweep_of_the_fixture_writes_a_complete_report() {
 #[test]
 fn sweep_records_files_llama_cpp_refuses_and_goes_on() {
     let (base, ck) = fixture("sweep-refused");
-    let (bench, eval) = quick(32, 8, 1, 2);
 
     // A q8_0 from kiln, then two broken copies and llama.cpp's own q4_0 of it.
     let mut o = kiln::quantize::Options::new(FileType::Q8_0);
@@ -200,25 +195,14 @@ fn sweep_records_files_llama_cpp_refuses_and_goes_on() {
     };
     kiln::llama::reference_quantize(&q8, &theirs, FileType::Q4_0.id(), &ro).unwrap();
 
-    let opts = SweepOptions {
-        types: vec![FileType::F16, FileType::Q4_0],
-        out_dir: base.join("report"),
-        reference: None,
-        allow_requantize: false,
-        imatrix: None,
-        force: false,
-        bench,
-        eval,
-        skip_bench: false,
-        skip_eval: false,
-        extra: vec![
-            refused.clone(),
-            aborts.clone(),
-            truncated.clone(),
-            theirs.clone(),
-        ],
-        worker: Some(PathBuf::from(env!("CARGO_BIN_EXE_kiln"))),
-    };
+    let mut opts = quick(vec![FileType::F16, FileType::Q4_0], &base, (32, 8, 1, 2));
+    opts.extra = vec![
+        refused.clone(),
+        aborts.clone(),
+        truncated.clone(),
+        theirs.clone(),
+    ];
+    opts.worker = Some(PathBuf::from(env!("CARGO_BIN_EXE_kiln")));
     let rep = sweep::run(&ck, &opts, &mut |_| {}).unwrap();
     kiln::report::write(&rep, &opts.out_dir).unwrap();
     let labels: Vec<&str> = rep.rows.iter().map(|r| r.r#type.as_str()).collect();
