@@ -274,14 +274,7 @@ fn extra_row(file: &Path) -> SweepRow {
         error: None,
     };
     match crate::gguf::GgufFile::open(file) {
-        Ok(g) => {
-            let (n, data): (u64, u64) = g
-                .tensors()
-                .iter()
-                .fold((0, 0), |(n, d), t| (n + t.n_elements(), d + t.bytes));
-            row.n_params = n;
-            row.bits_per_weight = data as f64 * 8.0 / n.max(1) as f64;
-        }
+        Ok(g) => (row.n_params, _, row.bits_per_weight) = crate::inspect::totals(&g),
         Err(e) => row.error = Some(format!("{e:#}")),
     }
     row

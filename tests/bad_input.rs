@@ -562,6 +562,16 @@ fn tensor_fields(g: &[u8], name: &str) -> (usize, usize) {
     (ty, ty + 4)
 }
 
+/// The base GGUF with bits `mask` flipped in the data of tensor `name`, at the byte `offset`
+/// picks from the tensor's size.
+fn base_gguf_damaged(name: &str, offset: impl FnOnce(u64) -> u64, mask: u8) -> Vec<u8> {
+    let mut g = base_gguf().to_vec();
+    let h = kiln::gguf::reader::parse(&g).unwrap();
+    let t = h.tensors.iter().find(|t| t.name == name).unwrap();
+    g[(h.data_offset + t.offset + offset(t.bytes)) as usize] ^= mask;
+    g
+}
+
 #[test]
 fn corrupt_gguf_inputs() {
     let g = base_gguf();
@@ -860,14 +870,12 @@ fn damaged_output_is_caught_by_inspect_verify() {
     assert!(text.contains("checksum: ok"), "{text}");
 
     // One bit of blk.0.attn_k.weight's data flipped.
-    let g = kiln::gguf::GgufFile::open(&good).unwrap();
-    let t = g.find("blk.0.attn_k.weight").unwrap().clone();
-    let at = (g.header.data_offset + t.offset + t.bytes / 2) as usize;
-    drop(g);
-    let mut bytes = base_gguf().to_vec();
-    bytes[at] ^= 0x10;
     let bad = d.join("bad.gguf");
-    std::fs::write(&bad, &bytes).unwrap();
+    std::fs::write(
+        &bad,
+        base_gguf_damaged("blk.0.attn_k.weight", |n| n / 2, 0x10),
+    )
+    .unwrap();
     let o = kiln()
         .args(["inspect", "--verify"])
         .arg(&bad)
@@ -938,14 +946,7 @@ fn damaged_gguf_input_is_refused() {
     let out = d.join("out");
     std::fs::create_dir_all(&out).unwrap();
     let path = d.join("in.gguf");
-    std::fs::write(&path, base_gguf()).unwrap();
-    let g = kiln::gguf::GgufFile::open(&path).unwrap();
-    let t = g.find("output_norm.weight").unwrap().clone();
-    let at = (g.header.data_offset + t.offset) as usize;
-    drop(g);
-    let mut bytes = base_gguf().to_vec();
-    bytes[at + 2] ^= 0x01;
-    std::fs::write(&path, &bytes).unwrap();
+    std::fs::write(&path, base_gguf_damaged("output_norm.weight", |_| 2, 0x01)).unwrap();
     quantize_fails(
         "q8_0",
         &path,

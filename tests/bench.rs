@@ -5,8 +5,10 @@
 //! The tests take one lock, so that they do not compete for the CPU (their timings stay
 //! meaningful) and so that the log capture sees only its own test's llama.cpp lines.
 
+mod common;
+
+use common::fixtures::{convert, llama_checkpoint, tokenizer_model};
 use kiln::plan::FileType;
-use kiln::quantize::{self, Options};
 use kiln::runner::bench;
 use kiln::runner::{BenchOptions, BenchResult};
 use std::ffi::{c_char, c_void, CStr};
@@ -24,26 +26,12 @@ fn tmp() -> PathBuf {
     d
 }
 
-fn tokenizer_model() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/llama2-tokenizer.model")
-}
-
-fn convert(input: &Path, ftype: FileType, out: &Path) {
-    let mut o = Options::new(ftype);
-    o.output = Some(out.to_path_buf());
-    o.force = true;
-    let p = quantize::prepare(input, &o).unwrap_or_else(|e| panic!("prepare {ftype}: {e:#}"));
-    quantize::execute(&p, true, false).unwrap_or_else(|e| panic!("convert {ftype}: {e:#}"));
-}
-
 /// The Llama fixture as q8_0 and q4_0 GGUFs, written once.
 fn files() -> &'static [PathBuf; 2] {
     static F: OnceLock<[PathBuf; 2]> = OnceLock::new();
     F.get_or_init(|| {
         let dir = tmp().join("llama-spm");
-        let _ = std::fs::remove_dir_all(&dir);
-        kiln::fixture::write_checkpoint(&kiln::fixture::llama_spm_default(tokenizer_model()), &dir)
-            .unwrap();
+        llama_checkpoint(&dir);
         let q8 = tmp().join("llama-Q8_0.gguf");
         let q4 = tmp().join("llama-Q4_0.gguf");
         convert(&dir, FileType::Q8_0, &q8);

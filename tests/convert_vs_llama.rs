@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::fixtures::{convert, llama_checkpoint, tokenizer_model};
 use kiln::gguf::checksum::{self, Verdict};
 use kiln::gguf::{GgufFile, Value};
 use kiln::plan::FileType;
@@ -18,18 +19,12 @@ fn tmp() -> PathBuf {
     d
 }
 
-fn tokenizer_model() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/llama2-tokenizer.model")
-}
-
 /// The Llama + SentencePiece fixture (BF16, sharded, GQA, 640-wide FFN rows).
 fn llama_dir() -> &'static Path {
     static D: OnceLock<PathBuf> = OnceLock::new();
     D.get_or_init(|| {
         let d = tmp().join("llama-spm");
-        let _ = std::fs::remove_dir_all(&d);
-        kiln::fixture::write_checkpoint(&kiln::fixture::llama_spm_default(tokenizer_model()), &d)
-            .unwrap();
+        llama_checkpoint(&d);
         d
     })
 }
@@ -43,15 +38,6 @@ fn bpe_dir() -> &'static Path {
         kiln::fixture::write_checkpoint(&kiln::fixture::bpe_default(), &d).unwrap();
         d
     })
-}
-
-fn convert(input: &Path, ftype: FileType, out: &Path) {
-    let mut o = Options::new(ftype);
-    o.output = Some(out.to_path_buf());
-    o.force = true;
-    o.allow_requantize = false;
-    let p = quantize::prepare(input, &o).unwrap_or_else(|e| panic!("prepare {ftype}: {e:#}"));
-    quantize::execute(&p, true, false).unwrap_or_else(|e| panic!("convert {ftype}: {e:#}"));
 }
 
 /// The f32 GGUF of the Llama fixture, written once.

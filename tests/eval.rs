@@ -2,8 +2,10 @@
 //! llama.cpp as llama-perplexity scores them, checked against a direct computation from
 //! `kiln::llama::logits`, with the reference's cache written, read back and reused.
 
+mod common;
+
+use common::fixtures::{convert, llama_checkpoint};
 use kiln::plan::FileType;
-use kiln::quantize::{self, Options};
 use kiln::runner::eval;
 use kiln::runner::{EvalOptions, EvalResult};
 use std::path::{Path, PathBuf};
@@ -21,22 +23,12 @@ struct Models {
     q2_k: PathBuf,
 }
 
-fn convert(input: &Path, ftype: FileType, out: &Path) {
-    let mut o = Options::new(ftype);
-    o.output = Some(out.to_path_buf());
-    o.force = true;
-    let p = quantize::prepare(input, &o).unwrap_or_else(|e| panic!("prepare {ftype}: {e:#}"));
-    quantize::execute(&p, true, false).unwrap_or_else(|e| panic!("convert {ftype}: {e:#}"));
-}
-
 /// The Llama fixture converted to f32, q8_0 and q2_K, once.
 fn models() -> &'static Models {
     static M: OnceLock<Models> = OnceLock::new();
     M.get_or_init(|| {
         let d = tmp().join("llama-spm");
-        let _ = std::fs::remove_dir_all(&d);
-        let tok = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/llama2-tokenizer.model");
-        kiln::fixture::write_checkpoint(&kiln::fixture::llama_spm_default(tok), &d).unwrap();
+        llama_checkpoint(&d);
         let m = Models {
             f32: tmp().join("llama-F32.gguf"),
             q8_0: tmp().join("llama-Q8_0.gguf"),

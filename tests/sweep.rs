@@ -1,6 +1,8 @@
 //! `kiln sweep` end to end on the fixture: one pass converts every type, each variant is
 //! benched and evaluated on llama.cpp, and the report files hold every row.
 
+mod common;
+
 use kiln::plan::FileType;
 use kiln::runner::{BenchOptions, EvalOptions};
 use kiln::sweep::{self, SweepOptions};
@@ -11,8 +13,7 @@ fn fixture(name: &str) -> (PathBuf, PathBuf) {
     let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
     let _ = std::fs::remove_dir_all(&base);
     let ck = base.join("fixture");
-    let tok = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/llama2-tokenizer.model");
-    kiln::fixture::write_checkpoint(&kiln::fixture::llama_spm_default(tok), &ck).unwrap();
+    common::fixtures::llama_checkpoint(&ck);
     (base, ck)
 }
 

@@ -152,6 +152,11 @@ impl Value {
     }
 }
 
+/// The first four elements, printed.
+fn head<T: fmt::Display>(v: &[T]) -> Vec<String> {
+    v.iter().take(4).map(|x| x.to_string()).collect()
+}
+
 impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -182,17 +187,17 @@ impl fmt::Display for Value {
                         .take(4)
                         .map(|s| format!("{s:?}"))
                         .collect::<Vec<_>>(),
-                    Array::F32(v) => v.iter().take(4).map(|x| x.to_string()).collect(),
-                    Array::I32(v) => v.iter().take(4).map(|x| x.to_string()).collect(),
-                    Array::U32(v) => v.iter().take(4).map(|x| x.to_string()).collect(),
-                    Array::U64(v) => v.iter().take(4).map(|x| x.to_string()).collect(),
-                    Array::I64(v) => v.iter().take(4).map(|x| x.to_string()).collect(),
-                    Array::U8(v) => v.iter().take(4).map(|x| x.to_string()).collect(),
-                    Array::I8(v) => v.iter().take(4).map(|x| x.to_string()).collect(),
-                    Array::U16(v) => v.iter().take(4).map(|x| x.to_string()).collect(),
-                    Array::I16(v) => v.iter().take(4).map(|x| x.to_string()).collect(),
-                    Array::F64(v) => v.iter().take(4).map(|x| x.to_string()).collect(),
-                    Array::Bool(v) => v.iter().take(4).map(|x| x.to_string()).collect(),
+                    Array::F32(v) => head(v),
+                    Array::I32(v) => head(v),
+                    Array::U32(v) => head(v),
+                    Array::U64(v) => head(v),
+                    Array::I64(v) => head(v),
+                    Array::U8(v) => head(v),
+                    Array::I8(v) => head(v),
+                    Array::U16(v) => head(v),
+                    Array::I16(v) => head(v),
+                    Array::F64(v) => head(v),
+                    Array::Bool(v) => head(v),
                     Array::Array(v) => v
                         .iter()
                         .take(4)
@@ -200,11 +205,7 @@ impl fmt::Display for Value {
                         .collect(),
                 };
                 let more = if n > head.len() { ", ..." } else { "" };
-                if head.is_empty() && n > 0 {
-                    write!(f, "[...] ({n} items)")
-                } else {
-                    write!(f, "[{}{more}] ({n} items)", head.join(", "))
-                }
+                write!(f, "[{}{more}] ({n} items)", head.join(", "))
             }
         }
     }
