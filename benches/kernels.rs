@@ -6,9 +6,9 @@
 //!     cargo bench --bench kernels -- q4_K    # one format
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use kiln::ggml;
 use kiln::kernels::GgmlType;
-use kiln::synth::{importance, Case};
+use kiln_fixtures::ggml;
+use kiln_fixtures::synth::{importance, Case};
 use std::hint::black_box;
 use std::time::Duration;
 

@@ -1,24 +1,30 @@
 //! kiln: Hugging Face checkpoints to GGUF at every precision, measured on llama.cpp.
 //!
-//! The kernels live in the `kiln-kernels` crate (re-exported as [`kernels`]); this crate holds
-//! what talks to llama.cpp and the command line.
-
-pub mod demo;
-pub mod ggml;
-pub mod synth;
+//! Data flows one way: [`source`] (checkpoint or GGUF) -> [`arch`] (one file per model family)
+//! -> [`job`] (what each output tensor is) -> [`plan`] (each tensor's type) -> [`pipeline`]
+//! (the streaming pass through `kiln-kernels`, re-exported as [`kernels`]) -> [`gguf`] (the
+//! writer); and GGUF -> [`runner`] (llama.cpp) -> [`report`]. [`quantize`] ties the converter
+//! together for `kiln quantize`. The converter builds without llama.cpp; the runner needs the
+//! default `llama` feature.
 
 pub use kiln_kernels as kernels;
+
 pub mod arch;
-pub mod convert;
-pub mod fixture;
 pub mod gguf;
 pub mod imatrix;
 pub mod inspect;
-pub mod llama;
+pub mod job;
+pub mod pipeline;
 pub mod plan;
 pub mod quantize;
-pub mod report;
-pub mod runner;
 pub mod source;
-pub mod sweep;
 pub mod tokenizer;
+
+#[cfg(feature = "llama")]
+pub mod llama;
+#[cfg(feature = "llama")]
+pub mod report;
+#[cfg(feature = "llama")]
+pub mod runner;
+#[cfg(feature = "llama")]
+pub mod sweep;

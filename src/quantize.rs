@@ -2,18 +2,16 @@
 //! size, the output metadata) and then to a written file.
 
 use crate::arch;
-use crate::convert::{self, Input, Job, Summary, TensorSource};
 use crate::gguf::writer::{file_size, TensorEntry};
-use crate::gguf::{checksum, GgufFile, Metadata, Value};
+use crate::gguf::{checksum, keys, GgufFile, Metadata, Value};
 use crate::imatrix::{self, Imatrix};
+use crate::job::{Job, TensorSource, Transform};
+use crate::pipeline::{self, Summary};
 use crate::plan::{self, FileType, ModelFacts, PlanOptions, PlanTensor};
-use crate::source::Checkpoint;
+use crate::source::{Checkpoint, Source};
 use anyhow::{bail, Context, Result};
 use kiln_kernels::GgmlType;
 use std::path::{Path, PathBuf};
-
-/// `ggml`'s GGML_QNT_VERSION, written as general.quantization_version.
-pub const QUANTIZATION_VERSION: u32 = 2;
 
 /// Everything `kiln quantize` takes.
 #[derive(Clone, Debug)]
@@ -50,7 +48,7 @@ impl Options {
 
 /// A conversion ready to run.
 pub struct Prepared {
-    pub input: Input,
+    pub input: Box<dyn Source>,
     pub jobs: Vec<Job>,
     pub metadata: Metadata,
     pub target: PathBuf,
@@ -184,15 +182,23 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
                 input_type: t.ty,
                 out_type: t.ty,
                 fallback_from: None,
-                source: TensorSource::Gguf { index: i },
+                source: TensorSource::Input {
+                    index: i,
+                    transform: Transform::None,
+                },
             })
             .collect();
-        (Input::Gguf(g), md, jobs, facts)
+        (Box::new(g) as Box<dyn Source>, md, jobs, facts)
     } else {
         let ck = Checkpoint::open(input_path)?;
         let conv = arch::prepare(&ck, opts.ftype)?;
         notes.extend(conv.notes);
-        (Input::Hf(ck), conv.metadata, conv.jobs, conv.facts)
+        (
+            Box::new(ck) as Box<dyn Source>,
+            conv.metadata,
+            conv.jobs,
+            conv.facts,
+        )
     };
     jobs.sort_by(|a, b| plan::llama_order(&a.name, &b.name));
     let pts: Vec<PlanTensor> = jobs
@@ -260,10 +266,10 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
         ));
     }
     metadata.set_last(
-        "general.quantization_version",
-        Value::U32(QUANTIZATION_VERSION),
+        keys::QUANTIZATION_VERSION,
+        Value::U32(keys::GGML_QNT_VERSION),
     );
-    metadata.set_last("general.file_type", Value::U32(opts.ftype.id()));
+    metadata.set_last(keys::FILE_TYPE, Value::U32(opts.ftype.id()));
     if opts.checksum {
         checksum::reserve(&mut metadata, jobs.len());
     } else {
@@ -288,8 +294,8 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
 
 /// Writes a prepared conversion.
 pub fn execute(p: &Prepared, force: bool, progress: bool) -> Result<Summary> {
-    convert::run(
-        &p.input,
+    pipeline::run(
+        p.input.as_ref(),
         &p.jobs,
         &p.metadata,
         &p.target,

@@ -1,7 +1,7 @@
 //! `kiln sweep`: convert one checkpoint to several types in one pass, bench and evaluate every
 //! variant on llama.cpp against the highest-precision one, and write a report folder.
 
-use crate::convert::{self, Output};
+use crate::pipeline::{self, Output};
 use crate::plan::FileType;
 use crate::quantize::{self, Options, Prepared};
 use crate::runner::{bench, eval, BenchOptions, BenchResult, EvalOptions, EvalResult};
@@ -332,7 +332,7 @@ pub fn run(
             imatrix: p.imatrix.as_ref(),
         })
         .collect();
-    convert::run_many(&prepared[0].input, &outputs, opts.force, false)?;
+    pipeline::run_many(prepared[0].input.as_ref(), &outputs, opts.force, false)?;
     let convert_seconds = t0.elapsed().as_secs_f64();
     progress(&format!("converted in {convert_seconds:.1} s"));
 

@@ -32,24 +32,7 @@ fn base_checkpoint() -> &'static Path {
     static CK: OnceLock<PathBuf> = OnceLock::new();
     CK.get_or_init(|| {
         let d = tmp("base").join("ck");
-        let o = kiln()
-            .args([
-                "make-fixture",
-                "--hidden",
-                "64",
-                "--intermediate",
-                "128",
-                "--layers",
-                "1",
-                "--heads",
-                "2",
-                "--kv-heads",
-                "1",
-            ])
-            .arg(&d)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", stderr(&o));
+        crate::common::fixtures::sized_llama_checkpoint(&d, 64, 128, 1, 2, 1);
         for f in [SHARD1, SHARD2, INDEX, "config.json", "tokenizer.model"] {
             assert!(d.join(f).exists(), "fixture lacks {f}");
         }

@@ -5,9 +5,7 @@
 //! The tests take one lock, so that they do not compete for the CPU (their timings stay
 //! meaningful) and so that the log capture sees only its own test's llama.cpp lines.
 
-mod common;
-
-use common::fixtures::{convert, llama_checkpoint, tokenizer_model};
+use crate::common::fixtures::{convert, llama_checkpoint, tokenizer_model};
 use kiln::plan::FileType;
 use kiln::runner::bench;
 use kiln::runner::{BenchOptions, BenchResult};
@@ -563,10 +561,10 @@ fn kv_cache_bytes_equal_llama_cpp_log() {
 #[test]
 fn kv_cache_bytes_with_sliding_window_equal_llama_cpp_log() {
     let _g = serial();
-    use kiln::fixture::{default_for, Arch, Vocab};
+    use kiln_fixtures::checkpoint::{default_for, Arch, Vocab};
     let dir = tmp().join("gemma3");
     let _ = std::fs::remove_dir_all(&dir);
-    kiln::fixture::write_checkpoint(
+    kiln_fixtures::checkpoint::write_checkpoint(
         &default_for(Arch::Gemma3, Vocab::LlamaSpm(tokenizer_model())),
         &dir,
     )

@@ -32,21 +32,8 @@ fn assert_clean_failure(o: &Output, needle: &str) {
     assert!(!e.contains("panicked"), "panic: {e}");
 }
 
-fn fixture(dir: &Path, hidden: &str, layers: &str) {
-    let o = kiln()
-        .args([
-            "make-fixture",
-            "--hidden",
-            hidden,
-            "--intermediate",
-            "1024",
-            "--layers",
-            layers,
-        ])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+fn fixture(dir: &Path, hidden: usize, layers: usize) {
+    crate::common::fixtures::sized_llama_checkpoint(dir, hidden, 1024, layers, 8, 4);
 }
 
 #[test]
@@ -84,7 +71,7 @@ fn bad_invocations_fail_with_one_clear_line() {
 fn convert_inspect_and_dry_run_from_the_command_line() {
     let d = tmp("ok");
     let ck = d.join("tiny");
-    fixture(&ck, "256", "2");
+    fixture(&ck, 256, 2);
     let o = kiln()
         .args(["quantize", "-t", "Q4_K", "--dry-run"])
         .arg(&ck)
@@ -148,7 +135,7 @@ fn double_sigint_leaves_no_file() {
 fn interrupted_conversion_leaves_no_file(signal: &str, times: usize) {
     let d = tmp(&format!("sig{signal}{times}"));
     let ck = d.join("big");
-    fixture(&ck, "1024", "12");
+    fixture(&ck, 1024, 12);
     let out = d.join("out.gguf");
     let mut child = kiln()
         .args(["quantize", "-t", "q2_K", "--threads", "1", "-o"])

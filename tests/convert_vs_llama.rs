@@ -3,9 +3,7 @@
 //! pass of the Hugging Face checkpoint; every quantized tensor equals what llama.cpp's own
 //! quantizer (`llama_model_quantize`) makes from the same f32 GGUF; tokenization matches.
 
-mod common;
-
-use common::fixtures::{convert, llama_checkpoint, tokenizer_model};
+use crate::common::fixtures::{convert, llama_checkpoint, tokenizer_model};
 use kiln::gguf::checksum::{self, Verdict};
 use kiln::gguf::{GgufFile, Value};
 use kiln::plan::FileType;
@@ -35,7 +33,8 @@ fn bpe_dir() -> &'static Path {
     D.get_or_init(|| {
         let d = tmp().join("qwen2-bpe");
         let _ = std::fs::remove_dir_all(&d);
-        kiln::fixture::write_checkpoint(&kiln::fixture::bpe_default(), &d).unwrap();
+        kiln_fixtures::checkpoint::write_checkpoint(&kiln_fixtures::checkpoint::bpe_default(), &d)
+            .unwrap();
         d
     })
 }
@@ -63,7 +62,7 @@ fn f32_logits_match_an_independent_forward_pass() {
     let tokens = kiln::llama::tokenize(&model, "The quick brown fox jumps over the lazy dog", true);
     assert!(tokens.len() > 8);
     let ours = kiln::llama::logits(&model, &tokens).unwrap();
-    let reference = common::reference::reference_logits(llama_dir(), &tokens).unwrap();
+    let reference = crate::common::reference::reference_logits(llama_dir(), &tokens).unwrap();
     assert_eq!(ours.len(), reference.len());
     let scale = reference.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
     assert!(scale > 0.1, "logits are not degenerate ({scale})");
@@ -317,10 +316,10 @@ fn quantized_gguf_input_is_refused_without_allow_requantize() {
     );
 }
 
-fn check_arch(name: &str, spec: kiln::fixture::FixtureSpec) {
+fn check_arch(name: &str, spec: kiln_fixtures::checkpoint::FixtureSpec) {
     let dir = tmp().join(format!("arch-{name}"));
     let _ = std::fs::remove_dir_all(&dir);
-    kiln::fixture::write_checkpoint(&spec, &dir).unwrap();
+    kiln_fixtures::checkpoint::write_checkpoint(&spec, &dir).unwrap();
     let f32_file = tmp().join(format!("arch-{name}-F32.gguf"));
     convert(&dir, FileType::F32, &f32_file);
     let model = kiln::llama::load(&f32_file).unwrap_or_else(|e| panic!("{name}: {e:#}"));
@@ -330,7 +329,7 @@ fn check_arch(name: &str, spec: kiln::fixture::FixtureSpec) {
     let tokens = kiln::llama::tokenize(&model, text, true);
     assert!(tokens.len() > 12, "{name}: {} tokens", tokens.len());
     let ours = kiln::llama::logits(&model, &tokens).unwrap();
-    let reference = common::reference::reference_logits(&dir, &tokens).unwrap();
+    let reference = crate::common::reference::reference_logits(&dir, &tokens).unwrap();
     let scale = reference.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
     assert!(scale > 0.1, "{name}: logits are degenerate ({scale})");
     for (pos, (a, b)) in ours.iter().zip(&reference).enumerate() {
@@ -354,12 +353,12 @@ fn check_arch(name: &str, spec: kiln::fixture::FixtureSpec) {
 
 #[test]
 fn qwen2_with_bpe_matches_reference_and_llama_quantize() {
-    check_arch("qwen2", kiln::fixture::bpe_default());
+    check_arch("qwen2", kiln_fixtures::checkpoint::bpe_default());
 }
 
 #[test]
 fn qwen3_matches_reference_and_llama_quantize() {
-    use kiln::fixture::{default_for, Arch, Vocab};
+    use kiln_fixtures::checkpoint::{default_for, Arch, Vocab};
     check_arch(
         "qwen3",
         default_for(Arch::Qwen3, Vocab::TrainedBpe { size: 1024 }),
@@ -368,7 +367,7 @@ fn qwen3_matches_reference_and_llama_quantize() {
 
 #[test]
 fn gemma2_matches_reference_and_llama_quantize() {
-    use kiln::fixture::{default_for, Arch, Vocab};
+    use kiln_fixtures::checkpoint::{default_for, Arch, Vocab};
     check_arch(
         "gemma2",
         default_for(Arch::Gemma2, Vocab::LlamaSpm(tokenizer_model())),
@@ -377,7 +376,7 @@ fn gemma2_matches_reference_and_llama_quantize() {
 
 #[test]
 fn gemma3_matches_reference_and_llama_quantize() {
-    use kiln::fixture::{default_for, Arch, Vocab};
+    use kiln_fixtures::checkpoint::{default_for, Arch, Vocab};
     check_arch(
         "gemma3",
         default_for(Arch::Gemma3, Vocab::LlamaSpm(tokenizer_model())),
@@ -387,7 +386,7 @@ fn gemma3_matches_reference_and_llama_quantize() {
 /// Importance data for every matrix of the Llama fixture, deterministic.
 fn fixture_imatrix() -> Vec<(String, Vec<f32>)> {
     let g = GgufFile::open(llama_f32()).unwrap();
-    let mut rng = kiln::synth::SplitMix64(7);
+    let mut rng = kiln_fixtures::synth::SplitMix64(7);
     g.tensors()
         .iter()
         .filter(|t| t.dims.len() == 2 && t.name != "token_embd.weight")

@@ -2,9 +2,7 @@
 //! llama.cpp as llama-perplexity scores them, checked against a direct computation from
 //! `kiln::llama::logits`, with the reference's cache written, read back and reused.
 
-mod common;
-
-use common::fixtures::{convert, llama_checkpoint};
+use crate::common::fixtures::{convert, llama_checkpoint};
 use kiln::plan::FileType;
 use kiln::runner::eval;
 use kiln::runner::{EvalOptions, EvalResult};

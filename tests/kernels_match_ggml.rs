@@ -2,9 +2,9 @@
 //! through the llama.cpp bindings), for every format, with and without importance weights, on
 //! many seeds and on the inputs that break quantizers.
 
-use kiln::ggml;
 use kiln::kernels::{GgmlType, KernelError};
-use kiln::synth::{importance, Case, SplitMix64};
+use kiln_fixtures::ggml;
+use kiln_fixtures::synth::{importance, Case, SplitMix64};
 
 /// Row lengths to try for a format: several super-blocks for the K-quants, and lengths that are
 /// not multiples of 256 for the 32-weight formats.

@@ -201,10 +201,7 @@ fn safetensors_header_parser_never_panics() {
 
 #[test]
 fn sentencepiece_reader_never_panics() {
-    let model = std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/llama2-tokenizer.model"),
-    )
-    .unwrap();
+    let model = std::fs::read(kiln_fixtures::tokenizer_model()).unwrap();
     // The first pieces and the specs at the end, where the structure is.
     let mut head = model[..4096].to_vec();
     head.truncate(head.len() - 7);
@@ -251,11 +248,21 @@ fn tokenizer_json_path_never_panics() {
     let run = |b: &[u8]| {
         std::fs::write(dir.join("tokenizer.json"), b).unwrap();
         let mut md = Metadata::new();
-        let _ = kiln::tokenizer::write_vocab(&dir, "qwen2", None, &mut md);
+        let _ = kiln::tokenizer::write_vocab(
+            &dir,
+            kiln::tokenizer::VocabRecipe::SentencePieceElseBpe,
+            None,
+            &mut md,
+        );
     };
     std::fs::write(dir.join("tokenizer.json"), &seed).unwrap();
     let mut md = Metadata::new();
-    let info = kiln::tokenizer::write_vocab(&dir, "qwen2", None, &mut md);
+    let info = kiln::tokenizer::write_vocab(
+        &dir,
+        kiln::tokenizer::VocabRecipe::SentencePieceElseBpe,
+        None,
+        &mut md,
+    );
     assert!(info.is_ok(), "the seed is valid: {:?}", info.err());
     no_panics("tokenizer_json", &[seed], 1200, 2_000, run);
 }

@@ -1,16 +1,14 @@
 //! Self-checks of the fixture checkpoints (`kiln::fixture`) and of the independent reference
 //! forward pass (`tests/common/reference.rs`) that llama.cpp's logits are compared with.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::reference::{
+use crate::common::reference::{
     apply_rope, reference_logits, reference_logits_with, Options, ReferenceModel, Rope,
 };
-use kiln::fixture::{
+use kiln_fixtures::checkpoint::{
     bpe_default, default_for, llama_spm_default, write_checkpoint, Arch, FixtureSpec, Vocab,
     ENGLISH_TEXT, GEMMA_SLIDING_WINDOW,
 };
@@ -73,7 +71,7 @@ fn every_arch() -> Vec<FixtureSpec> {
 
 /// Tokens from the tokenizer's ordinary range, spread over the vocabulary.
 fn some_tokens(n: usize, vocab: usize, salt: u64) -> Vec<u32> {
-    let mut rng = kiln::synth::SplitMix64(0x746f_6b65_6e73 ^ salt);
+    let mut rng = kiln_fixtures::synth::SplitMix64(0x746f_6b65_6e73 ^ salt);
     (0..n)
         .map(|_| (10 + rng.next_u64() % (vocab as u64 * 9 / 10 - 10)) as u32)
         .collect()

@@ -1,8 +1,6 @@
 //! `kiln sweep` end to end on the fixture: one pass converts every type, each variant is
 //! benched and evaluated on llama.cpp, and the report files hold every row.
 
-mod common;
-
 use kiln::plan::FileType;
 use kiln::runner::{BenchOptions, EvalOptions};
 use kiln::sweep::{self, SweepOptions};
@@ -13,7 +11,7 @@ fn fixture(name: &str) -> (PathBuf, PathBuf) {
     let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
     let _ = std::fs::remove_dir_all(&base);
     let ck = base.join("fixture");
-    common::fixtures::llama_checkpoint(&ck);
+    crate::common::fixtures::llama_checkpoint(&ck);
     (base, ck)
 }
 

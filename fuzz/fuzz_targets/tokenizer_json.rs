@@ -13,8 +13,9 @@ fuzz_target!(|data: &[u8]| {
     if let Some(tc) = tc {
         std::fs::write(dir.path().join("tokenizer_config.json"), tc).unwrap();
     }
-    for arch in ["qwen2", "llama"] {
+    use kiln::tokenizer::VocabRecipe;
+    for recipe in [VocabRecipe::SentencePieceElseBpe, VocabRecipe::LlamaSetVocab] {
         let mut md = kiln::gguf::Metadata::new();
-        let _ = kiln::tokenizer::write_vocab(dir.path(), arch, None, &mut md);
+        let _ = kiln::tokenizer::write_vocab(dir.path(), recipe, None, &mut md);
     }
 });

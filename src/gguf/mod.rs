@@ -1,6 +1,7 @@
 //! GGUF: metadata values, reading (memory-mapped, checked) and streaming writing.
 
 pub mod checksum;
+pub mod keys;
 pub mod reader;
 pub mod types;
 pub mod value;

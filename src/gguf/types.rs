@@ -1,13 +1,53 @@
-//! Every ggml tensor type a GGUF file may name: kiln's own formats, and the others by ggml's
-//! own table (through the bindings), so that `inspect` and the reader can size any tensor.
+//! Every ggml tensor type a GGUF file may name: kiln's own formats, and the others from a table
+//! of ggml's `type_traits` (name, weights per block, bytes per block) as the pinned llama.cpp
+//! has them, so that `inspect` and the reader can size any tensor without linking ggml. A test
+//! checks the table against ggml's own (through the bindings).
 
 use kiln_kernels::GgmlType;
-use llama_cpp_sys_2 as sys;
-use std::ffi::CStr;
 
 /// A tensor type id as stored in a GGUF file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TypeId(pub u32);
+
+/// ggml's types by id: (id, name, weights per block, bytes per block). Ids that ggml removed
+/// (4, 5, 31-33, 36-38) are absent.
+pub const GGML_TYPES: [(u32, &str, u64, u64); 35] = [
+    (0, "f32", 1, 4),
+    (1, "f16", 1, 2),
+    (2, "q4_0", 32, 18),
+    (3, "q4_1", 32, 20),
+    (6, "q5_0", 32, 22),
+    (7, "q5_1", 32, 24),
+    (8, "q8_0", 32, 34),
+    (9, "q8_1", 32, 36),
+    (10, "q2_K", 256, 84),
+    (11, "q3_K", 256, 110),
+    (12, "q4_K", 256, 144),
+    (13, "q5_K", 256, 176),
+    (14, "q6_K", 256, 210),
+    (15, "q8_K", 256, 292),
+    (16, "iq2_xxs", 256, 66),
+    (17, "iq2_xs", 256, 74),
+    (18, "iq3_xxs", 256, 98),
+    (19, "iq1_s", 256, 50),
+    (20, "iq4_nl", 32, 18),
+    (21, "iq3_s", 256, 110),
+    (22, "iq2_s", 256, 82),
+    (23, "iq4_xs", 256, 136),
+    (24, "i8", 1, 1),
+    (25, "i16", 1, 2),
+    (26, "i32", 1, 4),
+    (27, "i64", 1, 8),
+    (28, "f64", 1, 8),
+    (29, "iq1_m", 256, 56),
+    (30, "bf16", 1, 2),
+    (34, "tq1_0", 256, 54),
+    (35, "tq2_0", 256, 66),
+    (39, "mxfp4", 32, 17),
+    (40, "nvfp4", 64, 36),
+    (41, "q1_0", 128, 18),
+    (42, "q2_0", 64, 18),
+];
 
 impl TypeId {
     pub fn of(ty: GgmlType) -> Self {
@@ -19,9 +59,8 @@ impl TypeId {
         GgmlType::from_id(self.0)
     }
 
-    fn known(self) -> bool {
-        self.0 < sys::GGML_TYPE_COUNT
-            && unsafe { sys::ggml_blck_size(self.0 as sys::ggml_type) } > 0
+    fn ggml(self) -> Option<&'static (u32, &'static str, u64, u64)> {
+        GGML_TYPES.iter().find(|t| t.0 == self.0)
     }
 
     /// ggml's name ("q4_K"), or None for an id ggml does not know.
@@ -29,14 +68,7 @@ impl TypeId {
         if let Some(t) = self.kiln() {
             return Some(t.name().to_string());
         }
-        if !self.known() {
-            return None;
-        }
-        let p = unsafe { sys::ggml_type_name(self.0 as sys::ggml_type) };
-        if p.is_null() {
-            return None;
-        }
-        Some(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+        self.ggml().map(|t| t.1.to_string())
     }
 
     /// Display name, "type#N" for an unknown id.
@@ -49,12 +81,7 @@ impl TypeId {
         if let Some(t) = self.kiln() {
             return Some((t.block_weights() as u64, t.block_bytes() as u64));
         }
-        if !self.known() {
-            return None;
-        }
-        let ty = self.0 as sys::ggml_type;
-        let (bw, bb) = unsafe { (sys::ggml_blck_size(ty), sys::ggml_type_size(ty)) };
-        Some((bw as u64, bb as u64))
+        self.ggml().map(|t| (t.2, t.3))
     }
 
     /// Bytes of a row of `n` weights, None when the id is unknown or `n` is not whole blocks.

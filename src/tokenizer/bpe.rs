@@ -1261,7 +1261,13 @@ mod tests {
         .unwrap();
 
         let mut md = Metadata::new();
-        let info = crate::tokenizer::write_vocab(d.path(), "qwen2", None, &mut md).unwrap();
+        let info = crate::tokenizer::write_vocab(
+            d.path(),
+            crate::tokenizer::VocabRecipe::SentencePieceElseBpe,
+            None,
+            &mut md,
+        )
+        .unwrap();
         assert_eq!(info.model, "gpt2");
         assert_eq!(info.pre.as_deref(), Some("gpt-2"));
         assert!(
@@ -1331,12 +1337,24 @@ mod tests {
             j["model"]["merges"] = Json::Array(m);
         });
         let mut md2 = Metadata::new();
-        crate::tokenizer::write_vocab(d.path(), "qwen3", None, &mut md2).unwrap();
+        crate::tokenizer::write_vocab(
+            d.path(),
+            crate::tokenizer::VocabRecipe::SentencePieceElseBpe,
+            None,
+            &mut md2,
+        )
+        .unwrap();
         assert_eq!(md, md2);
 
         // Padding to config's vocab_size; llama arch falls through to gpt2 (not a byte-fallback BPE).
         let mut md3 = Metadata::new();
-        let info = crate::tokenizer::write_vocab(d.path(), "llama", Some(n + 2), &mut md3).unwrap();
+        let info = crate::tokenizer::write_vocab(
+            d.path(),
+            crate::tokenizer::VocabRecipe::LlamaSetVocab,
+            Some(n + 2),
+            &mut md3,
+        )
+        .unwrap();
         assert_eq!(info.model, "gpt2");
         assert!(
             info.pre_reason.contains("LlamaHfVocab does not apply"),
@@ -1354,8 +1372,13 @@ mod tests {
         // vocab_size below the largest id: error naming tokenizer.json.
         let e = format!(
             "{:#}",
-            crate::tokenizer::write_vocab(d.path(), "qwen2", Some(10), &mut Metadata::new())
-                .unwrap_err()
+            crate::tokenizer::write_vocab(
+                d.path(),
+                crate::tokenizer::VocabRecipe::SentencePieceElseBpe,
+                Some(10),
+                &mut Metadata::new()
+            )
+            .unwrap_err()
         );
         assert!(
             e.contains("tokenizer.json") && e.contains("vocab_size"),
@@ -1417,7 +1440,13 @@ mod tests {
         let mut md = Metadata::new();
         let e = format!(
             "{:#}",
-            crate::tokenizer::write_vocab(d.path(), "qwen2", None, &mut md).unwrap_err()
+            crate::tokenizer::write_vocab(
+                d.path(),
+                crate::tokenizer::VocabRecipe::SentencePieceElseBpe,
+                None,
+                &mut md
+            )
+            .unwrap_err()
         );
         assert!(e.contains("tokenizer.json"), "{e}");
         assert!(
@@ -1532,7 +1561,13 @@ mod tests {
         )
         .unwrap();
         let mut md = Metadata::new();
-        let info = crate::tokenizer::write_vocab(d.path(), "llama", Some(32000), &mut md).unwrap();
+        let info = crate::tokenizer::write_vocab(
+            d.path(),
+            crate::tokenizer::VocabRecipe::LlamaSetVocab,
+            Some(32000),
+            &mut md,
+        )
+        .unwrap();
         assert_eq!(
             (info.model.as_str(), info.pre.as_deref(), info.n_tokens),
             ("llama", Some("default"), 8)

@@ -6,8 +6,8 @@
 //! - [`special`]: gguf-py's `SpecialVocab` (special token ids, add_bos/add_eos/add_sep, merges,
 //!   chat template, normalizer flags).
 //!
-//! [`write_vocab`] picks the path per architecture the way the convert script's model classes
-//! do (conversion/llama.py, qwen.py, gemma.py) and writes the keys in the same order, with the
+//! [`write_vocab`] follows the [`VocabRecipe`] a family names (the vocab routines of the convert
+//! script's model classes) and writes the keys in the same order, with the
 //! same GGUF types (token types INT32, scores FLOAT32, ids UINT32, flags BOOL).
 
 pub mod bpe;
@@ -91,10 +91,10 @@ fn spm_else_gpt2(dir: &Path, vocab_size: Option<usize>, md: &mut Metadata) -> Re
     }
 }
 
-fn require_spm(dir: &Path, arch: &str) -> Result<()> {
+fn require_spm(dir: &Path) -> Result<()> {
     let p = dir.join("tokenizer.model");
     if !p.is_file() {
-        bail!("{}: not found ({arch} checkpoints are converted from their SentencePiece tokenizer.model)", p.display());
+        bail!("{}: not found (checkpoints of this architecture are converted from their SentencePiece tokenizer.model)", p.display());
     }
     Ok(())
 }
@@ -166,36 +166,55 @@ fn llama_vocab(dir: &Path, vocab_size: Option<usize>, md: &mut Metadata) -> Resu
     Ok(info)
 }
 
+/// Which of convert_hf_to_gguf.py's vocabulary routines a model family uses (each family's
+/// file in `arch/` names its recipe; the tokenizer code knows no family).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VocabRecipe {
+    /// `LlamaModel.set_vocab`: tokenizer.model (SentencePiece), else a Llama byte-fallback BPE
+    /// tokenizer.json (`LlamaHfVocab`), else byte-level BPE ("gpt2"); plus CodeLlama's infill
+    /// tokens (vocab 32016) and Granite's add_bos_token (vocab 49152).
+    LlamaSetVocab,
+    /// `_set_vocab_sentencepiece` when tokenizer.model exists, else `_set_vocab_gpt2`.
+    SentencePieceElseBpe,
+    /// Like [`VocabRecipe::SentencePieceElseBpe`], and a SentencePiece vocabulary gets
+    /// `add_space_prefix = false`.
+    SentencePieceElseBpeNoSpacePrefix,
+    /// tokenizer.model required, `add_space_prefix = false`.
+    SentencePieceNoSpacePrefix,
+    /// tokenizer.model required, `add_space_prefix = false`, with the code-infill special
+    /// tokens (prefix 67, suffix 69, middle 68, fsep 70, eot 107) and no chat template, as
+    /// convert sets them for the first Gemma.
+    SentencePieceCodeInfill,
+}
+
 /// Reads the tokenizer of the checkpoint folder `dir` (tokenizer.model and/or tokenizer.json,
 /// tokenizer_config.json, config.json, generation_config.json when present) and writes the
 /// tokenizer.* keys into `md` in the same order and with the same types convert_hf_to_gguf.py
-/// writes.
+/// writes, following `recipe`.
 ///
-/// `arch` is the GGUF architecture ("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3");
 /// `vocab_size` is config.json's vocab_size (the vocab is padded to it like convert does).
-///
-/// Paths per arch, as in the convert script: llama tries tokenizer.model (SentencePiece), then
-/// a Llama byte-fallback BPE tokenizer.json, then byte-level BPE ("gpt2"); qwen2/qwen3 try
-/// tokenizer.model, then BPE; gemma/gemma2 need tokenizer.model (and set add_space_prefix
-/// false); gemma3 uses tokenizer.model when present (add_space_prefix false), else BPE.
 /// generation_config.json is not read: convert's vocab code does not use it.
 pub fn write_vocab(
     dir: &Path,
-    arch: &str,
+    recipe: VocabRecipe,
     vocab_size: Option<usize>,
     md: &mut Metadata,
 ) -> Result<VocabInfo> {
     if !dir.is_dir() {
         bail!("{}: not a checkpoint folder", dir.display());
     }
-    match arch {
-        "llama" => llama_vocab(dir, vocab_size, md),
-        "qwen2" | "qwen3" => spm_else_gpt2(dir, vocab_size, md),
-        "gemma" => {
-            require_spm(dir, arch)?;
+    match recipe {
+        VocabRecipe::LlamaSetVocab => llama_vocab(dir, vocab_size, md),
+        VocabRecipe::SentencePieceElseBpe => spm_else_gpt2(dir, vocab_size, md),
+        VocabRecipe::SentencePieceCodeInfill => {
+            require_spm(dir)?;
             let mut info = spm_info(spm::set_vocab_sentencepiece(dir, vocab_size, md)?);
-            // CodeGemma special tokens (convert sets them for every Gemma 1).
-            let mut sv = special::SpecialVocab::load(dir, false, Some(&["prefix", "suffix", "middle", "fsep", "eot"]), None)?;
+            let mut sv = special::SpecialVocab::load(
+                dir,
+                false,
+                Some(&["prefix", "suffix", "middle", "fsep", "eot"]),
+                None,
+            )?;
             sv.set_special_token("prefix", 67);
             sv.set_special_token("suffix", 69);
             sv.set_special_token("middle", 68);
@@ -206,13 +225,13 @@ pub fn write_vocab(
             md.set_bool("tokenizer.ggml.add_space_prefix", false);
             Ok(info)
         }
-        "gemma2" => {
-            require_spm(dir, arch)?;
+        VocabRecipe::SentencePieceNoSpacePrefix => {
+            require_spm(dir)?;
             let info = spm_info(spm::set_vocab_sentencepiece(dir, vocab_size, md)?);
             md.set_bool("tokenizer.ggml.add_space_prefix", false);
             Ok(info)
         }
-        "gemma3" => {
+        VocabRecipe::SentencePieceElseBpeNoSpacePrefix => {
             let spm = dir.join("tokenizer.model").is_file();
             let info = spm_else_gpt2(dir, vocab_size, md)?;
             if spm {
@@ -220,9 +239,6 @@ pub fn write_vocab(
             }
             Ok(info)
         }
-        other => bail!(
-            "tokenizer for architecture {other:?} is not supported (supported: llama, qwen2, qwen3, gemma, gemma2, gemma3)"
-        ),
     }
 }
 
@@ -254,7 +270,7 @@ mod tests {
         let mut md = Metadata::new();
         let e = format!(
             "{:#}",
-            write_vocab(d.path(), "llama", None, &mut md).unwrap_err()
+            write_vocab(d.path(), VocabRecipe::LlamaSetVocab, None, &mut md).unwrap_err()
         );
         assert!(
             e.contains("tokenizer.model") && e.contains("tokenizer.json"),
@@ -262,29 +278,36 @@ mod tests {
         );
         let e = format!(
             "{:#}",
-            write_vocab(d.path(), "qwen2", None, &mut md).unwrap_err()
+            write_vocab(d.path(), VocabRecipe::SentencePieceElseBpe, None, &mut md).unwrap_err()
         );
         assert!(e.contains("tokenizer.json"), "{e}");
         let e = format!(
             "{:#}",
-            write_vocab(d.path(), "gemma2", None, &mut md).unwrap_err()
+            write_vocab(
+                d.path(),
+                VocabRecipe::SentencePieceNoSpacePrefix,
+                None,
+                &mut md
+            )
+            .unwrap_err()
         );
         assert!(e.contains("tokenizer.model"), "{e}");
         let e = format!(
             "{:#}",
-            write_vocab(d.path(), "mamba", None, &mut md).unwrap_err()
-        );
-        assert!(e.contains("mamba"), "{e}");
-        let e = format!(
-            "{:#}",
-            write_vocab(&d.path().join("nope"), "llama", None, &mut md).unwrap_err()
+            write_vocab(
+                &d.path().join("nope"),
+                VocabRecipe::LlamaSetVocab,
+                None,
+                &mut md
+            )
+            .unwrap_err()
         );
         assert!(e.contains("nope"), "{e}");
         // Broken tokenizer.json names the file.
         std::fs::write(d.path().join("tokenizer.json"), "{\"model\": ").unwrap();
         let e = format!(
             "{:#}",
-            write_vocab(d.path(), "qwen3", None, &mut md).unwrap_err()
+            write_vocab(d.path(), VocabRecipe::SentencePieceElseBpe, None, &mut md).unwrap_err()
         );
         assert!(e.contains("tokenizer.json"), "{e}");
         assert!(md.is_empty());
@@ -307,7 +330,7 @@ mod tests {
         .unwrap();
 
         let mut md = Metadata::new();
-        let info = write_vocab(d.path(), "llama", Some(10), &mut md).unwrap();
+        let info = write_vocab(d.path(), VocabRecipe::LlamaSetVocab, Some(10), &mut md).unwrap();
         assert_eq!(
             (info.model.as_str(), info.pre.as_deref(), info.n_tokens),
             ("llama", Some("default"), 10)
@@ -335,7 +358,13 @@ mod tests {
         assert_eq!(toks[8], "[PAD8]");
 
         let mut md = Metadata::new();
-        write_vocab(d.path(), "gemma", None, &mut md).unwrap();
+        write_vocab(
+            d.path(),
+            VocabRecipe::SentencePieceCodeInfill,
+            None,
+            &mut md,
+        )
+        .unwrap();
         assert_eq!(
             md.iter().last().map(|(k, _)| k),
             Some("tokenizer.ggml.add_space_prefix")
@@ -350,9 +379,13 @@ mod tests {
             Some(&Value::U32(107))
         );
 
-        for arch in ["gemma2", "gemma3", "qwen2"] {
+        for recipe in [
+            VocabRecipe::SentencePieceNoSpacePrefix,
+            VocabRecipe::SentencePieceElseBpeNoSpacePrefix,
+            VocabRecipe::SentencePieceElseBpe,
+        ] {
             let mut md = Metadata::new();
-            let info = write_vocab(d.path(), arch, None, &mut md).unwrap();
+            let info = write_vocab(d.path(), recipe, None, &mut md).unwrap();
             assert_eq!(info.n_tokens, 8);
             assert_eq!(
                 md.get("tokenizer.ggml.model"),
@@ -361,12 +394,12 @@ mod tests {
             let sp = md.get("tokenizer.ggml.add_space_prefix");
             assert_eq!(
                 sp,
-                if arch == "qwen2" {
+                if recipe == VocabRecipe::SentencePieceElseBpe {
                     None
                 } else {
                     Some(&Value::Bool(false))
                 },
-                "{arch}"
+                "{recipe:?}"
             );
         }
     }

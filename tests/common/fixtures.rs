@@ -7,14 +7,37 @@ use std::path::{Path, PathBuf};
 
 /// The bundled Llama 2 SentencePiece tokenizer.model.
 pub fn tokenizer_model() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/llama2-tokenizer.model")
+    kiln_fixtures::tokenizer_model()
 }
 
 /// Writes the Llama + SentencePiece fixture checkpoint into `dir`, replacing what was there.
 pub fn llama_checkpoint(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
-    kiln::fixture::write_checkpoint(&kiln::fixture::llama_spm_default(tokenizer_model()), dir)
-        .unwrap();
+    kiln_fixtures::checkpoint::write_checkpoint(
+        &kiln_fixtures::checkpoint::llama_spm_default(tokenizer_model()),
+        dir,
+    )
+    .unwrap();
+}
+
+/// A Llama + SentencePiece fixture of a chosen size (what `kiln-fixtures make-fixture` writes),
+/// head_dim = hidden / heads.
+pub fn sized_llama_checkpoint(
+    dir: &Path,
+    hidden: usize,
+    intermediate: usize,
+    layers: usize,
+    heads: usize,
+    kv_heads: usize,
+) {
+    let mut spec = kiln_fixtures::checkpoint::llama_spm_default(tokenizer_model());
+    spec.hidden = hidden;
+    spec.intermediate = intermediate;
+    spec.layers = layers;
+    spec.heads = heads;
+    spec.kv_heads = kv_heads;
+    spec.head_dim = hidden / heads.max(1);
+    kiln_fixtures::checkpoint::write_checkpoint(&spec, dir).unwrap();
 }
 
 /// `kiln quantize --type FTYPE INPUT -o OUT --force`, panicking with the step that failed.

@@ -1,4 +1,4 @@
-//! Helpers shared by the integration tests (`mod common;`).
+//! Helpers shared by the integration tests.
 
 pub mod fixtures;
 pub mod reference;

@@ -1,0 +1,383 @@
+//! Architectures: how a Hugging Face checkpoint's config.json and tensors become GGUF metadata
+//! and tensors, as llama.cpp's convert_hf_to_gguf.py does it.
+//!
+//! # Design
+//!
+//! One file per model family, each a unit struct implementing [`Family`], and one registry
+//! line in [`FAMILIES`] -- the shape of llama.cpp's own converter (its `conversion/` package: one
+//! Python class per family, registered by Hugging Face architecture name, overriding only what
+//! differs from the `TextModel` base class). Here the base class is [`base`]: the tensor-name
+//! table, the shared config defaults and the `<arch>.*` keys in the base class's order. A
+//! family's file owns everything family-specific and nothing outside it names a family: the HF
+//! `architectures` it accepts, its config defaults, tensor names, transforms (Llama's q/k
+//! permutation, Gemma's +1 on norms), hyperparameter keys, extra tensors (rope_freqs), which
+//! vocabulary recipe it uses, and the sliding-window layer pattern the runner needs to size a
+//! KV cache. [`prepare`] is the one driver: it detects the family, reads the common
+//! hyperparameters into [`Hparams`], and asks the family at each step.
+//!
+//! Adding a family is one new file here plus one line in [`FAMILIES`].
+
+mod base;
+mod config;
+mod gemma2;
+mod gemma3;
+pub mod general;
+mod llama;
+mod qwen2;
+mod qwen3;
+
+pub use config::Config;
+pub use general::size_label;
+pub use llama::llama3_rope_factors;
+
+use crate::gguf::{keys, Metadata, TypeId, Value};
+use crate::job::{Job, TensorSource, Transform};
+use crate::plan::{FileType, ModelFacts};
+use crate::source::{Checkpoint, SrcDtype, SrcTensor};
+use crate::tokenizer::VocabRecipe;
+use anyhow::{bail, Context, Result};
+use kiln_kernels::GgmlType;
+use serde_json::Value as Json;
+
+/// The registry: every family kiln converts, one line each.
+pub static FAMILIES: &[&dyn Family] = &[
+    &llama::Llama,
+    &qwen2::Qwen2,
+    &qwen3::Qwen3,
+    &gemma2::Gemma2,
+    &gemma3::Gemma3,
+];
+
+/// One model family: what differs from the base conversion. Only the first four methods are
+/// required; the others default to the base class's behaviour.
+pub trait Family: Sync {
+    /// The Hugging Face `architectures` names it converts; the first is what transformers
+    /// writes for the family's causal LM.
+    fn hf_architectures(&self) -> &'static [&'static str];
+    /// `general.architecture`.
+    fn gguf_name(&self) -> &'static str;
+    /// config.json's `model_type`.
+    fn model_type(&self) -> &'static str;
+    /// How its vocabulary is converted.
+    fn vocab(&self) -> VocabRecipe;
+
+    /// transformers' config-class default for `key` (what convert sees when config.json
+    /// leaves it out); `hf_arch` is the checkpoint's architecture name.
+    fn config_default(&self, hf_arch: &str, key: &str) -> Option<Json> {
+        let _ = hf_arch;
+        base::config_default(key)
+    }
+    /// The GGUF name of a decoder-layer tensor (`rest` is the name after `model.layers.N.`).
+    fn layer_tensor(&self, rest: &str) -> Option<&'static str> {
+        base::layer_tensor(rest)
+    }
+    /// Whether a mapped tensor is written (a tied output is dropped).
+    fn keeps(&self, gguf_name: &str) -> bool {
+        let _ = gguf_name;
+        true
+    }
+    /// What is done to a source tensor on the way.
+    fn transform(&self, t: &SrcTensor, hp: &Hparams) -> Transform {
+        let _ = (t, hp);
+        Transform::None
+    }
+    /// The `<arch>.*` hyperparameter keys, in convert's order.
+    fn write_hparams(&self, hp: &Hparams, md: &mut Metadata) -> Result<()> {
+        base::write_hparams(self, hp, md)
+    }
+    /// Whether key_length/value_length are written even when config.json has no head_dim.
+    fn always_writes_head_dim(&self) -> bool {
+        false
+    }
+    /// Keys the family adds after the base class's.
+    fn extra_hparams(&self, hp: &Hparams, md: &mut Metadata) -> Result<()> {
+        let _ = (hp, md);
+        Ok(())
+    }
+    /// Last edits to the tensor list once the vocabulary is written (extra tensors, cut rows).
+    fn finish(
+        &self,
+        hp: &Hparams,
+        md: &Metadata,
+        jobs: &mut Vec<Job>,
+        notes: &mut Vec<String>,
+    ) -> Result<()> {
+        let _ = (hp, md, jobs, notes);
+        Ok(())
+    }
+    /// llama.cpp's default sliding-window layer pattern (every Nth layer is global) for a file
+    /// whose `attention.sliding_window` is `n_swa`; None when no layer slides.
+    fn sliding_window_pattern(&self, n_swa: u32) -> Option<u32> {
+        let _ = n_swa;
+        None
+    }
+}
+
+/// The family of a GGUF `general.architecture` name.
+pub fn by_gguf_name(name: &str) -> Option<&'static dyn Family> {
+    FAMILIES.iter().copied().find(|f| f.gguf_name() == name)
+}
+
+/// From config.json's `architectures`: the family and the name that matched.
+pub fn detect(config: &Json, path: &str) -> Result<(&'static dyn Family, String)> {
+    let names: Vec<&str> = config
+        .get("architectures")
+        .and_then(Json::as_array)
+        .map(|a| a.iter().filter_map(Json::as_str).collect())
+        .unwrap_or_default();
+    let Some(first) = names.first() else {
+        bail!("{path}: no \"architectures\" list, so the model type is unknown");
+    };
+    for f in FAMILIES {
+        if f.hf_architectures().contains(first) {
+            return Ok((*f, first.to_string()));
+        }
+    }
+    let list: Vec<&str> = FAMILIES
+        .iter()
+        .flat_map(|f| f.hf_architectures().iter().copied())
+        .collect();
+    bail!(
+        "{path}: architecture {first} is not supported; kiln converts {}",
+        list.join(", ")
+    )
+}
+
+/// The hyperparameters every family reads, and config access with the family's defaults.
+pub struct Hparams<'a> {
+    pub cfg: &'a Config,
+    /// The checkpoint's `architectures[0]`.
+    pub hf_arch: &'a str,
+    family: &'a dyn Family,
+    pub n_layer: u32,
+    pub n_embd: u64,
+    pub n_head: u32,
+    pub n_head_kv: u32,
+    pub head_dim: u64,
+}
+
+impl Hparams<'_> {
+    /// `<arch>.<name>`.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}.{name}", self.family.gguf_name())
+    }
+    /// A config value, or the family's default for it.
+    pub fn get(&self, key: &str) -> Option<Json> {
+        self.cfg
+            .get(key)
+            .cloned()
+            .or_else(|| self.family.config_default(self.hf_arch, key))
+    }
+    pub fn get_u32(&self, key: &str) -> Result<Option<u32>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => {
+                let n = v.as_u64().with_context(|| {
+                    format!(
+                        "{}: {key} is {v}, not a non-negative integer",
+                        self.cfg.path
+                    )
+                })?;
+                Ok(Some(u32::try_from(n).with_context(|| {
+                    format!("{}: {key} = {n} does not fit in 32 bits", self.cfg.path)
+                })?))
+            }
+        }
+    }
+    pub fn get_f32(&self, key: &str) -> Result<Option<f32>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => Ok(Some(
+                v.as_f64()
+                    .with_context(|| format!("{}: {key} is {v}, not a number", self.cfg.path))?
+                    as f32,
+            )),
+        }
+    }
+}
+
+/// What `prepare` hands to the quantizer.
+pub struct Converted {
+    pub metadata: Metadata,
+    pub jobs: Vec<Job>,
+    pub facts: ModelFacts,
+    pub notes: Vec<String>,
+}
+
+/// Tensors of multimodal checkpoints that a text-only conversion leaves out.
+fn is_other_modality(hf: &str) -> bool {
+    hf.starts_with("vision_tower.")
+        || hf.starts_with("multi_modal_projector.")
+        || hf.starts_with("model.vision_tower.")
+        || hf.starts_with("model.multi_modal_projector.")
+        || hf.starts_with("audio_tower.")
+}
+
+/// Plans a Hugging Face checkpoint's conversion: metadata and one job per output tensor.
+pub fn prepare(ck: &Checkpoint, ftype: FileType) -> Result<Converted> {
+    let cfg = Config::new(ck);
+    let (family, hf_arch) = detect(&ck.config, &cfg.path)?;
+    let a = family.gguf_name();
+    let mut notes = vec![format!("architecture {hf_arch} -> {a}")];
+
+    let n_layer = cfg.need_uint(&["num_hidden_layers", "n_layer", "num_layers"])? as u32;
+    let n_embd = cfg.need_uint(&["hidden_size", "n_embd", "dim"])?;
+    let n_head = cfg.need_uint(&["num_attention_heads", "n_head", "n_heads"])? as u32;
+    let n_head_kv = cfg
+        .uint(&["num_key_value_heads", "n_kv_heads"])?
+        .unwrap_or(n_head as u64) as u32;
+    if n_head == 0 || n_head_kv == 0 || !n_head.is_multiple_of(n_head_kv) {
+        bail!(
+            "{}: {n_head} attention heads cannot share {n_head_kv} key-value heads",
+            cfg.path
+        );
+    }
+    let head_dim = match cfg.uint(&["head_dim"])? {
+        Some(d) => d,
+        None => family
+            .config_default(&hf_arch, "head_dim")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(n_embd / n_head as u64),
+    };
+    let hp = Hparams {
+        cfg: &cfg,
+        hf_arch: &hf_arch,
+        family,
+        n_layer,
+        n_embd,
+        n_head,
+        n_head_kv,
+        head_dim,
+    };
+
+    let mut md = Metadata::new();
+    md.set_str(keys::ARCHITECTURE, a);
+    md.set_str("general.type", "model");
+    let name = ck
+        .dir
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "model".into());
+    general::sampling_keys(&ck.dir, &mut md)?;
+    md.set_str("general.name", general::id_to_title(&name));
+    md.set_u32(keys::FILE_TYPE, ftype.id());
+    family.write_hparams(&hp, &mut md)?;
+
+    let vocab_size = cfg.uint(&["vocab_size"])?.map(|v| v as usize);
+    let vocab = crate::tokenizer::write_vocab(&ck.dir, family.vocab(), vocab_size, &mut md)?;
+    notes.push(format!(
+        "tokenizer: {} model, {} tokens{}",
+        vocab.model,
+        vocab.n_tokens,
+        vocab
+            .pre
+            .as_ref()
+            .map(|p| format!(", pre-tokenizer {p:?} ({})", vocab.pre_reason))
+            .unwrap_or_default()
+    ));
+    md.set(
+        keys::QUANTIZATION_VERSION,
+        Value::U32(keys::GGML_QNT_VERSION),
+    );
+
+    // Tensors.
+    let mut jobs = Vec::new();
+    for (index, t) in ck.tensors.iter().enumerate() {
+        if is_other_modality(&t.name) {
+            continue;
+        }
+        let Some(gname) = base::tensor_name(family, &t.name) else {
+            if t.name.ends_with(".rotary_emb.inv_freq") {
+                continue;
+            }
+            bail!(
+                "{}: tensor {} has no GGUF name for {hf_arch} (an unexpected tensor for this architecture)",
+                ck.file_of(t).display(),
+                t.name
+            );
+        };
+        if !family.keeps(&gname) {
+            continue;
+        }
+        let dtype = match &t.dtype {
+            Ok(d) => *d,
+            Err(other) => bail!(
+                "{}: tensor {} has dtype {other}; kiln converts F32, F16 and BF16 tensors",
+                ck.file_of(t).display(),
+                t.name
+            ),
+        };
+        if t.shape.is_empty() || t.shape.len() > 4 || t.shape.contains(&0) {
+            bail!(
+                "{}: tensor {} has shape {:?}",
+                ck.file_of(t).display(),
+                t.name,
+                t.shape
+            );
+        }
+        let dims: Vec<u64> = t.shape.iter().rev().map(|&d| d as u64).collect();
+        let transform = family.transform(t, &hp);
+        if let Transform::PermuteHeads { n_head } = transform {
+            let rows = t.shape[0];
+            if rows % (2 * n_head) != 0 {
+                bail!(
+                    "{}: tensor {} has {rows} rows, not a whole number of {n_head} heads",
+                    ck.file_of(t).display(),
+                    t.name
+                );
+            }
+        }
+        let input_type = hf_input_type(&gname, &dims, dtype);
+        jobs.push(Job {
+            name: gname,
+            dims,
+            input_type,
+            out_type: input_type,
+            fallback_from: None,
+            source: TensorSource::Input { index, transform },
+        });
+    }
+    family.finish(&hp, &md, &mut jobs, &mut notes)?;
+    if !jobs.iter().any(|j| j.name == "token_embd.weight") {
+        bail!("{}: no model.embed_tokens.weight tensor", ck.dir.display());
+    }
+    let n_params: u64 = jobs.iter().map(|j| j.n_elements()).sum();
+    if md.get("general.size_label").is_none() {
+        // Placed after general.name, where gguf-py writes it.
+        let mut with_label = Metadata::new();
+        for (k, v) in md.iter() {
+            with_label.set(k, v.clone());
+            if k == "general.name" {
+                with_label.set("general.size_label", Value::Str(size_label(n_params)));
+            }
+        }
+        md = with_label;
+    }
+    let facts = ModelFacts {
+        arch: a.to_string(),
+        n_layer,
+        n_head,
+        n_head_kv,
+    };
+    Ok(Converted {
+        metadata: md,
+        jobs,
+        facts,
+        notes,
+    })
+}
+
+/// The type convert_hf_to_gguf.py gives a tensor before llama-quantize sees it: F32 for 1-D
+/// tensors and norms, otherwise the source precision.
+fn hf_input_type(gguf_name: &str, dims: &[u64], dtype: SrcDtype) -> TypeId {
+    let n_dims = dims.iter().filter(|&&d| d > 1).count().max(1);
+    if n_dims <= 1 || gguf_name.ends_with("_norm.weight") || !gguf_name.ends_with(".weight") {
+        return TypeId::of(GgmlType::F32);
+    }
+    TypeId::of(match dtype {
+        SrcDtype::F32 => GgmlType::F32,
+        SrcDtype::F16 => GgmlType::F16,
+        SrcDtype::BF16 => GgmlType::BF16,
+    })
+}

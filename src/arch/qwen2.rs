@@ -1,0 +1,41 @@
+//! Qwen2 / Qwen2.5 (`Qwen2ForCausalLM`): conversion/qwen.py's `Qwen2Model`. Llama's layout
+//! with q/k/v biases and no q/k permutation; SentencePiece or byte-level BPE vocabulary.
+
+use super::{base, Family};
+use crate::tokenizer::VocabRecipe;
+use serde_json::Value as Json;
+
+pub struct Qwen2;
+
+impl Family for Qwen2 {
+    fn hf_architectures(&self) -> &'static [&'static str] {
+        &["Qwen2ForCausalLM"]
+    }
+    fn gguf_name(&self) -> &'static str {
+        "qwen2"
+    }
+    fn model_type(&self) -> &'static str {
+        "qwen2"
+    }
+    fn vocab(&self) -> VocabRecipe {
+        VocabRecipe::SentencePieceElseBpe
+    }
+    fn config_default(&self, _hf_arch: &str, key: &str) -> Option<Json> {
+        match key {
+            "max_position_embeddings" => Some(Json::from(32768)),
+            _ => base::config_default(key),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn biases_keep_their_names() {
+        assert_eq!(
+            super::base::tensor_name(&super::Qwen2, "model.layers.1.self_attn.v_proj.bias")
+                .unwrap(),
+            "blk.1.attn_v.bias"
+        );
+    }
+}

@@ -1,0 +1,291 @@
+//! The runner's commands (llama.cpp, the default `llama` feature): `kiln bench`, `eval`,
+//! `sweep`, `report`, `llama-quantize`, and the sweep's hidden `measure-worker`.
+
+use std::path::{Path, PathBuf};
+
+/// Progress: one line per step on stderr (stdout stays for the results).
+fn progress_line() -> impl FnMut(&str) {
+    |l: &str| eprintln!("kiln: {l}")
+}
+
+#[derive(clap::Args)]
+pub struct BenchFlags {
+    /// Threads, comma-separated for several (default: all cores).
+    #[arg(short = 't', long, value_delimiter = ',')]
+    pub threads: Vec<u32>,
+    /// Prompt lengths for pp tests (0 disables).
+    #[arg(
+        short = 'p',
+        long = "n-prompt",
+        value_delimiter = ',',
+        default_value = "512"
+    )]
+    pub n_prompt: Vec<u32>,
+    /// Generation lengths for tg tests (0 disables).
+    #[arg(
+        short = 'n',
+        long = "n-gen",
+        value_delimiter = ',',
+        default_value = "128"
+    )]
+    pub n_gen: Vec<u32>,
+    /// Repetitions per test.
+    #[arg(short = 'r', long, default_value_t = 5)]
+    pub repetitions: u32,
+    /// Logical batch sizes.
+    #[arg(
+        short = 'b',
+        long = "batch-size",
+        value_delimiter = ',',
+        default_value = "2048"
+    )]
+    pub batch: Vec<u32>,
+    /// Physical batch sizes.
+    #[arg(
+        long = "ubatch-size",
+        visible_alias = "ub",
+        value_delimiter = ',',
+        default_value = "512"
+    )]
+    pub ubatch: Vec<u32>,
+    /// KV cache types (f16, q8_0, q4_0, f32).
+    #[arg(
+        long = "cache-type",
+        visible_alias = "ctk",
+        value_delimiter = ',',
+        default_value = "f16"
+    )]
+    pub cache_type: Vec<String>,
+    /// Flash attention, 0 or 1 (comma-separated for both).
+    #[arg(
+        long = "flash-attn",
+        visible_alias = "fa",
+        value_delimiter = ',',
+        default_value = "0"
+    )]
+    pub flash_attn: Vec<u8>,
+    /// Layers offloaded to a GPU (with the `cuda` feature).
+    #[arg(
+        long = "n-gpu-layers",
+        visible_alias = "ngl",
+        value_delimiter = ',',
+        default_value = "99"
+    )]
+    pub n_gpu_layers: Vec<u32>,
+}
+
+impl BenchFlags {
+    fn options(&self) -> kiln::runner::BenchOptions {
+        let mut o = kiln::runner::BenchOptions::default();
+        if !self.threads.is_empty() {
+            o.threads = self.threads.clone();
+        }
+        o.n_prompt = self.n_prompt.clone();
+        o.n_gen = self.n_gen.clone();
+        o.repetitions = self.repetitions;
+        o.batch = self.batch.clone();
+        o.ubatch = self.ubatch.clone();
+        o.cache_type = self.cache_type.clone();
+        o.flash_attn = self.flash_attn.iter().map(|&f| f != 0).collect();
+        o.n_gpu_layers = self.n_gpu_layers.clone();
+        o
+    }
+}
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub flags: BenchFlags,
+    /// One JSON document (a list of results, llama-bench's field names) on stdout.
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    /// CSV on stdout.
+    #[arg(long)]
+    pub csv: bool,
+}
+
+#[derive(clap::Args)]
+pub struct EvalFlags {
+    /// Text for perplexity and KLD (default: the bundled text).
+    #[arg(long)]
+    pub text: Option<PathBuf>,
+    /// Questions, JSONL of {"question", "answer"} (default: the bundled set).
+    #[arg(long)]
+    pub questions: Option<PathBuf>,
+    /// Context size of each perplexity chunk.
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 512)]
+    pub n_ctx: u32,
+    /// At most this many chunks (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub chunks: u32,
+    /// Where the reference's logits are cached (default: beside the reference).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl EvalFlags {
+    fn options(&self, threads: Option<u32>) -> kiln::runner::EvalOptions {
+        let d = kiln::runner::EvalOptions::default();
+        kiln::runner::EvalOptions {
+            text: self.text.clone(),
+            questions: self.questions.clone(),
+            n_ctx: self.n_ctx,
+            max_chunks: self.chunks,
+            threads: threads.unwrap_or(d.threads),
+            cache_dir: self.cache_dir.clone(),
+            ..d
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// The reference GGUF (usually the f32 or f16 variant).
+    #[arg(long)]
+    pub reference: PathBuf,
+    #[command(flatten)]
+    pub flags: EvalFlags,
+    #[arg(long)]
+    pub threads: Option<u32>,
+    /// One JSON document on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct SweepArgs {
+    /// Checkpoint folder, .safetensors file, or .gguf file.
+    pub input: PathBuf,
+    /// Types to produce and measure, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "f16,q8_0,q6_K,q5_K_M,q4_K_M,q3_K_M,q2_K"
+    )]
+    pub types: Vec<String>,
+    /// Report folder (default: <name>-sweep beside the input).
+    #[arg(short = 'o', long)]
+    pub out: Option<PathBuf>,
+    /// Reference type (default: the highest-precision of --types).
+    #[arg(long)]
+    pub reference: Option<String>,
+    #[arg(long)]
+    pub allow_requantize: bool,
+    #[arg(long)]
+    pub imatrix: Option<PathBuf>,
+    /// Overwrite GGUF files already in the report folder.
+    #[arg(long)]
+    pub force: bool,
+    /// A GGUF made elsewhere (llama-quantize, a download) to measure beside kiln's variants,
+    /// against the same reference; repeatable. A file llama.cpp refuses is reported, not fatal.
+    #[arg(long = "add", value_name = "GGUF")]
+    pub extra: Vec<PathBuf>,
+    #[command(flatten)]
+    pub bench: BenchFlags,
+    #[command(flatten)]
+    pub eval: EvalFlags,
+}
+
+pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    let mut p = progress_line();
+    let r = kiln::runner::bench::run(&a.files, &a.flags.options(), &mut p)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else if a.csv {
+        print!("{}", kiln::runner::bench::to_csv(&r));
+    } else {
+        print!("{}", kiln::runner::bench::to_markdown(&r));
+    }
+    Ok(())
+}
+
+pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
+    let mut p = progress_line();
+    let r = kiln::runner::eval::run(&a.files, &a.reference, &a.flags.options(a.threads), &mut p)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", kiln::runner::eval::to_markdown(&r));
+    }
+    Ok(())
+}
+
+pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
+    use kiln::plan::FileType;
+    kiln::pipeline::stop_on_signals();
+    let types: Vec<FileType> = a
+        .types
+        .iter()
+        .map(|t| FileType::parse(t))
+        .collect::<anyhow::Result<_>>()?;
+    let out = match a.out {
+        Some(o) => o,
+        None => {
+            let d = kiln::quantize::default_output(&a.input, FileType::F32);
+            let name = d
+                .file_name()
+                .map(|n| n.to_string_lossy().replace("-F32.gguf", "-sweep"))
+                .unwrap_or_else(|| "sweep".into());
+            d.with_file_name(name)
+        }
+    };
+    let threads = a.bench.threads.first().copied();
+    let opts = kiln::sweep::SweepOptions {
+        types,
+        out_dir: out.clone(),
+        reference: a.reference.as_deref().map(FileType::parse).transpose()?,
+        allow_requantize: a.allow_requantize,
+        imatrix: a.imatrix,
+        force: a.force,
+        bench: a.bench.options(),
+        eval: a.eval.options(threads),
+        skip_bench: false,
+        skip_eval: false,
+        extra: a.extra,
+        worker: std::env::current_exe().ok(),
+    };
+    let mut p = progress_line();
+    let rep = kiln::sweep::run(&a.input, &opts, &mut p)?;
+    kiln::report::write(&rep, &out)?;
+    print!("{}", kiln::report::markdown(&rep));
+    println!("\nreport: {}", out.join("report.md").display());
+    Ok(())
+}
+
+pub fn measure_worker() -> anyhow::Result<()> {
+    let mut input = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)?;
+    let job: kiln::sweep::MeasureJob = serde_json::from_str(&input)?;
+    let mut p = progress_line();
+    let m = kiln::sweep::measure(&job, &mut p);
+    println!("{}", serde_json::to_string(&m)?);
+    Ok(())
+}
+
+pub fn report(dir: &Path) -> anyhow::Result<()> {
+    let p = dir.join("report.json");
+    let text = std::fs::read_to_string(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+    let rep: kiln::sweep::SweepReport = serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: not a kiln report: {e}", p.display()))?;
+    kiln::report::write(&rep, dir)
+}
+
+pub fn llama_quantize(
+    input: &Path,
+    output: &Path,
+    ty: &str,
+    threads: i32,
+    allow_requantize: bool,
+) -> anyhow::Result<()> {
+    let f = kiln::plan::FileType::parse(ty)?;
+    let o = kiln::llama::ReferenceOptions {
+        threads,
+        allow_requantize,
+        ..Default::default()
+    };
+    kiln::llama::reference_quantize(input, output, f.id(), &o)
+}

@@ -1,0 +1,118 @@
+//! The description of a conversion that both sides share: what each output tensor is called,
+//! its shape and types, and where its data comes from. Architectures and the GGUF reader
+//! produce [`Job`]s; the plan fills in output types; the pipeline executes them. Nothing here
+//! reads or writes a file.
+
+use crate::gguf::writer::TensorEntry;
+use crate::gguf::TypeId;
+use anyhow::{Context, Result};
+use kiln_kernels::GgmlType;
+
+/// What is done to a source tensor on the way (the edits convert_hf_to_gguf.py makes).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Transform {
+    None,
+    /// Llama's q/k rows reordered from Hugging Face's rotate-half layout to ggml's interleaved
+    /// RoPE layout (`LlamaModel.permute`): output row h*d + 2i + j is source row h*d + j*d/2 + i.
+    PermuteHeads {
+        n_head: usize,
+    },
+    /// Gemma's norm weights stored as w - 1: add 1 (in f16 when the source is f16, as torch
+    /// does, else in f32).
+    AddOne,
+}
+
+impl Transform {
+    /// The source index of output row (or element) `r` of a tensor with `n` rows (or elements).
+    pub fn source_index(self, r: usize, n: usize) -> usize {
+        match self {
+            Transform::PermuteHeads { n_head } if n_head > 0 && n >= n_head => {
+                permuted(r, n / n_head)
+            }
+            _ => r,
+        }
+    }
+
+    /// Whether output row r is source row r (so rows already read can be released in order).
+    pub fn keeps_row_order(self) -> bool {
+        !matches!(self, Transform::PermuteHeads { .. })
+    }
+}
+
+/// The source index of output row (or element) `r` under Llama's head permutation, for heads
+/// of `d` rows: output h*d + 2i + j comes from h*d + j*d/2 + i.
+fn permuted(r: usize, d: usize) -> usize {
+    let (h, w) = (r / d, r % d);
+    h * d + (w % 2) * (d / 2) + w / 2
+}
+
+/// Where a tensor's data comes from.
+#[derive(Clone, Debug)]
+pub enum TensorSource {
+    /// Tensor `index` of the input's tensor table (a checkpoint's or a GGUF file's), with
+    /// `transform` applied on the way.
+    Input { index: usize, transform: Transform },
+    /// Values computed by the converter (Llama 3's rope_freqs).
+    Values(Vec<f32>),
+}
+
+/// One tensor of the output.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub name: String,
+    /// ne of the output, innermost first.
+    pub dims: Vec<u64>,
+    /// Its type in the input (what a copy keeps).
+    pub input_type: TypeId,
+    /// Its type in the output.
+    pub out_type: TypeId,
+    pub fallback_from: Option<GgmlType>,
+    pub source: TensorSource,
+}
+
+impl Job {
+    pub fn n_per_row(&self) -> usize {
+        self.dims[0] as usize
+    }
+    pub fn n_rows(&self) -> usize {
+        self.dims.iter().skip(1).product::<u64>() as usize
+    }
+    pub fn n_elements(&self) -> u64 {
+        self.dims.iter().product()
+    }
+    /// Output bytes.
+    pub fn out_bytes(&self) -> Result<u64> {
+        let rb = self.out_type.row_bytes(self.dims[0]).with_context(|| {
+            format!(
+                "tensor {}: rows of {} do not fit {}",
+                self.name,
+                self.dims[0],
+                self.out_type.label()
+            )
+        })?;
+        Ok(rb * self.n_rows() as u64)
+    }
+    pub fn entry(&self) -> Result<TensorEntry> {
+        Ok(TensorEntry {
+            name: self.name.clone(),
+            dims: self.dims.clone(),
+            ty: self.out_type,
+            bytes: self.out_bytes()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_permutation_interleaves_halves() {
+        // Two heads of 4 rows: [0 2 1 3 | 4 6 5 7].
+        let t = Transform::PermuteHeads { n_head: 2 };
+        let got: Vec<usize> = (0..8).map(|r| t.source_index(r, 8)).collect();
+        assert_eq!(got, [0, 2, 1, 3, 4, 6, 5, 7]);
+        assert_eq!(Transform::AddOne.source_index(5, 8), 5);
+        assert!(!t.keeps_row_order());
+    }
+}

@@ -1,0 +1,14 @@
+//! kiln's integration tests, one binary (llama.cpp is linked once): bit-exactness against ggml,
+//! conversions checked against llama.cpp, the runner end to end, bad input, mutations.
+
+mod common;
+
+mod bad_input;
+mod bench;
+mod cli;
+mod convert_vs_llama;
+mod eval;
+mod kernels_match_ggml;
+mod mutations;
+mod reference_forward;
+mod sweep;
