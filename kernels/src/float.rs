@@ -28,6 +28,7 @@ pub struct BF16;
 
 impl BlockFormat for F32 {
     const TYPE: GgmlType = GgmlType::F32;
+    const QUANTIZED: bool = false;
     const BLOCK_WEIGHTS: usize = 1;
     const BLOCK_BYTES: usize = 4;
 
@@ -52,6 +53,7 @@ impl BlockFormat for F32 {
 
 impl BlockFormat for F16 {
     const TYPE: GgmlType = GgmlType::F16;
+    const QUANTIZED: bool = false;
     const BLOCK_WEIGHTS: usize = 1;
     const BLOCK_BYTES: usize = 2;
 
@@ -74,6 +76,7 @@ impl BlockFormat for F16 {
 
 impl BlockFormat for BF16 {
     const TYPE: GgmlType = GgmlType::BF16;
+    const QUANTIZED: bool = false;
     const BLOCK_WEIGHTS: usize = 1;
     const BLOCK_BYTES: usize = 2;
 

@@ -1,149 +1,137 @@
 //! [`GgmlType`]: ggml's type ids, and the block formats chosen at run time.
+//!
+//! The `formats!` table below is the one registry of formats: one line each gives the enum
+//! variant, ggml's type id, ggml's name, the block size in weights and bytes, and the type
+//! implementing [`BlockFormat`]. It generates [`GgmlType`], [`GgmlType::ALL`], the names, the
+//! id lookup and every run-time dispatch; the sizes are checked against the format's own at
+//! compile time. Adding a format is its file (declared in `legacy/mod.rs` or `kquants/mod.rs`)
+//! and one line here.
 
-use crate::float::{BF16, F16, F32};
-use crate::kquants::{Q2K, Q3K, Q4K, Q5K, Q6K};
-use crate::legacy::{Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
 use crate::rows::{dequantize, quantize, KernelError};
 use crate::BlockFormat;
+use crate::{float, kquants, legacy};
 use std::fmt;
 
-/// ggml's `enum ggml_type` values for the formats kiln knows (the numbers GGUF files store).
-#[allow(non_camel_case_types)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u32)]
-pub enum GgmlType {
-    F32 = 0,
-    F16 = 1,
-    Q4_0 = 2,
-    Q4_1 = 3,
-    Q5_0 = 6,
-    Q5_1 = 7,
-    Q8_0 = 8,
-    Q2_K = 10,
-    Q3_K = 11,
-    Q4_K = 12,
-    Q5_K = 13,
-    Q6_K = 14,
-    BF16 = 30,
-}
+/// Generates [`GgmlType`] and its dispatching methods from the table of formats.
+macro_rules! formats {
+    ($($variant:ident = $id:literal, $name:literal, $weights:literal x $bytes:literal, $format:ty;)*) => {
+        /// ggml's `enum ggml_type` values for the formats kiln knows (the numbers GGUF files
+        /// store).
+        #[allow(non_camel_case_types)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u32)]
+        pub enum GgmlType {
+            $($variant = $id,)*
+        }
 
-/// Calls `$body` with `$F` bound to the [`BlockFormat`] type of `$ty`.
-macro_rules! dispatch {
-    ($ty:expr, $F:ident => $body:expr) => {
-        match $ty {
-            GgmlType::F32 => {
-                type $F = F32;
-                $body
+        // Each line's sizes and type are the format's own.
+        $(const _: () = assert!(
+            <$format as BlockFormat>::BLOCK_WEIGHTS == $weights
+                && <$format as BlockFormat>::BLOCK_BYTES == $bytes
+                && <$format as BlockFormat>::TYPE as u32 == $id
+        );)*
+
+        impl GgmlType {
+            /// Every type kiln can write, from most to fewest bits.
+            pub const ALL: [GgmlType; [$($id),*].len()] = [$(GgmlType::$variant),*];
+
+            /// ggml's name for the type (`ggml_type_name`): "f32", "q4_K", ...
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(GgmlType::$variant => $name,)*
+                }
             }
-            GgmlType::F16 => {
-                type $F = F16;
-                $body
+
+            /// The type with ggml's id `id`, if kiln knows it.
+            pub fn from_id(id: u32) -> Option<GgmlType> {
+                match id {
+                    $($id => Some(GgmlType::$variant),)*
+                    _ => None,
+                }
             }
-            GgmlType::BF16 => {
-                type $F = BF16;
-                $body
+
+            /// Weights per block.
+            pub fn block_weights(self) -> usize {
+                match self {
+                    $(GgmlType::$variant => <$format as BlockFormat>::BLOCK_WEIGHTS,)*
+                }
             }
-            GgmlType::Q8_0 => {
-                type $F = Q8_0;
-                $body
+
+            /// Bytes per block.
+            pub fn block_bytes(self) -> usize {
+                match self {
+                    $(GgmlType::$variant => <$format as BlockFormat>::BLOCK_BYTES,)*
+                }
             }
-            GgmlType::Q4_0 => {
-                type $F = Q4_0;
-                $body
+
+            /// Whether the format is a block quantization (not F32/F16/BF16).
+            pub fn is_quantized(self) -> bool {
+                match self {
+                    $(GgmlType::$variant => <$format as BlockFormat>::QUANTIZED,)*
+                }
             }
-            GgmlType::Q4_1 => {
-                type $F = Q4_1;
-                $body
+
+            /// Whether an importance matrix changes this format's output (ggml ignores it for
+            /// Q8_0 and the float formats).
+            pub fn uses_imatrix(self) -> bool {
+                match self {
+                    $(GgmlType::$variant => <$format as BlockFormat>::USES_IMATRIX,)*
+                }
             }
-            GgmlType::Q5_0 => {
-                type $F = Q5_0;
-                $body
+
+            /// Quantizes `src` (rows of `n_per_row` weights) into `dst`, rows in parallel. See
+            /// [`quantize`].
+            pub fn quantize(
+                self,
+                src: &[f32],
+                n_per_row: usize,
+                imatrix: Option<&[f32]>,
+                dst: &mut [u8],
+            ) -> Result<usize, KernelError> {
+                match self {
+                    $(GgmlType::$variant => quantize::<$format>(src, n_per_row, imatrix, dst),)*
+                }
             }
-            GgmlType::Q5_1 => {
-                type $F = Q5_1;
-                $body
-            }
-            GgmlType::Q2_K => {
-                type $F = Q2K;
-                $body
-            }
-            GgmlType::Q3_K => {
-                type $F = Q3K;
-                $body
-            }
-            GgmlType::Q4_K => {
-                type $F = Q4K;
-                $body
-            }
-            GgmlType::Q5_K => {
-                type $F = Q5K;
-                $body
-            }
-            GgmlType::Q6_K => {
-                type $F = Q6K;
-                $body
+
+            /// Dequantizes `src` (rows of `n_per_row` weights) into `dst`. See [`dequantize`].
+            pub fn dequantize(
+                self,
+                src: &[u8],
+                n_per_row: usize,
+                dst: &mut [f32],
+            ) -> Result<usize, KernelError> {
+                match self {
+                    $(GgmlType::$variant => dequantize::<$format>(src, n_per_row, dst),)*
+                }
             }
         }
     };
 }
 
+// The registry, in `ALL`'s order (most to fewest bits):
+// variant = ggml id, ggml name, weights x bytes per block, implementation.
+formats! {
+    F32  = 0,  "f32",  1 x 4,     float::F32;
+    F16  = 1,  "f16",  1 x 2,     float::F16;
+    BF16 = 30, "bf16", 1 x 2,     float::BF16;
+    Q8_0 = 8,  "q8_0", 32 x 34,   legacy::Q8_0;
+    Q6_K = 14, "q6_K", 256 x 210, kquants::Q6K;
+    Q5_1 = 7,  "q5_1", 32 x 24,   legacy::Q5_1;
+    Q5_0 = 6,  "q5_0", 32 x 22,   legacy::Q5_0;
+    Q5_K = 13, "q5_K", 256 x 176, kquants::Q5K;
+    Q4_1 = 3,  "q4_1", 32 x 20,   legacy::Q4_1;
+    Q4_0 = 2,  "q4_0", 32 x 18,   legacy::Q4_0;
+    Q4_K = 12, "q4_K", 256 x 144, kquants::Q4K;
+    Q3_K = 11, "q3_K", 256 x 110, kquants::Q3K;
+    Q2_K = 10, "q2_K", 256 x 84,  kquants::Q2K;
+}
+
 impl GgmlType {
-    /// Every type kiln can write, from most to fewest bits.
-    pub const ALL: [GgmlType; 13] = [
-        GgmlType::F32,
-        GgmlType::F16,
-        GgmlType::BF16,
-        GgmlType::Q8_0,
-        GgmlType::Q6_K,
-        GgmlType::Q5_1,
-        GgmlType::Q5_0,
-        GgmlType::Q5_K,
-        GgmlType::Q4_1,
-        GgmlType::Q4_0,
-        GgmlType::Q4_K,
-        GgmlType::Q3_K,
-        GgmlType::Q2_K,
-    ];
-
-    /// ggml's name for the type (`ggml_type_name`): "f32", "q4_K", ...
-    pub fn name(self) -> &'static str {
-        match self {
-            GgmlType::F32 => "f32",
-            GgmlType::F16 => "f16",
-            GgmlType::BF16 => "bf16",
-            GgmlType::Q8_0 => "q8_0",
-            GgmlType::Q4_0 => "q4_0",
-            GgmlType::Q4_1 => "q4_1",
-            GgmlType::Q5_0 => "q5_0",
-            GgmlType::Q5_1 => "q5_1",
-            GgmlType::Q2_K => "q2_K",
-            GgmlType::Q3_K => "q3_K",
-            GgmlType::Q4_K => "q4_K",
-            GgmlType::Q5_K => "q5_K",
-            GgmlType::Q6_K => "q6_K",
-        }
-    }
-
-    /// The type with ggml's id `id`, if kiln knows it.
-    pub fn from_id(id: u32) -> Option<GgmlType> {
-        GgmlType::ALL.into_iter().find(|t| *t as u32 == id)
-    }
-
     /// The type named `name`, case-insensitively ("Q4_K", "q4_k", "bf16").
     pub fn from_name(name: &str) -> Option<GgmlType> {
         GgmlType::ALL
             .into_iter()
             .find(|t| t.name().eq_ignore_ascii_case(name))
-    }
-
-    /// Weights per block.
-    pub fn block_weights(self) -> usize {
-        dispatch!(self, F => F::BLOCK_WEIGHTS)
-    }
-
-    /// Bytes per block.
-    pub fn block_bytes(self) -> usize {
-        dispatch!(self, F => F::BLOCK_BYTES)
     }
 
     /// Bytes of a row of `n` weights, or `None` if `n` is not a whole number of blocks.
@@ -156,39 +144,6 @@ impl GgmlType {
     pub fn bits_per_weight(self) -> f64 {
         self.block_bytes() as f64 * 8.0 / self.block_weights() as f64
     }
-
-    /// Whether the format is a block quantization (not F32/F16/BF16).
-    pub fn is_quantized(self) -> bool {
-        !matches!(self, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
-    }
-
-    /// Whether an importance matrix changes this format's output (ggml ignores it for Q8_0 and
-    /// the float formats).
-    pub fn uses_imatrix(self) -> bool {
-        self.is_quantized() && self != GgmlType::Q8_0
-    }
-
-    /// Quantizes `src` (rows of `n_per_row` weights) into `dst`, rows in parallel. See
-    /// [`quantize`].
-    pub fn quantize(
-        self,
-        src: &[f32],
-        n_per_row: usize,
-        imatrix: Option<&[f32]>,
-        dst: &mut [u8],
-    ) -> Result<usize, KernelError> {
-        dispatch!(self, F => quantize::<F>(src, n_per_row, imatrix, dst))
-    }
-
-    /// Dequantizes `src` (rows of `n_per_row` weights) into `dst`. See [`dequantize`].
-    pub fn dequantize(
-        self,
-        src: &[u8],
-        n_per_row: usize,
-        dst: &mut [f32],
-    ) -> Result<usize, KernelError> {
-        dispatch!(self, F => dequantize::<F>(src, n_per_row, dst))
-    }
 }
 
 impl fmt::Display for GgmlType {
@@ -200,32 +155,6 @@ impl fmt::Display for GgmlType {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn block_sizes_match_ggml() {
-        let expect = [
-            (GgmlType::Q4_0, 18, 32),
-            (GgmlType::Q4_1, 20, 32),
-            (GgmlType::Q5_0, 22, 32),
-            (GgmlType::Q5_1, 24, 32),
-            (GgmlType::Q8_0, 34, 32),
-            (GgmlType::Q2_K, 84, 256),
-            (GgmlType::Q3_K, 110, 256),
-            (GgmlType::Q4_K, 144, 256),
-            (GgmlType::Q5_K, 176, 256),
-            (GgmlType::Q6_K, 210, 256),
-            (GgmlType::F16, 2, 1),
-            (GgmlType::BF16, 2, 1),
-            (GgmlType::F32, 4, 1),
-        ];
-        for (t, bytes, weights) in expect {
-            assert_eq!(
-                (t.block_bytes(), t.block_weights()),
-                (bytes, weights),
-                "{t}"
-            );
-        }
-    }
 
     #[test]
     fn names_round_trip_case_insensitively() {

@@ -91,22 +91,37 @@ pub(crate) fn get_u16(bytes: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([bytes[at], bytes[at + 1]])
 }
 
-/// Writes a little-endian u16 at `at`.
-#[inline]
-pub(crate) fn put_u16(bytes: &mut [u8], at: usize, v: u16) {
-    bytes[at..at + 2].copy_from_slice(&v.to_le_bytes());
-}
+/// A little-endian IEEE half as stored in a block: two bytes, alignment 1, so that a block
+/// struct holding it can be viewed at any byte offset (a Q4_0 block is 18 bytes; GGUF tensors
+/// and rows start at any block boundary).
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Half(pub [u8; 2]);
 
-/// Reads the half at `at` as f32.
-#[inline]
-pub(crate) fn get_f16(bytes: &[u8], at: usize) -> f32 {
-    f16_to_f32(get_u16(bytes, at))
-}
+impl Half {
+    /// The half nearest `v`, rounded as ggml does ([`f32_to_f16`]).
+    #[inline]
+    pub fn from_f32(v: f32) -> Half {
+        Half(f32_to_f16(v).to_le_bytes())
+    }
 
-/// First block whose f16 scales at `offsets` are infinite or NaN.
-pub(crate) fn first_bad_scale(row: &[u8], block_bytes: usize, offsets: &[usize]) -> Option<usize> {
-    row.chunks_exact(block_bytes)
-        .position(|b| offsets.iter().any(|&o| f16_is_non_finite(get_u16(b, o))))
+    /// The stored bits.
+    #[inline]
+    pub fn bits(self) -> u16 {
+        u16::from_le_bytes(self.0)
+    }
+
+    /// The value as f32 (exact).
+    #[inline]
+    pub fn to_f32(self) -> f32 {
+        f16_to_f32(self.bits())
+    }
+
+    /// True when the half is infinite or NaN.
+    #[inline]
+    pub fn is_non_finite(self) -> bool {
+        f16_is_non_finite(self.bits())
+    }
 }
 
 #[cfg(test)]

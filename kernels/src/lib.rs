@@ -8,10 +8,15 @@
 //! Layout of the crate:
 //! - [`fp`]: f32 <-> f16/bf16 conversions exactly as ggml does them
 //! - [`float`]: the unquantized formats F32, F16, BF16
-//! - [`legacy`]: the 32-weight block formats Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
-//! - [`kquants`]: the 256-weight super-block formats Q2_K .. Q6_K and their scale searches
+//! - [`legacy`]: the 32-weight block formats Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, one file each
+//! - [`kquants`]: the 256-weight super-block formats Q2_K .. Q6_K, one file each, and their
+//!   scale searches
 //! - [`rows`]: argument checks and the parallel row driver
-//! - [`format`]: [`GgmlType`], ggml's type ids, dispatching to the formats at run time
+//! - [`format`](mod@format): the registry of formats, one line each, which generates [`GgmlType`] (ggml's
+//!   type ids and names) and the dispatch to the formats at run time
+//!
+//! Each quantized format's block is a `#[repr(C)]` struct of byte fields (alignment 1, so a
+//! row's bytes are viewed as blocks at any offset), with its size checked at compile time.
 
 // The kernels index blocks the way ggml's C does (x[16*j + i], L[j + l + 32], ...): keeping the
 // same index arithmetic makes them easy to check against ggml line by line.
@@ -39,6 +44,11 @@ pub trait BlockFormat: Send + Sync + 'static {
     const BLOCK_WEIGHTS: usize;
     /// Bytes per block.
     const BLOCK_BYTES: usize;
+    /// Whether the format is a block quantization (false for F32, F16, BF16).
+    const QUANTIZED: bool = true;
+    /// Whether importance weights change the output (ggml ignores them for Q8_0 and the
+    /// float formats).
+    const USES_IMATRIX: bool = Self::QUANTIZED;
 
     /// Quantizes one row. `imatrix`, when given, holds one importance weight per column and
     /// selects ggml's `quantize_<type>` path instead of `quantize_row_<type>_ref`.
@@ -57,4 +67,19 @@ pub trait BlockFormat: Send + Sync + 'static {
     fn row_bytes(n: usize) -> usize {
         n / Self::BLOCK_WEIGHTS * Self::BLOCK_BYTES
     }
+}
+
+/// Views a row's bytes as blocks. Block structs hold only byte fields (alignment 1), so this
+/// works at any offset; `bytes` must be a whole number of blocks (the row functions' contract).
+#[inline]
+pub(crate) fn as_blocks<B: bytemuck::Pod>(bytes: &[u8]) -> &[B] {
+    const { assert!(std::mem::align_of::<B>() == 1) };
+    bytemuck::cast_slice(bytes)
+}
+
+/// [`as_blocks`] for writing.
+#[inline]
+pub(crate) fn as_blocks_mut<B: bytemuck::Pod>(bytes: &mut [u8]) -> &mut [B] {
+    const { assert!(std::mem::align_of::<B>() == 1) };
+    bytemuck::cast_slice_mut(bytes)
 }

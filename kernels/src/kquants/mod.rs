@@ -12,18 +12,20 @@ pub mod q5_k;
 pub mod q6_k;
 pub mod search;
 
-pub use q2_k::Q2K;
-pub use q3_k::Q3K;
-pub use q4_k::Q4K;
-pub use q5_k::Q5K;
-pub use q6_k::Q6K;
+pub use q2_k::{BlockQ2K, Q2K};
+pub use q3_k::{BlockQ3K, Q3K};
+pub use q4_k::{BlockQ4K, ScalesK4, Q4K};
+pub use q5_k::{BlockQ5K, Q5K};
+pub use q6_k::{BlockQ6K, Q6K};
+
+use crate::as_blocks_mut;
 
 /// Weights per super-block.
 pub const QK_K: usize = 256;
 
 /// Packs 2-bit levels of 256 weights into 64 bytes the way Q2_K and Q3_K store them.
 #[inline]
-pub(crate) fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8]) {
+pub(crate) fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8; QK_K / 4]) {
     for j in (0..QK_K).step_by(128) {
         for i in 0..32 {
             qs[j / 4 + i] =
@@ -32,19 +34,18 @@ pub(crate) fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8]) {
     }
 }
 
-/// Calls `f` on each super-block of a row with its output bytes and, when an importance matrix
-/// is given, its 256 importance weights.
+/// Calls `f` on each super-block of a row with its output block and, when an importance
+/// matrix is given, its 256 importance weights.
 #[inline]
-pub(crate) fn for_each_superblock(
+pub(crate) fn for_each_superblock<B: bytemuck::Pod>(
     src: &[f32],
     dst: &mut [u8],
-    block_bytes: usize,
     imatrix: Option<&[f32]>,
-    mut f: impl FnMut(&[f32], &mut [u8], Option<&[f32]>),
+    mut f: impl FnMut(&[f32], &mut B, Option<&[f32]>),
 ) {
     for (i, (x, y)) in src
         .chunks_exact(QK_K)
-        .zip(dst.chunks_exact_mut(block_bytes))
+        .zip(as_blocks_mut::<B>(dst).iter_mut())
         .enumerate()
     {
         f(x, y, imatrix.map(|q| &q[i * QK_K..(i + 1) * QK_K]));

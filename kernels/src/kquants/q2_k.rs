@@ -1,17 +1,30 @@
-//! Q2_K: 84 bytes per 256 weights. Layout: 16 bytes of 4-bit scale|min<<4 per 16-weight
-//! sub-block, 64 bytes of 2-bit levels, `d` and `dmin` (f16). Weight = d*sc*l - dmin*m.
+//! Q2_K: 84 bytes per 256 weights: a 4-bit scale and min per 16-weight sub-block, 2-bit
+//! levels, and the super-block's f16 `d` and `dmin`. Weight = d*sc*l - dmin*m.
 
 use super::search::{make_qkx2_quants, make_qkx3_quants, make_qp_quants, nearest_int, MinSearch};
 use super::{for_each_superblock, pack_2bit, sum_squares, QK_K};
-use crate::fp::{f32_to_f16, first_bad_scale, get_f16, put_u16};
-use crate::{BlockFormat, GgmlType};
+use crate::fp::Half;
+use crate::{as_blocks, BlockFormat, GgmlType};
+use std::mem::size_of;
 
 /// The 2-bit K-quant.
 pub struct Q2K;
 
-const QS: usize = 16;
-const D: usize = 80;
-const DMIN: usize = 82;
+/// One Q2_K super-block (ggml's `block_q2_K`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct BlockQ2K {
+    /// Per 16-weight sub-block: scale level in the low nibble, min level in the high one.
+    pub scales: [u8; QK_K / 16],
+    /// 2-bit levels: per 128 weights, 32 bytes; byte `i` holds weights `i`, `i + 32`,
+    /// `i + 64`, `i + 96` from the low bits up.
+    pub qs: [u8; QK_K / 4],
+    /// Scale of the sub-block scales.
+    pub d: Half,
+    /// Scale of the sub-block mins.
+    pub dmin: Half,
+}
+const _: () = assert!(size_of::<BlockQ2K>() == 84);
 
 const REF_SEARCH: MinSearch = MinSearch {
     rmin: -0.5,
@@ -27,20 +40,21 @@ const IMATRIX_SEARCH: MinSearch = MinSearch {
 };
 
 /// Re-derives the levels from the stored (rounded) scales, as ggml does after packing them.
-fn requantize(x: &[f32], y: &[u8], dm: f32, mm: f32, l: &mut [u8; QK_K]) {
+fn requantize(x: &[f32], y: &BlockQ2K, l: &mut [u8; QK_K]) {
+    let (dm, mm) = (y.d.to_f32(), y.dmin.to_f32());
     for j in 0..QK_K / 16 {
-        let d = dm * (y[j] & 0xF) as f32;
+        let d = dm * (y.scales[j] & 0xF) as f32;
         if d == 0.0 {
             continue;
         }
-        let m = mm * (y[j] >> 4) as f32;
+        let m = mm * (y.scales[j] >> 4) as f32;
         for ii in 0..16 {
             l[16 * j + ii] = nearest_int((x[16 * j + ii] + m) / d).clamp(0, 3) as u8;
         }
     }
 }
 
-fn quantize_block_ref(x: &[f32], y: &mut [u8]) {
+fn quantize_block_ref(x: &[f32], y: &mut BlockQ2K) {
     let mut l = [0u8; QK_K];
     let mut mins = [0.0f32; 16];
     let mut scales = [0.0f32; 16];
@@ -64,28 +78,27 @@ fn quantize_block_ref(x: &[f32], y: &mut [u8]) {
     if max_scale > 0.0 {
         let iscale = q4scale / max_scale;
         for j in 0..16 {
-            y[j] = nearest_int(iscale * scales[j]) as u8;
+            y.scales[j] = nearest_int(iscale * scales[j]) as u8;
         }
-        put_u16(y, D, f32_to_f16(max_scale / q4scale));
+        y.d = Half::from_f32(max_scale / q4scale);
     } else {
-        y[..16].fill(0);
-        put_u16(y, D, f32_to_f16(0.0));
+        y.scales.fill(0);
+        y.d = Half::from_f32(0.0);
     }
     if max_min > 0.0 {
         let iscale = q4scale / max_min;
         for j in 0..16 {
-            y[j] |= (nearest_int(iscale * mins[j]) << 4) as u8;
+            y.scales[j] |= (nearest_int(iscale * mins[j]) << 4) as u8;
         }
-        put_u16(y, DMIN, f32_to_f16(max_min / q4scale));
+        y.dmin = Half::from_f32(max_min / q4scale);
     } else {
-        put_u16(y, DMIN, f32_to_f16(0.0));
+        y.dmin = Half::from_f32(0.0);
     }
-    let (dm, mm) = (get_f16(y, D), get_f16(y, DMIN));
-    requantize(x, y, dm, mm, &mut l);
-    pack_2bit(&l, &mut y[QS..QS + 64]);
+    requantize(x, y, &mut l);
+    pack_2bit(&l, &mut y.qs);
 }
 
-fn quantize_block_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
+fn quantize_block_imatrix(x: &[f32], y: &mut BlockQ2K, qw: &[f32]) {
     let mut l = [0u8; QK_K];
     let mut mins = [0.0f32; 16];
     let mut scales = [0.0f32; 16];
@@ -113,42 +126,41 @@ fn quantize_block_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
     let mut lm = [0u8; 16];
     let dm = make_qp_quants(15, &scales, &mut ls, &sw);
     let mm = make_qp_quants(15, &mins, &mut lm, &sw);
-    put_u16(y, D, f32_to_f16(dm));
-    put_u16(y, DMIN, f32_to_f16(mm));
+    y.d = Half::from_f32(dm);
+    y.dmin = Half::from_f32(mm);
     for j in 0..16 {
-        y[j] = ls[j] | (lm[j] << 4);
+        y.scales[j] = ls[j] | (lm[j] << 4);
     }
-    let (dm, mm) = (get_f16(y, D), get_f16(y, DMIN));
-    requantize(x, y, dm, mm, &mut l);
-    pack_2bit(&l, &mut y[QS..QS + 64]);
+    requantize(x, y, &mut l);
+    pack_2bit(&l, &mut y.qs);
 }
 
 impl BlockFormat for Q2K {
     const TYPE: GgmlType = GgmlType::Q2_K;
     const BLOCK_WEIGHTS: usize = QK_K;
-    const BLOCK_BYTES: usize = 84;
+    const BLOCK_BYTES: usize = size_of::<BlockQ2K>();
 
     fn quantize_row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
-        for_each_superblock(src, dst, Self::BLOCK_BYTES, imatrix, |x, y, qw| match qw {
+        for_each_superblock(src, dst, imatrix, |x, y: &mut BlockQ2K, qw| match qw {
             None => quantize_block_ref(x, y),
             Some(qw) => quantize_block_imatrix(x, y, qw),
         });
     }
 
     fn dequantize_row(src: &[u8], dst: &mut [f32]) {
-        for (b, y) in src
-            .chunks_exact(Self::BLOCK_BYTES)
+        for (b, y) in as_blocks::<BlockQ2K>(src)
+            .iter()
             .zip(dst.chunks_exact_mut(QK_K))
         {
-            let d = get_f16(b, D);
-            let min = get_f16(b, DMIN);
+            let d = b.d.to_f32();
+            let min = b.dmin.to_f32();
             let mut out = 0;
             let mut is = 0;
             for n in 0..2 {
-                let q = &b[QS + 32 * n..QS + 32 * n + 32];
+                let q = &b.qs[32 * n..32 * n + 32];
                 for shift in [0u32, 2, 4, 6] {
                     for half in 0..2 {
-                        let sc = b[is];
+                        let sc = b.scales[is];
                         is += 1;
                         let dl = d * (sc & 0xF) as f32;
                         let ml = min * (sc >> 4) as f32;
@@ -163,6 +175,8 @@ impl BlockFormat for Q2K {
     }
 
     fn first_invalid_block(row: &[u8]) -> Option<usize> {
-        first_bad_scale(row, Self::BLOCK_BYTES, &[D, DMIN])
+        as_blocks::<BlockQ2K>(row)
+            .iter()
+            .position(|b| b.d.is_non_finite() || b.dmin.is_non_finite())
     }
 }

@@ -1,18 +1,31 @@
-//! Q3_K: 110 bytes per 256 weights. Layout: 32 bytes of high bits (`hmask`), 64 bytes of low
-//! 2-bit levels, 12 bytes of sixteen 6-bit signed scales, `d` (f16). Weight = d*(sc-32)*(l-4).
+//! Q3_K: 110 bytes per 256 weights: the levels' high bits, their low 2 bits, sixteen 6-bit
+//! signed scales (one per 16-weight sub-block) and the super-block's f16 `d`.
+//! Weight = d*(sc-32)*(l-4).
 
 use super::search::{make_q3_quants, make_qx_quants, nearest_int};
 use super::{for_each_superblock, pack_2bit, sum_squares, QK_K};
-use crate::fp::{f32_to_f16, first_bad_scale, get_f16, put_u16};
-use crate::{BlockFormat, GgmlType};
+use crate::fp::Half;
+use crate::{as_blocks, BlockFormat, GgmlType};
+use std::mem::size_of;
 
 /// The 3-bit K-quant.
 pub struct Q3K;
 
-const HMASK: usize = 0;
-const QS: usize = 32;
-const SCALES: usize = 96;
-const D: usize = 108;
+/// One Q3_K super-block (ggml's `block_q3_K`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct BlockQ3K {
+    /// High bit of each level: bit `w / 32` of byte `w % 32` belongs to weight `w`.
+    pub hmask: [u8; QK_K / 8],
+    /// Low 2 bits of the levels, packed as Q2_K's.
+    pub qs: [u8; QK_K / 4],
+    /// Sixteen 6-bit scales, offset by 32: the low 4 bits in the nibbles of bytes 0..8
+    /// (sub-blocks 0..8 low, 8..16 high), the high 2 bits in bytes 8..12.
+    pub scales: [u8; 12],
+    /// Scale of the sub-block scales.
+    pub d: Half,
+}
+const _: () = assert!(size_of::<BlockQ3K>() == 110);
 
 /// Packs sixteen 6-bit scale levels (0..63) into 12 bytes.
 fn pack_scales(levels: impl Fn(usize) -> i32) -> [u8; 12] {
@@ -32,17 +45,17 @@ fn pack_scales(levels: impl Fn(usize) -> i32) -> [u8; 12] {
 
 /// Sub-block `j`'s signed scale (-32..31) from the 12 packed bytes.
 #[inline]
-fn scale(s: &[u8], j: usize) -> i32 {
+fn scale(s: &[u8; 12], j: usize) -> i32 {
     let lo = if j < 8 { s[j] & 0xF } else { s[j - 8] >> 4 };
     let sc = (lo | (((s[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) as i8;
     (sc as i32) - 32
 }
 
 /// Re-derives the levels from the stored scales, then writes hmask and the 2-bit levels.
-fn requantize_and_pack(x: &[f32], y: &mut [u8], l: &mut [u8; QK_K]) {
-    let d_all = get_f16(y, D);
+fn requantize_and_pack(x: &[f32], y: &mut BlockQ3K, l: &mut [u8; QK_K]) {
+    let d_all = y.d.to_f32();
     for j in 0..16 {
-        let d = d_all * scale(&y[SCALES..SCALES + 12], j) as f32;
+        let d = d_all * scale(&y.scales, j) as f32;
         if d == 0.0 {
             continue;
         }
@@ -50,12 +63,12 @@ fn requantize_and_pack(x: &[f32], y: &mut [u8], l: &mut [u8; QK_K]) {
             l[16 * j + ii] = (nearest_int(x[16 * j + ii] / d).clamp(-4, 3) + 4) as u8;
         }
     }
-    y[HMASK..HMASK + 32].fill(0);
+    y.hmask.fill(0);
     let mut m = 0;
     let mut hm = 1u8;
     for v in l.iter_mut() {
         if *v > 3 {
-            y[HMASK + m] |= hm;
+            y.hmask[m] |= hm;
             *v -= 4;
         }
         m += 1;
@@ -64,10 +77,10 @@ fn requantize_and_pack(x: &[f32], y: &mut [u8], l: &mut [u8; QK_K]) {
             hm <<= 1;
         }
     }
-    pack_2bit(l, &mut y[QS..QS + 64]);
+    pack_2bit(l, &mut y.qs);
 }
 
-fn quantize_block_ref(x: &[f32], y: &mut [u8]) {
+fn quantize_block_ref(x: &[f32], y: &mut BlockQ3K) {
     let mut li = [0i8; QK_K];
     let mut scales = [0.0f32; 16];
     let mut max_scale = 0.0f32;
@@ -86,17 +99,17 @@ fn quantize_block_ref(x: &[f32], y: &mut [u8]) {
             let l = nearest_int(iscale * scales[j]) as i8 as i32;
             l.clamp(-32, 31) + 32
         });
-        y[SCALES..SCALES + 12].copy_from_slice(&packed);
-        put_u16(y, D, f32_to_f16(1.0 / iscale));
+        y.scales = packed;
+        y.d = Half::from_f32(1.0 / iscale);
     } else {
-        y[SCALES..SCALES + 12].fill(0);
-        put_u16(y, D, f32_to_f16(0.0));
+        y.scales.fill(0);
+        y.d = Half::from_f32(0.0);
     }
     let mut l = li.map(|v| v as u8);
     requantize_and_pack(x, y, &mut l);
 }
 
-fn quantize_block_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
+fn quantize_block_imatrix(x: &[f32], y: &mut BlockQ3K, qw: &[f32]) {
     let mut li = [0i8; QK_K];
     let mut scales = [0.0f32; 16];
     let mut sw = [0.0f32; 16];
@@ -116,8 +129,8 @@ fn quantize_block_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
     }
     let mut ls = [0i8; 16];
     let d_block = make_qx_quants(32, &scales, &mut ls, Some(&sw));
-    y[SCALES..SCALES + 12].copy_from_slice(&pack_scales(|j| ls[j] as i32));
-    put_u16(y, D, f32_to_f16(d_block));
+    y.scales = pack_scales(|j| ls[j] as i32);
+    y.d = Half::from_f32(d_block);
     let mut l = li.map(|v| v as u8);
     requantize_and_pack(x, y, &mut l);
 }
@@ -125,30 +138,30 @@ fn quantize_block_imatrix(x: &[f32], y: &mut [u8], qw: &[f32]) {
 impl BlockFormat for Q3K {
     const TYPE: GgmlType = GgmlType::Q3_K;
     const BLOCK_WEIGHTS: usize = QK_K;
-    const BLOCK_BYTES: usize = 110;
+    const BLOCK_BYTES: usize = size_of::<BlockQ3K>();
 
     fn quantize_row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
-        for_each_superblock(src, dst, Self::BLOCK_BYTES, imatrix, |x, y, qw| match qw {
+        for_each_superblock(src, dst, imatrix, |x, y: &mut BlockQ3K, qw| match qw {
             None => quantize_block_ref(x, y),
             Some(qw) => quantize_block_imatrix(x, y, qw),
         });
     }
 
     fn dequantize_row(src: &[u8], dst: &mut [f32]) {
-        for (b, y) in src
-            .chunks_exact(Self::BLOCK_BYTES)
+        for (b, y) in as_blocks::<BlockQ3K>(src)
+            .iter()
             .zip(dst.chunks_exact_mut(QK_K))
         {
-            let d_all = get_f16(b, D);
-            let hm = &b[HMASK..HMASK + 32];
+            let d_all = b.d.to_f32();
+            let hm = &b.hmask;
             let mut m = 1u8;
             let mut out = 0;
             let mut is = 0;
             for n in 0..2 {
-                let q = &b[QS + 32 * n..QS + 32 * n + 32];
+                let q = &b.qs[32 * n..32 * n + 32];
                 for shift in [0u32, 2, 4, 6] {
                     for half in 0..2 {
-                        let dl = d_all * scale(&b[SCALES..SCALES + 12], is) as f32;
+                        let dl = d_all * scale(&b.scales, is) as f32;
                         is += 1;
                         for l in 0..16 {
                             let k = l + 16 * half;
@@ -165,6 +178,8 @@ impl BlockFormat for Q3K {
     }
 
     fn first_invalid_block(row: &[u8]) -> Option<usize> {
-        first_bad_scale(row, Self::BLOCK_BYTES, &[D])
+        as_blocks::<BlockQ3K>(row)
+            .iter()
+            .position(|b| b.d.is_non_finite())
     }
 }

@@ -1,22 +1,50 @@
-//! Q4_K: 144 bytes per 256 weights. Layout: `d`, `dmin` (f16), 12 bytes of eight 6-bit scales
-//! and mins (one pair per 32-weight sub-block), 128 bytes of 4-bit levels.
-//! Weight = d*sc*l - dmin*m.
+//! Q4_K: 144 bytes per 256 weights: the super-block's f16 `d` and `dmin`, eight 6-bit scales
+//! and mins (one pair per 32-weight sub-block), 4-bit levels. Weight = d*sc*l - dmin*m.
+//!
+//! The scale header ([`ScalesK4`]) and its searches are shared with Q5_K.
 
 use super::search::{
     get_scale_min_k4, make_qkx2_quants, make_qkx3_quants, make_qp_quants, nearest_int,
     pack_scale_min_k4, MinSearch,
 };
 use super::{for_each_superblock, sum_squares, QK_K};
-use crate::fp::{f32_to_f16, first_bad_scale, get_f16, put_u16};
-use crate::{BlockFormat, GgmlType};
+use crate::fp::Half;
+use crate::{as_blocks, BlockFormat, GgmlType};
+use std::mem::size_of;
 
 /// The 4-bit K-quant.
 pub struct Q4K;
 
-pub(crate) const D: usize = 0;
-pub(crate) const DMIN: usize = 2;
-const SCALES: usize = 4;
-const QS: usize = 16;
+/// The first 16 bytes of a Q4_K or Q5_K super-block: the scales of its eight sub-blocks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct ScalesK4 {
+    /// Scale of the sub-block scales.
+    pub d: Half,
+    /// Scale of the sub-block mins.
+    pub dmin: Half,
+    /// Eight 6-bit scales and eight 6-bit mins (see [`get_scale_min_k4`]).
+    pub scales: [u8; 12],
+}
+const _: () = assert!(size_of::<ScalesK4>() == 16);
+
+impl ScalesK4 {
+    /// True when `d` or `dmin` is infinite or NaN.
+    pub(crate) fn is_non_finite(&self) -> bool {
+        self.d.is_non_finite() || self.dmin.is_non_finite()
+    }
+}
+
+/// One Q4_K super-block (ggml's `block_q4_K`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct BlockQ4K {
+    /// `d`, `dmin` and the sub-block scales and mins.
+    pub head: ScalesK4,
+    /// 4-bit levels: per 64 weights, 32 bytes with weight `k` low and weight `k + 32` high.
+    pub qs: [u8; QK_K / 2],
+}
+const _: () = assert!(size_of::<BlockQ4K>() == 144);
 
 pub(crate) const IMATRIX_SEARCH: MinSearch = MinSearch {
     rmin: -0.9,
@@ -41,7 +69,7 @@ pub(crate) fn ref_weights(xs: &[f32]) -> [f32; 32] {
 /// its search settings.
 pub(crate) fn ref_scales(
     x: &[f32],
-    y: &mut [u8],
+    y: &mut ScalesK4,
     l: &mut [u8; QK_K],
     nmax: i32,
     search: MinSearch,
@@ -73,9 +101,9 @@ pub(crate) fn ref_scales(
         ls[j] = (nearest_int(inv_scale * scales[j]) as u8).min(63);
         lm[j] = (nearest_int(inv_min * mins[j]) as u8).min(63);
     }
-    y[SCALES..SCALES + 12].copy_from_slice(&pack_scale_min_k4(&ls, &lm));
-    put_u16(y, D, f32_to_f16(max_scale / 63.0));
-    put_u16(y, DMIN, f32_to_f16(max_min / 63.0));
+    y.scales = pack_scale_min_k4(&ls, &lm);
+    y.d = Half::from_f32(max_scale / 63.0);
+    y.dmin = Half::from_f32(max_min / 63.0);
 }
 
 /// The importance-weighted counterpart of [`ref_scales`] (shared with Q5_K).
@@ -84,7 +112,7 @@ pub(crate) fn ref_scales(
 /// does not (it matters only in degenerate blocks, but the bytes must match).
 pub(crate) fn imatrix_scales(
     x: &[f32],
-    y: &mut [u8],
+    y: &mut ScalesK4,
     l: &mut [u8; QK_K],
     nmax: i32,
     qw: &[f32],
@@ -117,17 +145,17 @@ pub(crate) fn imatrix_scales(
             lm[j] = lm[j].min(63);
         }
     }
-    y[SCALES..SCALES + 12].copy_from_slice(&pack_scale_min_k4(&ls, &lm));
-    put_u16(y, D, f32_to_f16(d_block));
-    put_u16(y, DMIN, f32_to_f16(m_block));
+    y.scales = pack_scale_min_k4(&ls, &lm);
+    y.d = Half::from_f32(d_block);
+    y.dmin = Half::from_f32(m_block);
 }
 
 /// Re-derives each sub-block's levels from the stored scales and mins.
-pub(crate) fn requantize(x: &[f32], y: &[u8], l: &mut [u8; QK_K], nmax: i32) {
-    let d_all = get_f16(y, D);
-    let m_all = get_f16(y, DMIN);
+pub(crate) fn requantize(x: &[f32], y: &ScalesK4, l: &mut [u8; QK_K], nmax: i32) {
+    let d_all = y.d.to_f32();
+    let m_all = y.dmin.to_f32();
     for j in 0..8 {
-        let (sc, m) = get_scale_min_k4(j, &y[SCALES..SCALES + 12]);
+        let (sc, m) = get_scale_min_k4(j, &y.scales);
         let d = d_all * sc as f32;
         if d == 0.0 {
             continue;
@@ -140,12 +168,12 @@ pub(crate) fn requantize(x: &[f32], y: &[u8], l: &mut [u8; QK_K], nmax: i32) {
 }
 
 /// The (d*sc, dmin*m) pairs of a Q4_K/Q5_K super-block for dequantization.
-pub(crate) fn sub_scales(b: &[u8]) -> [(f32, f32); 8] {
-    let d = get_f16(b, D);
-    let min = get_f16(b, DMIN);
+pub(crate) fn sub_scales(b: &ScalesK4) -> [(f32, f32); 8] {
+    let d = b.d.to_f32();
+    let min = b.dmin.to_f32();
     let mut out = [(0.0, 0.0); 8];
     for (j, o) in out.iter_mut().enumerate() {
-        let (sc, m) = get_scale_min_k4(j, &b[SCALES..SCALES + 12]);
+        let (sc, m) = get_scale_min_k4(j, &b.scales);
         *o = (d * sc as f32, min * m as f32);
     }
     out
@@ -161,17 +189,17 @@ const REF_SEARCH: MinSearch = MinSearch {
 impl BlockFormat for Q4K {
     const TYPE: GgmlType = GgmlType::Q4_K;
     const BLOCK_WEIGHTS: usize = QK_K;
-    const BLOCK_BYTES: usize = 144;
+    const BLOCK_BYTES: usize = size_of::<BlockQ4K>();
 
     fn quantize_row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
-        for_each_superblock(src, dst, Self::BLOCK_BYTES, imatrix, |x, y, qw| {
+        for_each_superblock(src, dst, imatrix, |x, y: &mut BlockQ4K, qw| {
             let mut l = [0u8; QK_K];
             match qw {
-                None => ref_scales(x, y, &mut l, 15, REF_SEARCH),
-                Some(qw) => imatrix_scales(x, y, &mut l, 15, qw, false),
+                None => ref_scales(x, &mut y.head, &mut l, 15, REF_SEARCH),
+                Some(qw) => imatrix_scales(x, &mut y.head, &mut l, 15, qw, false),
             }
-            requantize(x, y, &mut l, 15);
-            let q = &mut y[QS..QS + 128];
+            requantize(x, &y.head, &mut l, 15);
+            let q = &mut y.qs;
             for (n, j) in (0..QK_K).step_by(64).enumerate() {
                 for k in 0..32 {
                     q[32 * n + k] = l[j + k] | (l[j + k + 32] << 4);
@@ -181,13 +209,13 @@ impl BlockFormat for Q4K {
     }
 
     fn dequantize_row(src: &[u8], dst: &mut [f32]) {
-        for (b, y) in src
-            .chunks_exact(Self::BLOCK_BYTES)
+        for (b, y) in as_blocks::<BlockQ4K>(src)
+            .iter()
             .zip(dst.chunks_exact_mut(QK_K))
         {
-            let s = sub_scales(b);
+            let s = sub_scales(&b.head);
             for n in 0..4 {
-                let q = &b[QS + 32 * n..QS + 32 * n + 32];
+                let q = &b.qs[32 * n..32 * n + 32];
                 let (d1, m1) = s[2 * n];
                 let (d2, m2) = s[2 * n + 1];
                 for l in 0..32 {
@@ -199,6 +227,8 @@ impl BlockFormat for Q4K {
     }
 
     fn first_invalid_block(row: &[u8]) -> Option<usize> {
-        first_bad_scale(row, Self::BLOCK_BYTES, &[D, DMIN])
+        as_blocks::<BlockQ4K>(row)
+            .iter()
+            .position(|b| b.head.is_non_finite())
     }
 }

@@ -1,17 +1,27 @@
-//! Q5_K: 176 bytes per 256 weights. Layout: `d`, `dmin` (f16), 12 bytes of 6-bit scales and
-//! mins (as Q4_K), 32 bytes of fifth bits, 128 bytes of low 4-bit levels.
+//! Q5_K: 176 bytes per 256 weights: the scale header of Q4_K ([`ScalesK4`]), the levels'
+//! fifth bits, their low 4 bits. Weight = d*sc*l - dmin*m.
 
-use super::q4_k::{imatrix_scales, ref_scales, requantize, sub_scales, D, DMIN};
+use super::q4_k::{imatrix_scales, ref_scales, requantize, sub_scales, ScalesK4};
 use super::search::MinSearch;
 use super::{for_each_superblock, QK_K};
-use crate::fp::first_bad_scale;
-use crate::{BlockFormat, GgmlType};
+use crate::{as_blocks, BlockFormat, GgmlType};
+use std::mem::size_of;
 
 /// The 5-bit K-quant.
 pub struct Q5K;
 
-const QH: usize = 16;
-const QS: usize = 48;
+/// One Q5_K super-block (ggml's `block_q5_K`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct BlockQ5K {
+    /// `d`, `dmin` and the sub-block scales and mins.
+    pub head: ScalesK4,
+    /// Fifth bits: per 64 weights, one bit pair of byte `k` for weights `k` and `k + 32`.
+    pub qh: [u8; QK_K / 8],
+    /// Low 4 bits, laid out as Q4_K's levels.
+    pub qs: [u8; QK_K / 2],
+}
+const _: () = assert!(size_of::<BlockQ5K>() == 176);
 
 const REF_SEARCH: MinSearch = MinSearch {
     rmin: -0.5,
@@ -23,17 +33,17 @@ const REF_SEARCH: MinSearch = MinSearch {
 impl BlockFormat for Q5K {
     const TYPE: GgmlType = GgmlType::Q5_K;
     const BLOCK_WEIGHTS: usize = QK_K;
-    const BLOCK_BYTES: usize = 176;
+    const BLOCK_BYTES: usize = size_of::<BlockQ5K>();
 
     fn quantize_row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
-        for_each_superblock(src, dst, Self::BLOCK_BYTES, imatrix, |x, y, qw| {
+        for_each_superblock(src, dst, imatrix, |x, y: &mut BlockQ5K, qw| {
             let mut l = [0u8; QK_K];
             match qw {
-                None => ref_scales(x, y, &mut l, 31, REF_SEARCH),
-                Some(qw) => imatrix_scales(x, y, &mut l, 31, qw, true),
+                None => ref_scales(x, &mut y.head, &mut l, 31, REF_SEARCH),
+                Some(qw) => imatrix_scales(x, &mut y.head, &mut l, 31, qw, true),
             }
-            requantize(x, y, &mut l, 31);
-            let (qh, ql) = y[QH..].split_at_mut(QS - QH);
+            requantize(x, &y.head, &mut l, 31);
+            let (qh, ql) = (&mut y.qh, &mut y.qs);
             qh.fill(0);
             let (mut m1, mut m2) = (1u8, 2u8);
             for (k, n) in (0..QK_K).step_by(64).enumerate() {
@@ -57,15 +67,15 @@ impl BlockFormat for Q5K {
     }
 
     fn dequantize_row(src: &[u8], dst: &mut [f32]) {
-        for (b, y) in src
-            .chunks_exact(Self::BLOCK_BYTES)
+        for (b, y) in as_blocks::<BlockQ5K>(src)
+            .iter()
             .zip(dst.chunks_exact_mut(QK_K))
         {
-            let s = sub_scales(b);
-            let qh = &b[QH..QH + 32];
+            let s = sub_scales(&b.head);
+            let qh = &b.qh;
             let (mut u1, mut u2) = (1u8, 2u8);
             for n in 0..4 {
-                let ql = &b[QS + 32 * n..QS + 32 * n + 32];
+                let ql = &b.qs[32 * n..32 * n + 32];
                 let (d1, m1) = s[2 * n];
                 let (d2, m2) = s[2 * n + 1];
                 for l in 0..32 {
@@ -81,6 +91,8 @@ impl BlockFormat for Q5K {
     }
 
     fn first_invalid_block(row: &[u8]) -> Option<usize> {
-        first_bad_scale(row, Self::BLOCK_BYTES, &[D, DMIN])
+        as_blocks::<BlockQ5K>(row)
+            .iter()
+            .position(|b| b.head.is_non_finite())
     }
 }

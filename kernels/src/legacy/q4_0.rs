@@ -1,0 +1,89 @@
+//! Q4_0: 4-bit symmetric, 18 bytes per 32 weights. Weight = d*(l-8), `l` in 0..15.
+
+use super::{importance, row_sigma2, signed_absmax, to_int, QK};
+use crate::fp::Half;
+use crate::kquants::search::make_qx_quants;
+use crate::{as_blocks, as_blocks_mut, BlockFormat, GgmlType};
+use std::mem::size_of;
+
+/// The 4-bit symmetric legacy format.
+pub struct Q4_0;
+
+/// One Q4_0 block (ggml's `block_q4_0`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct BlockQ4_0 {
+    /// Scale.
+    pub d: Half,
+    /// Levels: weight `j` in the low nibble of byte `j`, weight `j + 16` in the high one.
+    pub qs: [u8; QK / 2],
+}
+const _: () = assert!(size_of::<BlockQ4_0>() == 18);
+
+#[inline(always)]
+fn pack<const FINITE: bool>(x: &[f32], id: f32, qs: &mut [u8; QK / 2]) {
+    let x = &x[..QK];
+    for j in 0..QK / 2 {
+        let xi0 = (to_int::<FINITE>(x[j] * id + 8.5) as i8).min(15) as u8;
+        let xi1 = (to_int::<FINITE>(x[j + QK / 2] * id + 8.5) as i8).min(15) as u8;
+        qs[j] = xi0 | (xi1 << 4);
+    }
+}
+
+impl BlockFormat for Q4_0 {
+    const TYPE: GgmlType = GgmlType::Q4_0;
+    const BLOCK_WEIGHTS: usize = QK;
+    const BLOCK_BYTES: usize = size_of::<BlockQ4_0>();
+
+    fn quantize_row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
+        let blocks = src
+            .chunks_exact(QK)
+            .zip(as_blocks_mut::<BlockQ4_0>(dst).iter_mut());
+        match imatrix {
+            None => {
+                for (x, b) in blocks {
+                    let d = signed_absmax(x) / -8.0;
+                    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                    b.d = Half::from_f32(d);
+                    if id.is_finite() {
+                        pack::<true>(x, id, &mut b.qs);
+                    } else {
+                        pack::<false>(x, id, &mut b.qs);
+                    }
+                }
+            }
+            Some(qw) => {
+                let sigma2 = row_sigma2(src);
+                for (ib, (x, b)) in blocks.enumerate() {
+                    let w = importance(&qw[ib * QK..], x, sigma2);
+                    let mut l = [0i8; QK];
+                    let d = make_qx_quants(8, x, &mut l, Some(&w));
+                    b.d = Half::from_f32(d);
+                    for j in 0..QK / 2 {
+                        b.qs[j] = (l[j] as u8) | ((l[j + QK / 2] as u8) << 4);
+                    }
+                }
+            }
+        }
+    }
+
+    fn dequantize_row(src: &[u8], dst: &mut [f32]) {
+        for (b, y) in as_blocks::<BlockQ4_0>(src)
+            .iter()
+            .zip(dst.chunks_exact_mut(QK))
+        {
+            let d = b.d.to_f32();
+            for j in 0..QK / 2 {
+                let q = b.qs[j];
+                y[j] = ((q & 0x0F) as i32 - 8) as f32 * d;
+                y[j + QK / 2] = ((q >> 4) as i32 - 8) as f32 * d;
+            }
+        }
+    }
+
+    fn first_invalid_block(row: &[u8]) -> Option<usize> {
+        as_blocks::<BlockQ4_0>(row)
+            .iter()
+            .position(|b| b.d.is_non_finite())
+    }
+}
