@@ -15,6 +15,8 @@ use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::OnceLock;
 
+pub mod raw;
+
 /// The process-wide llama.cpp backend (it may be initialized once). llama.cpp's log goes to
 /// [`log_callback`]: shown on stderr only with KILN_LLAMA_LOG set, and its errors kept so that
 /// a refused file gets llama.cpp's reason in kiln's message.

@@ -1,12 +1,24 @@
 //! The sweep's report folder: report.md (a table and the chart), report.json, report.csv,
-//! chart.svg and chart.png.
+//! chart.svg and chart.png; its data model ([`model`]); and the tables of `kiln bench`
+//! ([`bench_table`]) and `kiln eval` ([`eval_table`]).
 
+pub mod bench_table;
 pub mod chart;
+pub mod eval_table;
+pub mod model;
 
-use crate::sweep::{SweepReport, SweepRow};
 use anyhow::{Context, Result};
+use model::{SweepReport, SweepRow};
 use std::fmt::Write;
 use std::path::Path;
+
+/// The file name of a result's path (the whole path when it has none).
+pub(crate) fn file_label(path: &str) -> String {
+    Path::new(path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.to_string())
+}
 
 fn bench_ts(row: &SweepRow, prefix: &str) -> Option<(f64, f64, String)> {
     row.bench

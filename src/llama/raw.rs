@@ -1,0 +1,381 @@
+//! The part of llama.cpp's C API that `llama-cpp-2` does not wrap, called directly through
+//! `llama_cpp_sys_2` for `kiln bench` (which must make llama-bench's calls): a model loaded with
+//! `n_gpu_layers`, a context with its own ggml threadpool, `llama_batch_ext` batches processed
+//! with `llama_process`, ggml type names and row sizes, and the compiled-in backends and CPU.
+
+use anyhow::{anyhow, bail, Result};
+use llama_cpp_sys_2 as sys;
+use std::ffi::{CStr, CString};
+use std::path::Path;
+use std::ptr::NonNull;
+
+/// A ggml tensor type as the C API numbers it.
+pub type GgmlTypeId = sys::ggml_type;
+/// A token id as the C API has it.
+pub type Token = sys::llama_token;
+
+/// KV cache types llama-bench accepts for -ctk/-ctv.
+pub const KV_CACHE_TYPES: [GgmlTypeId; 9] = [
+    sys::GGML_TYPE_F32,
+    sys::GGML_TYPE_F16,
+    sys::GGML_TYPE_BF16,
+    sys::GGML_TYPE_Q8_0,
+    sys::GGML_TYPE_Q4_0,
+    sys::GGML_TYPE_Q4_1,
+    sys::GGML_TYPE_IQ4_NL,
+    sys::GGML_TYPE_Q5_0,
+    sys::GGML_TYPE_Q5_1,
+];
+
+/// ggml's name of a type ("f16", "q8_0").
+pub fn type_name(t: GgmlTypeId) -> String {
+    let p = unsafe { sys::ggml_type_name(t) };
+    if p.is_null() {
+        return format!("type#{t}");
+    }
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+/// `ggml_is_quantized`.
+pub fn is_quantized(t: GgmlTypeId) -> bool {
+    unsafe { sys::ggml_is_quantized(t) }
+}
+
+/// `ggml_row_size(t, n)`: bytes of a row of `n` elements of type `t`.
+pub fn row_size(t: GgmlTypeId, n: i64) -> usize {
+    unsafe { sys::ggml_row_size(t, n) }
+}
+
+// ---- llama.cpp objects, freed on drop ----
+
+/// A model loaded with `llama_model_load_from_file`.
+pub struct Model(NonNull<sys::llama_model>);
+
+impl Model {
+    /// Loads `file` with `llama_model_default_params()` and `n_gpu_layers`.
+    pub fn load(file: &Path, n_gpu_layers: u32) -> Result<Model> {
+        let c = path_cstring(file)?;
+        let mut mp = unsafe { sys::llama_model_default_params() };
+        mp.n_gpu_layers = n_gpu_layers.min(i32::MAX as u32) as i32;
+        super::clear_errors();
+        let p = unsafe { sys::llama_model_load_from_file(c.as_ptr(), mp) };
+        NonNull::new(p)
+            .map(Model)
+            .ok_or_else(|| super::refused(file))
+    }
+
+    /// `llama_model_size`: bytes of the weight tensors.
+    pub fn size(&self) -> u64 {
+        unsafe { sys::llama_model_size(self.ptr()) }
+    }
+
+    /// `llama_model_n_params`.
+    pub fn n_params(&self) -> u64 {
+        unsafe { sys::llama_model_n_params(self.ptr()) }
+    }
+
+    /// `llama_model_n_layer`.
+    pub fn n_layer(&self) -> i32 {
+        unsafe { sys::llama_model_n_layer(self.ptr()) }
+    }
+
+    /// `llama_model_n_embd`.
+    pub fn n_embd(&self) -> i32 {
+        unsafe { sys::llama_model_n_embd(self.ptr()) }
+    }
+
+    fn ptr(&self) -> *mut sys::llama_model {
+        self.0.as_ptr()
+    }
+
+    /// A metadata value as llama.cpp prints it, None when absent.
+    pub fn meta(&self, key: &str) -> Option<String> {
+        let k = CString::new(key).ok()?;
+        let mut buf = vec![0u8; 256];
+        loop {
+            let n = unsafe {
+                sys::llama_model_meta_val_str(
+                    self.ptr(),
+                    k.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
+            if n < 0 {
+                return None;
+            }
+            let n = n as usize;
+            if n < buf.len() {
+                return Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+            buf.resize(n + 1, 0);
+        }
+    }
+}
+
+impl Drop for Model {
+    fn drop(&mut self) {
+        unsafe { sys::llama_model_free(self.0.as_ptr()) }
+    }
+}
+
+#[cfg(unix)]
+fn path_cstring(p: &Path) -> Result<CString> {
+    use std::os::unix::ffi::OsStrExt;
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| anyhow!("{}: path contains a NUL byte", p.display()))
+}
+
+#[cfg(not(unix))]
+fn path_cstring(p: &Path) -> Result<CString> {
+    let s = p
+        .to_str()
+        .ok_or_else(|| anyhow!("{}: path is not UTF-8", p.display()))?;
+    CString::new(s).map_err(|_| anyhow!("{}: path contains a NUL byte", p.display()))
+}
+
+/// The settings of a benchmark context (the rest is `llama_context_default_params()`).
+pub struct CtxParams {
+    pub n_ctx: u32,
+    pub n_batch: u32,
+    pub n_ubatch: u32,
+    /// The type of both the K and the V cache.
+    pub type_kv: GgmlTypeId,
+    pub flash_attn: bool,
+    pub n_threads: u32,
+}
+
+impl CtxParams {
+    /// The C parameters as llama-bench sets them.
+    fn to_c(&self) -> sys::llama_context_params {
+        let mut cp = unsafe { sys::llama_context_default_params() };
+        cp.n_ctx = self.n_ctx;
+        cp.n_batch = self.n_batch;
+        cp.n_ubatch = self.n_ubatch;
+        cp.type_k = self.type_kv;
+        cp.type_v = self.type_kv;
+        cp.offload_kqv = true;
+        cp.flash_attn_type = if self.flash_attn {
+            sys::LLAMA_FLASH_ATTN_TYPE_ENABLED
+        } else {
+            sys::LLAMA_FLASH_ATTN_TYPE_DISABLED
+        };
+        cp.embeddings = false;
+        cp.op_offload = true;
+        cp.swa_full = false;
+        cp.n_threads = self.n_threads as i32;
+        cp.n_threads_batch = self.n_threads as i32;
+        cp
+    }
+}
+
+/// A context with its own ggml threadpool attached (dropped in that order: context first).
+pub struct Ctx<'m> {
+    ctx: NonNull<sys::llama_context>,
+    pool: NonNull<sys::ggml_threadpool>,
+    type_k: sys::ggml_type,
+    type_v: sys::ggml_type,
+    _model: std::marker::PhantomData<&'m Model>,
+}
+
+impl<'m> Ctx<'m> {
+    /// `llama_init_from_model` with `p`, then a threadpool of `p.n_threads` attached.
+    pub fn new(model: &'m Model, p: &CtxParams) -> Result<Ctx<'m>> {
+        let cp = p.to_c();
+        let n_threads = p.n_threads;
+        let ctx = NonNull::new(unsafe { sys::llama_init_from_model(model.ptr(), cp) })
+            .ok_or_else(|| anyhow!("llama_init_from_model failed"))?;
+        // llama-bench's threadpool: default parameters (polling level 50, normal priority, not
+        // strict, no CPU mask), set here explicitly.
+        let mut tpp = unsafe { sys::ggml_threadpool_params_default(n_threads as i32) };
+        tpp.poll = 50;
+        tpp.strict_cpu = false;
+        tpp.prio = sys::GGML_SCHED_PRIO_NORMAL;
+        tpp.cpumask.fill(false);
+        let pool = match NonNull::new(unsafe { sys::ggml_threadpool_new(&mut tpp) }) {
+            Some(p) => p,
+            None => {
+                unsafe { sys::llama_free(ctx.as_ptr()) };
+                bail!("cannot create a threadpool of {n_threads} threads");
+            }
+        };
+        unsafe { sys::llama_attach_threadpool(ctx.as_ptr(), pool.as_ptr(), std::ptr::null_mut()) };
+        Ok(Ctx {
+            ctx,
+            pool,
+            type_k: cp.type_k,
+            type_v: cp.type_v,
+            _model: std::marker::PhantomData,
+        })
+    }
+
+    fn ptr(&self) -> *mut sys::llama_context {
+        self.ctx.as_ptr()
+    }
+
+    fn memory(&self) -> sys::llama_memory_t {
+        unsafe { sys::llama_get_memory(self.ptr()) }
+    }
+
+    /// The K cache's type.
+    pub fn type_k(&self) -> GgmlTypeId {
+        self.type_k
+    }
+
+    /// The V cache's type.
+    pub fn type_v(&self) -> GgmlTypeId {
+        self.type_v
+    }
+
+    /// `llama_n_ctx_seq`: the cells per sequence llama.cpp actually uses.
+    pub fn n_ctx_seq(&self) -> u32 {
+        unsafe { sys::llama_n_ctx_seq(self.ptr()) }
+    }
+
+    /// `llama_n_ubatch`.
+    pub fn n_ubatch(&self) -> u32 {
+        unsafe { sys::llama_n_ubatch(self.ptr()) }
+    }
+
+    /// `llama_set_n_threads(ctx, n, n)`.
+    pub fn set_n_threads(&self, n_threads: i32) {
+        unsafe { sys::llama_set_n_threads(self.ptr(), n_threads, n_threads) };
+    }
+
+    /// `llama_synchronize`.
+    pub fn synchronize(&self) {
+        unsafe { sys::llama_synchronize(self.ptr()) };
+    }
+
+    /// `llama_memory_seq_pos_max` of sequence `seq` (-1 when it is empty).
+    pub fn seq_pos_max(&self, seq: i32) -> i32 {
+        unsafe { sys::llama_memory_seq_pos_max(self.memory(), seq) }
+    }
+
+    /// `llama_memory_clear(mem, false)`, as llama-bench between runs.
+    pub fn clear(&self) {
+        let m = self.memory();
+        if !m.is_null() {
+            unsafe { sys::llama_memory_clear(m, false) }
+        }
+    }
+
+    /// (n_vocab, BOS when the vocabulary adds one).
+    pub fn vocab(&self) -> (i32, Option<sys::llama_token>) {
+        unsafe {
+            let model = sys::llama_get_model(self.ptr());
+            let vocab = sys::llama_model_get_vocab(model);
+            let n = sys::llama_vocab_n_tokens(vocab).max(1);
+            let bos = sys::llama_vocab_get_add_bos(vocab).then(|| sys::llama_vocab_bos(vocab));
+            (n, bos)
+        }
+    }
+
+    /// `llama_process` of a decode batch; `what` names the batch in the error.
+    pub fn process(&self, batch: &mut BatchExt, what: &str) -> Result<()> {
+        let rc = unsafe {
+            sys::llama_process(self.ptr(), sys::LLAMA_PROCESS_TYPE_DECODE, batch.0.as_ptr())
+        };
+        if rc != 0 {
+            bail!("llama.cpp failed to decode a {what} (llama_process returned {rc})");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Ctx<'_> {
+    fn drop(&mut self) {
+        unsafe {
+            sys::llama_free(self.ctx.as_ptr());
+            sys::ggml_threadpool_free(self.pool.as_ptr());
+        }
+    }
+}
+
+/// A `llama_batch_ext` filled as `common_batch` fills it.
+pub struct BatchExt(NonNull<sys::llama_batch_ext>);
+
+impl BatchExt {
+    /// `llama_batch_ext_init` for `ctx`.
+    pub fn new(ctx: &Ctx) -> Result<BatchExt> {
+        NonNull::new(unsafe { sys::llama_batch_ext_init(ctx.ptr()) })
+            .map(BatchExt)
+            .ok_or_else(|| anyhow!("llama_batch_ext_init failed"))
+    }
+
+    /// `llama_batch_ext_clear`.
+    pub fn clear(&mut self) {
+        unsafe { sys::llama_batch_ext_clear(self.0.as_ptr()) }
+    }
+
+    /// Adds `token` at `pos` of sequence 0, with its logits when `output`.
+    pub fn add(&mut self, token: sys::llama_token, pos: i32, output: bool) -> Result<()> {
+        let b = self.0.as_ptr();
+        let idx = unsafe { sys::llama_batch_ext_add_token(b, 0, token) };
+        if idx < 0 {
+            bail!("cannot add token {token} to a batch (error {idx})");
+        }
+        // common_batch passes 4 positions (M-RoPE sections); text tokens use the first.
+        let p: [sys::llama_pos; 4] = [pos, 0, 0, 0];
+        unsafe {
+            sys::llama_batch_ext_set_pos(b, idx, p.as_ptr());
+            if output {
+                sys::llama_batch_ext_set_output_logits(b, idx, true);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for BatchExt {
+    fn drop(&mut self) {
+        unsafe { sys::llama_batch_ext_free(self.0.as_ptr()) }
+    }
+}
+
+// ---- what the report's footer names ----
+
+/// The ggml backends compiled in, as llama-bench names them ("CPU" when there is no other).
+pub fn backends() -> String {
+    let mut names = Vec::new();
+    let mut rpc = false;
+    for i in 0..unsafe { sys::ggml_backend_reg_count() } {
+        let reg = unsafe { sys::ggml_backend_reg_get(i) };
+        if reg.is_null() {
+            continue;
+        }
+        let p = unsafe { sys::ggml_backend_reg_name(reg) };
+        if p.is_null() {
+            continue;
+        }
+        let name = unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned();
+        if name.starts_with("RPC") {
+            rpc |= unsafe { sys::ggml_backend_reg_dev_count(reg) } > 0;
+        } else if name != "CPU" {
+            names.push(name);
+        }
+    }
+    if rpc {
+        names.push("RPC".into());
+    }
+    if names.is_empty() {
+        "CPU".into()
+    } else {
+        names.join(",")
+    }
+}
+
+/// The CPU as ggml describes it (llama-bench's `cpu_info`).
+pub fn cpu_info() -> String {
+    unsafe {
+        let dev = sys::ggml_backend_dev_by_type(sys::GGML_BACKEND_DEVICE_TYPE_CPU);
+        if dev.is_null() {
+            return "unknown CPU".into();
+        }
+        let p = sys::ggml_backend_dev_description(dev);
+        if p.is_null() {
+            return "unknown CPU".into();
+        }
+        CStr::from_ptr(p).to_string_lossy().trim().to_string()
+    }
+}

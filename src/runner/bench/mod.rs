@@ -1,0 +1,192 @@
+//! `kiln bench`: llama-bench's measurements, through llama.cpp's C API (`llama_cpp_sys_2`, wrapped
+//! in [`crate::llama::raw`]).
+//!
+//! Everything that decides the numbers follows llama-bench (`tools/llama-bench/llama-bench.cpp`)
+//! step for step, so that the two agree on the same file and settings:
+//!
+//! - **Test matrix.** For each file and each `-ngl` the model is loaded once; then, in
+//!   llama-bench's loop order (`-b`, `-ub`, cache type, `-fa`, `-t`), one test per `-p` value
+//!   (`ppN`: N prompt tokens, no generation) and one per `-n` value (`tgN`: N generated tokens,
+//!   no prompt). A 0 in `-p`/`-n` is skipped, as in llama-bench.
+//! - **Context.** `llama_context_default_params()` with `n_ctx = n_prompt + n_gen`, `n_batch`,
+//!   `n_ubatch`, `type_k = type_v`, `flash_attn_type` (enabled/disabled), `swa_full = false`,
+//!   `embeddings = false`; a fresh context per test. A ggml threadpool of `-t` threads
+//!   (`ggml_threadpool_params_default`: polling level 50, no CPU mask) is attached to the
+//!   context, as llama-bench does; without one, ggml would start and join threads on every
+//!   graph, which costs generation speed on small models.
+//! - **Tokens.** C's `rand()` as glibc implements it, unseeded (seed 1) and shared by the whole
+//!   run, exactly as llama-bench draws them: `rand() % n_vocab`, with BOS first when the
+//!   vocabulary adds one. kiln draws the same token sequence as llama-bench for the same matrix.
+//! - **pp.** The prompt is decoded in chunks of `n_batch` tokens (`llama_batch_ext` with
+//!   positions after the last one in memory and output only on the last token, which is what
+//!   `common_batch_get_one` builds), then `llama_synchronize`.
+//! - **tg.** One token per `llama_process` call, with output, `llama_synchronize` after each.
+//! - **Runs.** The KV memory is cleared (`llama_memory_clear(mem, false)`); a warmup (the whole
+//!   prompt for pp, one token for tg); then `repetitions` times: clear the memory, take the time,
+//!   run the test, take the time. Each repetition gives `t_ns` and
+//!   `ts = (n_prompt + n_gen) * 1e9 / t_ns`; `avg_ts` is the mean of the `ts` and `stddev_ts`
+//!   their sample standard deviation (0 for one repetition). llama-bench computes the standard
+//!   deviation as `sqrt(sum(x^2)/(n-1) - mean^2*n/(n-1))`; kiln uses the two-pass form
+//!   `sqrt(sum((x-mean)^2)/(n-1))`, which is the same number without the cancellation that can
+//!   turn equal samples into NaN.
+//!
+//! kiln's own fields: `file_size` (the filesystem's), `bits_per_weight` (`model_size * 8 /
+//! model_n_params`), `load_ms` (wall time of `llama_model_load_from_file`), `model_buffer_bytes`
+//! (`llama_model_size`: the bytes of the weight tensors llama.cpp allocated, which is also
+//! llama-bench's `model_size`; llama.cpp's C API has no per-buffer query), `kv_cache_bytes` (see
+//! `memory::kv_cache_bytes_for`), `peak_rss_bytes` (`VmHWM` of `/proc/self/status` after the test; a
+//! process-wide high-water mark, so it includes every earlier test of the run) and
+//! `tokens_counted` (tokens decoded in each timed repetition, counted as they are submitted).
+//!
+//! Two settings have other defaults than llama-bench's: flash attention is on or off (kiln's
+//! options have no "auto"; llama-bench's default is auto, which on the CPU means on), and `-ngl`
+//! defaults to 99 (llama-bench: -1, all layers; the same on one GPU and meaningless on the CPU).
+
+mod crand;
+mod matrix;
+mod measure;
+mod memory;
+
+pub use crate::report::bench_table::{to_csv, to_markdown};
+pub use crand::CRand;
+
+use super::{BenchOptions, BenchResult};
+use crate::llama::raw::{self, Model};
+use crate::report::file_label;
+use anyhow::{bail, Context, Result};
+use matrix::{check_options, matrix, parse_cache_type};
+use measure::run_test;
+use memory::{peak_rss_bytes, ModelInfo};
+use std::path::Path;
+use std::time::Instant;
+
+/// Runs every test of the matrix on every file. `progress` is called with a line of text per
+/// finished test.
+pub fn run(
+    files: &[std::path::PathBuf],
+    opts: &BenchOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<BenchResult>> {
+    check_options(opts)?;
+    if files.is_empty() {
+        bail!("no GGUF file to measure");
+    }
+    let cache_types = opts
+        .cache_type
+        .iter()
+        .map(|s| parse_cache_type(s))
+        .collect::<Result<Vec<_>>>()?;
+    // llama.cpp refuses a quantized V cache without flash attention (llama-bench stops at that
+    // test); say so before measuring anything.
+    if let Some(&q) = cache_types.iter().find(|&&t| raw::is_quantized(t)) {
+        if opts.flash_attn.contains(&false) {
+            bail!(
+                "bench: the {} KV cache needs flash attention (llama.cpp quantizes the V cache \
+                 only with it): use -fa 1 alone",
+                raw::type_name(q)
+            );
+        }
+    }
+    crate::llama::backend();
+    // llama-bench's tokens come from the process's unseeded rand(), one sequence for the run.
+    let mut rng = CRand::new(1);
+    // Every file is checked before any is measured, so a typo in the last name fails at once.
+    let sizes = files
+        .iter()
+        .map(|f| check_file(f))
+        .collect::<Result<Vec<u64>>>()?;
+    let mut out = Vec::new();
+    for (file, &file_size) in files.iter().zip(&sizes) {
+        for &ngl in &opts.n_gpu_layers {
+            // one load per file and model-affecting setting, as llama-bench keeps its model
+            let t0 = Instant::now();
+            let model = Model::load(file, ngl)?;
+            let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+            let info = ModelInfo::read(&model, file)?;
+            for t in matrix(opts, &cache_types, ngl) {
+                let r = run_test(&model, &info, &t, &mut rng)
+                    .with_context(|| format!("{}: {}", file.display(), t.describe()))?;
+                let result = BenchResult {
+                    model_filename: file.display().to_string(),
+                    model_size: info.model_size,
+                    model_n_params: info.n_params,
+                    n_threads: t.n_threads,
+                    n_batch: t.n_batch,
+                    n_ubatch: t.n_ubatch,
+                    type_k: raw::type_name(t.cache),
+                    type_v: raw::type_name(t.cache),
+                    flash_attn: t.flash_attn,
+                    n_gpu_layers: ngl,
+                    n_prompt: t.n_prompt,
+                    n_gen: t.n_gen,
+                    test: t.name(),
+                    avg_ts: mean(&r.samples_ts),
+                    stddev_ts: stddev(&r.samples_ts),
+                    samples_ts: r.samples_ts,
+                    samples_ns: r.samples_ns,
+                    file_size,
+                    bits_per_weight: if info.n_params > 0 {
+                        info.model_size as f64 * 8.0 / info.n_params as f64
+                    } else {
+                        0.0
+                    },
+                    load_ms,
+                    model_buffer_bytes: info.model_size,
+                    kv_cache_bytes: r.kv_cache_bytes,
+                    peak_rss_bytes: peak_rss_bytes(),
+                    tokens_counted: r.tokens_counted,
+                };
+                progress(&progress_line(&result));
+                out.push(result);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The file exists, is a regular file and a well-formed GGUF (kiln's checked reader, so that a
+/// corrupt header is an error naming the file rather than whatever llama.cpp does with it).
+/// Returns its size.
+fn check_file(file: &Path) -> Result<u64> {
+    let md = std::fs::metadata(file)
+        .with_context(|| format!("{}: cannot read the file", file.display()))?;
+    if !md.is_file() {
+        bail!("{}: not a file", file.display());
+    }
+    drop(crate::gguf::GgufFile::open(file)?);
+    Ok(md.len())
+}
+
+pub(crate) fn mean(xs: &[f64]) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    xs.iter().sum::<f64>() / xs.len() as f64
+}
+
+/// Sample standard deviation; 0 for fewer than two samples (as llama-bench).
+pub(crate) fn stddev(xs: &[f64]) -> f64 {
+    if xs.len() <= 1 {
+        return 0.0;
+    }
+    let m = mean(xs);
+    let ss: f64 = xs.iter().map(|x| (x - m) * (x - m)).sum();
+    (ss / (xs.len() - 1) as f64).sqrt()
+}
+
+fn progress_line(r: &BenchResult) -> String {
+    format!(
+        "{}: {} threads={} b={} ub={} ctk={} fa={} ngl={}: {:.2} ± {:.2} t/s ({} reps)",
+        file_label(&r.model_filename),
+        r.test,
+        r.n_threads,
+        r.n_batch,
+        r.n_ubatch,
+        r.type_k,
+        u8::from(r.flash_attn),
+        r.n_gpu_layers,
+        r.avg_ts,
+        r.stddev_ts,
+        r.samples_ns.len()
+    )
+}

@@ -1,0 +1,147 @@
+//! One variant's measurement (bench, then eval), in this process or in a child process
+//! `kiln measure-worker`: the job it reads as JSON on stdin, the result it writes as JSON on
+//! stdout, and spawning and watching that child.
+
+use crate::runner::{bench, eval, BenchOptions, BenchResult, EvalOptions, EvalResult};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// One variant's measurement: what `kiln measure-worker` reads on stdin.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MeasureJob {
+    pub file: PathBuf,
+    pub reference: PathBuf,
+    pub bench: Option<BenchOptions>,
+    pub eval: Option<EvalOptions>,
+}
+
+/// What a measurement found: what `kiln measure-worker` writes on stdout.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Measured {
+    pub bench: Vec<BenchResult>,
+    pub eval: Option<EvalResult>,
+    pub error: Option<String>,
+}
+
+/// Benches and evaluates one file in this process (the bench first; no eval after an error).
+pub fn measure(job: &MeasureJob, progress: &mut dyn FnMut(&str)) -> Measured {
+    let mut m = Measured::default();
+    let name = job.file.display().to_string();
+    if let Some(b) = &job.bench {
+        progress(&format!("bench {name}"));
+        reset_peak_rss();
+        match bench::run(std::slice::from_ref(&job.file), b, &mut |l| progress(l)) {
+            Ok(b) => m.bench = b,
+            Err(e) => m.error = Some(format!("{e:#}")),
+        }
+    }
+    if let (Some(e), None) = (&job.eval, &m.error) {
+        progress(&format!("eval {name} against {}", job.reference.display()));
+        match eval::run(
+            std::slice::from_ref(&job.file),
+            &job.reference,
+            e,
+            &mut |l| progress(l),
+        ) {
+            Ok(mut r) => m.eval = r.pop(),
+            Err(e) => m.error = Some(format!("{e:#}")),
+        }
+    }
+    m
+}
+
+/// [`measure`] in a child process `exe measure-worker`: its progress lines are passed on, and
+/// a child that dies (llama.cpp's GGML_ASSERT aborts, a crash) gives an error with its last
+/// words instead of taking the sweep down.
+pub fn measure_isolated(exe: &Path, job: &MeasureJob, progress: &mut dyn FnMut(&str)) -> Measured {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    let failed = |why: String| Measured {
+        error: Some(why),
+        ..Default::default()
+    };
+    let child = Command::new(exe)
+        .arg("measure-worker")
+        // ggml's abort would otherwise attach gdb to print a backtrace.
+        .env("GGML_NO_BACKTRACE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => return failed(format!("{}: cannot start: {e}", exe.display())),
+    };
+    let input = serde_json::to_vec(job).unwrap_or_default();
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(&input);
+    }
+    let stdout = child.stdout.take();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(mut o) = stdout {
+            let _ = std::io::Read::read_to_string(&mut o, &mut s);
+        }
+        s
+    });
+    let mut last: Vec<String> = Vec::new();
+    if let Some(err) = child.stderr.take() {
+        for line in BufReader::new(err).lines().map_while(|l| l.ok()) {
+            match line.strip_prefix("kiln: ") {
+                Some(l) => progress(l),
+                None => {
+                    last.push(line);
+                    if last.len() > 20 {
+                        last.remove(0);
+                    }
+                }
+            }
+        }
+    }
+    let status = child.wait();
+    let out = reader.join().unwrap_or_default();
+    match status {
+        Ok(s) if s.success() => serde_json::from_str(&out).unwrap_or_else(|e| {
+            failed(format!(
+                "measuring {}: unreadable worker output: {e}",
+                job.file.display()
+            ))
+        }),
+        Ok(s) => {
+            let how = {
+                #[cfg(unix)]
+                {
+                    use std::os::unix::process::ExitStatusExt;
+                    match s.signal() {
+                        Some(6) => "aborted (SIGABRT)".to_string(),
+                        Some(11) => "crashed (SIGSEGV)".to_string(),
+                        Some(n) => format!("was killed by signal {n}"),
+                        None => format!("exited with {s}"),
+                    }
+                }
+                #[cfg(not(unix))]
+                {
+                    format!("exited with {s}")
+                }
+            };
+            let said = last
+                .iter()
+                .rev()
+                .find(|l| l.contains("GGML_ASSERT") || l.contains("error"))
+                .or(last.last())
+                .map(|l| format!(": {}", l.trim()))
+                .unwrap_or_default();
+            failed(format!(
+                "{}: llama.cpp {how} while measuring it{said}",
+                job.file.display()
+            ))
+        }
+        Err(e) => failed(format!("measuring {}: {e}", job.file.display())),
+    }
+}
+
+/// Resets the process's peak resident memory (VmHWM) to its current value, so that each
+/// variant's benchmark reports its own peak (Linux: writing 5 to /proc/self/clear_refs).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
