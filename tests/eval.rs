@@ -429,12 +429,12 @@ fn bundled_text_and_questions_are_usable() {
 /// With `KILN_LLAMA_PERPLEXITY` pointing at a `llama-perplexity` binary (built from llama.cpp's
 /// tools/perplexity; not part of the crate's copy), kiln's cache must be byte-identical to its
 /// `--kl-divergence-base` file, and its `--kl-divergence` statistics must equal kiln's.
+/// Run it with `cargo test --release -- --ignored matches_llama_perplexity`.
 #[test]
-fn matches_llama_perplexity_when_available() {
-    let Some(exe) = std::env::var_os("KILN_LLAMA_PERPLEXITY") else {
-        eprintln!("skipped: set KILN_LLAMA_PERPLEXITY to a llama-perplexity binary");
-        return;
-    };
+#[ignore = "needs a llama-perplexity binary in KILN_LLAMA_PERPLEXITY"]
+fn matches_llama_perplexity() {
+    let exe = std::env::var_os("KILN_LLAMA_PERPLEXITY")
+        .expect("set KILN_LLAMA_PERPLEXITY to a llama-perplexity binary");
     let m = models();
     let cache = fresh_dir("cache-llama-perplexity");
     let text = tmp().join("text.txt");

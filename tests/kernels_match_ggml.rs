@@ -244,3 +244,18 @@ fn overflowing_scales_are_refused_exactly_where_ggml_output_is_invalid() {
         }
     }
 }
+
+/// kiln's table of ggml types (what `inspect` and the reader size foreign tensors by, without
+/// linking ggml) is ggml's own, id for id.
+#[test]
+fn gguf_type_table_matches_ggml() {
+    use kiln::gguf::TypeId;
+    let mut known = 0;
+    for id in 0..ggml::TYPE_COUNT + 4 {
+        let ours = TypeId(id).name().map(|n| (n, TypeId(id).block().unwrap()));
+        let theirs = ggml::type_traits(id).map(|(n, bw, bb)| (n, (bw, bb)));
+        assert_eq!(ours, theirs, "type id {id}");
+        known += theirs.is_some() as u32;
+    }
+    assert_eq!(known as usize, kiln::gguf::types::GGML_TYPES.len());
+}

@@ -7,6 +7,7 @@ mod bad_input;
 mod bench;
 mod cli;
 mod convert_vs_llama;
+mod converter_only;
 mod eval;
 mod kernels_match_ggml;
 mod mutations;
