@@ -8,7 +8,7 @@
 #
 #   bash benches/convert.sh [WORKDIR] [TYPES]
 #
-# The model is a deterministic Llama-architecture checkpoint made by `kiln make-fixture`
+# The model is a deterministic Llama-architecture checkpoint made by `kiln-fixtures make-fixture`
 # (hidden 2048, FFN 5632, 12 layers, 16 heads / 4 KV heads, vocab 32000: 672M parameters,
 # 1.3 GB of BF16 safetensors, 2.7 GB as f32 GGUF). Needs /usr/bin/time (Debian package time).
 set -euo pipefail
@@ -16,10 +16,10 @@ cd "$(dirname "$0")/.."
 work=${1:-target/bench-convert}
 types=${2:-q8_0,q6_K,q5_K_M,q4_K_M,q4_0,q3_K_M,q2_K}
 mkdir -p "$work"
-cargo build --release --quiet
+cargo build --release --quiet --bin kiln --bin kiln-fixtures
 kiln=target/release/kiln
 if [ ! -f "$work/ck/config.json" ]; then
-  $kiln make-fixture "$work/ck" --hidden 2048 --intermediate 5632 --layers 12 --heads 16 --kv-heads 4
+  target/release/kiln-fixtures make-fixture "$work/ck" --hidden 2048 --intermediate 5632 --layers 12 --heads 16 --kv-heads 4
 fi
 [ -f "$work/f32.gguf" ] || $kiln quantize -t f32 --no-checksum "$work/ck" -o "$work/f32.gguf" --force >/dev/null 2>&1
 measure() { # label, command... -> "seconds kilobytes"

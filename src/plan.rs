@@ -173,16 +173,14 @@ pub struct ModelFacts {
     pub n_layer: u32,
     pub n_head: u32,
     pub n_head_kv: u32,
+    /// llama.cpp's LLM_TYPE_70B (the only model size the mixes look at), as the family decides
+    /// it (see `arch::Family::is_70b`).
+    pub is_70b: bool,
 }
 
 impl ModelFacts {
     fn n_gqa(&self) -> u32 {
         self.n_head.checked_div(self.n_head_kv).unwrap_or(0)
-    }
-    /// llama.cpp's LLM_TYPE_70B (the only model size the mixes look at).
-    fn is_70b(&self) -> bool {
-        self.n_layer == 80
-            && ((self.arch == "llama" && self.n_head != self.n_head_kv) || self.arch == "qwen2")
     }
 }
 
@@ -436,7 +434,7 @@ fn mix_type(
                 F::Q4_K_S if *i_attention_wv < 4 => new_type = G::Q5_K,
                 _ => {}
             }
-            if model.is_70b() && (new_type == G::Q3_K || new_type == G::Q4_K) {
+            if model.is_70b && (new_type == G::Q3_K || new_type == G::Q4_K) {
                 new_type = G::Q5_K;
             }
             *i_attention_wv += 1;

@@ -137,6 +137,7 @@ fn facts_from_gguf(md: &Metadata, path: &Path) -> Result<ModelFacts> {
     let n_head = int("attention.head_count").unwrap_or(0);
     let n_head_kv = int("attention.head_count_kv").unwrap_or(n_head);
     Ok(ModelFacts {
+        is_70b: crate::arch::is_70b(&arch, n_layer, n_head, n_head_kv),
         arch,
         n_layer,
         n_head,

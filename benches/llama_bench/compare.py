@@ -3,11 +3,11 @@ first in each round; prints medians and their ratio. Used by run.sh.
 
     python3 compare.py FILE THREADS ROUNDS [LLAMA_BENCH [KILN]]
 """
-import json, subprocess, sys, statistics, time
+import json, os, subprocess, sys, statistics, time
 F = sys.argv[1]; t = sys.argv[2]; rounds = int(sys.argv[3])
 lb_bin = sys.argv[4] if len(sys.argv) > 4 else "target/llama-bench/build/bin/llama-bench"
 kiln_bin = sys.argv[5] if len(sys.argv) > 5 else "target/release/kiln"
-p, n, r = "512", "128", "10"
+p, n, r = "512", "128", os.environ.get("REPS", "10")
 LB = [lb_bin, "-m", F, "-p", p, "-n", n, "-r", r, "-t", t, "-fa", "0", "-o", "json"]
 KI = [kiln_bin, "bench", F, "-p", p, "-n", n, "-r", r, "-t", t, "--fa", "0", "--json"]
 def go(cmd):

@@ -5,8 +5,10 @@
 #
 # llama-bench is built from the llama.cpp source that llama-cpp-sys-2 0.1.161 bundles (the
 # library kiln links) plus llama-bench's source from the llama-cpp-python sdist on PyPI (the
-# crate's copy omits tools/), with the crate's own build flags, in target/llama-bench.
-# Default file: the demo's fixture q8_0 (run `cargo run --release -- demo` first).
+# crate's copy omits tools/), the way llama.cpp's README says (cmake, Release, defaults: so
+# GGML_NATIVE, ggml's CPU backend compiled for this machine, as kiln's own build now is), in
+# target/llama-bench. REPS sets -r (default 10).
+# Default file: the demo's fixture q8_0 (run the README's demo command first).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 file=${1:-out/fixture-llama-Q8_0.gguf}
@@ -23,11 +25,13 @@ if [ ! -x "$lb/build/bin/llama-bench" ]; then
   mkdir -p "$lb/src/tools/llama-bench"
   cp "$lb"/sdist/llama_cpp_python-*/vendor/llama.cpp/tools/llama-bench/* "$lb/src/tools/llama-bench/"
   echo 'add_subdirectory(llama-bench)' > "$lb/src/tools/CMakeLists.txt"
-  cmake -S "$lb/src" -B "$lb/build" -DGGML_NATIVE=OFF -DGGML_OPENMP=OFF -DBUILD_SHARED_LIBS=OFF \
-    -DCMAKE_BUILD_TYPE=RelWithDebInfo "-DCMAKE_C_FLAGS=-m64 -march=x86-64" "-DCMAKE_CXX_FLAGS=-m64 -march=x86-64" \
-    -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_COMMON=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
+  # llama.cpp's README: cmake -B build && cmake --build build --config Release. The extra
+  # options only leave out what llama-bench does not need (no network here, no tests).
+  cmake -S "$lb/src" -B "$lb/build" -DCMAKE_BUILD_TYPE=Release \
+    -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_COMMON=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
     -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null
   cmake --build "$lb/build" --target llama-bench -j"$(nproc)" >/dev/null
 fi
+[ -n "${BUILD_ONLY:-}" ] && exit 0
 cargo build --release --quiet
 python3 benches/llama_bench/compare.py "$file" "$threads" "$rounds" "$lb/build/bin/llama-bench" target/release/kiln

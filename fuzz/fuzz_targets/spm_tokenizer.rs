@@ -8,5 +8,10 @@ fuzz_target!(|data: &[u8]| {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("tokenizer.model"), data).unwrap();
     let mut md = kiln::gguf::Metadata::new();
-    let _ = kiln::tokenizer::write_vocab(dir.path(), kiln::tokenizer::VocabRecipe::LlamaSetVocab, Some(64), &mut md);
+    let _ = kiln::tokenizer::write_vocab(
+        dir.path(),
+        kiln::tokenizer::VocabRecipe::LlamaSetVocab,
+        Some(64),
+        &mut md,
+    );
 });

@@ -14,7 +14,10 @@ fuzz_target!(|data: &[u8]| {
         std::fs::write(dir.path().join("tokenizer_config.json"), tc).unwrap();
     }
     use kiln::tokenizer::VocabRecipe;
-    for recipe in [VocabRecipe::SentencePieceElseBpe, VocabRecipe::LlamaSetVocab] {
+    for recipe in [
+        VocabRecipe::SentencePieceElseBpe,
+        VocabRecipe::LlamaSetVocab,
+    ] {
         let mut md = kiln::gguf::Metadata::new();
         let _ = kiln::tokenizer::write_vocab(dir.path(), recipe, None, &mut md);
     }

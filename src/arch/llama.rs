@@ -38,6 +38,10 @@ impl Family for Llama {
             _ => base::config_default(key),
         }
     }
+    fn is_70b(&self, n_layer: u32, n_head: u32, n_head_kv: u32) -> bool {
+        // llama.cpp: 80 layers is 70B, except the 65B of Llama 1 (no grouped KV heads).
+        n_layer == 80 && n_head != n_head_kv
+    }
     fn always_writes_head_dim(&self) -> bool {
         true
     }

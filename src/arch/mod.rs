@@ -105,6 +105,12 @@ pub trait Family: Sync {
         let _ = (hp, md, jobs, notes);
         Ok(())
     }
+    /// Whether llama.cpp's loader calls this model LLM_TYPE_70B (the mixes give its attn_v
+    /// more bits).
+    fn is_70b(&self, n_layer: u32, n_head: u32, n_head_kv: u32) -> bool {
+        let _ = (n_layer, n_head, n_head_kv);
+        false
+    }
     /// llama.cpp's default sliding-window layer pattern (every Nth layer is global) for a file
     /// whose `attention.sliding_window` is `n_swa`; None when no layer slides.
     fn sliding_window_pattern(&self, n_swa: u32) -> Option<u32> {
@@ -116,6 +122,11 @@ pub trait Family: Sync {
 /// The family of a GGUF `general.architecture` name.
 pub fn by_gguf_name(name: &str) -> Option<&'static dyn Family> {
     FAMILIES.iter().copied().find(|f| f.gguf_name() == name)
+}
+
+/// LLM_TYPE_70B for a GGUF architecture name (false for families kiln does not know).
+pub fn is_70b(gguf_name: &str, n_layer: u32, n_head: u32, n_head_kv: u32) -> bool {
+    by_gguf_name(gguf_name).is_some_and(|f| f.is_70b(n_layer, n_head, n_head_kv))
 }
 
 /// From config.json's `architectures`: the family and the name that matched.
@@ -359,6 +370,7 @@ pub fn prepare(ck: &Checkpoint, ftype: FileType) -> Result<Converted> {
         n_layer,
         n_head,
         n_head_kv,
+        is_70b: family.is_70b(n_layer, n_head, n_head_kv),
     };
     Ok(Converted {
         metadata: md,

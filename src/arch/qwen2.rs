@@ -20,6 +20,9 @@ impl Family for Qwen2 {
     fn vocab(&self) -> VocabRecipe {
         VocabRecipe::SentencePieceElseBpe
     }
+    fn is_70b(&self, n_layer: u32, _n_head: u32, _n_head_kv: u32) -> bool {
+        n_layer == 80
+    }
     fn config_default(&self, _hf_arch: &str, key: &str) -> Option<Json> {
         match key {
             "max_position_embeddings" => Some(Json::from(32768)),

@@ -30,13 +30,7 @@ pub fn sized_llama_checkpoint(
     heads: usize,
     kv_heads: usize,
 ) {
-    let mut spec = kiln_fixtures::checkpoint::llama_spm_default(tokenizer_model());
-    spec.hidden = hidden;
-    spec.intermediate = intermediate;
-    spec.layers = layers;
-    spec.heads = heads;
-    spec.kv_heads = kv_heads;
-    spec.head_dim = hidden / heads.max(1);
+    let spec = kiln_fixtures::sized_llama(hidden, intermediate, layers, heads, kv_heads);
     kiln_fixtures::checkpoint::write_checkpoint(&spec, dir).unwrap();
 }
 
