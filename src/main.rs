@@ -36,8 +36,8 @@ enum Command {
     /// its report.json.
     Report { dir: PathBuf },
     #[cfg(feature = "llama")]
-    /// Internal: measure one sweep variant (a JSON job on stdin, the result as JSON on stdout),
-    /// so that a llama.cpp abort ends only this process.
+    /// Internal: measure one file for bench, eval or sweep (a JSON job on stdin, the result as
+    /// JSON on stdout), so that a llama.cpp abort ends only this process.
     #[command(hide = true)]
     MeasureWorker,
     /// Print a GGUF file's metadata and tensors.

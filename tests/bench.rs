@@ -5,7 +5,7 @@
 //! The tests take one lock, so that they do not compete for the CPU (their timings stay
 //! meaningful) and so that the log capture sees only its own test's llama.cpp lines.
 
-use crate::common::fixtures::{convert, llama_checkpoint, tokenizer_model};
+use crate::common::fixtures::{aborting_copy, convert, llama_checkpoint, tokenizer_model};
 use kiln::plan::FileType;
 use kiln::runner::bench;
 use kiln::runner::{BenchOptions, BenchResult};
@@ -116,6 +116,20 @@ fn check_sane(r: &BenchResult, reps: usize) {
         r.peak_rss_bytes > r.model_size,
         "{what}: peak RSS {}",
         r.peak_rss_bytes
+    );
+    // what tells machines and builds apart
+    assert!(r.error.is_none(), "{what}: {:?}", r.error);
+    assert!(
+        r.model_type.starts_with("llama "),
+        "{what}: model_type {:?}",
+        r.model_type
+    );
+    assert!(!r.cpu_info.is_empty(), "{what}");
+    assert_eq!(r.backends, kiln::llama::raw::backends(), "{what}");
+    assert_eq!(
+        r.cpu_features,
+        kiln::llama::raw::cpu_features_line(),
+        "{what}"
     );
 }
 
@@ -299,7 +313,16 @@ fn markdown_and_csv_hold_every_row() {
     }
     let header: Vec<&str> = rows[0].split('|').map(str::trim).collect();
     for h in [
-        "model", "size", "params", "backend", "threads", "type_k", "type_v", "test", "t/s",
+        "model",
+        "model type",
+        "size",
+        "params",
+        "backend",
+        "threads",
+        "type_k",
+        "type_v",
+        "test",
+        "t/s",
     ] {
         assert!(header.contains(&h), "{h} missing: {}", rows[0]);
     }
@@ -317,12 +340,19 @@ fn markdown_and_csv_hold_every_row() {
             .to_str()
             .unwrap();
         assert!(cells.contains(&name), "{row}");
+        assert!(cells.contains(&r.model_type.as_str()), "{row}");
         assert!(cells.contains(&r.test.as_str()), "{row}");
         assert!(
             cells.contains(&format!("{:.2} ± {:.2}", r.avg_ts, r.stddev_ts).as_str()),
             "{row}"
         );
     }
+    // the machine and the build below the table
+    assert!(
+        md.contains(&format!("machine: {}", rs[0].cpu_info))
+            && md.contains(&format!("CPU backend features: {}", rs[0].cpu_features)),
+        "{md}"
+    );
     // default-valued columns are left out, as llama-bench does
     assert!(
         !header.contains(&"n_batch") && !header.contains(&"fa"),
@@ -335,9 +365,12 @@ fn markdown_and_csv_hold_every_row() {
     assert_eq!(lines.len(), rs.len() + 1);
     let head = csv_fields(lines[0]);
     assert_eq!(
-        head[..6],
+        head[..9],
         [
+            "cpu_info",
+            "backends",
             "model_filename",
+            "model_type",
             "model_size",
             "model_n_params",
             "n_batch",
@@ -365,6 +398,10 @@ fn markdown_and_csv_hold_every_row() {
         let ts: f64 = f[col("avg_ts")].parse().unwrap();
         assert!((ts - r.avg_ts).abs() <= 1e-6 * r.avg_ts.max(1.0), "{line}");
         assert_eq!(f[col("tokens_counted")], r.tokens_counted.to_string());
+        assert_eq!(f[col("model_type")], r.model_type);
+        assert_eq!(f[col("cpu_info")], r.cpu_info);
+        assert_eq!(f[col("cpu_features")], r.cpu_features);
+        assert_eq!(f[col("error")], "");
         let samples: Vec<u64> = f[col("samples_ns")]
             .split(';')
             .map(|s| s.parse().unwrap())
@@ -377,7 +414,7 @@ fn markdown_and_csv_hold_every_row() {
     let csv = bench::to_csv(&[odd.clone()]);
     let f = csv_fields(csv.lines().nth(1).unwrap());
     assert_eq!(f.len(), head.len());
-    assert_eq!(f[0], odd.model_filename);
+    assert_eq!(f[col("model_filename")], odd.model_filename);
 }
 
 #[test]
@@ -419,6 +456,65 @@ fn missing_and_corrupt_files_are_errors_naming_them() {
         assert_eq!(progress, measured_first, "{msg}");
         eprintln!("{msg}");
     }
+}
+
+/// `kiln bench` measures each file in its own worker process: a file on which llama.cpp aborts
+/// (a GGML_ASSERT, which no in-process code survives) is one failed row with llama.cpp's
+/// reason, the other file is measured, and the exit status is 1 because a file failed.
+#[test]
+fn cli_bench_survives_a_file_llama_cpp_aborts_on() {
+    let _g = serial();
+    let good = files()[1].clone();
+    let aborts = tmp().join("aborts.gguf");
+    aborting_copy(&files()[0], &aborts);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "bench", "--json", "-p", "32", "-n", "8", "-r", "1", "-t", "2",
+        ])
+        .arg(&aborts)
+        .arg(&good)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("kiln: error: 1 of 2 files failed") && stderr.contains("aborts.gguf"),
+        "{stderr}"
+    );
+    let rs: Vec<BenchResult> = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{stderr}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(rs.len(), 3, "{rs:?}");
+    let bad = &rs[0];
+    assert_eq!(bad.model_filename, aborts.display().to_string());
+    let e = bad.error.as_deref().unwrap();
+    assert!(
+        e.contains(&aborts.display().to_string())
+            && e.contains("aborted")
+            && e.contains("GGML_ASSERT"),
+        "{e}"
+    );
+    assert!(bad.samples_ns.is_empty() && bad.avg_ts == 0.0, "{bad:?}");
+    assert_eq!(bad.file_size, std::fs::metadata(&aborts).unwrap().len());
+    for r in &rs[1..] {
+        assert_eq!(r.model_filename, good.display().to_string());
+        check_sane(r, 1);
+        assert!(r.model_type.contains("Q4_0"), "{}", r.model_type);
+    }
+    assert_eq!(rs[1].test, "pp32");
+    assert_eq!(rs[2].test, "tg8");
+    // The markdown: a "failed" row and the reason below the table.
+    let md = bench::to_markdown(&rs);
+    let row = md
+        .lines()
+        .find(|l| l.starts_with("| aborts.gguf"))
+        .unwrap_or_else(|| panic!("{md}"));
+    assert!(row.contains("failed"), "{row}");
+    assert!(
+        md.lines()
+            .any(|l| l.starts_with("- ") && l.contains("GGML_ASSERT")),
+        "{md}"
+    );
 }
 
 #[test]
@@ -597,4 +693,25 @@ fn token_generator_is_glibc_rand() {
             assert_eq!(ours.next(), unsafe { rand() }, "seed {seed}, draw {i}");
         }
     }
+}
+
+/// The CPU backend's features (from its registry's `ggml_backend_get_features`) are what
+/// `llama_print_system_info` prints for the CPU, and this build has some.
+#[test]
+fn cpu_features_are_what_llama_print_system_info_says() {
+    use kiln::llama::raw;
+    kiln::llama::backend();
+    let info = raw::system_info();
+    assert!(info.contains("CPU : "), "{info}");
+    let features = raw::cpu_features();
+    assert!(!features.is_empty(), "{info}");
+    assert_eq!(raw::parse_system_info(&info, "CPU"), features, "{info}");
+    let line = raw::cpu_features_line();
+    for (name, _) in &features {
+        assert!(
+            line.split(' ').any(|w| w.split('=').next() == Some(name)),
+            "{line}"
+        );
+    }
+    eprintln!("{info}\n{line}");
 }

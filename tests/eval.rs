@@ -2,7 +2,7 @@
 //! llama.cpp as llama-perplexity scores them, checked against a direct computation from
 //! `kiln::llama::logits`, with the reference's cache written, read back and reused.
 
-use crate::common::fixtures::{convert, llama_checkpoint};
+use crate::common::fixtures::{aborting_copy, convert, llama_checkpoint};
 use kiln::plan::FileType;
 use kiln::runner::eval;
 use kiln::runner::{EvalOptions, EvalResult};
@@ -73,6 +73,7 @@ fn opts(cache: &Path, chunks: u32) -> EvalOptions {
         threads: 2,
         max_answer_tokens: 8,
         cache_dir: Some(cache.to_path_buf()),
+        worker: None,
     }
 }
 
@@ -412,6 +413,68 @@ fn unloadable_files_are_named() {
         eval::run(&[missing], &m.f32, &o, &mut |_| {}).unwrap_err()
     );
     assert!(e.contains("missing.gguf"), "{e}");
+}
+
+/// `kiln eval` evaluates each file in its own worker process: a file on which llama.cpp aborts
+/// (a GGML_ASSERT) is one failed row with llama.cpp's reason, the other file is scored against
+/// the reference, and the exit status is 1 because a file failed.
+#[test]
+fn cli_eval_survives_a_file_llama_cpp_aborts_on() {
+    let m = models();
+    let aborts = tmp().join("aborts.gguf");
+    aborting_copy(&m.q8_0, &aborts);
+    let cache = fresh_dir("cache-cli-aborts");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "eval",
+            "--json",
+            "-c",
+            "128",
+            "--chunks",
+            "2",
+            "--threads",
+            "2",
+        ])
+        .arg("--questions")
+        .arg(questions())
+        .arg("--cache-dir")
+        .arg(&cache)
+        .arg("--reference")
+        .arg(&m.f32)
+        .arg(&aborts)
+        .arg(&m.q8_0)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("kiln: error: 1 of 2 files failed") && stderr.contains("aborts.gguf"),
+        "{stderr}"
+    );
+    let rs: Vec<EvalResult> = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{stderr}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(rs.len(), 2, "{rs:?}");
+    let e = rs[0].error.as_deref().unwrap();
+    assert!(
+        e.contains(&aborts.display().to_string())
+            && e.contains("aborted")
+            && e.contains("GGML_ASSERT"),
+        "{e}"
+    );
+    let r = &rs[1];
+    assert_eq!(r.model_filename, m.q8_0.display().to_string());
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert!(r.ppl.is_finite() && r.ppl > 1.0, "{r:?}");
+    assert!(r.kld_mean.is_finite() && r.n_tokens_scored > 0, "{r:?}");
+    assert_eq!(r.task_questions, 3);
+    let md = eval::to_markdown(&rs);
+    assert!(md.contains("| aborts.gguf | failed |"), "{md}");
+    assert!(
+        md.lines()
+            .any(|l| l.starts_with("- ") && l.contains("GGML_ASSERT")),
+        "{md}"
+    );
 }
 
 #[test]

@@ -159,27 +159,7 @@ fn sweep_records_files_llama_cpp_refuses_and_goes_on() {
     // llama.cpp accepts the file but aborts in a GGML_ASSERT on an expert count over its
     // limit of 512: only a separate process survives that.
     let aborts = base.join("aborts.gguf");
-    {
-        let g = kiln::gguf::GgufFile::open(&q8).unwrap();
-        let mut md = g.metadata().clone();
-        md.set("llama.expert_count", kiln::gguf::Value::U32(100_000));
-        let entries = g
-            .tensors()
-            .iter()
-            .map(|t| kiln::gguf::writer::TensorEntry {
-                name: t.name.clone(),
-                dims: t.dims.clone(),
-                ty: t.ty,
-                bytes: t.bytes,
-            })
-            .collect();
-        let mut w = kiln::gguf::writer::GgufWriter::create(&aborts, false, &md, entries).unwrap();
-        for t in g.tensors() {
-            w.write(g.data(t)).unwrap();
-            w.end_tensor().unwrap();
-        }
-        w.finish().unwrap();
-    }
+    crate::common::fixtures::aborting_copy(&q8, &aborts);
     let truncated = base.join("truncated.gguf");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     let theirs = base.join("llama-quantize-q4_0.gguf");

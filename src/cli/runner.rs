@@ -1,5 +1,6 @@
 //! The runner's commands (llama.cpp, the default `llama` feature): `kiln bench`, `eval`,
-//! `sweep`, `report`, `llama-quantize`, and the sweep's hidden `measure-worker`.
+//! `sweep`, `report`, `llama-quantize`, and the hidden `measure-worker` that bench, eval and
+//! sweep run each file in.
 
 use std::path::{Path, PathBuf};
 
@@ -190,9 +191,15 @@ pub struct SweepArgs {
     pub eval: EvalFlags,
 }
 
+/// `kiln bench`: each file in its own worker process (`kiln measure-worker`), so that a file
+/// llama.cpp refuses or aborts on is a failed row rather than the end of the run. The table
+/// (or JSON, CSV) holds every file; the exit status is 1 when any file failed, as llama-bench's
+/// is when it cannot measure a file.
 pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let mut p = progress_line();
-    let r = kiln::runner::bench::run(&a.files, &a.flags.options(), &mut p)?;
+    let mut o = a.flags.options();
+    o.worker = Some(worker_exe()?);
+    let r = kiln::runner::bench::run(&a.files, &o, &mut p)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else if a.csv {
@@ -200,18 +207,50 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     } else {
         print!("{}", kiln::runner::bench::to_markdown(&r));
     }
-    Ok(())
+    let failed: Vec<&str> = r
+        .iter()
+        .filter(|r| r.error.is_some())
+        .map(|r| r.model_filename.as_str())
+        .collect();
+    any_failed(&failed, a.files.len())
 }
 
+/// `kiln eval`: as `kiln bench`, each file in its own worker process; exit status 1 when any
+/// file failed.
 pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     let mut p = progress_line();
-    let r = kiln::runner::eval::run(&a.files, &a.reference, &a.flags.options(a.threads), &mut p)?;
+    let mut o = a.flags.options(a.threads);
+    o.worker = Some(worker_exe()?);
+    let r = kiln::runner::eval::run(&a.files, &a.reference, &o, &mut p)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         print!("{}", kiln::runner::eval::to_markdown(&r));
     }
-    Ok(())
+    let failed: Vec<&str> = r
+        .iter()
+        .filter(|r| r.error.is_some())
+        .map(|r| r.model_filename.as_str())
+        .collect();
+    any_failed(&failed, a.files.len())
+}
+
+/// This executable, which the runner starts again as `kiln measure-worker`.
+fn worker_exe() -> anyhow::Result<PathBuf> {
+    std::env::current_exe()
+        .map_err(|e| anyhow::anyhow!("cannot find kiln's own executable for its workers: {e}"))
+}
+
+/// The run's error when some files failed (their rows say why).
+fn any_failed(failed: &[&str], n_files: usize) -> anyhow::Result<()> {
+    if failed.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{} of {n_files} files failed (their rows and reasons are above): {}",
+        failed.len(),
+        failed.join(", ")
+    )
 }
 
 pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
@@ -259,9 +298,9 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
 pub fn measure_worker() -> anyhow::Result<()> {
     let mut input = String::new();
     std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)?;
-    let job: kiln::sweep::MeasureJob = serde_json::from_str(&input)?;
+    let job: kiln::runner::worker::MeasureJob = serde_json::from_str(&input)?;
     let mut p = progress_line();
-    let m = kiln::sweep::measure(&job, &mut p);
+    let m = kiln::runner::worker::measure(&job, &mut p);
     println!("{}", serde_json::to_string(&m)?);
     Ok(())
 }

@@ -79,6 +79,24 @@ impl Model {
         unsafe { sys::llama_model_n_layer(self.ptr()) }
     }
 
+    /// `llama_model_desc`: llama-bench's `model_type`, "gemma3 270M Q4_K - Medium" (the
+    /// architecture, the size class and the file type).
+    pub fn desc(&self) -> String {
+        let mut buf = vec![0u8; 128];
+        loop {
+            let n =
+                unsafe { sys::llama_model_desc(self.ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n < 0 {
+                return String::new();
+            }
+            let n = n as usize;
+            if n < buf.len() {
+                return String::from_utf8_lossy(&buf[..n]).into_owned();
+            }
+            buf.resize(n + 1, 0);
+        }
+    }
+
     /// `llama_model_n_embd`.
     pub fn n_embd(&self) -> i32 {
         unsafe { sys::llama_model_n_embd(self.ptr()) }
@@ -378,4 +396,100 @@ pub fn cpu_info() -> String {
         }
         CStr::from_ptr(p).to_string_lossy().trim().to_string()
     }
+}
+
+/// The features ggml's CPU backend was compiled with, as (name, value) pairs in ggml's order
+/// (`("AVX2", "1")`, `("SVE_CNT", "16")`, `("OPENMP", "1")`, `("REPACK", "1")`): what the CPU
+/// backend registry's `ggml_backend_get_features` returns, which `llama_print_system_info` and
+/// `ggml_backend_load_best` read. They say which kernels llama.cpp's matmuls use (GGML_NATIVE
+/// builds for the build machine's CPU). Falls back to the "CPU : ..." part of
+/// [`system_info`] when the registry does not answer.
+pub fn cpu_features() -> Vec<(String, String)> {
+    let from_registry = unsafe {
+        let dev = sys::ggml_backend_dev_by_type(sys::GGML_BACKEND_DEVICE_TYPE_CPU);
+        let reg = if dev.is_null() {
+            std::ptr::null_mut()
+        } else {
+            sys::ggml_backend_dev_backend_reg(dev)
+        };
+        let f = if reg.is_null() {
+            std::ptr::null_mut()
+        } else {
+            sys::ggml_backend_reg_get_proc_address(reg, c"ggml_backend_get_features".as_ptr())
+        };
+        if f.is_null() {
+            None
+        } else {
+            // Safety: the registry returns this name's function, of ggml's declared type.
+            let get: unsafe extern "C" fn(
+                sys::ggml_backend_reg_t,
+            ) -> *mut sys::ggml_backend_feature = std::mem::transmute(f);
+            let mut out = Vec::new();
+            let mut p = get(reg);
+            // a NULL-terminated array of {name, value}
+            while !p.is_null() && !(*p).name.is_null() {
+                let name = CStr::from_ptr((*p).name).to_string_lossy().into_owned();
+                let value = if (*p).value.is_null() {
+                    String::new()
+                } else {
+                    CStr::from_ptr((*p).value).to_string_lossy().into_owned()
+                };
+                out.push((name, value));
+                p = p.add(1);
+            }
+            Some(out)
+        }
+    };
+    from_registry.unwrap_or_else(|| parse_system_info(&system_info(), "CPU"))
+}
+
+/// `llama_print_system_info()`: "CPU : SSE3 = 1 | AVX2 = 1 | ... | " (each backend that has
+/// features).
+pub fn system_info() -> String {
+    let p = unsafe { sys::llama_print_system_info() };
+    if p.is_null() {
+        return String::new();
+    }
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+/// The (name, value) pairs of `backend`'s part of [`system_info`]'s text.
+pub fn parse_system_info(text: &str, backend: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for part in text.split('|') {
+        let part = part.trim();
+        // "CPU : SSE3 = 1" starts a backend's list
+        let item = match part.split_once(" : ") {
+            Some((b, rest)) => {
+                current = b.trim().to_string();
+                rest.trim()
+            }
+            None => part,
+        };
+        if current != backend || item.is_empty() {
+            continue;
+        }
+        match item.split_once('=') {
+            Some((n, v)) => out.push((n.trim().to_string(), v.trim().to_string())),
+            None => out.push((item.to_string(), String::new())),
+        }
+    }
+    out
+}
+
+/// [`cpu_features`] as one line: the names separated by spaces, with `=value` where the value
+/// is not "1" ("SSE3 SSSE3 AVX AVX2 F16C FMA BMI2 OPENMP REPACK", "SVE_CNT=16").
+pub fn cpu_features_line() -> String {
+    cpu_features()
+        .iter()
+        .map(|(n, v)| {
+            if v == "1" || v.is_empty() {
+                n.clone()
+            } else {
+                format!("{n}={v}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }

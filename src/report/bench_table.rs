@@ -1,7 +1,7 @@
 //! `kiln bench`'s results as llama-bench's Markdown table and as CSV.
 
-use super::file_label;
-use crate::llama::raw::{backends, cpu_info};
+use super::{failure_line, file_label};
+use crate::llama::raw::{backends, cpu_features_line, cpu_info};
 use crate::runner::bench::{mean, stddev};
 use crate::runner::BenchResult;
 
@@ -9,21 +9,44 @@ fn mib(b: u64) -> String {
     format!("{:.2}", b as f64 / 1024.0 / 1024.0)
 }
 
-/// A markdown table like llama-bench's: `model | size | params | backend | [ngl |] threads |
-/// [n_batch | n_ubatch | type_k | type_v | fa |] test | t/s`, then kiln's columns (bits per
-/// weight, load time, KV cache, peak RSS). Optional columns appear, as in llama-bench, when
-/// some result differs from llama-bench's default or the results differ among themselves. The
-/// model column is the file name (kiln compares files of one model). A footer names the CPU
-/// and backend of this process.
+/// A markdown table like llama-bench's: `model | model type | size | params | backend | [ngl |]
+/// threads | [n_batch | n_ubatch | type_k | type_v | fa |] test | t/s`, then kiln's columns
+/// (bits per weight, load time, KV cache, peak RSS). Optional columns appear, as in
+/// llama-bench, when some result differs from llama-bench's default or the results differ among
+/// themselves. The model column is the file name (kiln compares files of one model); "model
+/// type" is llama-bench's model column (`llama_model_desc`: "gemma3 270M Q4_K - Medium"). A
+/// file that failed in its worker process is a row with "failed" in the t/s column, and its
+/// reason below the table. A footer names the CPU, the backends and the CPU backend's features
+/// the results were measured with (this process's for results that do not say).
 pub fn to_markdown(results: &[BenchResult]) -> String {
-    let backend = backends();
-    let varies = |f: &dyn Fn(&BenchResult) -> String, default: &str| {
-        results.iter().any(|r| f(r) != default) || results.windows(2).any(|w| f(&w[0]) != f(&w[1]))
+    // (cpu_info, backends, cpu_features) of a result, this process's where it has none (a
+    // result read from an older JSON).
+    let here = std::cell::OnceCell::new();
+    let machine = |r: &BenchResult| -> (String, String, String) {
+        let h = here.get_or_init(|| (cpu_info(), backends(), cpu_features_line()));
+        let or = |v: &str, d: &str| {
+            if v.is_empty() {
+                d.to_string()
+            } else {
+                v.to_string()
+            }
+        };
+        (
+            or(&r.cpu_info, &h.0),
+            or(&r.backends, &h.1),
+            or(&r.cpu_features, &h.2),
+        )
     };
+    let measured: Vec<&BenchResult> = results.iter().filter(|r| r.error.is_none()).collect();
+    let varies = |f: &dyn Fn(&BenchResult) -> String, default: &str| {
+        measured.iter().any(|r| f(r) != default) || measured.windows(2).any(|w| f(w[0]) != f(w[1]))
+    };
+    let gpu = results.iter().any(|r| machine(r).1 != "CPU");
     // (header, width; negative: left-aligned, value)
-    type Col = (&'static str, i32, Box<dyn Fn(&BenchResult) -> String>);
+    type Col<'a> = (&'static str, i32, Box<dyn Fn(&BenchResult) -> String + 'a>);
     let mut cols: Vec<Col> = vec![
         ("model", -30, Box::new(|r| file_label(&r.model_filename))),
+        ("model type", -24, Box::new(|r| r.model_type.clone())),
         (
             "size",
             10,
@@ -46,12 +69,9 @@ pub fn to_markdown(results: &[BenchResult]) -> String {
                 }
             }),
         ),
-        ("backend", -10, {
-            let b = backend.clone();
-            Box::new(move |_| b.clone())
-        }),
+        ("backend", -10, Box::new(|r| machine(r).1)),
     ];
-    if backend != "CPU" {
+    if gpu {
         cols.push(("ngl", 3, Box::new(|r| r.n_gpu_layers.to_string())));
     }
     cols.push(("threads", 7, Box::new(|r| r.n_threads.to_string())));
@@ -105,28 +125,60 @@ pub fn to_markdown(results: &[BenchResult]) -> String {
     out += "\n";
     for r in results {
         out += "|";
-        for (_, w, f) in &cols {
+        for (h, w, f) in &cols {
+            // A failed file has its name, its machine and "failed"; nothing was measured.
+            let v = match (&r.error, *h) {
+                (None, _) | (Some(_), "model" | "backend") => f(r),
+                (Some(_), "t/s") => "failed".to_string(),
+                (Some(_), _) => String::new(),
+            };
             // a '|' inside a value would split the cell
-            out += &cell(&f(r).replace('|', "\\|"), *w);
+            out += &cell(&v.replace('|', "\\|"), *w);
         }
         out += "\n";
+    }
+    let failed: Vec<&BenchResult> = results.iter().filter(|r| r.error.is_some()).collect();
+    if !failed.is_empty() {
+        out += "\nfailed:\n";
+        for r in failed {
+            out += &failure_line(&r.model_filename, r.error.as_deref().unwrap_or_default());
+            out += "\n";
+        }
     }
     let n_cpu = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
-    out += &format!(
-        "\nmachine: {}, {n_cpu} logical CPUs; backend: {backend}\n",
-        cpu_info()
-    );
+    // One footer per machine and build among the results (one, unless results were merged).
+    let mut machines: Vec<(String, String, String)> = Vec::new();
+    for m in results.iter().map(&machine) {
+        if !machines.contains(&m) {
+            machines.push(m);
+        }
+    }
+    if machines.is_empty() {
+        machines.push(
+            here.get_or_init(|| (cpu_info(), backends(), cpu_features_line()))
+                .clone(),
+        );
+    }
+    for (cpu, backend, features) in machines {
+        out += &format!(
+            "\nmachine: {cpu}, {n_cpu} logical CPUs; backend: {backend}\n\
+             llama.cpp CPU backend features: {features}\n"
+        );
+    }
     out
 }
 
 /// CSV: a header and one row per result. llama-bench's field names (and order) first, then
 /// kiln's. Every value is quoted, as llama-bench's CSV does; `samples_ns`/`samples_ts` are
-/// `;`-separated lists.
+/// `;`-separated lists. `error` is empty for a measured result.
 pub fn to_csv(results: &[BenchResult]) -> String {
-    const FIELDS: [&str; 26] = [
+    const FIELDS: [&str; 31] = [
+        "cpu_info",
+        "backends",
         "model_filename",
+        "model_type",
         "model_size",
         "model_n_params",
         "n_batch",
@@ -152,6 +204,8 @@ pub fn to_csv(results: &[BenchResult]) -> String {
         "kv_cache_bytes",
         "peak_rss_bytes",
         "tokens_counted",
+        "cpu_features",
+        "error",
     ];
     let quote = |s: String| format!("\"{}\"", s.replace('"', "\"\""));
     let mut out = FIELDS.join(",");
@@ -159,7 +213,10 @@ pub fn to_csv(results: &[BenchResult]) -> String {
     for r in results {
         let ns: Vec<f64> = r.samples_ns.iter().map(|&x| x as f64).collect();
         let values = [
+            r.cpu_info.clone(),
+            r.backends.clone(),
             r.model_filename.clone(),
+            r.model_type.clone(),
             r.model_size.to_string(),
             r.model_n_params.to_string(),
             r.n_batch.to_string(),
@@ -193,6 +250,8 @@ pub fn to_csv(results: &[BenchResult]) -> String {
             r.kv_cache_bytes.to_string(),
             r.peak_rss_bytes.to_string(),
             r.tokens_counted.to_string(),
+            r.cpu_features.clone(),
+            r.error.clone().unwrap_or_default(),
         ];
         debug_assert_eq!(values.len(), FIELDS.len());
         out += &values.map(quote).join(",");

@@ -1,6 +1,6 @@
 //! `kiln eval`'s results as a Markdown table.
 
-use super::file_label;
+use super::{failure_line, file_label};
 use crate::runner::EvalResult;
 use std::fmt::Write as _;
 
@@ -13,7 +13,8 @@ fn no_neg_zero(x: f64, decimals: i32) -> f64 {
     }
 }
 
-/// The results as a Markdown table, with the measurement's conditions below it.
+/// The results as a Markdown table, with the measurement's conditions below it. A file that
+/// failed in its worker process is a row saying "failed", with its reason below the table.
 pub fn to_markdown(results: &[EvalResult]) -> String {
     let mut s = String::new();
     s.push_str(
@@ -23,6 +24,11 @@ pub fn to_markdown(results: &[EvalResult]) -> String {
     s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in results {
         let name = file_label(&r.model_filename);
+        if r.error.is_some() {
+            // a file that failed in its worker process: its reason is below the table
+            let _ = writeln!(s, "| {name} | failed | | | | | | | |");
+            continue;
+        }
         let p = r.same_top_pct / 100.0;
         let p_unc = if r.n_tokens_scored > 1 {
             100.0 * (p * (1.0 - p) / (r.n_tokens_scored - 1) as f64).sqrt()
@@ -45,7 +51,15 @@ pub fn to_markdown(results: &[EvalResult]) -> String {
             r.task_tokens_generated
         );
     }
-    if let Some(r) = results.first() {
+    let failed: Vec<&EvalResult> = results.iter().filter(|r| r.error.is_some()).collect();
+    if !failed.is_empty() {
+        s.push_str("\nfailed:\n");
+        for r in failed {
+            let line = failure_line(&r.model_filename, r.error.as_deref().unwrap_or_default());
+            let _ = writeln!(s, "{line}");
+        }
+    }
+    if let Some(r) = results.iter().find(|r| r.error.is_none()) {
         let _ = writeln!(
             s,
             "\nPerplexity and KLD as llama-perplexity computes them: {} chunks of n_ctx {}, {} tokens \

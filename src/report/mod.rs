@@ -20,6 +20,16 @@ pub(crate) fn file_label(path: &str) -> String {
         .unwrap_or_else(|| path.to_string())
 }
 
+/// A failed file's line below a table: its error, which names the file (its name first when
+/// the error does not).
+pub(crate) fn failure_line(path: &str, error: &str) -> String {
+    if error.contains(path) {
+        format!("- {error}")
+    } else {
+        format!("- {}: {error}", file_label(path))
+    }
+}
+
 fn bench_ts(row: &SweepRow, prefix: &str) -> Option<(f64, f64, String)> {
     row.bench
         .iter()

@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod eval;
+pub mod worker;
 
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -30,6 +31,13 @@ pub struct BenchOptions {
     pub flash_attn: Vec<bool>,
     /// Layers offloaded to a GPU (llama-bench -ngl); only meaningful with the `cuda` feature.
     pub n_gpu_layers: Vec<u32>,
+    /// The kiln executable: when set, each file is measured in a child process (`kiln
+    /// measure-worker`, see [`worker`](crate::runner::worker)), so that a file which makes llama.cpp abort (a
+    /// GGML_ASSERT) or refuse it becomes one failed result instead of ending the run. None: in
+    /// this process, where such a file is an error (an abort ends the process). Never
+    /// serialized: a worker's job runs in the worker.
+    #[serde(skip)]
+    pub worker: Option<PathBuf>,
 }
 
 impl Default for BenchOptions {
@@ -46,14 +54,27 @@ impl Default for BenchOptions {
             cache_type: vec!["f16".into()],
             flash_attn: vec![false],
             n_gpu_layers: vec![99],
+            worker: None,
         }
     }
 }
 
-/// One test of one file, with llama-bench's field names (plus kiln's own).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+/// One test of one file, with llama-bench's field names (plus kiln's own), in llama-bench's
+/// order. A file measured in a worker process that failed is one result with `error` set, its
+/// machine fields and `model_filename`/`file_size`, and zeros elsewhere.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct BenchResult {
+    /// The CPU as ggml's CPU device describes it (llama-bench's `cpu_info`).
+    #[serde(default)]
+    pub cpu_info: String,
+    /// The ggml backends compiled in, as llama-bench names them ("CPU", "CUDA").
+    #[serde(default)]
+    pub backends: String,
     pub model_filename: String,
+    /// llama.cpp's description of the model, `llama_model_desc` (llama-bench's `model_type`):
+    /// "gemma3 270M Q4_K - Medium".
+    #[serde(default)]
+    pub model_type: String,
     /// Bytes of tensor data (llama-bench's model_size).
     pub model_size: u64,
     pub model_n_params: u64,
@@ -87,6 +108,15 @@ pub struct BenchResult {
     pub peak_rss_bytes: u64,
     /// Tokens actually generated/processed per repetition (equals n_prompt or n_gen).
     pub tokens_counted: u64,
+    /// The features ggml's CPU backend was built with (its registry's
+    /// `ggml_backend_get_features`; `=value` where the value is not 1): "SSE3 SSSE3 AVX AVX2
+    /// F16C FMA BMI2 OPENMP REPACK". They say which matmul kernels llama.cpp ran.
+    #[serde(default)]
+    pub cpu_features: String,
+    /// Why this file has no figures: llama.cpp refused it or aborted on it in its worker
+    /// process. Absent for a measured result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Options of `kiln eval`.
@@ -105,6 +135,11 @@ pub struct EvalOptions {
     pub max_answer_tokens: u32,
     /// Where the reference's logits are cached (default: beside the reference file).
     pub cache_dir: Option<PathBuf>,
+    /// The kiln executable: when set, each file is evaluated in a child process (`kiln
+    /// measure-worker`), so that a file which makes llama.cpp abort becomes one failed result.
+    /// None: in this process. Never serialized.
+    #[serde(skip)]
+    pub worker: Option<PathBuf>,
 }
 
 impl Default for EvalOptions {
@@ -119,12 +154,14 @@ impl Default for EvalOptions {
                 .unwrap_or(4),
             max_answer_tokens: 32,
             cache_dir: None,
+            worker: None,
         }
     }
 }
 
-/// Quality of one file against the reference.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+/// Quality of one file against the reference. A file evaluated in a worker process that failed
+/// is one result with `error` set and zeros elsewhere.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct EvalResult {
     pub model_filename: String,
     pub n_chunks: u32,
@@ -149,4 +186,8 @@ pub struct EvalResult {
     /// Generated tokens per second over all answers (generated tokens / generation time).
     pub task_gen_ts: f64,
     pub task_tokens_generated: u64,
+    /// Why this file has no figures: llama.cpp refused it or aborted on it in its worker
+    /// process. Absent for a measured result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }

@@ -1,10 +1,8 @@
 //! `kiln sweep`: convert one checkpoint to several types in one pass, bench and evaluate every
 //! variant on llama.cpp against the highest-precision one, and write a report folder.
 
-mod worker;
-
 pub use crate::report::model::{Machine, SweepReport, SweepRow};
-pub use worker::{measure, measure_isolated, MeasureJob, Measured};
+pub use crate::runner::worker::{measure, measure_isolated, MeasureJob, Measured};
 
 use crate::pipeline::{self, Output};
 use crate::plan::FileType;
@@ -34,7 +32,7 @@ pub struct SweepOptions {
     /// variants, against the same reference.
     pub extra: Vec<PathBuf>,
     /// The kiln executable: when set, each variant is measured in a child process
-    /// (`kiln measure-worker`), so that a file which makes llama.cpp abort (a GGML_ASSERT)
+    /// (`kiln measure-worker`, [`crate::runner::worker`]), so that a file which makes llama.cpp abort (a GGML_ASSERT)
     /// becomes that variant's error instead of ending the sweep. None: in this process.
     pub worker: Option<PathBuf>,
 }
@@ -156,10 +154,10 @@ pub fn run(
         let label = row.r#type.clone();
         if row.error.is_none() && !(opts.skip_bench && opts.skip_eval) {
             let job = MeasureJob {
-                file: PathBuf::from(&row.file),
-                reference: ref_path.clone(),
+                reference: Some(ref_path.clone()),
                 bench: (!opts.skip_bench).then(|| opts.bench.clone()),
                 eval: (!opts.skip_eval).then(|| opts.eval.clone()),
+                ..MeasureJob::new(Path::new(&row.file))
             };
             let m = match &opts.worker {
                 Some(exe) => measure_isolated(exe, &job, progress),

@@ -42,3 +42,28 @@ pub fn convert(input: &Path, ftype: FileType, out: &Path) {
     let p = quantize::prepare(input, &o).unwrap_or_else(|e| panic!("prepare {ftype}: {e:#}"));
     quantize::execute(&p, true, false).unwrap_or_else(|e| panic!("convert {ftype}: {e:#}"));
 }
+
+/// A copy of the GGUF `src` at `dst` with `llama.expert_count` set to 100000: llama.cpp accepts
+/// the file's header but aborts the process in a GGML_ASSERT (an expert count over its limit of
+/// 512) while loading it. Only a separate process survives that.
+pub fn aborting_copy(src: &Path, dst: &Path) {
+    let g = kiln::gguf::GgufFile::open(src).unwrap();
+    let mut md = g.metadata().clone();
+    md.set("llama.expert_count", kiln::gguf::Value::U32(100_000));
+    let entries = g
+        .tensors()
+        .iter()
+        .map(|t| kiln::gguf::writer::TensorEntry {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            ty: t.ty,
+            bytes: t.bytes,
+        })
+        .collect();
+    let mut w = kiln::gguf::writer::GgufWriter::create(dst, true, &md, entries).unwrap();
+    for t in g.tensors() {
+        w.write(g.data(t)).unwrap();
+        w.end_tensor().unwrap();
+    }
+    w.finish().unwrap();
+}

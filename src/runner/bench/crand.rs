@@ -2,6 +2,8 @@
 
 /// C's `rand()` as glibc implements it (`random_r`, TYPE_3: an additive feedback generator over
 /// 31 words), from `srand(seed)`. llama-bench never seeds, so its tokens come from seed 1.
+/// Serializable, so that a worker process can go on where the previous file's worker stopped.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CRand {
     s: [u32; 31],
     f: usize,

@@ -35,8 +35,18 @@
 //! (`llama_model_size`: the bytes of the weight tensors llama.cpp allocated, which is also
 //! llama-bench's `model_size`; llama.cpp's C API has no per-buffer query), `kv_cache_bytes` (see
 //! `memory::kv_cache_bytes_for`), `peak_rss_bytes` (`VmHWM` of `/proc/self/status` after the test; a
-//! process-wide high-water mark, so it includes every earlier test of the run) and
-//! `tokens_counted` (tokens decoded in each timed repetition, counted as they are submitted).
+//! process-wide high-water mark, so it includes every earlier test of the process: of the file's
+//! worker, or of the whole run in one process), `tokens_counted` (tokens decoded in each timed
+//! repetition, counted as they are submitted) and `cpu_features` (the features ggml's CPU
+//! backend was compiled with, from its registry's `ggml_backend_get_features`: which kernels the
+//! numbers come from). llama-bench's `cpu_info`, `backends` and `model_type`
+//! (`llama_model_desc`) are there too, so that two machines' or two builds' reports can be told
+//! apart.
+//!
+//! **Isolation.** With `BenchOptions::worker` (what `kiln bench` sets) each file is measured in
+//! its own `kiln measure-worker` process, so that a file on which llama.cpp aborts (a
+//! GGML_ASSERT) is one failed result with llama.cpp's message, and the run goes on. The token
+//! generator's state goes from one worker to the next, so the tokens are those of one process.
 //!
 //! Two settings have other defaults than llama-bench's: flash attention is on or off (kiln's
 //! options have no "auto"; llama-bench's default is auto, which on the CPU means on), and `-ngl`
@@ -53,6 +63,7 @@ pub use crand::CRand;
 use super::{BenchOptions, BenchResult};
 use crate::llama::raw::{self, Model};
 use crate::report::file_label;
+use crate::runner::worker::{measure_isolated, MeasureJob};
 use anyhow::{bail, Context, Result};
 use matrix::{check_options, matrix, parse_cache_type};
 use measure::run_test;
@@ -62,39 +73,34 @@ use std::time::Instant;
 
 /// Runs every test of the matrix on every file. `progress` is called with a line of text per
 /// finished test.
+///
+/// With `opts.worker` set, each file is measured in its own worker process (see
+/// [`crate::runner::worker`]): options and files are checked here first, then a file that
+/// llama.cpp refuses or aborts on becomes one result with `error` set, and the others are
+/// measured as in one process (the token generator goes on from one worker to the next).
+/// Without it, everything runs in this process and such a file is an error.
 pub fn run(
     files: &[std::path::PathBuf],
     opts: &BenchOptions,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Vec<BenchResult>> {
-    check_options(opts)?;
-    if files.is_empty() {
-        bail!("no GGUF file to measure");
-    }
-    let cache_types = opts
-        .cache_type
-        .iter()
-        .map(|s| parse_cache_type(s))
-        .collect::<Result<Vec<_>>>()?;
-    // llama.cpp refuses a quantized V cache without flash attention (llama-bench stops at that
-    // test); say so before measuring anything.
-    if let Some(&q) = cache_types.iter().find(|&&t| raw::is_quantized(t)) {
-        if opts.flash_attn.contains(&false) {
-            bail!(
-                "bench: the {} KV cache needs flash attention (llama.cpp quantizes the V cache \
-                 only with it): use -fa 1 alone",
-                raw::type_name(q)
-            );
-        }
-    }
-    crate::llama::backend();
-    // llama-bench's tokens come from the process's unseeded rand(), one sequence for the run.
     let mut rng = CRand::new(1);
-    // Every file is checked before any is measured, so a typo in the last name fails at once.
-    let sizes = files
-        .iter()
-        .map(|f| check_file(f))
-        .collect::<Result<Vec<u64>>>()?;
+    match &opts.worker {
+        Some(exe) => run_isolated(exe, files, opts, &mut rng, progress),
+        None => run_from(files, opts, &mut rng, progress),
+    }
+}
+
+/// [`run`] in this process, drawing llama-bench's tokens from `rng` (llama-bench's come from
+/// the process's unseeded `rand()`, one sequence for the run: `CRand::new(1)`).
+pub fn run_from(
+    files: &[std::path::PathBuf],
+    opts: &BenchOptions,
+    rng: &mut CRand,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<BenchResult>> {
+    let (cache_types, sizes) = check(files, opts)?;
+    let machine = MachineFields::this();
     let mut out = Vec::new();
     for (file, &file_size) in files.iter().zip(&sizes) {
         for &ngl in &opts.n_gpu_layers {
@@ -103,11 +109,15 @@ pub fn run(
             let model = Model::load(file, ngl)?;
             let load_ms = t0.elapsed().as_secs_f64() * 1e3;
             let info = ModelInfo::read(&model, file)?;
+            let model_type = model.desc();
             for t in matrix(opts, &cache_types, ngl) {
-                let r = run_test(&model, &info, &t, &mut rng)
+                let r = run_test(&model, &info, &t, rng)
                     .with_context(|| format!("{}: {}", file.display(), t.describe()))?;
                 let result = BenchResult {
+                    cpu_info: machine.cpu_info.clone(),
+                    backends: machine.backends.clone(),
                     model_filename: file.display().to_string(),
+                    model_type: model_type.clone(),
                     model_size: info.model_size,
                     model_n_params: info.n_params,
                     n_threads: t.n_threads,
@@ -135,6 +145,8 @@ pub fn run(
                     kv_cache_bytes: r.kv_cache_bytes,
                     peak_rss_bytes: peak_rss_bytes(),
                     tokens_counted: r.tokens_counted,
+                    cpu_features: machine.cpu_features.clone(),
+                    error: None,
                 };
                 progress(&progress_line(&result));
                 out.push(result);
@@ -142,6 +154,101 @@ pub fn run(
         }
     }
     Ok(out)
+}
+
+/// [`run`] with one worker process `exe` per file.
+fn run_isolated(
+    exe: &Path,
+    files: &[std::path::PathBuf],
+    opts: &BenchOptions,
+    rng: &mut CRand,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<BenchResult>> {
+    let (_, sizes) = check(files, opts)?;
+    let machine = MachineFields::this();
+    let mut out = Vec::new();
+    for (file, &file_size) in files.iter().zip(&sizes) {
+        let job = MeasureJob {
+            bench: Some(opts.clone()),
+            rng: Some(rng.clone()),
+            ..MeasureJob::new(file)
+        };
+        let m = measure_isolated(exe, &job, progress);
+        match m.error {
+            None => {
+                if let Some(r) = m.rng {
+                    *rng = r;
+                }
+                out.extend(m.bench);
+            }
+            Some(e) => {
+                progress(&format!("failed: {e}"));
+                out.push(BenchResult {
+                    cpu_info: machine.cpu_info.clone(),
+                    backends: machine.backends.clone(),
+                    model_filename: file.display().to_string(),
+                    file_size,
+                    cpu_features: machine.cpu_features.clone(),
+                    error: Some(e),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The options and every file, checked before anything is measured (so that a typo in the last
+/// name fails at once): the KV cache types and the files' sizes.
+fn check(
+    files: &[std::path::PathBuf],
+    opts: &BenchOptions,
+) -> Result<(Vec<raw::GgmlTypeId>, Vec<u64>)> {
+    check_options(opts)?;
+    if files.is_empty() {
+        bail!("no GGUF file to measure");
+    }
+    let cache_types = opts
+        .cache_type
+        .iter()
+        .map(|s| parse_cache_type(s))
+        .collect::<Result<Vec<_>>>()?;
+    // llama.cpp refuses a quantized V cache without flash attention (llama-bench stops at that
+    // test); say so before measuring anything.
+    if let Some(&q) = cache_types.iter().find(|&&t| raw::is_quantized(t)) {
+        if opts.flash_attn.contains(&false) {
+            bail!(
+                "bench: the {} KV cache needs flash attention (llama.cpp quantizes the V cache \
+                 only with it): use -fa 1 alone",
+                raw::type_name(q)
+            );
+        }
+    }
+    crate::llama::backend();
+    let sizes = files
+        .iter()
+        .map(|f| check_file(f))
+        .collect::<Result<Vec<u64>>>()?;
+    Ok((cache_types, sizes))
+}
+
+/// What every result says about the machine and the llama.cpp build (llama-bench's `cpu_info`
+/// and `backends`, and the CPU backend's features).
+struct MachineFields {
+    cpu_info: String,
+    backends: String,
+    cpu_features: String,
+}
+
+impl MachineFields {
+    fn this() -> MachineFields {
+        crate::llama::backend();
+        MachineFields {
+            cpu_info: raw::cpu_info(),
+            backends: raw::backends(),
+            cpu_features: raw::cpu_features_line(),
+        }
+    }
 }
 
 /// The file exists, is a regular file and a well-formed GGUF (kiln's checked reader, so that a

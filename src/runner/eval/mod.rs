@@ -93,12 +93,67 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// Evaluates `files` against `reference` (the reference itself may be among `files`: it is then
 /// scored against its own cached distributions, which gives a KLD of the cache's quantization
 /// floor, below 1e-6, and 100% same top, as llama-perplexity does for the base model).
+///
+/// With `opts.worker` set, each file is evaluated in its own worker process (see
+/// [`crate::runner::worker`]; the first computes the reference's cache, the others read it):
+/// the options, text, questions and files are checked here first, then a file that llama.cpp
+/// refuses or aborts on becomes one result with `error` set. Without it, everything runs in
+/// this process and such a file is an error.
 pub fn run(
     files: &[PathBuf],
     reference: &Path,
     opts: &EvalOptions,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Vec<EvalResult>> {
+    let inputs = prepare(files, reference, opts)?;
+    match &opts.worker {
+        Some(exe) => Ok(run_isolated(exe, files, reference, opts, progress)),
+        None => run_in_process(files, reference, opts, inputs, progress),
+    }
+}
+
+/// [`run`] with one worker process `exe` per file.
+fn run_isolated(
+    exe: &Path,
+    files: &[PathBuf],
+    reference: &Path,
+    opts: &EvalOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Vec<EvalResult> {
+    let mut out = Vec::with_capacity(files.len());
+    for file in files {
+        let job = crate::runner::worker::MeasureJob {
+            reference: Some(reference.to_path_buf()),
+            eval: Some(opts.clone()),
+            ..crate::runner::worker::MeasureJob::new(file)
+        };
+        let m = crate::runner::worker::measure_isolated(exe, &job, progress);
+        match (m.error, m.eval) {
+            (None, Some(r)) => out.push(r),
+            (e, _) => {
+                let e =
+                    e.unwrap_or_else(|| format!("{}: the worker gave no result", file.display()));
+                progress(&format!("failed: {e}"));
+                out.push(EvalResult {
+                    model_filename: file.display().to_string(),
+                    error: Some(e),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    out
+}
+
+/// What every file is evaluated on: the text and the questions.
+struct Inputs {
+    text: String,
+    text_source: String,
+    questions: Vec<Question>,
+}
+
+/// The options, the text, the questions and every file, checked before anything is measured.
+fn prepare(files: &[PathBuf], reference: &Path, opts: &EvalOptions) -> Result<Inputs> {
     if files.is_empty() {
         bail!("no files to evaluate");
     }
@@ -124,7 +179,6 @@ pub fn run(
         }
         None => parse_questions(default_questions(), "the bundled questions")?,
     };
-    let task = opts.max_answer_tokens > 0;
     for f in files.iter().chain([&reference.to_path_buf()]) {
         if !f.is_file() {
             bail!("{}: no such file", f.display());
@@ -132,6 +186,26 @@ pub fn run(
         // A file that is not GGUF fails here, before minutes of work on the others.
         drop(crate::gguf::GgufFile::open(f)?);
     }
+    Ok(Inputs {
+        text,
+        text_source,
+        questions,
+    })
+}
+
+fn run_in_process(
+    files: &[PathBuf],
+    reference: &Path,
+    opts: &EvalOptions,
+    inputs: Inputs,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<EvalResult>> {
+    let Inputs {
+        text,
+        text_source,
+        questions,
+    } = inputs;
+    let task = opts.max_answer_tokens > 0;
 
     // The reference's distributions.
     let ref_id = file_identity(reference)?;
@@ -300,6 +374,7 @@ pub fn run(
                 0.0
             },
             task_tokens_generated: answers.tokens,
+            error: None,
         });
     }
     Ok(results)

@@ -1,18 +1,40 @@
-//! One variant's measurement (bench, then eval), in this process or in a child process
+//! Measuring one file (bench, then eval) in this process or in a child process
 //! `kiln measure-worker`: the job it reads as JSON on stdin, the result it writes as JSON on
-//! stdout, and spawning and watching that child.
+//! stdout, and spawning and watching that child. `kiln sweep` measures each variant this way,
+//! and `kiln bench` and `kiln eval` each file, so that a file which makes llama.cpp abort (a
+//! GGML_ASSERT calls `abort()`, which no Rust code survives) ends only its worker and becomes
+//! that file's error, with llama.cpp's last words.
 
+use crate::runner::bench::CRand;
 use crate::runner::{bench, eval, BenchOptions, BenchResult, EvalOptions, EvalResult};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// One variant's measurement: what `kiln measure-worker` reads on stdin.
+/// One file's measurement: what `kiln measure-worker` reads on stdin.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MeasureJob {
     pub file: PathBuf,
-    pub reference: PathBuf,
+    /// The reference GGUF the evaluation compares against (needed with `eval`).
+    pub reference: Option<PathBuf>,
     pub bench: Option<BenchOptions>,
     pub eval: Option<EvalOptions>,
+    /// llama-bench's token generator, as the previous file left it, so that files benched in
+    /// separate workers draw the tokens one llama-bench process draws. None: unseeded (seed 1).
+    #[serde(default)]
+    pub rng: Option<CRand>,
+}
+
+impl MeasureJob {
+    /// A job for `file` that measures nothing yet.
+    pub fn new(file: &Path) -> MeasureJob {
+        MeasureJob {
+            file: file.to_path_buf(),
+            reference: None,
+            bench: None,
+            eval: None,
+            rng: None,
+        }
+    }
 }
 
 /// What a measurement found: what `kiln measure-worker` writes on stdout.
@@ -21,6 +43,9 @@ pub struct Measured {
     pub bench: Vec<BenchResult>,
     pub eval: Option<EvalResult>,
     pub error: Option<String>,
+    /// The token generator after the benchmark (for the next file's job).
+    #[serde(default)]
+    pub rng: Option<CRand>,
 }
 
 /// Benches and evaluates one file in this process (the bench first; no eval after an error).
@@ -30,21 +55,27 @@ pub fn measure(job: &MeasureJob, progress: &mut dyn FnMut(&str)) -> Measured {
     if let Some(b) = &job.bench {
         progress(&format!("bench {name}"));
         reset_peak_rss();
-        match bench::run(std::slice::from_ref(&job.file), b, &mut |l| progress(l)) {
+        let mut rng = job.rng.clone().unwrap_or_else(|| CRand::new(1));
+        match bench::run_from(std::slice::from_ref(&job.file), b, &mut rng, &mut |l| {
+            progress(l)
+        }) {
             Ok(b) => m.bench = b,
             Err(e) => m.error = Some(format!("{e:#}")),
         }
+        m.rng = Some(rng);
     }
     if let (Some(e), None) = (&job.eval, &m.error) {
-        progress(&format!("eval {name} against {}", job.reference.display()));
-        match eval::run(
-            std::slice::from_ref(&job.file),
-            &job.reference,
-            e,
-            &mut |l| progress(l),
-        ) {
-            Ok(mut r) => m.eval = r.pop(),
-            Err(e) => m.error = Some(format!("{e:#}")),
+        match &job.reference {
+            None => m.error = Some(format!("{name}: evaluation without a reference")),
+            Some(reference) => {
+                progress(&format!("eval {name} against {}", reference.display()));
+                match eval::run(std::slice::from_ref(&job.file), reference, e, &mut |l| {
+                    progress(l)
+                }) {
+                    Ok(mut r) => m.eval = r.pop(),
+                    Err(e) => m.error = Some(format!("{e:#}")),
+                }
+            }
         }
     }
     m
@@ -52,7 +83,8 @@ pub fn measure(job: &MeasureJob, progress: &mut dyn FnMut(&str)) -> Measured {
 
 /// [`measure`] in a child process `exe measure-worker`: its progress lines are passed on, and
 /// a child that dies (llama.cpp's GGML_ASSERT aborts, a crash) gives an error with its last
-/// words instead of taking the sweep down.
+/// words instead of taking the caller (the sweep, the bench, the eval) down. The job's options are
+/// sent without their `worker`, so the child measures in itself.
 pub fn measure_isolated(exe: &Path, job: &MeasureJob, progress: &mut dyn FnMut(&str)) -> Measured {
     use std::io::{BufRead, BufReader, Write};
     use std::process::{Command, Stdio};
@@ -129,7 +161,7 @@ pub fn measure_isolated(exe: &Path, job: &MeasureJob, progress: &mut dyn FnMut(&
                 .rev()
                 .find(|l| l.contains("GGML_ASSERT") || l.contains("error"))
                 .or(last.last())
-                .map(|l| format!(": {}", l.trim()))
+                .map(|l| format!(": {}", short_source_paths(l.trim())))
                 .unwrap_or_default();
             failed(format!(
                 "{}: llama.cpp {how} while measuring it{said}",
@@ -137,6 +169,16 @@ pub fn measure_isolated(exe: &Path, job: &MeasureJob, progress: &mut dyn FnMut(&
             ))
         }
         Err(e) => failed(format!("measuring {}: {e}", job.file.display())),
+    }
+}
+
+/// llama.cpp's message with the source path of its GGML_ASSERT cut to the part inside
+/// llama.cpp ("/root/.cargo/registry/.../llama.cpp/src/llama-model.cpp:1363: GGML_ASSERT(...)"
+/// -> "llama.cpp/src/llama-model.cpp:1363: GGML_ASSERT(...)").
+fn short_source_paths(line: &str) -> String {
+    match line.find("/llama.cpp/") {
+        Some(i) if !line[..i].contains(' ') => line[i + 1..].to_string(),
+        _ => line.to_string(),
     }
 }
 
