@@ -29,7 +29,7 @@ if [ ! -x "$lb/build/bin/llama-bench" ]; then
   # options only leave out what llama-bench does not need (no network here, no tests).
   cmake -S "$lb/src" -B "$lb/build" -DCMAKE_BUILD_TYPE=Release \
     -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_COMMON=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
-    -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >/dev/null
+    -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF >/dev/null
   cmake --build "$lb/build" --target llama-bench -j"$(nproc)" >/dev/null
 fi
 [ -n "${BUILD_ONLY:-}" ] && exit 0

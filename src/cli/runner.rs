@@ -296,13 +296,7 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
 }
 
 pub fn measure_worker() -> anyhow::Result<()> {
-    let mut input = String::new();
-    std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)?;
-    let job: kiln::runner::worker::MeasureJob = serde_json::from_str(&input)?;
-    let mut p = progress_line();
-    let m = kiln::runner::worker::measure(&job, &mut p);
-    println!("{}", serde_json::to_string(&m)?);
-    Ok(())
+    kiln::runner::worker::serve(&mut progress_line())
 }
 
 pub fn report(dir: &Path) -> anyhow::Result<()> {

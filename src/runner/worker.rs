@@ -187,3 +187,14 @@ fn short_source_paths(line: &str) -> String {
 fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
+
+/// The worker's side (`kiln measure-worker`): reads one [`MeasureJob`] as JSON from stdin,
+/// measures it, and prints the [`Measured`] as JSON on stdout.
+pub fn serve(progress: &mut dyn FnMut(&str)) -> anyhow::Result<()> {
+    let mut input = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)?;
+    let job: MeasureJob = serde_json::from_str(&input)?;
+    let m = measure(&job, progress);
+    println!("{}", serde_json::to_string(&m)?);
+    Ok(())
+}
