@@ -6,113 +6,79 @@ use crate::gguf::TypeId;
 use anyhow::{bail, Result};
 use kiln_kernels::GgmlType;
 
-/// A llama.cpp file type (`llama_ftype`): what `--type` names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[allow(non_camel_case_types)]
-pub enum FileType {
-    F32,
-    F16,
-    BF16,
-    Q8_0,
-    Q5_1,
-    Q5_0,
-    Q4_1,
-    Q4_0,
-    Q6_K,
-    Q5_K_S,
-    Q5_K_M,
-    Q4_K_S,
-    Q4_K_M,
-    Q3_K_S,
-    Q3_K_M,
-    Q3_K_L,
-    Q2_K,
+/// Generates [`FileType`], [`FileType::ALL`] and the lookups from one line per file type:
+/// `Variant = llama_ftype number, "name as llama.cpp prints it", default ggml type` and, for a
+/// mix llama-quantize also accepts under a shorter name, `alias "NAME"`.
+macro_rules! file_types {
+    ($($variant:ident = $id:literal, $name:literal, $default:ident $(, alias $alias:literal)?;)*) => {
+        /// A llama.cpp file type (`llama_ftype`): what `--type` names.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[allow(non_camel_case_types)]
+        pub enum FileType {
+            $($variant,)*
+        }
+
+        impl FileType {
+            /// Every file type kiln writes, highest precision first.
+            pub const ALL: [FileType; [$($id),*].len()] = [$(FileType::$variant),*];
+
+            /// llama.cpp's `llama_ftype` number, stored as `general.file_type`.
+            pub fn id(self) -> u32 {
+                match self {
+                    $(FileType::$variant => $id,)*
+                }
+            }
+
+            /// llama-quantize's name ("Q4_K_M"), used in file names.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(FileType::$variant => $name,)*
+                }
+            }
+
+            /// The type most tensors get (`llama_ftype_get_default_type`).
+            pub fn default_type(self) -> GgmlType {
+                match self {
+                    $(FileType::$variant => GgmlType::$default,)*
+                }
+            }
+
+            /// The shorter names llama-quantize also accepts for a mix ("Q4_K" for Q4_K_M).
+            const ALIASES: &[(FileType, &str)] = &[$($((FileType::$variant, $alias),)?)*];
+        }
+    };
+}
+
+file_types! {
+    F32    = 0,  "F32",    F32;
+    F16    = 1,  "F16",    F16;
+    BF16   = 32, "BF16",   BF16;
+    Q8_0   = 7,  "Q8_0",   Q8_0;
+    Q6_K   = 18, "Q6_K",   Q6_K;
+    Q5_K_M = 17, "Q5_K_M", Q5_K, alias "Q5_K";
+    Q5_K_S = 16, "Q5_K_S", Q5_K;
+    Q5_1   = 9,  "Q5_1",   Q5_1;
+    Q5_0   = 8,  "Q5_0",   Q5_0;
+    Q4_K_M = 15, "Q4_K_M", Q4_K, alias "Q4_K";
+    Q4_K_S = 14, "Q4_K_S", Q4_K;
+    Q4_1   = 3,  "Q4_1",   Q4_1;
+    Q4_0   = 2,  "Q4_0",   Q4_0;
+    Q3_K_L = 13, "Q3_K_L", Q3_K;
+    Q3_K_M = 12, "Q3_K_M", Q3_K, alias "Q3_K";
+    Q3_K_S = 11, "Q3_K_S", Q3_K;
+    Q2_K   = 10, "Q2_K",   Q2_K;
 }
 
 impl FileType {
-    pub const ALL: [FileType; 17] = [
-        FileType::F32,
-        FileType::F16,
-        FileType::BF16,
-        FileType::Q8_0,
-        FileType::Q6_K,
-        FileType::Q5_K_M,
-        FileType::Q5_K_S,
-        FileType::Q5_1,
-        FileType::Q5_0,
-        FileType::Q4_K_M,
-        FileType::Q4_K_S,
-        FileType::Q4_1,
-        FileType::Q4_0,
-        FileType::Q3_K_L,
-        FileType::Q3_K_M,
-        FileType::Q3_K_S,
-        FileType::Q2_K,
-    ];
-
-    /// llama.cpp's `llama_ftype` number, stored as `general.file_type`.
-    pub fn id(self) -> u32 {
-        use FileType::*;
-        match self {
-            F32 => 0,
-            F16 => 1,
-            Q4_0 => 2,
-            Q4_1 => 3,
-            Q8_0 => 7,
-            Q5_0 => 8,
-            Q5_1 => 9,
-            Q2_K => 10,
-            Q3_K_S => 11,
-            Q3_K_M => 12,
-            Q3_K_L => 13,
-            Q4_K_S => 14,
-            Q4_K_M => 15,
-            Q5_K_S => 16,
-            Q5_K_M => 17,
-            Q6_K => 18,
-            BF16 => 32,
-        }
-    }
-
     pub fn from_id(id: u32) -> Option<FileType> {
         FileType::ALL.into_iter().find(|f| f.id() == id)
-    }
-
-    /// llama-quantize's name ("Q4_K_M"), used in file names.
-    pub fn name(self) -> &'static str {
-        use FileType::*;
-        match self {
-            F32 => "F32",
-            F16 => "F16",
-            BF16 => "BF16",
-            Q8_0 => "Q8_0",
-            Q5_1 => "Q5_1",
-            Q5_0 => "Q5_0",
-            Q4_1 => "Q4_1",
-            Q4_0 => "Q4_0",
-            Q6_K => "Q6_K",
-            Q5_K_S => "Q5_K_S",
-            Q5_K_M => "Q5_K_M",
-            Q4_K_S => "Q4_K_S",
-            Q4_K_M => "Q4_K_M",
-            Q3_K_S => "Q3_K_S",
-            Q3_K_M => "Q3_K_M",
-            Q3_K_L => "Q3_K_L",
-            Q2_K => "Q2_K",
-        }
     }
 
     /// Parses llama.cpp's names case-insensitively, with llama-quantize's aliases (Q4_K is
     /// Q4_K_M, Q5_K is Q5_K_M, Q3_K is Q3_K_M) and its numbers ("15").
     pub fn parse(s: &str) -> Result<FileType> {
         let up = s.trim().to_ascii_uppercase();
-        let alias = match up.as_str() {
-            "Q4_K" => Some(FileType::Q4_K_M),
-            "Q5_K" => Some(FileType::Q5_K_M),
-            "Q3_K" => Some(FileType::Q3_K_M),
-            _ => None,
-        };
-        if let Some(f) = alias {
+        if let Some(&(f, _)) = FileType::ALIASES.iter().find(|(_, a)| *a == up) {
             return Ok(f);
         }
         if let Some(f) = FileType::ALL.into_iter().find(|f| f.name() == up) {
@@ -127,24 +93,22 @@ impl FileType {
         bail!("unknown type {s:?}; kiln writes {}", names.join(", "))
     }
 
-    /// The type most tensors get (`llama_ftype_get_default_type`).
-    pub fn default_type(self) -> GgmlType {
-        use FileType::*;
-        match self {
-            F32 => GgmlType::F32,
-            F16 => GgmlType::F16,
-            BF16 => GgmlType::BF16,
-            Q8_0 => GgmlType::Q8_0,
-            Q5_1 => GgmlType::Q5_1,
-            Q5_0 => GgmlType::Q5_0,
-            Q4_1 => GgmlType::Q4_1,
-            Q4_0 => GgmlType::Q4_0,
-            Q6_K => GgmlType::Q6_K,
-            Q5_K_S | Q5_K_M => GgmlType::Q5_K,
-            Q4_K_S | Q4_K_M => GgmlType::Q4_K,
-            Q3_K_S | Q3_K_M | Q3_K_L => GgmlType::Q3_K,
-            Q2_K => GgmlType::Q2_K,
-        }
+    /// The help of `--type`: the names [`FileType::parse`] accepts, spelled as llama-quantize's
+    /// users write them ("q4_K_M"), with the aliases.
+    pub fn help_text() -> String {
+        // Lower case up to the first '_', as llama.cpp's docs spell them: q4_K_M, q8_0, bf16.
+        let spell = |name: &str| match name.split_once('_') {
+            Some((head, tail)) => format!("{}_{tail}", head.to_ascii_lowercase()),
+            None => name.to_ascii_lowercase(),
+        };
+        let names: Vec<String> = FileType::ALL.iter().map(|f| spell(f.name())).collect();
+        let aliases: Vec<String> = FileType::ALIASES.iter().map(|(_, a)| spell(a)).collect();
+        format!(
+            "llama.cpp's type name, case-insensitive: {} ({} mean their _M mix), or its \
+             llama_ftype number",
+            names.join(", "),
+            aliases.join(", "),
+        )
     }
 }
 

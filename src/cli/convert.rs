@@ -4,10 +4,8 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct QuantizeArgs {
-    /// llama.cpp's type name, case-insensitive: f32, f16, bf16, q8_0, q6_K, q5_K_M, q5_K_S,
-    /// q5_1, q5_0, q4_K_M, q4_K_S, q4_1, q4_0, q3_K_L, q3_K_M, q3_K_S, q2_K (q4_K, q5_K, q3_K
-    /// mean their _M mix).
-    #[arg(long = "type", short = 't')]
+    // The help lists the names `FileType::parse` accepts, generated from its table.
+    #[arg(long = "type", short = 't', help = kiln::plan::FileType::help_text())]
     pub ty: String,
     /// Checkpoint folder, .safetensors file, or .gguf file.
     pub input: PathBuf,
