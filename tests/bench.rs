@@ -715,3 +715,250 @@ fn cpu_features_are_what_llama_print_system_info_says() {
     }
     eprintln!("{info}\n{line}");
 }
+
+// ---- kiln bench --parallel: llama-batched-bench's measurement ----
+
+use kiln::runner::BatchedResult;
+
+fn batched_opts(parallel: Vec<u32>, pp: u32, tg: u32, shared: bool) -> BenchOptions {
+    BenchOptions {
+        n_prompt: vec![pp],
+        n_gen: vec![tg],
+        threads: vec![2],
+        parallel,
+        pp_shared: shared,
+        ..Default::default()
+    }
+}
+
+fn run_batched(file: &Path, o: &BenchOptions) -> (Vec<BatchedResult>, Vec<String>) {
+    let mut lines = Vec::new();
+    let r = bench::run_batched(&[file.to_path_buf()], o, &mut |l| lines.push(l.to_string()))
+        .unwrap_or_else(|e| panic!("batched bench: {e:#}"));
+    (r, lines)
+}
+
+/// llama-batched-bench's definitions on one row; `f16_cell` is the fixture's KV bytes per cell.
+fn check_batched(r: &BatchedResult, shared: bool) {
+    let what = format!("pp {} tg {} pl {}", r.pp, r.tg, r.pl);
+    let (pp, tg, pl) = (r.pp as f64, r.tg as f64, r.pl as f64);
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * b.abs();
+    assert!(r.error.is_none(), "{what}: {:?}", r.error);
+    assert_eq!(r.is_pp_shared, shared as i32, "{what}");
+    assert_eq!(r.n_kv as u64, r.pl as u64 * (r.pp + r.tg) as u64, "{what}");
+    assert!(r.n_kv <= r.n_kv_max, "{what}");
+    for (name, v) in [
+        ("t_pp", r.t_pp),
+        ("t_tg", r.t_tg),
+        ("speed_pp", r.speed_pp),
+        ("speed_tg", r.speed_tg),
+        ("speed", r.speed),
+        ("speed_tg_per_seq", r.speed_tg_per_seq),
+    ] {
+        assert!(v.is_finite() && v > 0.0, "{what}: {name} = {v}");
+    }
+    let prompt = if shared { pp } else { pl * pp };
+    assert!(close(r.speed_pp, prompt / r.t_pp), "{what}: S_PP");
+    assert!(close(r.speed_tg, pl * tg / r.t_tg), "{what}: S_TG");
+    assert!(close(r.t, r.t_pp + r.t_tg), "{what}: T");
+    assert!(close(r.speed, (prompt + pl * tg) / r.t), "{what}: S");
+    assert!(
+        close(r.speed_tg_per_seq, r.speed_tg / pl),
+        "{what}: S_TG/seq"
+    );
+    // tokens submitted in the timed phases, counted as they were added
+    assert_eq!(r.tokens_counted_pp, prompt as u64, "{what}");
+    assert_eq!(r.tokens_counted_tg, (pl * tg) as u64, "{what}");
+    // the fixture's KV cache: 4 layers x (K + V) x 128 values x 2 bytes (f16) per cell, and the
+    // setting fills n_kv cells (pl streams of pp + tg)
+    assert_eq!(r.kv_cache_bytes, r.n_kv as u64 * 4 * 2 * 128 * 2, "{what}");
+}
+
+#[test]
+fn batched_rows_follow_llama_batched_bench() {
+    let _g = serial();
+    let file = &files()[1];
+    let o = BenchOptions {
+        worker: None,
+        ..batched_opts(vec![1, 2, 4], 16, 4, false)
+    };
+    let ((rs, lines), log) = with_log(|| run_batched(file, &o));
+    assert_eq!(
+        rs.iter().map(|r| (r.pp, r.tg, r.pl)).collect::<Vec<_>>(),
+        [(16, 4, 1), (16, 4, 2), (16, 4, 4)]
+    );
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for r in &rs {
+        check_batched(r, false);
+        assert_eq!(r.model_filename, file.display().to_string());
+        assert_eq!((r.n_threads, r.n_threads_batch), (2, 2));
+        assert_eq!((r.n_batch, r.n_ubatch, r.flash_attn), (2048, 512, 0));
+        // n_ctx = max(npl) * (pp + tg) = 80, n_seq_max = 4: llama.cpp pads each sequence's
+        // stream to 256 cells, so n_kv_max = 4 * 256.
+        assert_eq!(r.n_kv_max, 1024);
+    }
+    assert_eq!(
+        rs.iter().map(|r| r.n_kv).collect::<Vec<_>>(),
+        [20, 40, 80],
+        "N_KV = pl * (pp + tg)"
+    );
+    assert!(rs
+        .windows(2)
+        .all(|w| w[1].kv_cache_bytes > w[0].kv_cache_bytes));
+    // the allocated cache is what llama.cpp logs for the one context
+    assert_eq!(log.matches("llama_context: constructing").count(), 1);
+    let (mib, n) = logged_kv_mib(&log);
+    assert!(n >= 1, "{log}");
+    for r in &rs {
+        assert_eq!(r.kv_cache_bytes_allocated, 1024 * 4 * 2 * 128 * 2);
+        let ours = r.kv_cache_bytes_allocated as f64 / 1048576.0;
+        assert!(
+            (ours - mib).abs() <= 0.005 * n as f64 + 1e-9,
+            "{ours} vs {mib}"
+        );
+    }
+    // JSONL with llama-batched-bench's field names, and the markdown table with its columns
+    let jsonl = kiln::report::batched_table::to_jsonl(&rs);
+    assert_eq!(jsonl.lines().count(), 3);
+    for line in jsonl.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        for k in [
+            "n_kv_max",
+            "n_batch",
+            "n_ubatch",
+            "flash_attn",
+            "is_pp_shared",
+            "n_gpu_layers",
+            "n_threads",
+            "n_threads_batch",
+            "pp",
+            "tg",
+            "pl",
+            "n_kv",
+            "t_pp",
+            "speed_pp",
+            "t_tg",
+            "speed_tg",
+            "t",
+            "speed",
+            "kv_cache_bytes",
+        ] {
+            assert!(v.get(k).is_some(), "{k} missing in {line}");
+        }
+        assert!(v["is_pp_shared"].is_i64(), "{line}");
+    }
+    let md = kiln::report::batched_table::to_markdown(&rs);
+    let header = md
+        .lines()
+        .find(|l| l.contains("S_TG t/s"))
+        .unwrap_or_else(|| panic!("{md}"));
+    for c in [
+        "PP", "TG", "B", "N_KV", "T_PP s", "S_PP t/s", "T_TG s", "T s", "S t/s", "S_TG/seq",
+        "KV MiB",
+    ] {
+        assert!(header.contains(c), "{c}: {header}");
+    }
+    assert!(md.contains("n_kv_max = 1024"), "{md}");
+    assert!(md.contains("KV allocated = 2.00 MiB"), "{md}");
+    let rows: Vec<&str> = md.lines().filter(|l| l.starts_with("|    16 |")).collect();
+    assert_eq!(rows.len(), 3, "{md}");
+    assert!(rows[2].contains("|    4 |     80 |"), "{}", rows[2]);
+}
+
+#[test]
+fn batched_with_a_shared_prompt() {
+    let _g = serial();
+    let o = batched_opts(vec![1, 3], 12, 3, true);
+    let (rs, _) = run_batched(&files()[0], &o);
+    assert_eq!(rs.len(), 2);
+    for r in &rs {
+        check_batched(r, true);
+    }
+    // one prompt decoded, whatever the number of sequences
+    assert_eq!(rs[1].tokens_counted_pp, 12);
+    assert_eq!(rs[1].tokens_counted_tg, 9);
+    assert_eq!(rs[1].n_kv, 3 * (12 + 3));
+}
+
+#[test]
+fn batched_skips_settings_the_context_cannot_hold_and_checks_options() {
+    let _g = serial();
+    let f = &files()[1];
+    // a context of 256 cells for one sequence of 300 + 8: skipped, as llama-batched-bench
+    let o = BenchOptions {
+        parallel_ctx: 256,
+        ..batched_opts(vec![1], 300, 8, false)
+    };
+    let (rs, lines) = run_batched(f, &o);
+    assert!(rs.is_empty(), "{rs:?}");
+    assert!(lines.iter().any(|l| l.contains("skipped")), "{lines:?}");
+    for (o, want) in [
+        (batched_opts(vec![0], 8, 4, false), "--parallel"),
+        (batched_opts(vec![1], 0, 4, false), "-p"),
+        (batched_opts(vec![1], 8, 0, false), "-n"),
+        (batched_opts(vec![1, 300], 8, 4, false), "LLAMA_MAX_SEQ"),
+    ] {
+        let e = bench::run_batched(std::slice::from_ref(f), &o, &mut |_| {}).unwrap_err();
+        assert!(format!("{e:#}").contains(want), "{e:#}");
+    }
+}
+
+/// `kiln bench --parallel` on the command line: each file in its worker, JSONL on stdout, and
+/// the normal bench's output when --parallel is absent is unchanged (a JSON list).
+#[test]
+fn cli_bench_parallel() {
+    let _g = serial();
+    let f = &files()[1];
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "bench",
+            "--json",
+            "--parallel",
+            "1,2",
+            "-p",
+            "8",
+            "-n",
+            "4",
+            "-t",
+            "2",
+        ])
+        .arg(f)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let rs: Vec<BatchedResult> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(rs.iter().map(|r| r.pl).collect::<Vec<_>>(), [1, 2]);
+    for r in &rs {
+        check_batched(r, false);
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "bench",
+            "--parallel",
+            "2",
+            "--pps",
+            "-p",
+            "8",
+            "-n",
+            "4",
+            "-t",
+            "2",
+        ])
+        .arg(f)
+        .output()
+        .unwrap();
+    let md = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        md.contains("is_pp_shared = 1") && md.contains("S_TG/seq t/s"),
+        "{md}"
+    );
+}

@@ -224,3 +224,57 @@ fn sweep_records_files_llama_cpp_refuses_and_goes_on() {
         "{md}"
     );
 }
+
+/// `kiln sweep --parallel`: each variant's llama-batched-bench rows in report.json and a table
+/// in report.md; a report.json written before them still loads.
+#[test]
+fn sweep_with_parallel_adds_batched_rows() {
+    let (base, ck) = fixture("sweep-parallel");
+    let mut o = quick(vec![FileType::Q4_0, FileType::Q8_0], &base, (8, 4, 1, 1));
+    o.skip_eval = true;
+    o.bench.parallel = vec![1, 2];
+    let rep = sweep::run(&ck, &o, &mut |_| {}).unwrap();
+    kiln::report::write(&rep, &o.out_dir).unwrap();
+    assert_eq!(rep.rows.len(), 2);
+    for row in &rep.rows {
+        assert!(row.error.is_none(), "{:?}", row.error);
+        assert!(!row.bench.is_empty(), "the llama-bench tests still run");
+        let pl: Vec<u32> = row.batched.iter().map(|b| b.pl).collect();
+        assert_eq!(pl, [1, 2], "{}", row.r#type);
+        for b in &row.batched {
+            assert_eq!(b.n_kv, b.pl * (8 + 4));
+            assert!(b.speed_tg > 0.0 && b.speed_tg.is_finite());
+            assert!((b.speed_tg_per_seq - b.speed_tg / b.pl as f64).abs() <= 1e-12 * b.speed_tg);
+            assert_eq!(b.tokens_counted_tg, b.pl as u64 * 4);
+        }
+        assert!(row.batched[1].kv_cache_bytes > row.batched[0].kv_cache_bytes);
+    }
+    let md = std::fs::read_to_string(o.out_dir.join("report.md")).unwrap();
+    assert!(md.contains("Batched generation"), "{md}");
+    assert!(md.contains("| S_TG/seq t/s |"), "{md}");
+    assert_eq!(
+        md.lines()
+            .skip_while(|l| !l.starts_with("Batched generation"))
+            .filter(|l| l.starts_with("| Q4_0 | ") || l.starts_with("| Q8_0 | "))
+            .count(),
+        4,
+        "{md}"
+    );
+    // report.json holds them; without the new fields (an older report) it still loads
+    let text = std::fs::read_to_string(o.out_dir.join("report.json")).unwrap();
+    let back: sweep::SweepReport = serde_json::from_str(&text).unwrap();
+    assert_eq!(back.rows[0].batched.len(), 2);
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for row in v["rows"].as_array_mut().unwrap() {
+        row.as_object_mut().unwrap().remove("batched");
+    }
+    let settings = v["bench_settings"].as_object_mut().unwrap();
+    for k in ["parallel", "pp_shared", "parallel_ctx"] {
+        settings.remove(k);
+    }
+    let old: sweep::SweepReport = serde_json::from_value(v).unwrap();
+    assert!(old.rows.iter().all(|r| r.batched.is_empty()));
+    assert!(old.bench_settings.parallel.is_empty());
+    let md_old = kiln::report::markdown(&old);
+    assert!(!md_old.contains("Batched generation"));
+}

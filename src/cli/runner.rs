@@ -73,6 +73,18 @@ pub struct BenchFlags {
         default_value = "99"
     )]
     pub n_gpu_layers: Vec<u32>,
+    /// Sequences decoding at once, comma-separated (llama-batched-bench's -npl): measure as
+    /// llama-batched-bench does, with -p prompt tokens and -n generated tokens per sequence.
+    /// `kiln sweep` adds these rows to the report.
+    #[arg(long, value_delimiter = ',')]
+    pub parallel: Vec<u32>,
+    /// With --parallel: one prompt shared by all sequences (llama-batched-bench's -pps).
+    #[arg(long, requires = "parallel")]
+    pub pps: bool,
+    /// With --parallel: the context, all sequences together (llama-batched-bench's -c); 0: the
+    /// smallest that holds every setting.
+    #[arg(long, default_value_t = 0, requires = "parallel")]
+    pub parallel_ctx: u32,
 }
 
 impl BenchFlags {
@@ -89,6 +101,9 @@ impl BenchFlags {
         o.cache_type = self.cache_type.clone();
         o.flash_attn = self.flash_attn.iter().map(|&f| f != 0).collect();
         o.n_gpu_layers = self.n_gpu_layers.clone();
+        o.parallel = self.parallel.clone();
+        o.pp_shared = self.pps;
+        o.parallel_ctx = self.parallel_ctx;
         o
     }
 }
@@ -99,7 +114,8 @@ pub struct BenchArgs {
     pub files: Vec<PathBuf>,
     #[command(flatten)]
     pub flags: BenchFlags,
-    /// One JSON document (a list of results, llama-bench's field names) on stdout.
+    /// One JSON document (a list of results, llama-bench's field names) on stdout; with
+    /// --parallel, one JSON object per line (llama-batched-bench's JSONL field names, then kiln's).
     #[arg(long, conflicts_with = "csv")]
     pub json: bool,
     /// CSV on stdout.
@@ -199,6 +215,9 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let mut p = progress_line();
     let mut o = a.flags.options();
     o.worker = Some(worker_exe()?);
+    if !o.parallel.is_empty() {
+        return bench_batched(&a, &o);
+    }
     let r = kiln::runner::bench::run(&a.files, &o, &mut p)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
@@ -206,6 +225,27 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
         print!("{}", kiln::runner::bench::to_csv(&r));
     } else {
         print!("{}", kiln::runner::bench::to_markdown(&r));
+    }
+    let failed: Vec<&str> = r
+        .iter()
+        .filter(|r| r.error.is_some())
+        .map(|r| r.model_filename.as_str())
+        .collect();
+    any_failed(&failed, a.files.len())
+}
+
+/// `kiln bench --parallel`: llama-batched-bench's measurement, each file in its own worker.
+fn bench_batched(a: &BenchArgs, o: &kiln::runner::BenchOptions) -> anyhow::Result<()> {
+    use kiln::report::batched_table;
+    if a.csv {
+        anyhow::bail!("bench: --csv is not available with --parallel (use --json for JSONL)");
+    }
+    let mut p = progress_line();
+    let r = kiln::runner::bench::run_batched(&a.files, o, &mut p)?;
+    if a.json {
+        print!("{}", batched_table::to_jsonl(&r));
+    } else {
+        print!("{}", batched_table::to_markdown(&r));
     }
     let failed: Vec<&str> = r
         .iter()

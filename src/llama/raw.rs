@@ -161,6 +161,12 @@ pub struct CtxParams {
     pub type_kv: GgmlTypeId,
     pub flash_attn: bool,
     pub n_threads: u32,
+    /// Sequences the context holds (`n_seq_max`; 1 for llama-bench). Each gets its own
+    /// `n_ctx / n_seq_max` cells: kiln leaves `kv_unified` off, as llama-batched-bench does by
+    /// default.
+    pub n_seq_max: u32,
+    /// Attach a ggml threadpool of `n_threads` (llama-bench does; llama-batched-bench does not).
+    pub threadpool: bool,
 }
 
 impl CtxParams {
@@ -183,26 +189,39 @@ impl CtxParams {
         cp.swa_full = false;
         cp.n_threads = self.n_threads as i32;
         cp.n_threads_batch = self.n_threads as i32;
+        cp.n_seq_max = self.n_seq_max.max(1);
+        cp.kv_unified = false;
         cp
     }
 }
 
-/// A context with its own ggml threadpool attached (dropped in that order: context first).
+/// A context, with its own ggml threadpool attached when asked (dropped in that order: context
+/// first).
 pub struct Ctx<'m> {
     ctx: NonNull<sys::llama_context>,
-    pool: NonNull<sys::ggml_threadpool>,
+    pool: Option<NonNull<sys::ggml_threadpool>>,
     type_k: sys::ggml_type,
     type_v: sys::ggml_type,
     _model: std::marker::PhantomData<&'m Model>,
 }
 
 impl<'m> Ctx<'m> {
-    /// `llama_init_from_model` with `p`, then a threadpool of `p.n_threads` attached.
+    /// `llama_init_from_model` with `p`, then (with `p.threadpool`) a threadpool of
+    /// `p.n_threads` attached.
     pub fn new(model: &'m Model, p: &CtxParams) -> Result<Ctx<'m>> {
         let cp = p.to_c();
         let n_threads = p.n_threads;
         let ctx = NonNull::new(unsafe { sys::llama_init_from_model(model.ptr(), cp) })
             .ok_or_else(|| anyhow!("llama_init_from_model failed"))?;
+        if !p.threadpool {
+            return Ok(Ctx {
+                ctx,
+                pool: None,
+                type_k: cp.type_k,
+                type_v: cp.type_v,
+                _model: std::marker::PhantomData,
+            });
+        }
         // llama-bench's threadpool: default parameters (polling level 50, normal priority, not
         // strict, no CPU mask), set here explicitly.
         let mut tpp = unsafe { sys::ggml_threadpool_params_default(n_threads as i32) };
@@ -220,7 +239,7 @@ impl<'m> Ctx<'m> {
         unsafe { sys::llama_attach_threadpool(ctx.as_ptr(), pool.as_ptr(), std::ptr::null_mut()) };
         Ok(Ctx {
             ctx,
-            pool,
+            pool: Some(pool),
             type_k: cp.type_k,
             type_v: cp.type_v,
             _model: std::marker::PhantomData,
@@ -248,6 +267,27 @@ impl<'m> Ctx<'m> {
     /// `llama_n_ctx_seq`: the cells per sequence llama.cpp actually uses.
     pub fn n_ctx_seq(&self) -> u32 {
         unsafe { sys::llama_n_ctx_seq(self.ptr()) }
+    }
+
+    /// `llama_n_ctx`: the context's cells, all sequences together (llama-batched-bench's
+    /// `n_kv_max`).
+    pub fn n_ctx(&self) -> u32 {
+        unsafe { sys::llama_n_ctx(self.ptr()) }
+    }
+
+    /// `llama_n_seq_max`.
+    pub fn n_seq_max(&self) -> u32 {
+        unsafe { sys::llama_n_seq_max(self.ptr()) }
+    }
+
+    /// `llama_memory_seq_cp(mem, src, dst, p0, p1)` (-1: to the end).
+    pub fn seq_cp(&self, src: i32, dst: i32, p0: i32, p1: i32) {
+        unsafe { sys::llama_memory_seq_cp(self.memory(), src, dst, p0, p1) }
+    }
+
+    /// `llama_memory_seq_rm(mem, seq, p0, p1)`; false when llama.cpp cannot remove that part.
+    pub fn seq_rm(&self, seq: i32, p0: i32, p1: i32) -> bool {
+        unsafe { sys::llama_memory_seq_rm(self.memory(), seq, p0, p1) }
     }
 
     /// `llama_n_ubatch`.
@@ -305,7 +345,9 @@ impl Drop for Ctx<'_> {
     fn drop(&mut self) {
         unsafe {
             sys::llama_free(self.ctx.as_ptr());
-            sys::ggml_threadpool_free(self.pool.as_ptr());
+            if let Some(pool) = self.pool {
+                sys::ggml_threadpool_free(pool.as_ptr());
+            }
         }
     }
 }
@@ -328,8 +370,20 @@ impl BatchExt {
 
     /// Adds `token` at `pos` of sequence 0, with its logits when `output`.
     pub fn add(&mut self, token: sys::llama_token, pos: i32, output: bool) -> Result<()> {
+        self.add_seq(token, pos, 0, output)
+    }
+
+    /// Adds `token` at `pos` of sequence `seq`, with its logits when `output` (what
+    /// `common_batch::get_sub_batch` does with one entry).
+    pub fn add_seq(
+        &mut self,
+        token: sys::llama_token,
+        pos: i32,
+        seq: i32,
+        output: bool,
+    ) -> Result<()> {
         let b = self.0.as_ptr();
-        let idx = unsafe { sys::llama_batch_ext_add_token(b, 0, token) };
+        let idx = unsafe { sys::llama_batch_ext_add_token(b, seq, token) };
         if idx < 0 {
             bail!("cannot add token {token} to a batch (error {idx})");
         }

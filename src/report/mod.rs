@@ -2,6 +2,7 @@
 //! chart.svg and chart.png; its data model ([`model`]); and the tables of `kiln bench`
 //! ([`bench_table`]) and `kiln eval` ([`eval_table`]).
 
+pub mod batched_table;
 pub mod bench_table;
 pub mod chart;
 pub mod eval_table;
@@ -205,6 +206,7 @@ pub fn markdown(rep: &SweepReport) -> String {
             c[12]
         );
     }
+    batched_markdown(&mut s, rep);
     let failed: Vec<&SweepRow> = rep.rows.iter().filter(|r| r.error.is_some()).collect();
     if !failed.is_empty() {
         let _ = writeln!(s, "\nNot measured:\n");
@@ -225,6 +227,49 @@ pub fn markdown(rep: &SweepReport) -> String {
          Figures depend on the machine, thread count and prompt length above."
     );
     s
+}
+
+/// The batched table of the report (`kiln sweep --parallel`): per variant and number of
+/// sequences B, llama-batched-bench's S_TG (generated tokens per second, all sequences together),
+/// S_TG per sequence, and the KV cache the setting fills. Nothing when no row has batched
+/// figures.
+fn batched_markdown(s: &mut String, rep: &SweepReport) {
+    if rep.rows.iter().all(|r| r.batched.is_empty()) {
+        return;
+    }
+    let b = &rep.bench_settings;
+    let _ = writeln!(
+        s,
+        "\nBatched generation (llama-batched-bench's definitions; {} prompt tokens {}, {} generated \
+         per sequence):\n",
+        b.n_prompt.first().copied().unwrap_or(0),
+        if b.pp_shared {
+            "shared by all sequences"
+        } else {
+            "per sequence"
+        },
+        b.n_gen.first().copied().unwrap_or(0),
+    );
+    let _ = writeln!(
+        s,
+        "| type | B | N_KV | S_PP t/s | S_TG t/s | S_TG/seq t/s | KV MiB |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
+    for r in &rep.rows {
+        for x in r.batched.iter().filter(|x| x.error.is_none()) {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                r.r#type,
+                x.pl,
+                x.n_kv,
+                x.speed_pp,
+                x.speed_tg,
+                x.speed_tg_per_seq,
+                x.kv_cache_bytes as f64 / 1048576.0
+            );
+        }
+    }
 }
 
 /// Writes the report folder's files.

@@ -1,7 +1,7 @@
 //! The sweep's report data: one row per variant, the machine, and the whole report (what
 //! report.json holds and the report's writers read).
 
-use crate::runner::{BenchOptions, BenchResult, EvalResult};
+use crate::runner::{BatchedResult, BenchOptions, BenchResult, EvalResult};
 use serde::{Deserialize, Serialize};
 
 /// One variant's line of the report.
@@ -15,6 +15,10 @@ pub struct SweepRow {
     pub bits_per_weight: f64,
     pub n_params: u64,
     pub bench: Vec<BenchResult>,
+    /// llama-batched-bench's rows (`kiln sweep --parallel`); empty without it and in reports
+    /// written before it.
+    #[serde(default)]
+    pub batched: Vec<BatchedResult>,
     pub eval: Option<EvalResult>,
     /// Why this variant has no figures (llama.cpp refused it, ...).
     pub error: Option<String>,

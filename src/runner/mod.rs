@@ -31,6 +31,19 @@ pub struct BenchOptions {
     pub flash_attn: Vec<bool>,
     /// Layers offloaded to a GPU (llama-bench -ngl); only meaningful with the `cuda` feature.
     pub n_gpu_layers: Vec<u32>,
+    /// Sequences decoding at once for llama-batched-bench's measurement (its -npl; empty: none,
+    /// the llama-bench tests only). See [`bench::batched`].
+    #[serde(default)]
+    pub parallel: Vec<u32>,
+    /// llama-batched-bench's -pps: one prompt shared by all sequences, copied to the others
+    /// with `llama_memory_seq_cp`, instead of one prompt per sequence.
+    #[serde(default)]
+    pub pp_shared: bool,
+    /// The batched measurement's context, all sequences together (llama-batched-bench's -c,
+    /// its `n_kv_max`; a setting that needs more is skipped, as there). 0: the smallest that
+    /// holds every setting, `max(npl) * max(pp + tg)`.
+    #[serde(default)]
+    pub parallel_ctx: u32,
     /// The kiln executable: when set, each file is measured in a child process (`kiln
     /// measure-worker`, see [`worker`](crate::runner::worker)), so that a file which makes llama.cpp abort (a
     /// GGML_ASSERT) or refuse it becomes one failed result instead of ending the run. None: in
@@ -54,6 +67,9 @@ impl Default for BenchOptions {
             cache_type: vec!["f16".into()],
             flash_attn: vec![false],
             n_gpu_layers: vec![99],
+            parallel: Vec::new(),
+            pp_shared: false,
+            parallel_ctx: 0,
             worker: None,
         }
     }
@@ -115,6 +131,71 @@ pub struct BenchResult {
     pub cpu_features: String,
     /// Why this file has no figures: llama.cpp refused it or aborted on it in its worker
     /// process. Absent for a measured result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One row of llama-batched-bench: `pl` sequences, each with a prompt of `pp` tokens (or one
+/// prompt shared by all, `is_pp_shared`) and `tg` generated tokens decoded together, one token
+/// per sequence per step. The fields up to `speed` are llama-batched-bench's JSONL fields, with
+/// its names and definitions (see [`bench::batched`]); kiln's own follow.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct BatchedResult {
+    /// Cells of the context, all sequences together (`llama_n_ctx`).
+    pub n_kv_max: u32,
+    pub n_batch: u32,
+    pub n_ubatch: u32,
+    /// 0 or 1 (llama-batched-bench writes its `flash_attn_type`; kiln's is never "auto").
+    pub flash_attn: i32,
+    /// 0 or 1.
+    pub is_pp_shared: i32,
+    pub n_gpu_layers: u32,
+    pub n_threads: u32,
+    pub n_threads_batch: u32,
+    /// Prompt tokens per sequence.
+    pub pp: u32,
+    /// Tokens generated per sequence.
+    pub tg: u32,
+    /// Sequences decoding at once.
+    pub pl: u32,
+    /// Cells the setting fills: `pl * (pp + tg)` (with a shared prompt too, since each
+    /// sequence keeps its copy of it in its own stream).
+    pub n_kv: u32,
+    /// Seconds to process the prompt(s), one batch split into `n_batch` chunks.
+    pub t_pp: f64,
+    /// Prompt tokens per second: `(is_pp_shared ? pp : pl * pp) / t_pp`.
+    pub speed_pp: f64,
+    /// Seconds of the `tg` generation steps, each decoding `pl` tokens.
+    pub t_tg: f64,
+    /// Generated tokens per second, all sequences together: `pl * tg / t_tg`.
+    pub speed_tg: f64,
+    /// `t_pp + t_tg`.
+    pub t: f64,
+    /// `((is_pp_shared ? pp : pl * pp) + pl * tg) / t`.
+    pub speed: f64,
+    // kiln's own fields
+    #[serde(default)]
+    pub model_filename: String,
+    /// The K and V cache type.
+    #[serde(default)]
+    pub type_k: String,
+    /// Generated tokens per second of one sequence: `speed_tg / pl`.
+    #[serde(default)]
+    pub speed_tg_per_seq: f64,
+    /// Bytes of KV cache the setting needs: `n_kv` cells, `pl` streams of `pp + tg` (memory.rs's
+    /// accounting, per stream).
+    #[serde(default)]
+    pub kv_cache_bytes: u64,
+    /// Bytes of KV cache the context allocated (`n_kv_max` cells).
+    #[serde(default)]
+    pub kv_cache_bytes_allocated: u64,
+    /// Prompt tokens submitted in the timed prompt phase, counted as they were added.
+    #[serde(default)]
+    pub tokens_counted_pp: u64,
+    /// Tokens submitted in the timed generation phase, counted as they were added.
+    #[serde(default)]
+    pub tokens_counted_tg: u64,
+    /// Why this file has no figures (as [`BenchResult::error`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }

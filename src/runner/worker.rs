@@ -6,7 +6,9 @@
 //! that file's error, with llama.cpp's last words.
 
 use crate::runner::bench::CRand;
-use crate::runner::{bench, eval, BenchOptions, BenchResult, EvalOptions, EvalResult};
+use crate::runner::{
+    bench, eval, BatchedResult, BenchOptions, BenchResult, EvalOptions, EvalResult,
+};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -17,6 +19,9 @@ pub struct MeasureJob {
     /// The reference GGUF the evaluation compares against (needed with `eval`).
     pub reference: Option<PathBuf>,
     pub bench: Option<BenchOptions>,
+    /// llama-batched-bench's measurement with these options (their `parallel`), after the bench.
+    #[serde(default)]
+    pub batched: Option<BenchOptions>,
     pub eval: Option<EvalOptions>,
     /// llama-bench's token generator, as the previous file left it, so that files benched in
     /// separate workers draw the tokens one llama-bench process draws. None: unseeded (seed 1).
@@ -31,6 +36,7 @@ impl MeasureJob {
             file: file.to_path_buf(),
             reference: None,
             bench: None,
+            batched: None,
             eval: None,
             rng: None,
         }
@@ -41,6 +47,9 @@ impl MeasureJob {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Measured {
     pub bench: Vec<BenchResult>,
+    /// llama-batched-bench's rows (with the job's `batched`).
+    #[serde(default)]
+    pub batched: Vec<BatchedResult>,
     pub eval: Option<EvalResult>,
     pub error: Option<String>,
     /// The token generator after the benchmark (for the next file's job).
@@ -48,7 +57,8 @@ pub struct Measured {
     pub rng: Option<CRand>,
 }
 
-/// Benches and evaluates one file in this process (the bench first; no eval after an error).
+/// Benches and evaluates one file in this process (the bench first, then the batched
+/// measurement; nothing more after an error).
 pub fn measure(job: &MeasureJob, progress: &mut dyn FnMut(&str)) -> Measured {
     let mut m = Measured::default();
     let name = job.file.display().to_string();
@@ -63,6 +73,13 @@ pub fn measure(job: &MeasureJob, progress: &mut dyn FnMut(&str)) -> Measured {
             Err(e) => m.error = Some(format!("{e:#}")),
         }
         m.rng = Some(rng);
+    }
+    if let (Some(b), None) = (&job.batched, &m.error) {
+        progress(&format!("batched bench {name}"));
+        match bench::run_batched_from(std::slice::from_ref(&job.file), b, &mut |l| progress(l)) {
+            Ok(r) => m.batched = r,
+            Err(e) => m.error = Some(format!("{e:#}")),
+        }
     }
     if let (Some(e), None) = (&job.eval, &m.error) {
         match &job.reference {

@@ -60,6 +60,7 @@ fn extra_row(file: &Path) -> SweepRow {
         bits_per_weight: 0.0,
         n_params: 0,
         bench: Vec::new(),
+        batched: Vec::new(),
         eval: None,
         error: None,
     };
@@ -144,6 +145,7 @@ pub fn run(
                 bits_per_weight: data as f64 * 8.0 / n_params.max(1) as f64,
                 n_params,
                 bench: Vec::new(),
+                batched: Vec::new(),
                 eval: None,
                 error: None,
             }
@@ -156,6 +158,8 @@ pub fn run(
             let job = MeasureJob {
                 reference: Some(ref_path.clone()),
                 bench: (!opts.skip_bench).then(|| opts.bench.clone()),
+                batched: (!opts.skip_bench && !opts.bench.parallel.is_empty())
+                    .then(|| opts.bench.clone()),
                 eval: (!opts.skip_eval).then(|| opts.eval.clone()),
                 ..MeasureJob::new(Path::new(&row.file))
             };
@@ -164,6 +168,7 @@ pub fn run(
                 None => measure(&job, progress),
             };
             row.bench = m.bench;
+            row.batched = m.batched;
             row.eval = m.eval;
             row.error = m.error;
         }

@@ -30,6 +30,8 @@ pub(super) fn run_test(
         type_kv: t.cache,
         flash_attn: t.flash_attn,
         n_threads: t.n_threads,
+        n_seq_max: 1,
+        threadpool: true,
     };
     let ctx = Ctx::new(model, &cp)
         .context("llama.cpp cannot create the context (KILN_LLAMA_LOG=1 shows its reason)")?;

@@ -144,6 +144,20 @@ pub(super) fn kv_cache_bytes(info: &ModelInfo, ctx: &Ctx) -> u64 {
     )
 }
 
+/// [`kv_cache_bytes_for`] of `streams` sequences each in its own stream of `cells` cells (a
+/// context with `n_seq_max = streams`, `kv_unified` off, `n_ctx_seq = cells`): the KV cache bytes
+/// one llama-batched-bench setting fills.
+pub(super) fn kv_cache_bytes_streams(
+    info: &ModelInfo,
+    streams: u32,
+    cells: u32,
+    n_ubatch: u32,
+    type_k: GgmlTypeId,
+    type_v: GgmlTypeId,
+) -> u64 {
+    streams as u64 * kv_cache_bytes_for(&info.layers, info.n_swa, cells, n_ubatch, type_k, type_v)
+}
+
 /// Peak resident memory of this process (`VmHWM`), bytes; 0 where /proc is absent.
 pub(super) fn peak_rss_bytes() -> u64 {
     let Ok(s) = std::fs::read_to_string("/proc/self/status") else {

@@ -48,10 +48,14 @@
 //! GGML_ASSERT) is one failed result with llama.cpp's message, and the run goes on. The token
 //! generator's state goes from one worker to the next, so the tokens are those of one process.
 //!
+//! **Batched.** With `--parallel` (`BenchOptions::parallel`), `kiln bench` measures as
+//! llama-batched-bench does instead: several sequences decoding at once; see [`batched`].
+//!
 //! Two settings have other defaults than llama-bench's: flash attention is on or off (kiln's
 //! options have no "auto"; llama-bench's default is auto, which on the CPU means on), and `-ngl`
 //! defaults to 99 (llama-bench: -1, all layers; the same on one GPU and meaningless on the CPU).
 
+pub mod batched;
 mod crand;
 mod matrix;
 mod measure;
@@ -60,7 +64,7 @@ mod memory;
 pub use crate::report::bench_table::{to_csv, to_markdown};
 pub use crand::CRand;
 
-use super::{BenchOptions, BenchResult};
+use super::{BatchedResult, BenchOptions, BenchResult};
 use crate::llama::raw::{self, Model};
 use crate::report::file_label;
 use crate::runner::worker::{measure_isolated, MeasureJob};
@@ -194,6 +198,56 @@ fn run_isolated(
                 });
             }
         }
+    }
+    Ok(out)
+}
+
+/// llama-batched-bench's measurement ([`batched`]) of every file, for `opts.parallel`: with
+/// `opts.worker` set, each file in its own worker process (a file llama.cpp refuses or aborts on
+/// becomes one result with `error` set); without it, in this process.
+pub fn run_batched(
+    files: &[std::path::PathBuf],
+    opts: &BenchOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<BatchedResult>> {
+    let Some(exe) = &opts.worker else {
+        return run_batched_from(files, opts, progress);
+    };
+    batched::check_options(opts)?;
+    check(files, opts)?;
+    let mut out = Vec::new();
+    for file in files {
+        let job = MeasureJob {
+            batched: Some(opts.clone()),
+            ..MeasureJob::new(file)
+        };
+        let m = measure_isolated(exe, &job, progress);
+        match m.error {
+            None => out.extend(m.batched),
+            Some(e) => {
+                progress(&format!("failed: {e}"));
+                out.push(BatchedResult {
+                    model_filename: file.display().to_string(),
+                    error: Some(e),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// [`run_batched`] in this process.
+pub fn run_batched_from(
+    files: &[std::path::PathBuf],
+    opts: &BenchOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<BatchedResult>> {
+    batched::check_options(opts)?;
+    let (cache_types, _) = check(files, opts)?;
+    let mut out = Vec::new();
+    for file in files {
+        out.extend(batched::run_file(file, opts, &cache_types, progress)?);
     }
     Ok(out)
 }
