@@ -53,6 +53,7 @@
 //! defaults to 99 (llama-bench: -1, all layers; the same on one GPU and meaningless on the CPU).
 
 mod crand;
+pub mod draft;
 mod matrix;
 mod measure;
 mod memory;
