@@ -7,14 +7,15 @@
 #
 #   bash benches/compare_builds.sh OLD_KILN NEW_KILN [WORKDIR]
 #
-# The fixtures are written by `kiln-fixtures make-fixture` (this checkout's fixtures crate).
+# The fixtures are written by `kiln-fixtures make-fixture` (this checkout's fixtures crate, or the
+# binary in $KILN_FIXTURES).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 old=$(realpath "$1"); new=$(realpath "$2")
 work=${3:-target/compare-builds}
 types=(f32 f16 bf16 q8_0 q6_K q5_K_M q5_K_S q5_1 q5_0 q4_K_M q4_K_S q4_1 q4_0 q3_K_L q3_K_M q3_K_S q2_K)
-cargo build --release --quiet -p kiln-fixtures
-fx=target/release/kiln-fixtures
+fx=${KILN_FIXTURES:-}
+if [ -z "$fx" ]; then cargo build --release --quiet -p kiln-fixtures; fx=target/release/kiln-fixtures; fi
 mkdir -p "$work"
 fixtures=("llama:" "qwen2:--arch qwen2 --bpe 1024" "qwen3:--arch qwen3 --bpe 1024"
   "gemma2:--arch gemma2" "gemma3:--arch gemma3" "gemma3-bpe:--arch gemma3 --bpe 700")

@@ -7,7 +7,7 @@
 
 use crate::common::fixtures::{aborting_copy, convert, llama_checkpoint, tokenizer_model};
 use kiln::plan::FileType;
-use kiln::runner::bench;
+use kiln::runner::bench::{self, draft};
 use kiln::runner::{BenchOptions, BenchResult};
 use std::ffi::{c_char, c_void, CStr};
 use std::path::{Path, PathBuf};
@@ -298,7 +298,7 @@ fn markdown_and_csv_hold_every_row() {
     let _g = serial();
     let rs = matrix();
 
-    let md = bench::to_markdown(rs);
+    let md = kiln::report::bench_table::to_markdown(rs);
     println!("{md}");
     let rows: Vec<&str> = md.lines().filter(|l| l.starts_with('|')).collect();
     assert_eq!(
@@ -360,7 +360,7 @@ fn markdown_and_csv_hold_every_row() {
         rows[0]
     );
 
-    let csv = bench::to_csv(rs);
+    let csv = kiln::report::bench_table::to_csv(rs);
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), rs.len() + 1);
     let head = csv_fields(lines[0]);
@@ -411,7 +411,7 @@ fn markdown_and_csv_hold_every_row() {
     // a path with a comma and a quote stays one field
     let mut odd = rs[0].clone();
     odd.model_filename = "/tmp/a,b \"c\".gguf".into();
-    let csv = bench::to_csv(&[odd.clone()]);
+    let csv = kiln::report::bench_table::to_csv(&[odd.clone()]);
     let f = csv_fields(csv.lines().nth(1).unwrap());
     assert_eq!(f.len(), head.len());
     assert_eq!(f[col("model_filename")], odd.model_filename);
@@ -504,7 +504,7 @@ fn cli_bench_survives_a_file_llama_cpp_aborts_on() {
     assert_eq!(rs[1].test, "pp32");
     assert_eq!(rs[2].test, "tg8");
     // The markdown: a "failed" row and the reason below the table.
-    let md = bench::to_markdown(&rs);
+    let md = kiln::report::bench_table::to_markdown(&rs);
     let row = md
         .lines()
         .find(|l| l.starts_with("| aborts.gguf"))
@@ -727,6 +727,19 @@ fn batched_opts(parallel: Vec<u32>, pp: u32, tg: u32, shared: bool) -> BenchOpti
         threads: vec![2],
         parallel,
         pp_shared: shared,
+        ..Default::default()
+    }
+}
+
+// ---- speculative decoding (`kiln bench TARGET --draft DRAFT`) ----
+
+fn draft_opts(n_gen: u32, draft_max: u32) -> draft::DraftOptions {
+    draft::DraftOptions {
+        draft_max,
+        n_gen,
+        n_prompts: 4,
+        prompt_len: 64,
+        threads: 2,
         ..Default::default()
     }
 }
@@ -961,4 +974,185 @@ fn cli_bench_parallel() {
         md.contains("is_pp_shared = 1") && md.contains("S_TG/seq t/s"),
         "{md}"
     );
+}
+
+/// Compares a speculative output with the target's plain greedy output of the same prompt.
+/// Equal: true. Else the first token where they differ must be a near-tie of the target's
+/// logits (the two tokens' logits within 1e-2 standard deviations of the logits): llama.cpp's
+/// batched evaluation (the target checking `draft_max + 1` tokens at once) and its one-token
+/// decode take different matmul paths whose last bits differ, which on the random-weight
+/// fixture (flat logits, many near-ties) can flip an argmax. Anything else is a bug. False.
+fn same_or_near_tie(pair: &draft::Pair, prompt: &[i32], plain: &[i32], spec: &[i32]) -> bool {
+    assert_eq!(plain.len(), spec.len());
+    let Some(j) = (0..plain.len()).find(|&j| plain[j] != spec[j]) else {
+        return true;
+    };
+    let seq: Vec<i32> = prompt.iter().chain(&plain[..j]).copied().collect();
+    let l = pair.target_logits(&seq).unwrap();
+    let n = l.len() as f64;
+    let mean = l.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let sd = (l.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
+    let (a, b) = (l[plain[j] as usize] as f64, l[spec[j] as usize] as f64);
+    let max = l.iter().fold(f32::MIN, |m, &x| m.max(x)) as f64;
+    assert!(
+        (a - b).abs() <= 1e-2 * sd && (max - a.max(b)) <= 1e-2 * sd,
+        "token {j}: plain chose {} ({a}), speculative {} ({b}), max {max}, sd {sd}: not a \
+         near-tie, speculative decoding changed the output",
+        plain[j],
+        spec[j]
+    );
+    eprintln!("token {j}: near-tie ({a} vs {b}, sd {sd}) decided differently by the batched pass");
+    false
+}
+
+/// The q8_0 target with the q4_0 draft: for every prompt the speculative output is the
+/// target's own greedy output (the plain path of the same context, one token per decode),
+/// token for token up to a near-tie decided differently by the batched pass (see
+/// [`same_or_near_tie`]); the counts add up; the measurement agrees.
+#[test]
+fn speculative_output_is_the_target_greedy_output() {
+    let _g = serial();
+    let [q8, q4] = files();
+    let n = 48;
+    let pair = draft::Pair::load(q8, q4, &draft_opts(n, 5)).unwrap();
+    let prompts = pair.prompts(kiln::runner::eval::default_text()).unwrap();
+    assert_eq!(prompts.len(), 4);
+    let mut total = draft::SpecStats::default();
+    let mut identical = 0;
+    for p in &prompts {
+        assert_eq!(p.len(), 64);
+        let (plain, _) = pair.greedy(p, n as usize).unwrap();
+        let (spec, s, _) = pair.speculative(p, n as usize).unwrap();
+        assert_eq!(spec.len(), n as usize);
+        identical += usize::from(same_or_near_tie(&pair, p, &plain, &spec));
+        assert!(s.accepted <= s.drafted, "{s:?}");
+        // every step generates its accepted tokens and one of the target's
+        assert_eq!(s.accepted + s.steps, n as u64, "{s:?}");
+        total.drafted += s.drafted;
+        total.accepted += s.accepted;
+    }
+    eprintln!("{identical} of 4 prompts identical; {total:?}");
+    assert!(total.drafted > 0);
+    let mut lines = Vec::new();
+    let r = draft::run(q8, q4, &draft_opts(n, 5), &mut |l| {
+        lines.push(l.to_string())
+    })
+    .unwrap();
+    assert_eq!(r.identical, identical == 4, "{r:?}");
+    assert!((0.0..=1.0).contains(&r.acceptance), "{r:?}");
+    assert_eq!(
+        r.n_accepted, total.accepted,
+        "deterministic: the same counts"
+    );
+    assert_eq!(r.n_drafted, total.drafted);
+    assert_eq!(r.tokens_generated, 4 * n as u64);
+    assert!(
+        r.plain_ts > 0.0 && r.draft_ts > 0.0 && r.speedup > 0.0,
+        "{r:?}"
+    );
+    assert!((r.speedup - r.draft_ts / r.plain_ts).abs() < 1e-9 * r.speedup);
+    assert!((r.mean_accepted - r.n_accepted as f64 / r.n_steps as f64).abs() < 1e-12);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+}
+
+/// The draft being the target itself: every drafted token is accepted (acceptance 1, each
+/// step generating draft_max + 1 tokens, the last fewer) for every prompt whose speculative
+/// output is the plain one; a prompt where they differ must differ at a near-tie (a drafted
+/// token, the one-token decode's choice, rejected by the batched pass).
+#[test]
+fn draft_equal_to_target_accepts_every_token() {
+    let _g = serial();
+    let [q8, _] = files();
+    let (n, k) = (40u32, 4u32);
+    let pair = draft::Pair::load(q8, q8, &draft_opts(n, k)).unwrap();
+    let mut all_identical = true;
+    for p in pair.prompts(kiln::runner::eval::default_text()).unwrap() {
+        let (plain, _) = pair.greedy(&p, n as usize).unwrap();
+        let (spec, s, _) = pair.speculative(&p, n as usize).unwrap();
+        if same_or_near_tie(&pair, &p, &plain, &spec) {
+            assert_eq!(s.accepted, s.drafted, "{s:?}");
+            assert_eq!(s.steps, n.div_ceil(k + 1) as u64, "{s:?}");
+        } else {
+            all_identical = false;
+            assert!(s.accepted < s.drafted, "{s:?}");
+        }
+    }
+    let r = draft::run(q8, q8, &draft_opts(n, k), &mut |_| {}).unwrap();
+    if all_identical {
+        assert_eq!(r.acceptance, 1.0, "{r:?}");
+    } else {
+        assert!(r.acceptance > 0.8, "{r:?}");
+    }
+    assert_eq!(r.identical, all_identical);
+}
+
+/// `kiln bench TARGET --draft DRAFT` end to end (the pair in a worker process): the table, the
+/// JSON, and a draft with another vocabulary or a missing file as a failed row.
+#[test]
+fn cli_bench_with_draft() {
+    let _g = serial();
+    let [q8, q4] = files();
+    let kiln = |args: &[&std::ffi::OsStr]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let (n, t) = ("-n".as_ref(), "16".as_ref());
+    let out = kiln(&[
+        "bench".as_ref(),
+        q8.as_os_str(),
+        "--draft".as_ref(),
+        q4.as_os_str(),
+        "--draft-max".as_ref(),
+        "3".as_ref(),
+        n,
+        t,
+        "-t".as_ref(),
+        "2".as_ref(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("| target"), "{stdout}");
+    assert!(stdout.contains("llama-Q8_0.gguf"), "{stdout}");
+    assert!(stdout.contains("llama-Q4_0.gguf"), "{stdout}");
+    assert!(stdout.contains("acceptance"), "{stdout}");
+    let out = kiln(&[
+        "bench".as_ref(),
+        q8.as_os_str(),
+        "--draft".as_ref(),
+        q4.as_os_str(),
+        n,
+        t,
+        "-t".as_ref(),
+        "2".as_ref(),
+        "--json".as_ref(),
+    ]);
+    assert!(out.status.success());
+    let r: Vec<draft::DraftResult> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r.len(), 1);
+    assert!(r[0].error.is_none(), "{:?}", r[0]);
+    assert_eq!(r[0].draft_max, 8);
+    assert_eq!(r[0].tokens_generated, 4 * 16);
+    // a missing draft: a failed row naming it, exit status 1
+    let missing = tmp().join("no-such-draft.gguf");
+    let out = kiln(&[
+        "bench".as_ref(),
+        q8.as_os_str(),
+        "--draft".as_ref(),
+        missing.as_os_str(),
+        n,
+        t,
+    ]);
+    assert!(!out.status.success());
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(all.contains("no-such-draft.gguf"), "{all}");
 }

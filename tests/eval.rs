@@ -137,7 +137,7 @@ fn reference_is_zero_and_q2_k_is_worse_than_q8_0() {
     assert!(q2.same_top_pct <= q8.same_top_pct);
     assert!(q8.same_top_pct > 50.0, "q8_0 same top {}", q8.same_top_pct);
 
-    let md = eval::to_markdown(&r);
+    let md = kiln::report::eval_table::to_markdown(&r);
     for name in [
         "llama-F32.gguf",
         "llama-Q8_0.gguf",
@@ -468,7 +468,7 @@ fn cli_eval_survives_a_file_llama_cpp_aborts_on() {
     assert!(r.ppl.is_finite() && r.ppl > 1.0, "{r:?}");
     assert!(r.kld_mean.is_finite() && r.n_tokens_scored > 0, "{r:?}");
     assert_eq!(r.task_questions, 3);
-    let md = eval::to_markdown(&rs);
+    let md = kiln::report::eval_table::to_markdown(&rs);
     assert!(md.contains("| aborts.gguf | failed |"), "{md}");
     assert!(
         md.lines()

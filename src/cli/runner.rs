@@ -121,6 +121,14 @@ pub struct BenchArgs {
     /// CSV on stdout.
     #[arg(long)]
     pub csv: bool,
+    /// Speculative decoding instead of the pp/tg matrix: greedy generation by each file with
+    /// this GGUF (a smaller quantization of the same model) as its draft, against the file's
+    /// own greedy generation, on prompts from the bundled text (uses the first -n and -t).
+    #[arg(long, value_name = "GGUF", conflicts_with = "csv")]
+    pub draft: Option<PathBuf>,
+    /// Tokens drafted per step at most (with --draft).
+    #[arg(long, default_value_t = 8, requires = "draft")]
+    pub draft_max: u32,
 }
 
 #[derive(clap::Args)]
@@ -213,6 +221,9 @@ pub struct SweepArgs {
 /// is when it cannot measure a file.
 pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     let mut p = progress_line();
+    if let Some(draft) = &a.draft {
+        return bench_draft(&a, draft, &mut p);
+    }
     let mut o = a.flags.options();
     o.worker = Some(worker_exe()?);
     if !o.parallel.is_empty() {
@@ -222,9 +233,9 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<()> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else if a.csv {
-        print!("{}", kiln::runner::bench::to_csv(&r));
+        print!("{}", kiln::report::bench_table::to_csv(&r));
     } else {
-        print!("{}", kiln::runner::bench::to_markdown(&r));
+        print!("{}", kiln::report::bench_table::to_markdown(&r));
     }
     let failed: Vec<&str> = r
         .iter()
@@ -255,6 +266,39 @@ fn bench_batched(a: &BenchArgs, o: &kiln::runner::BenchOptions) -> anyhow::Resul
     any_failed(&failed, a.files.len())
 }
 
+/// `kiln bench TARGET... --draft DRAFT`: each target with the draft, in its own worker process.
+fn bench_draft(a: &BenchArgs, draft: &Path, p: &mut dyn FnMut(&str)) -> anyhow::Result<()> {
+    use kiln::runner::bench::draft;
+    let d = draft::DraftOptions::default();
+    let o = draft::DraftOptions {
+        draft_max: a.draft_max,
+        n_gen: a.flags.n_gen.first().copied().unwrap_or(d.n_gen),
+        threads: a.flags.threads.first().copied().unwrap_or(d.threads),
+        n_gpu_layers: a
+            .flags
+            .n_gpu_layers
+            .first()
+            .copied()
+            .unwrap_or(d.n_gpu_layers),
+        ..d
+    };
+    if o.n_gen == 0 {
+        anyhow::bail!("bench --draft: -n must be at least 1");
+    }
+    let r = draft::run_all(&a.files, draft, &o, Some(&worker_exe()?), p)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", kiln::report::bench_table::draft_to_markdown(&r));
+    }
+    let failed: Vec<&str> = r
+        .iter()
+        .filter(|r| r.error.is_some())
+        .map(|r| r.target_filename.as_str())
+        .collect();
+    any_failed(&failed, a.files.len())
+}
+
 /// `kiln eval`: as `kiln bench`, each file in its own worker process; exit status 1 when any
 /// file failed.
 pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
@@ -265,7 +309,7 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
-        print!("{}", kiln::runner::eval::to_markdown(&r));
+        print!("{}", kiln::report::eval_table::to_markdown(&r));
     }
     let failed: Vec<&str> = r
         .iter()

@@ -106,6 +106,52 @@ impl Model {
         self.0.as_ptr()
     }
 
+    fn vocab_ptr(&self) -> *const sys::llama_vocab {
+        unsafe { sys::llama_model_get_vocab(self.ptr()) }
+    }
+
+    /// `llama_vocab_n_tokens`.
+    pub fn n_vocab(&self) -> i32 {
+        unsafe { sys::llama_vocab_n_tokens(self.vocab_ptr()) }
+    }
+
+    /// `llama_tokenize` of `text` (`add_special`: BOS/EOS as the vocabulary asks; special
+    /// tokens in the text are not parsed).
+    pub fn tokenize(&self, text: &str, add_special: bool) -> Result<Vec<Token>> {
+        let len = i32::try_from(text.len()).map_err(|_| anyhow!("text too long to tokenize"))?;
+        let mut out: Vec<Token> = vec![0; text.len() + 2];
+        let mut n = unsafe {
+            sys::llama_tokenize(
+                self.vocab_ptr(),
+                text.as_ptr().cast(),
+                len,
+                out.as_mut_ptr(),
+                out.len() as i32,
+                add_special,
+                false,
+            )
+        };
+        if n < 0 {
+            out.resize((-n) as usize, 0);
+            n = unsafe {
+                sys::llama_tokenize(
+                    self.vocab_ptr(),
+                    text.as_ptr().cast(),
+                    len,
+                    out.as_mut_ptr(),
+                    out.len() as i32,
+                    add_special,
+                    false,
+                )
+            };
+        }
+        if n < 0 {
+            bail!("llama_tokenize failed ({n})");
+        }
+        out.truncate(n as usize);
+        Ok(out)
+    }
+
     /// A metadata value as llama.cpp prints it, None when absent.
     pub fn meta(&self, key: &str) -> Option<String> {
         let k = CString::new(key).ok()?;
@@ -285,11 +331,6 @@ impl<'m> Ctx<'m> {
         unsafe { sys::llama_memory_seq_cp(self.memory(), src, dst, p0, p1) }
     }
 
-    /// `llama_memory_seq_rm(mem, seq, p0, p1)`; false when llama.cpp cannot remove that part.
-    pub fn seq_rm(&self, seq: i32, p0: i32, p1: i32) -> bool {
-        unsafe { sys::llama_memory_seq_rm(self.memory(), seq, p0, p1) }
-    }
-
     /// `llama_n_ubatch`.
     pub fn n_ubatch(&self) -> u32 {
         unsafe { sys::llama_n_ubatch(self.ptr()) }
@@ -308,6 +349,53 @@ impl<'m> Ctx<'m> {
     /// `llama_memory_seq_pos_max` of sequence `seq` (-1 when it is empty).
     pub fn seq_pos_max(&self, seq: i32) -> i32 {
         unsafe { sys::llama_memory_seq_pos_max(self.memory(), seq) }
+    }
+
+    /// Runs this context's graphs on `other`'s threadpool (`llama_attach_threadpool`), pausing
+    /// its own, so that two contexts used in turn (a target and its draft) do not keep two sets
+    /// of polling threads competing for the cores.
+    ///
+    /// # Safety
+    /// `other` must outlive every use of this context (drop this one first).
+    pub unsafe fn share_threadpool_of(&self, other: &Ctx<'_>) {
+        let Some(theirs) = other.pool else { return };
+        unsafe {
+            if let Some(ours) = self.pool {
+                sys::ggml_threadpool_pause(ours.as_ptr());
+            }
+            sys::llama_attach_threadpool(self.ptr(), theirs.as_ptr(), std::ptr::null_mut());
+        }
+    }
+
+    /// `llama_memory_seq_rm(mem, seq, p0, p1)`: forgets the cells of sequence `seq` at positions
+    /// `p0 <= pos < p1` (`p1 < 0`: to the end). False when llama.cpp cannot (a recurrent
+    /// model's partial removal).
+    pub fn seq_rm(&self, seq: i32, p0: i32, p1: i32) -> bool {
+        let m = self.memory();
+        !m.is_null() && unsafe { sys::llama_memory_seq_rm(m, seq, p0, p1) }
+    }
+
+    /// The greedy choice after the `i`-th token of the last batch (which asked for its logits,
+    /// `llama_get_logits_ith(ctx, i)`): the index of the largest logit, the first one on a tie
+    /// ([`crate::llama::argmax`], what `kiln::llama::generate` picks).
+    pub fn argmax_ith(&self, i: i32) -> Result<Token> {
+        self.with_logits_ith(i, |l| super::argmax(l) as Token)
+    }
+
+    /// A copy of the logits of the `i`-th token of the last batch (`llama_get_logits_ith`).
+    pub fn logits_ith(&self, i: i32) -> Result<Vec<f32>> {
+        self.with_logits_ith(i, <[f32]>::to_vec)
+    }
+
+    fn with_logits_ith<T>(&self, i: i32, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
+        let n_vocab = self.vocab().0 as usize;
+        let p = unsafe { sys::llama_get_logits_ith(self.ptr(), i) };
+        if p.is_null() {
+            bail!("llama.cpp has no logits for batch token {i}");
+        }
+        // Safety: llama.cpp's buffer of n_vocab floats for that token, valid until the next
+        // decode on this context; read here and not kept.
+        Ok(f(unsafe { std::slice::from_raw_parts(p, n_vocab) }))
     }
 
     /// `llama_memory_clear(mem, false)`, as llama-bench between runs.

@@ -259,3 +259,102 @@ pub fn to_csv(results: &[BenchResult]) -> String {
     }
     out
 }
+
+/// `kiln bench TARGET --draft DRAFT`'s table: one row per target and draft, `target | draft |
+/// threads | draft max | tokens | plain t/s | draft t/s | speed-up | acceptance | accepted/step
+/// | same output`, failed pairs below it with their reason, and a line saying what was measured.
+pub fn draft_to_markdown(results: &[crate::runner::bench::draft::DraftResult]) -> String {
+    let header = [
+        "target",
+        "draft",
+        "threads",
+        "draft max",
+        "tokens",
+        "plain t/s",
+        "draft t/s",
+        "speed-up",
+        "acceptance",
+        "accepted/step",
+        "same output",
+    ];
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for r in results {
+        let mut row = vec![
+            file_label(&r.target_filename),
+            file_label(&r.draft_filename),
+        ];
+        if r.error.is_some() {
+            row.extend(std::iter::repeat_n("-".to_string(), 8));
+            row.push("failed".into());
+        } else {
+            row.extend([
+                r.n_threads.to_string(),
+                r.draft_max.to_string(),
+                r.tokens_generated.to_string(),
+                format!("{:.2}", r.plain_ts),
+                format!("{:.2}", r.draft_ts),
+                format!("{:.2}x", r.speedup),
+                format!("{:.1}%", 100.0 * r.acceptance),
+                format!("{:.2}", r.mean_accepted),
+                if r.identical { "yes" } else { "NO" }.into(),
+            ]);
+        }
+        rows.push(row);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<String>| {
+        let cells: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (c, &w))| {
+                if i < 2 {
+                    format!("{c:<w$}")
+                } else {
+                    format!("{c:>w$}")
+                }
+            })
+            .collect();
+        format!("| {} |\n", cells.join(" | "))
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    out += &format!(
+        "|{}|\n",
+        widths
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| if i < 2 {
+                format!(":{}", "-".repeat(w + 1))
+            } else {
+                format!("{}:", "-".repeat(w + 1))
+            })
+            .collect::<Vec<_>>()
+            .join("|")
+    );
+    for r in rows {
+        out += &line(r);
+    }
+    if let Some(r) = results.iter().find(|r| r.error.is_none()) {
+        out += &format!(
+            "\ngreedy generation of {} tokens after each of {} prompts of {} tokens from the \
+             bundled text; t/s: generated tokens / wall time of generation (prompts not timed); \
+             acceptance: accepted / drafted tokens\n",
+            r.n_gen, r.n_prompts, r.prompt_len
+        );
+    }
+    for r in results {
+        if let Some(e) = &r.error {
+            out += &failure_line(&r.target_filename, e);
+            out += "\n";
+        }
+    }
+    out
+}

@@ -13,13 +13,7 @@ use model::{SweepReport, SweepRow};
 use std::fmt::Write;
 use std::path::Path;
 
-/// The file name of a result's path (the whole path when it has none).
-pub(crate) fn file_label(path: &str) -> String {
-    Path::new(path)
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| path.to_string())
-}
+pub(crate) use crate::runner::file_label;
 
 /// A failed file's line below a table: its error, which names the file (its name first when
 /// the error does not).

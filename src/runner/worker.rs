@@ -5,6 +5,7 @@
 //! GGML_ASSERT calls `abort()`, which no Rust code survives) ends only its worker and becomes
 //! that file's error, with llama.cpp's last words.
 
+use crate::runner::bench::draft::{DraftOptions, DraftResult};
 use crate::runner::bench::CRand;
 use crate::runner::{
     bench, eval, BatchedResult, BenchOptions, BenchResult, EvalOptions, EvalResult,
@@ -27,6 +28,16 @@ pub struct MeasureJob {
     /// separate workers draw the tokens one llama-bench process draws. None: unseeded (seed 1).
     #[serde(default)]
     pub rng: Option<CRand>,
+    /// Speculative decoding of `file` (the target) with a draft model.
+    #[serde(default)]
+    pub draft: Option<DraftJob>,
+}
+
+/// `kiln bench TARGET --draft DRAFT`'s part of a job.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DraftJob {
+    pub draft: PathBuf,
+    pub options: DraftOptions,
 }
 
 impl MeasureJob {
@@ -39,6 +50,7 @@ impl MeasureJob {
             batched: None,
             eval: None,
             rng: None,
+            draft: None,
         }
     }
 }
@@ -55,6 +67,9 @@ pub struct Measured {
     /// The token generator after the benchmark (for the next file's job).
     #[serde(default)]
     pub rng: Option<CRand>,
+    /// The speculative-decoding measurement, when the job asked for one.
+    #[serde(default)]
+    pub draft: Option<DraftResult>,
 }
 
 /// Benches and evaluates one file in this process (the bench first, then the batched
@@ -78,6 +93,13 @@ pub fn measure(job: &MeasureJob, progress: &mut dyn FnMut(&str)) -> Measured {
         progress(&format!("batched bench {name}"));
         match bench::run_batched_from(std::slice::from_ref(&job.file), b, &mut |l| progress(l)) {
             Ok(r) => m.batched = r,
+            Err(e) => m.error = Some(format!("{e:#}")),
+        }
+    }
+    if let (Some(d), None) = (&job.draft, &m.error) {
+        progress(&format!("bench {name} with draft {}", d.draft.display()));
+        match bench::draft::run(&job.file, &d.draft, &d.options, &mut |l| progress(l)) {
+            Ok(r) => m.draft = Some(r),
             Err(e) => m.error = Some(format!("{e:#}")),
         }
     }

@@ -57,16 +57,16 @@
 
 pub mod batched;
 mod crand;
+pub mod draft;
 mod matrix;
 mod measure;
 mod memory;
 
-pub use crate::report::bench_table::{to_csv, to_markdown};
 pub use crand::CRand;
 
 use super::{BatchedResult, BenchOptions, BenchResult};
 use crate::llama::raw::{self, Model};
-use crate::report::file_label;
+use crate::runner::file_label;
 use crate::runner::worker::{measure_isolated, MeasureJob};
 use anyhow::{bail, Context, Result};
 use matrix::{check_options, matrix, parse_cache_type};

@@ -55,7 +55,6 @@ mod decode;
 mod kld;
 mod questions;
 
-pub use crate::report::eval_table::to_markdown;
 pub use answers::{answer, is_correct, Answers};
 pub use kld::{
     mean_and_uncertainty, percentile, quantize_log_softmax, record_len, score_token, KldAccum,
