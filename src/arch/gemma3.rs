@@ -3,6 +3,7 @@
 //! layout plus q/k norms, a local rope base for sliding-window layers (five of six), and the
 //! embedding cut to the real vocabulary.
 
+use super::gemma2::Gemma2;
 use super::{base, Family, Hparams};
 use crate::gguf::{Array, Metadata, Value};
 use crate::job::{Job, Transform};
@@ -36,18 +37,13 @@ impl Family for Gemma3 {
             _ => return base::config_default(key),
         })
     }
+    /// Gemma 2's names (post-attention and post-feed-forward norms).
     fn layer_tensor(&self, rest: &str) -> Option<&'static str> {
-        match rest {
-            "post_attention_layernorm.weight" => Some("post_attention_norm.weight"),
-            _ => base::layer_tensor(rest),
-        }
+        Gemma2.layer_tensor(rest)
     }
-    fn transform(&self, t: &SrcTensor, _hp: &Hparams) -> Transform {
-        if t.name.ends_with("norm.weight") {
-            Transform::AddOne
-        } else {
-            Transform::None
-        }
+    /// Gemma 2's +1 on norm weights.
+    fn transform(&self, t: &SrcTensor, hp: &Hparams) -> Transform {
+        Gemma2.transform(t, hp)
     }
     fn extra_hparams(&self, hp: &Hparams, md: &mut Metadata) -> Result<()> {
         if let Some(v) = hp

@@ -59,9 +59,7 @@ impl Default for BenchOptions {
             n_prompt: vec![512],
             n_gen: vec![128],
             repetitions: 5,
-            threads: vec![std::thread::available_parallelism()
-                .map(|n| n.get() as u32)
-                .unwrap_or(4)],
+            threads: vec![default_threads()],
             batch: vec![2048],
             ubatch: vec![512],
             cache_type: vec!["f16".into()],
@@ -230,9 +228,7 @@ impl Default for EvalOptions {
             questions: None,
             n_ctx: 512,
             max_chunks: 0,
-            threads: std::thread::available_parallelism()
-                .map(|n| n.get() as u32)
-                .unwrap_or(4),
+            threads: default_threads(),
             max_answer_tokens: 32,
             cache_dir: None,
             worker: None,
@@ -279,4 +275,11 @@ pub(crate) fn file_label(path: &str) -> String {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.to_string())
+}
+
+/// The runner's default thread count: every core the process may use (4 when unknown).
+pub fn default_threads() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(4)
 }

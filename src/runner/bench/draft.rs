@@ -73,9 +73,7 @@ impl Default for DraftOptions {
             n_gen: 128,
             n_prompts: 4,
             prompt_len: 64,
-            threads: std::thread::available_parallelism()
-                .map(|n| n.get() as u32)
-                .unwrap_or(4),
+            threads: crate::runner::default_threads(),
             n_gpu_layers: 99,
         }
     }
