@@ -25,3 +25,8 @@ for test in ["pp", "tg"]:
     print(f"{test}{p if test=='pp' else n} t={t}: llama-bench median {statistics.median(lb):.1f} (min {min(lb):.1f}, max {max(lb):.1f}); "
           f"kiln median {statistics.median(ki):.1f} (min {min(ki):.1f}, max {max(ki):.1f}); "
           f"kiln/llama-bench: ratio of medians {statistics.median(ki)/statistics.median(lb):.3f}, median of per-round ratios {statistics.median(ratios):.3f}, ratio of bests {max(ki)/max(lb):.3f}")
+    # The README table's row.
+    print(f"| {os.path.basename(F)} | {t} | {test}{p if test=='pp' else n} | "
+          f"{statistics.median(lb):.1f} ({min(lb):.1f}-{max(lb):.1f}) | "
+          f"{statistics.median(ki):.1f} ({min(ki):.1f}-{max(ki):.1f}) | "
+          f"{statistics.median(ki)/statistics.median(lb):.3f} |")

@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# kiln bench against llama.cpp's own llama-bench, same file, same settings, alternating rounds.
+# kiln bench against llama.cpp's own llama-bench, same files, same settings, alternating rounds.
 #
-#   bash benches/llama_bench/run.sh [GGUF] [THREADS] [ROUNDS]
+#   bash benches/llama_bench/run.sh [GGUF...]      (env: THREADS="1 2", ROUNDS=10, REPS=10)
 #
 # llama-bench is built from the llama.cpp source that llama-cpp-sys-2 0.1.161 bundles (the
 # library kiln links) plus llama-bench's source from the llama-cpp-python sdist on PyPI (the
 # crate's copy omits tools/), the way llama.cpp's README says (cmake, Release, defaults: so
 # GGML_NATIVE, ggml's CPU backend compiled for this machine, as kiln's own build now is), in
-# target/llama-bench. REPS sets -r (default 10).
-# Default file: the demo's fixture q8_0 (run the README's demo command first).
+# target/llama-bench. REPS sets -r (default 10), ROUNDS the alternating rounds per file and
+# thread count (default 10), THREADS the thread counts (default "1 2").
+# Default files: the real Gemma 3 270M (benches/gemma3/fetch.sh) requantized to f32 by kiln, then
+# F16, Q8_0, Q4_K_M and Q2_K made from that f32 by kiln, in target/llama-bench/gemma.
+# Prints the CPU and both sides' ggml CPU features, then a markdown table (the README's).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-file=${1:-out/fixture-llama-Q8_0.gguf}
-threads=${2:-1}
-rounds=${3:-10}
+threads=${THREADS:-1 2}
+rounds=${ROUNDS:-10}
 lb=target/llama-bench
 if [ ! -x "$lb/build/bin/llama-bench" ]; then
   src=$(ls -d ~/.cargo/registry/src/*/llama-cpp-sys-2-0.1.161/llama.cpp | head -1)
@@ -33,5 +35,29 @@ if [ ! -x "$lb/build/bin/llama-bench" ]; then
   cmake --build "$lb/build" --target llama-bench -j"$(nproc)" >/dev/null
 fi
 [ -n "${BUILD_ONLY:-}" ] && exit 0
-cargo build --release --quiet
-python3 benches/llama_bench/compare.py "$file" "$threads" "$rounds" "$lb/build/bin/llama-bench" target/release/kiln
+cargo build --release --quiet --bin kiln
+kiln=target/release/kiln
+files=("$@")
+if [ ${#files[@]} -eq 0 ]; then
+  g=$lb/gemma
+  mkdir -p "$g"
+  src=$(bash benches/gemma3/fetch.sh)
+  [ -f "$g/gemma-3-270m-F32.gguf" ] || $kiln quantize -t f32 --allow-requantize "$src" -o "$g/gemma-3-270m-F32.gguf" >/dev/null
+  for t in F16 Q8_0 Q4_K_M Q2_K; do
+    [ -f "$g/gemma-3-270m-$t.gguf" ] || $kiln quantize -t "$t" "$g/gemma-3-270m-F32.gguf" -o "$g/gemma-3-270m-$t.gguf" >/dev/null
+    files+=("$g/gemma-3-270m-$t.gguf")
+  done
+fi
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(date -u +%Y-%m-%d)"
+echo "llama-bench: $("$lb/build/bin/llama-bench" --list-devices 2>/dev/null | head -1 || true)"
+echo "llama-bench build: $(grep -E '^(CMAKE_BUILD_TYPE|GGML_NATIVE|GGML_OPENMP):' "$lb/build/CMakeCache.txt" | tr '\n' ' ')"
+echo "kiln: $($kiln bench -p 0 -n 1 -r 1 -t 1 "${files[0]}" 2>/dev/null | grep -m1 'CPU backend features' || true)"
+echo "settings: -p 512 -n 128 -r ${REPS:-10} -fa 0, $rounds alternating rounds, threads $threads"
+echo
+echo "| file | threads | test | llama-bench t/s, median (min-max) | kiln bench t/s, median (min-max) | kiln / llama-bench |"
+echo "|---|---:|---|---:|---:|---:|"
+for f in "${files[@]}"; do
+  for t in $threads; do
+    python3 benches/llama_bench/compare.py "$f" "$t" "$rounds" "$lb/build/bin/llama-bench" "$kiln" | grep '^|'
+  done
+done
