@@ -169,6 +169,10 @@ pub struct EvalFlags {
     /// Where the reference's logits are cached (default: beside the reference).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
+    /// Perplexity and KL divergence only, as llama-perplexity measures them: no questions
+    /// (the task columns stay empty).
+    #[arg(long, conflicts_with = "questions")]
+    pub no_questions: bool,
 }
 
 impl EvalFlags {
@@ -181,6 +185,11 @@ impl EvalFlags {
             max_chunks: self.chunks,
             threads: threads.unwrap_or(d.threads),
             cache_dir: self.cache_dir.clone(),
+            max_answer_tokens: if self.no_questions {
+                0
+            } else {
+                d.max_answer_tokens
+            },
             ..d
         }
     }
