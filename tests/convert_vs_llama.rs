@@ -569,7 +569,17 @@ fn pure_and_tensor_type_options_match_llama_quantize() {
 fn simple_new_file_types_match_llama_quantize_where_their_rules_fire() {
     let dir = tmp().join("gqa4-8layer");
     let _ = std::fs::remove_dir_all(&dir);
-    crate::common::fixtures::sized_llama_checkpoint(&dir, 256, 512, 8, 8, 2);
+    {
+        use kiln_fixtures::checkpoint::{default_for, write_checkpoint, Arch, FixtureSpec, Vocab};
+        // Qwen3 (hidden 256, FFN 512, 8 query heads on 2 KV heads) with a small vocabulary,
+        // which keeps the embeddings (and the test) small, and an lm_head of its own.
+        let spec = FixtureSpec {
+            layers: 8,
+            tied_embeddings: false,
+            ..default_for(Arch::Qwen3, Vocab::TrainedBpe { size: 1024 })
+        };
+        write_checkpoint(&spec, &dir).unwrap();
+    }
     let f32_file = tmp().join("gqa4-8layer-F32.gguf");
     convert(&dir, FileType::F32, &f32_file);
     let entries = imatrix_for(&f32_file);
