@@ -672,3 +672,39 @@ fn q1_0_on_rows_without_a_fallback_is_refused_like_llama_quantize() {
         "llama.cpp refuses too"
     );
 }
+
+/// GGUFs of the new types are read with kiln's own dequantizers (no ggml): requantizing each
+/// to Q8_0 gives llama-quantize's bytes (which dequantizes with ggml's `to_float`).
+#[test]
+fn requantizing_from_the_simple_new_types_equals_llama_quantize() {
+    use kiln::gguf::TypeId;
+    for src in [
+        FileType::IQ4_XS,
+        FileType::TQ1_0,
+        FileType::TQ2_0,
+        FileType::Q2_0,
+        FileType::Q1_0,
+    ] {
+        let input = tmp().join(format!("requant-src-{}.gguf", src.name()));
+        convert(llama_f32(), src, &input);
+        // The source holds the type kiln reads with its own kernels.
+        let g = GgufFile::open(&input).unwrap();
+        assert!(g
+            .tensors()
+            .iter()
+            .any(|t| t.ty == TypeId::of(src.default_type())));
+        let ours = tmp().join(format!("requant-kiln-{}-Q8_0.gguf", src.name()));
+        let mut o = Options::new(FileType::Q8_0);
+        o.output = Some(ours.clone());
+        o.force = true;
+        o.allow_requantize = true;
+        quantize::execute(&quantize::prepare(&input, &o).unwrap(), true, false).unwrap();
+        let theirs = tmp().join(format!("requant-llama-{}-Q8_0.gguf", src.name()));
+        let ro = kiln::llama::ReferenceOptions {
+            allow_requantize: true,
+            ..Default::default()
+        };
+        kiln::llama::reference_quantize(&input, &theirs, FileType::Q8_0.id(), &ro).unwrap();
+        assert_same(&ours, &theirs, &format!("requantize {src} -> Q8_0"));
+    }
+}
