@@ -14,7 +14,7 @@
 //!   scale searches
 //! - [`iquants`]: the i-quants (non-linear levels, lattice grids), one file each
 //! - [`ternary`]: the ternary formats TQ1_0 and TQ2_0
-//! - [`mxfp4`]: MXFP4 (E8M0 scale, E2M1 codes)
+//! - [`mxfp4`]: the MXFP4 format, E2M1 codes under an E8M0 scale
 //! - [`rows`]: argument checks and the parallel row driver
 //! - [`format`](mod@format): the registry of formats, one line each, which generates [`GgmlType`] (ggml's
 //!   type ids and names) and the dispatch to the formats at run time
