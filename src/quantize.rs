@@ -214,6 +214,19 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
     for (j, c) in jobs.iter_mut().zip(choices) {
         j.out_type = c.ty;
         j.fallback_from = c.fallback_from;
+        if j.out_type != j.input_type && j.out_type.row_bytes(j.dims[0]).is_none() {
+            // llama.cpp: "no tensor type fallback is defined for type q1_0" (or an abort, for
+            // an explicit --output-tensor-type that does not fit).
+            let (bw, _) = j.out_type.block().unwrap_or((1, 0));
+            bail!(
+                "{}: tensor {} has rows of {} weights, not a multiple of {}'s block of {bw}, and llama.cpp defines no fallback type for {} (llama-quantize refuses it too)",
+                input_path.display(),
+                j.name,
+                j.dims[0],
+                j.out_type.label(),
+                j.out_type.label()
+            );
+        }
         if j.out_type != j.input_type && !opts.allow_requantize {
             if let Some(k) = j.input_type.kiln().filter(|k| k.is_quantized()) {
                 bail!(

@@ -331,3 +331,49 @@ fn sweep_with_a_draft_measures_each_variant_with_it() {
         );
     }
 }
+
+/// The new types go through a sweep like any other: converted in the one pass, benched and
+/// evaluated by llama.cpp, rows in precision order.
+#[test]
+fn sweep_measures_the_simple_new_types() {
+    let (base, ck) = fixture("sweep-new-types");
+    let types = vec![
+        FileType::Q1_0,
+        FileType::IQ4_XS,
+        FileType::Q8_0,
+        FileType::TQ1_0,
+        FileType::MXFP4_MOE,
+        FileType::IQ4_NL,
+        FileType::Q2_0,
+        FileType::TQ2_0,
+    ];
+    let opts = quick(types, &base, (16, 4, 1, 1));
+    let rep = sweep::run(&ck, &opts, &mut |_| {}).unwrap();
+    assert_eq!(rep.reference, "Q8_0");
+    let names: Vec<&str> = rep.rows.iter().map(|r| r.r#type.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "Q8_0",
+            "IQ4_NL",
+            "IQ4_XS",
+            "MXFP4_MOE",
+            "Q2_0",
+            "TQ2_0",
+            "TQ1_0",
+            "Q1_0"
+        ]
+    );
+    for r in &rep.rows {
+        assert!(r.error.is_none(), "{}: {:?}", r.r#type, r.error);
+        assert_eq!(r.bench.len(), 2, "{}: pp and tg", r.r#type);
+        assert!(r.bench.iter().all(|b| b.avg_ts > 0.0), "{}", r.r#type);
+        let e = r.eval.as_ref().unwrap();
+        assert!(
+            e.ppl > 1.0 && e.ppl.is_finite(),
+            "{}: ppl {}",
+            r.r#type,
+            e.ppl
+        );
+    }
+}
