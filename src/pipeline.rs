@@ -6,7 +6,7 @@
 
 use crate::gguf::writer::{GgufWriter, TensorEntry};
 use crate::gguf::Metadata;
-use crate::job::{Job, TensorSource};
+use crate::job::{Job, TensorSource, Transform};
 use crate::source::Source;
 use anyhow::{anyhow, bail, Context, Result};
 use kiln_kernels::{GgmlType, KernelError};
@@ -194,6 +194,10 @@ pub fn run_many(
 /// parentheses when it differs, and the input row of output row `row` (Llama's q/k rows are
 /// permuted on the way).
 fn origin(input: &dyn Source, job: &Job, row: usize) -> (String, usize) {
+    if let Some((piece, src_row)) = job.source.gathered_row(row) {
+        let (file, name) = input.describe(piece.index);
+        return (format!("{file}: tensor {name} ({})", job.name), src_row);
+    }
     let TensorSource::Input { index, transform } = &job.source else {
         return (format!("tensor {}", job.name), row);
     };
@@ -221,6 +225,28 @@ fn read_rows(
         TensorSource::Values(v) => {
             let n = out.len();
             out.copy_from_slice(&v[first * n_per_row..first * n_per_row + n]);
+            Ok(())
+        }
+        TensorSource::Gather(_) => {
+            // Piece by piece: each run of rows from one input tensor is one read.
+            let mut done = 0;
+            let n_rows = out.len() / n_per_row;
+            while done < n_rows {
+                let (piece, src_row) = src
+                    .gathered_row(first + done)
+                    .context("internal: gathered rows past the pieces")?;
+                let left_in_piece = piece.first_row + piece.n_rows - src_row;
+                let n = left_in_piece.min(n_rows - done);
+                input.read_rows(
+                    piece.index,
+                    Transform::None,
+                    n_per_row,
+                    src_row,
+                    &mut out[done * n_per_row..(done + n) * n_per_row],
+                )?;
+                input.release_rows(piece.index, n_per_row, src_row, n);
+                done += n;
+            }
             Ok(())
         }
     }
@@ -347,8 +373,8 @@ fn produce(
             }
             first += n;
         }
-        if let TensorSource::Input { index, .. } = &job0.source {
-            input.release(*index);
+        for index in job0.source.inputs() {
+            input.release(index);
         }
         for k in 0..outputs.len() {
             send(k, Chunk::End)?;

@@ -138,6 +138,7 @@ fn facts_from_gguf(md: &Metadata, path: &Path) -> Result<ModelFacts> {
     let n_head_kv = int("attention.head_count_kv").unwrap_or(n_head);
     Ok(ModelFacts {
         is_70b: crate::arch::is_70b(&arch, n_layer, n_head, n_head_kv),
+        n_expert: int("expert_count").unwrap_or(0),
         arch,
         n_layer,
         n_head,
