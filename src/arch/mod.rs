@@ -393,14 +393,13 @@ pub fn prepare(ck: &Checkpoint, ftype: FileType) -> Result<Converted> {
     if !jobs.iter().any(|j| j.name == "token_embd.weight") {
         bail!("{}: no model.embed_tokens.weight tensor", ck.dir.display());
     }
-    let n_params: u64 = jobs.iter().map(|j| j.n_elements()).sum();
     if md.get("general.size_label").is_none() {
         // Placed after general.name, where gguf-py writes it.
         let mut with_label = Metadata::new();
         for (k, v) in md.iter() {
             with_label.set(k, v.clone());
             if k == "general.name" {
-                with_label.set("general.size_label", Value::Str(size_label(n_params)));
+                with_label.set("general.size_label", Value::Str(size_label_of(&jobs)));
             }
         }
         md = with_label;
@@ -422,6 +421,40 @@ pub fn prepare(ck: &Checkpoint, ftype: FileType) -> Result<Converted> {
         facts,
         notes,
     })
+}
+
+/// gguf-py's size label of a model's tensors (`get_total_parameter_count` and `size_label`):
+/// the parameter count ("494M"), or for experts `{n_expert}x{shared + one expert's}`
+/// ("128x3.3B"), the expert count averaged over the `_exps.` tensors.
+fn size_label_of(jobs: &[Job]) -> String {
+    let (mut total, mut shared, mut expert) = (0u64, 0u64, 0u64);
+    let (mut expert_sum, mut n_expert_tensors) = (0u64, 0u64);
+    for j in jobs {
+        let size = j.n_elements();
+        total += size;
+        if j.name.contains("_exps.") && j.dims.len() >= 3 {
+            let count = if j.name.contains(".bias") {
+                j.dims[1]
+            } else {
+                j.dims[2]
+            }
+            .max(1);
+            expert += size / count;
+            expert_sum += count;
+            n_expert_tensors += 1;
+        } else {
+            shared += size;
+        }
+    }
+    if n_expert_tensors > 0 {
+        format!(
+            "{}x{}",
+            expert_sum / n_expert_tensors,
+            size_label(shared + expert)
+        )
+    } else {
+        size_label(total)
+    }
 }
 
 /// The type convert_hf_to_gguf.py gives a tensor before llama-quantize sees it: F32 for 1-D
