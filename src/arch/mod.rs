@@ -446,14 +446,9 @@ fn size_label_of(jobs: &[Job]) -> String {
             shared += size;
         }
     }
-    if n_expert_tensors > 0 {
-        format!(
-            "{}x{}",
-            expert_sum / n_expert_tensors,
-            size_label(shared + expert)
-        )
-    } else {
-        size_label(total)
+    match expert_sum.checked_div(n_expert_tensors) {
+        Some(n_expert) => format!("{n_expert}x{}", size_label(shared + expert)),
+        None => size_label(total),
     }
 }
 
