@@ -359,8 +359,39 @@ fn produce(
                     }
                     Step::Quantize { ty, row_bytes, qw } => {
                         let mut dst = vec![0u8; n * row_bytes];
-                        ty.quantize(&f32_buf[..n * n_per_row], n_per_row, qw, &mut dst)
-                            .map_err(|e| kernel_error(input, &outputs[k].jobs[i], ty, first, e))?;
+                        // Importance data with one row per expert (a 3-D tensor's ne[2]
+                        // experts of ne[1] rows each): each expert's rows use its own row, as
+                        // llama.cpp's quantizer does; the runs never cross an expert.
+                        let n_expert = job0.dims.get(2).copied().unwrap_or(1) as usize;
+                        let per_expert =
+                            qw.is_some_and(|q| n_expert > 1 && q.len() == n_per_row * n_expert);
+                        let rows_per_expert = if per_expert {
+                            job0.dims[1] as usize
+                        } else {
+                            n_rows.max(1)
+                        };
+                        let mut done = 0;
+                        while done < n {
+                            let row = first + done;
+                            let run = (rows_per_expert - row % rows_per_expert).min(n - done);
+                            let qw_run = match qw {
+                                Some(q) if per_expert => {
+                                    let e = row / rows_per_expert;
+                                    Some(&q[e * n_per_row..(e + 1) * n_per_row])
+                                }
+                                other => other,
+                            };
+                            ty.quantize(
+                                &f32_buf[done * n_per_row..(done + run) * n_per_row],
+                                n_per_row,
+                                qw_run,
+                                &mut dst[done * row_bytes..(done + run) * row_bytes],
+                            )
+                            .map_err(|e| {
+                                kernel_error(input, &outputs[k].jobs[i], ty, first + done, e)
+                            })?;
+                            done += run;
+                        }
                         dst
                     }
                 };

@@ -467,3 +467,133 @@ fn configs_that_disagree_with_the_experts_are_errors_before_any_output() {
         "an expert past num_experts",
     );
 }
+
+// ---- importance matrices with one row per expert ----
+
+/// A GGUF imatrix (llama-imatrix's format) whose weights are `entries`' values, each tensor's
+/// rows (one per expert for 3-D tensors) with its own call count, powers of two so that
+/// sum / count is exact.
+fn write_gguf_imatrix(path: &Path, entries: &[(String, Vec<f32>, usize)]) {
+    use kiln::gguf::writer::{GgufWriter, TensorEntry};
+    use kiln::gguf::{Metadata, TypeId};
+    let f32t = TypeId::of(kiln::kernels::GgmlType::F32);
+    let mut md = Metadata::new();
+    md.set_str("general.type", "imatrix");
+    let mut list = Vec::new();
+    for (name, v, n_expert) in entries {
+        list.push(TensorEntry {
+            name: format!("{name}.in_sum2"),
+            dims: vec![(v.len() / n_expert) as u64, *n_expert as u64],
+            ty: f32t,
+            bytes: 4 * v.len() as u64,
+        });
+        list.push(TensorEntry {
+            name: format!("{name}.counts"),
+            dims: vec![1, *n_expert as u64],
+            ty: f32t,
+            bytes: 4 * *n_expert as u64,
+        });
+    }
+    let mut w = GgufWriter::create(path, true, &md, list).unwrap();
+    for (_, v, n_expert) in entries {
+        let ne0 = v.len() / n_expert;
+        let count = |e: usize| (2u32 << (e % 4)) as f32;
+        let sums: Vec<u8> = v
+            .iter()
+            .enumerate()
+            .flat_map(|(i, x)| (x * count(i / ne0)).to_le_bytes())
+            .collect();
+        w.write(&sums).unwrap();
+        w.end_tensor().unwrap();
+        let counts: Vec<u8> = (0..*n_expert)
+            .flat_map(|e| count(e).to_le_bytes())
+            .collect();
+        w.write(&counts).unwrap();
+        w.end_tensor().unwrap();
+    }
+    w.finish().unwrap();
+}
+
+#[test]
+fn per_expert_importance_matrices_quantize_like_llama_quantize() {
+    let d = tmp("imatrix");
+    let ck = d.join("ck");
+    write_checkpoint(&qwen3moe(), &ck).unwrap();
+    let f32_file = d.join("f32.gguf");
+    convert(&ck, FileType::F32, &f32_file);
+    // One row of weights per expert for the stacked tensors, each expert's its own.
+    let g = GgufFile::open(&f32_file).unwrap();
+    let mut rng = kiln_fixtures::synth::SplitMix64(15);
+    let entries: Vec<(String, Vec<f32>, usize)> = g
+        .tensors()
+        .iter()
+        .filter(|t| t.dims.len() >= 2 && t.name != "token_embd.weight")
+        .map(|t| {
+            let n_expert = t.dims.get(2).copied().unwrap_or(1) as usize;
+            let v = (0..t.dims[0] as usize * n_expert)
+                .map(|_| (rng.uniform() * 4.0).powi(2) + 1e-3)
+                .collect();
+            (t.name.clone(), v, n_expert)
+        })
+        .collect();
+    assert!(entries.iter().any(|e| e.2 == 4));
+    let imatrix = d.join("imatrix.gguf");
+    write_gguf_imatrix(&imatrix, &entries);
+    let ro = kiln::llama::ReferenceOptions {
+        imatrix: Some(entries.iter().map(|e| (e.0.clone(), e.1.clone())).collect()),
+        ..Default::default()
+    };
+    for ftype in [FileType::Q4_K_M, FileType::Q2_K, FileType::Q4_0] {
+        let theirs = d.join(format!("llama-{ftype}.gguf"));
+        kiln::llama::reference_quantize(&f32_file, &theirs, ftype.id(), &ro).unwrap();
+        let ours = d.join(format!("kiln-{ftype}.gguf"));
+        let mut o = kiln::quantize::Options::new(ftype);
+        o.output = Some(ours.clone());
+        o.force = true;
+        o.imatrix = Some(imatrix.clone());
+        let p = kiln::quantize::prepare(&f32_file, &o).unwrap();
+        kiln::quantize::execute(&p, true, false).unwrap();
+        let (a, b) = (tensors(&ours), tensors(&theirs));
+        assert_eq!(a.len(), b.len(), "{ftype}");
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!((&x.0, &x.1, &x.2), (&y.0, &y.1, &y.2), "{ftype}");
+            assert!(x.3 == y.3, "{ftype}: bytes of {} ({})", x.0, x.2);
+        }
+        // The importance data changed the experts' bytes.
+        let plain = d.join(format!("plain-{ftype}.gguf"));
+        convert(&f32_file, ftype, &plain);
+        let p = tensors(&plain);
+        let exps = |v: &[(String, Vec<u64>, String, Vec<u8>)]| {
+            v.iter()
+                .find(|t| t.0 == "blk.1.ffn_up_exps.weight")
+                .unwrap()
+                .3
+                .clone()
+        };
+        assert!(exps(&a) != exps(&p), "{ftype}: imatrix had no effect");
+    }
+    // Importance rows for 3 experts of a 4-expert tensor: refused, naming both counts.
+    let short: Vec<(String, Vec<f32>, usize)> = entries
+        .iter()
+        .map(|(n, v, e)| {
+            if *e == 4 {
+                (n.clone(), v[..v.len() / 4 * 3].to_vec(), 3)
+            } else {
+                (n.clone(), v.clone(), *e)
+            }
+        })
+        .collect();
+    let bad = d.join("imatrix-3.gguf");
+    write_gguf_imatrix(&bad, &short);
+    let mut o = kiln::quantize::Options::new(FileType::Q4_K_M);
+    o.output = Some(d.join("never.gguf"));
+    o.imatrix = Some(bad);
+    let e = kiln::quantize::prepare(&f32_file, &o)
+        .err()
+        .expect("refused");
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("in each of 4 experts") && e.contains("another model"),
+        "{e}"
+    );
+}
