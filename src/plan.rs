@@ -1,6 +1,8 @@
 //! The per-tensor type plan: for a file type such as Q4_K_M, the ggml type of every tensor,
 //! chosen exactly as llama.cpp's `llama_tensor_get_type` (src/llama-quant.cpp) chooses it for
-//! the dense decoder architectures kiln converts.
+//! the decoder architectures kiln converts, dense and mixture-of-experts (3-D `ffn_*_exps`
+//! tensors are quantized row by row like 2-D ones; the rules for 8-expert models and the
+//! layer of an expert tensor taken from its name are llama.cpp's).
 
 use crate::gguf::TypeId;
 use anyhow::{bail, Result};
@@ -147,6 +149,9 @@ pub struct ModelFacts {
     /// llama.cpp's LLM_TYPE_70B (the only model size the mixes look at), as the family decides
     /// it (see `arch::Family::is_70b`).
     pub is_70b: bool,
+    /// `<arch>.expert_count` (0 for dense models): the mixes treat 8-expert models specially
+    /// and find an expert tensor's layer by its name.
+    pub n_expert: u32,
 }
 
 impl ModelFacts {
@@ -251,6 +256,11 @@ pub fn llama_order(a: &str, b: &str) -> std::cmp::Ordering {
             .unwrap_or(-1)
     }
     layer(a).cmp(&layer(b)).then_with(|| a.cmp(b))
+}
+
+/// The N of a `blk.N.` name.
+fn block_of(name: &str) -> Option<i64> {
+    name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
 }
 
 fn use_more_bits(i_layer: i64, n_layers: i64) -> bool {
@@ -410,6 +420,10 @@ fn mix_type(
                 new_type = G::Q4_K;
             }
         }
+        Category::AttnK if model.n_expert == 8 => {
+            // "for the 8-expert model, bumping this to Q8_0 trades just ~128MB"
+            new_type = G::Q8_0;
+        }
         Category::AttnV => {
             match ftype {
                 F::Q2_K => new_type = if model.n_gqa() >= 4 { G::Q4_K } else { G::Q3_K },
@@ -431,10 +445,19 @@ fn mix_type(
             if model.is_70b && (new_type == G::Q3_K || new_type == G::Q4_K) {
                 new_type = G::Q5_K;
             }
+            if model.n_expert == 8 {
+                new_type = G::Q8_0;
+            }
             *i_attention_wv += 1;
         }
         Category::FfnDown => {
-            let i_layer = *i_ffn_down;
+            // With experts, llama.cpp reads the layer from the name (`blk.N.`): Mixtral's
+            // expert tensors were not always in layer order.
+            let i_layer = if model.n_expert > 1 {
+                block_of(&t.name).unwrap_or(*i_ffn_down)
+            } else {
+                *i_ffn_down
+            };
             match ftype {
                 F::Q2_K => new_type = G::Q3_K,
                 F::Q3_K_M => {
@@ -457,6 +480,14 @@ fn mix_type(
                 _ => {}
             }
             *i_ffn_down += 1;
+        }
+        Category::AttnOutput if model.n_expert == 8 => {
+            if matches!(
+                ftype,
+                F::Q2_K | F::Q3_K_S | F::Q3_K_M | F::Q4_K_S | F::Q4_K_M
+            ) {
+                new_type = G::Q5_K;
+            }
         }
         Category::AttnOutput => match ftype {
             F::Q2_K => new_type = G::Q3_K,

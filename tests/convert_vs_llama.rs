@@ -383,6 +383,24 @@ fn gemma3_matches_reference_and_llama_quantize() {
     );
 }
 
+#[test]
+fn qwen3moe_matches_reference_and_llama_quantize() {
+    use kiln_fixtures::checkpoint::{default_for, Arch, Vocab};
+    check_arch(
+        "qwen3moe",
+        default_for(Arch::Qwen3Moe, Vocab::TrainedBpe { size: 1024 }),
+    );
+}
+
+#[test]
+fn mixtral_matches_reference_and_llama_quantize() {
+    use kiln_fixtures::checkpoint::{default_for, Arch, Vocab};
+    check_arch(
+        "mixtral",
+        default_for(Arch::Mixtral, Vocab::LlamaSpm(tokenizer_model())),
+    );
+}
+
 /// Importance data for every matrix of the Llama fixture, deterministic.
 fn fixture_imatrix() -> Vec<(String, Vec<f32>)> {
     imatrix_for(llama_f32())
