@@ -4,12 +4,12 @@
 //! variant, ggml's type id, ggml's name, the block size in weights and bytes, and the type
 //! implementing [`BlockFormat`]. It generates [`GgmlType`], [`GgmlType::ALL`], the names, the
 //! id lookup and every run-time dispatch; the sizes are checked against the format's own at
-//! compile time. Adding a format is its file (declared in `legacy/mod.rs` or `kquants/mod.rs`)
+//! compile time. Adding a format is its file (declared in `legacy/mod.rs`, `kquants/mod.rs` or `iquants/mod.rs`)
 //! and one line here.
 
 use crate::rows::{dequantize, quantize, KernelError};
 use crate::BlockFormat;
-use crate::{float, kquants, legacy};
+use crate::{float, iquants, kquants, legacy};
 use std::fmt;
 
 /// Generates [`GgmlType`] and its dispatching methods from the table of formats.
@@ -123,6 +123,8 @@ formats! {
     Q4_0 = 2,  "q4_0", 32 x 18,   legacy::Q4_0;
     Q4_K = 12, "q4_K", 256 x 144, kquants::Q4K;
     Q3_K = 11, "q3_K", 256 x 110, kquants::Q3K;
+    IQ3_S = 21, "iq3_s", 256 x 110, iquants::Iq3S;
+    IQ3_XXS = 18, "iq3_xxs", 256 x 98, iquants::Iq3Xxs;
     Q2_K = 10, "q2_K", 256 x 84,  kquants::Q2K;
 }
 

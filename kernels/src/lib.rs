@@ -11,6 +11,8 @@
 //! - [`legacy`]: the 32-weight block formats Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, one file each
 //! - [`kquants`]: the 256-weight super-block formats Q2_K .. Q6_K, one file each, and their
 //!   scale searches
+//! - [`iquants`]: the 256-weight lattice formats (IQ3_XXS, IQ3_S), one file each, and
+//!   their grids
 //! - [`rows`]: argument checks and the parallel row driver
 //! - [`format`](mod@format): the registry of formats, one line each, which generates [`GgmlType`] (ggml's
 //!   type ids and names) and the dispatch to the formats at run time
@@ -25,6 +27,7 @@
 pub mod float;
 pub mod format;
 pub mod fp;
+pub mod iquants;
 pub mod kquants;
 pub mod legacy;
 pub mod rows;
