@@ -115,8 +115,8 @@ fn quantize_block(x: &[f32], y: &mut BlockIq3S, qw: Option<&[f32]>) -> bool {
         qs_at += 8;
         y.signs[signs_at..signs_at + 4].copy_from_slice(&block_signs);
         signs_at += 4;
-        if !(scale >= 0.0) {
-            return false; // NaN: ggml's GGML_ASSERT(scale >= 0) aborts
+        if scale.is_nan() {
+            return false; // after the flip only NaN fails ggml's GGML_ASSERT(scale >= 0), which aborts
         }
         scales[ib] = scale;
         max_scale = c_max(max_scale, scale);

@@ -127,8 +127,8 @@ fn quantize_block(x: &[f32], y: &mut BlockIq3Xxs, qw: Option<&[f32]>) -> bool {
             | (block_signs[1] as u32) << 7
             | (block_signs[2] as u32) << 14
             | (block_signs[3] as u32) << 21;
-        if !(scale >= 0.0) {
-            return false; // NaN: ggml's GGML_ASSERT(scale >= 0) aborts
+        if scale.is_nan() {
+            return false; // after the flip only NaN fails ggml's GGML_ASSERT(scale >= 0), which aborts
         }
         scales[ib] = scale;
         max_scale = c_max(max_scale, scale);
