@@ -6,7 +6,6 @@
 use crate::gguf::writer::TensorEntry;
 use crate::gguf::TypeId;
 use anyhow::{Context, Result};
-use kiln_kernels::GgmlType;
 
 /// What is done to a source tensor on the way (the edits convert_hf_to_gguf.py makes).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -106,7 +105,7 @@ pub struct Job {
     pub input_type: TypeId,
     /// Its type in the output.
     pub out_type: TypeId,
-    pub fallback_from: Option<GgmlType>,
+    pub fallback_from: Option<TypeId>,
     pub source: TensorSource,
 }
 

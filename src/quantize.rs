@@ -27,6 +27,10 @@ pub struct Options {
     pub leave_output_tensor: bool,
     /// Write kiln's integrity check (see [`crate::gguf::checksum`]).
     pub checksum: bool,
+    /// Only the plan is wanted (`--dry-run`): what would refuse the conversion (a type kiln does
+    /// not write, a missing importance matrix) becomes a note, as llama-quantize's dry run
+    /// warns instead of failing.
+    pub dry_run: bool,
 }
 
 impl Options {
@@ -42,6 +46,7 @@ impl Options {
             token_embedding_type: None,
             leave_output_tensor: false,
             checksum: true,
+            dry_run: false,
         }
     }
 }
@@ -246,6 +251,12 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
             }
         }
     }
+    let problems = refusals(&jobs, opts.ftype, imatrix.as_ref());
+    if opts.dry_run {
+        notes.extend(problems.iter().map(|p| format!("warning: {p}")));
+    } else if !problems.is_empty() {
+        bail!("{}: {}", input_path.display(), problems.join("; "));
+    }
     if let Some(m) = &imatrix {
         for j in &jobs {
             let Some(v) = m.get(&j.name) else { continue };
@@ -311,6 +322,44 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
     })
 }
 
+/// What makes a planned conversion impossible, checked before any work: a tensor whose chosen
+/// type kiln does not write yet, and llama.cpp's refusal of the lowest-bit types without
+/// importance data (`tensor_requires_imatrix`: with no --imatrix, or an imatrix without an entry
+/// for that tensor).
+fn refusals(jobs: &[Job], ftype: FileType, imatrix: Option<&Imatrix>) -> Vec<String> {
+    let mut out = Vec::new();
+    let changed = |j: &&Job| j.out_type != j.input_type;
+    if let Some(j) = jobs
+        .iter()
+        .filter(changed)
+        .find(|j| j.out_type.kiln().is_none())
+    {
+        out.push(format!(
+            "{ftype} puts tensor {} in {}, a type kiln does not write yet",
+            j.name,
+            j.out_type.label()
+        ));
+    }
+    if let Some(j) = jobs.iter().filter(changed).find(|j| {
+        plan::requires_imatrix(&j.name, j.out_type, ftype)
+            && imatrix.is_none_or(|m| m.get(&j.name).is_none())
+    }) {
+        out.push(match imatrix {
+            None => format!(
+                "{ftype} requires an importance matrix (as llama.cpp does: tensor {} would be {}); pass --imatrix FILE",
+                j.name,
+                j.out_type.label()
+            ),
+            Some(_) => format!(
+                "the importance matrix has no entry for tensor {}, which {ftype} makes {} (llama.cpp refuses such a very low-bit quantization without one)",
+                j.name,
+                j.out_type.label()
+            ),
+        });
+    }
+    out
+}
+
 /// Writes a prepared conversion.
 pub fn execute(p: &Prepared, force: bool, progress: bool) -> Result<Summary> {
     pipeline::run(
@@ -351,7 +400,7 @@ pub fn describe(p: &Prepared) -> Result<String> {
     for j in &p.jobs {
         let fb = j
             .fallback_from
-            .map(|f| format!(" (fallback from {f})"))
+            .map(|f| format!(" (fallback from {})", f.label()))
             .unwrap_or_default();
         writeln!(
             s,

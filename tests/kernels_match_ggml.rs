@@ -236,13 +236,157 @@ fn overflowing_scales_are_refused_exactly_where_ggml_output_is_invalid() {
                 .iter()
                 .map(|v| v * magnitude)
                 .collect();
-            let ggml_ok = ggml::validate_row_data(ty, &ggml::quantize(ty, &x, 256, None));
+            let ggml_ok = if ggml_may_abort(ty) {
+                ggml_in_child(ty, magnitude, false)
+            } else {
+                Some(ggml::validate_row_data(
+                    ty,
+                    &ggml::quantize(ty, &x, 256, None),
+                ))
+            };
             let mut out = vec![0u8; 2 * ty.row_bytes(256).unwrap()];
             let kiln = ty.quantize(&x, 256, None, &mut out);
             match (&kiln, ggml_ok) {
-                (Ok(_), true) | (Err(KernelError::Overflow { .. }), false) => {}
-                _ => panic!("{ty} at {magnitude:e}: kiln {kiln:?}, ggml output valid: {ggml_ok}"),
+                (Ok(_), Some(true)) | (Err(KernelError::Overflow { .. }), Some(false) | None) => {}
+                _ => panic!("{ty} at {magnitude:e}: kiln {kiln:?}, ggml output valid: {ggml_ok:?}"),
             }
+            if ggml_may_abort(ty) {
+                // The same with importance weights (the i-quants' other path).
+                let qw = importance(256, 3, false);
+                let kiln = ty.quantize(&x, 256, Some(&qw), &mut out);
+                match (&kiln, ggml_in_child(ty, magnitude, true)) {
+                    (Ok(_), Some(true))
+                    | (Err(KernelError::Overflow { .. }), Some(false) | None) => {}
+                    (_, ggml) => panic!(
+                        "{ty} at {magnitude:e} with imatrix: kiln {kiln:?}, ggml output valid: {ggml:?}"
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// The i-quants' searches abort the process (`GGML_ASSERT(grid_index >= 0)`) on weights so large
+/// that their errors overflow; ggml runs those in a child process.
+fn ggml_may_abort(ty: GgmlType) -> bool {
+    ty.name().starts_with("iq")
+}
+
+/// The overflow test's input for `ty` at `magnitude` quantized by ggml in a child process (this
+/// binary running [`ggml_quantize_in_child`]): whether ggml's output passes its validation, or
+/// `None` when ggml aborted.
+fn ggml_in_child(ty: GgmlType, magnitude: f32, imatrix: bool) -> Option<bool> {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "kernels_match_ggml::ggml_quantize_in_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("GGML_NO_BACKTRACE", "1")
+        .env(
+            "KILN_GGML_CHILD",
+            format!("{} {magnitude:e} {imatrix}", ty as u32),
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("GGML_ASSERT"),
+            "{ty}: the child failed without a ggml assertion"
+        );
+        return None;
+    }
+    if stdout.contains("ggml-valid=true") {
+        Some(true)
+    } else {
+        assert!(stdout.contains("ggml-valid=false"), "child said: {stdout}");
+        Some(false)
+    }
+}
+
+/// The child side of [`ggml_in_child`] (does nothing in a normal test run).
+#[test]
+fn ggml_quantize_in_child() {
+    let Ok(spec) = std::env::var("KILN_GGML_CHILD") else {
+        return;
+    };
+    let mut it = spec.split(' ');
+    let ty = GgmlType::from_id(it.next().unwrap().parse().unwrap()).unwrap();
+    let magnitude: f32 = it.next().unwrap().parse().unwrap();
+    let imatrix = it.next() == Some("true");
+    let x: Vec<f32> = Case::Weights
+        .generate(2, 256, 3)
+        .iter()
+        .map(|v| v * magnitude)
+        .collect();
+    let qw = imatrix.then(|| importance(256, 3, false));
+    let q = ggml::quantize(ty, &x, 256, qw.as_deref());
+    println!("ggml-valid={}", ggml::validate_row_data(ty, &q));
+}
+
+/// The IQ3 grid tables and sign table kiln ships (data files extracted from ggml-common.h)
+/// are ggml's: crafted blocks that put every grid point and every sign pattern through ggml's
+/// dequantizer give the tables' values, and kiln's dequantizer agrees.
+#[test]
+fn iq3_grid_tables_are_ggmls() {
+    use kiln::kernels::iquants::grid3::{IQ3S_GRID, IQ3XXS_GRID, KSIGNS};
+    // IQ3_XXS: d = 2, scale nibble 0, so each weight is 0.5 * grid value; 64 groups per block.
+    let mut bytes = Vec::new();
+    for blk in 0..4 {
+        bytes.extend(0x4000u16.to_le_bytes()); // f16 2.0
+        bytes.extend((0..64).map(|g| (blk * 64 + g) as u8));
+        bytes.extend([0u8; 32]); // no signs, scale 0
+    }
+    let y = ggml::dequantize(GgmlType::IQ3_XXS, &bytes);
+    for (k, p) in IQ3XXS_GRID.iter().enumerate() {
+        for i in 0..4 {
+            assert_eq!(y[4 * k + i] * 2.0, p[i] as f32, "iq3xxs_grid[{k}]");
+        }
+    }
+    let mut mine = vec![0f32; y.len()];
+    GgmlType::IQ3_XXS
+        .dequantize(&bytes, 256, &mut mine)
+        .unwrap();
+    assert_eq!(bitwise_differences(&mine, &y), 0);
+
+    // IQ3_S: d = 1, scale nibble 0 (factor 1), grid index 256*hi + qs; 64 groups per block.
+    let mut bytes = Vec::new();
+    for blk in 0..8 {
+        bytes.extend(0x3c00u16.to_le_bytes()); // f16 1.0
+        bytes.extend((0..64).map(|g| ((blk * 64 + g) % 256) as u8));
+        bytes.extend([if blk >= 4 { 0xffu8 } else { 0 }; 8]); // ninth index bit
+        bytes.extend([0u8; 32 + 4]); // no signs, scales 0
+    }
+    let y = ggml::dequantize(GgmlType::IQ3_S, &bytes);
+    for (k, p) in IQ3S_GRID.iter().enumerate() {
+        for i in 0..4 {
+            assert_eq!(y[4 * k + i], p[i] as f32, "iq3s_grid[{k}]");
+        }
+    }
+    let mut mine = vec![0f32; y.len()];
+    GgmlType::IQ3_S.dequantize(&bytes, 256, &mut mine).unwrap();
+    assert_eq!(bitwise_differences(&mine, &y), 0);
+
+    // Signs: IQ3_XXS sign index s (7 bits) in every slot, grid point 0 (all 4s); ggml's
+    // ksigns_iq2xs[s] says which of the 8 weights are negative.
+    for s in 0..128u32 {
+        let mut block = vec![0u8; 98];
+        block[..2].copy_from_slice(&0x4000u16.to_le_bytes());
+        let packed = s | s << 7 | s << 14 | s << 21;
+        for ib in 0..8 {
+            block[66 + 4 * ib..70 + 4 * ib].copy_from_slice(&packed.to_le_bytes());
+        }
+        let y = ggml::dequantize(GgmlType::IQ3_XXS, &block);
+        for (j, v) in y.iter().enumerate() {
+            let negative = KSIGNS[s as usize] & (1 << (j % 8)) != 0;
+            assert_eq!(
+                *v,
+                if negative { -2.0 } else { 2.0 },
+                "ksigns[{s}] weight {j}"
+            );
         }
     }
 }

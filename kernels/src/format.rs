@@ -127,6 +127,8 @@ formats! {
     MXFP4 = 39, "mxfp4", 32 x 17, mxfp4::Mxfp4;
     IQ4_XS = 23, "iq4_xs", 256 x 136, iquants::IQ4XS;
     Q3_K = 11, "q3_K", 256 x 110, kquants::Q3K;
+    IQ3_S = 21, "iq3_s", 256 x 110, iquants::Iq3S;
+    IQ3_XXS = 18, "iq3_xxs", 256 x 98, iquants::Iq3Xxs;
     Q2_K = 10, "q2_K", 256 x 84,  kquants::Q2K;
     Q2_0 = 42, "q2_0", 64 x 18,   legacy::Q2_0;
     TQ2_0 = 35, "tq2_0", 256 x 66, ternary::TQ2_0;

@@ -12,7 +12,8 @@
 //!   (and Q1_0, Q2_0, of the same simple shape with 128- and 64-weight blocks)
 //! - [`kquants`]: the 256-weight super-block formats Q2_K .. Q6_K, one file each, and their
 //!   scale searches
-//! - [`iquants`]: the i-quants (non-linear levels, lattice grids), one file each
+//! - [`iquants`]: the i-quants (non-linear levels: IQ4_NL, IQ4_XS; lattice grids, kept as data
+//!   files under `iquants/grids/`: IQ3_XXS, IQ3_S), one file each
 //! - [`ternary`]: the ternary formats TQ1_0 and TQ2_0
 //! - [`mxfp4`]: the MXFP4 format, E2M1 codes under an E8M0 scale
 //! - [`rows`]: argument checks and the parallel row driver

@@ -71,6 +71,7 @@ pub fn quantize(a: QuantizeArgs) -> anyhow::Result<()> {
         .transpose()?;
     opts.leave_output_tensor = a.leave_output_tensor;
     opts.checksum = !a.no_checksum;
+    opts.dry_run = a.dry_run;
     let start = std::time::Instant::now();
     kiln::pipeline::stop_on_signals();
     let p = q::prepare(&a.input, &opts)?;
