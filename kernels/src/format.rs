@@ -4,12 +4,13 @@
 //! variant, ggml's type id, ggml's name, the block size in weights and bytes, and the type
 //! implementing [`BlockFormat`]. It generates [`GgmlType`], [`GgmlType::ALL`], the names, the
 //! id lookup and every run-time dispatch; the sizes are checked against the format's own at
-//! compile time. Adding a format is its file (declared in `legacy/mod.rs` or `kquants/mod.rs`)
+//! compile time. Adding a format is its file (declared in `legacy/mod.rs`, `kquants/mod.rs` or
+//! `iquants/mod.rs`)
 //! and one line here.
 
 use crate::rows::{dequantize, quantize, KernelError};
 use crate::BlockFormat;
-use crate::{float, kquants, legacy};
+use crate::{float, iquants, kquants, legacy};
 use std::fmt;
 
 /// Generates [`GgmlType`] and its dispatching methods from the table of formats.
@@ -79,6 +80,15 @@ macro_rules! formats {
                 }
             }
 
+            /// Whether ggml refuses to quantize this format without an importance matrix
+            /// (`ggml_quantize_requires_imatrix`); kiln refuses too
+            /// ([`KernelError::ImatrixRequired`]).
+            pub fn requires_imatrix(self) -> bool {
+                match self {
+                    $(GgmlType::$variant => <$format as BlockFormat>::REQUIRES_IMATRIX,)*
+                }
+            }
+
             /// Quantizes `src` (rows of `n_per_row` weights) into `dst`, rows in parallel. See
             /// [`quantize`].
             pub fn quantize(
@@ -124,6 +134,11 @@ formats! {
     Q4_K = 12, "q4_K", 256 x 144, kquants::Q4K;
     Q3_K = 11, "q3_K", 256 x 110, kquants::Q3K;
     Q2_K = 10, "q2_K", 256 x 84,  kquants::Q2K;
+    IQ2_S   = 22, "iq2_s",   256 x 82, iquants::Iq2S;
+    IQ2_XS  = 17, "iq2_xs",  256 x 74, iquants::Iq2Xs;
+    IQ2_XXS = 16, "iq2_xxs", 256 x 66, iquants::Iq2Xxs;
+    IQ1_M   = 29, "iq1_m",   256 x 56, iquants::Iq1M;
+    IQ1_S   = 19, "iq1_s",   256 x 50, iquants::Iq1S;
 }
 
 impl GgmlType {

@@ -11,6 +11,8 @@
 //! - [`legacy`]: the 32-weight block formats Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, one file each
 //! - [`kquants`]: the 256-weight super-block formats Q2_K .. Q6_K, one file each, and their
 //!   scale searches
+//! - [`iquants`]: the lattice i-quants IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M, one file each, and
+//!   their shared grid tables and neighbour search
 //! - [`rows`]: argument checks and the parallel row driver
 //! - [`format`](mod@format): the registry of formats, one line each, which generates [`GgmlType`] (ggml's
 //!   type ids and names) and the dispatch to the formats at run time
@@ -25,6 +27,7 @@
 pub mod float;
 pub mod format;
 pub mod fp;
+pub mod iquants;
 pub mod kquants;
 pub mod legacy;
 pub mod rows;
@@ -49,6 +52,9 @@ pub trait BlockFormat: Send + Sync + 'static {
     /// Whether importance weights change the output (ggml ignores them for Q8_0 and the
     /// float formats).
     const USES_IMATRIX: bool = Self::QUANTIZED;
+    /// Whether ggml refuses to quantize without importance weights
+    /// (`ggml_quantize_requires_imatrix`: IQ2_XXS, IQ2_XS, IQ1_S).
+    const REQUIRES_IMATRIX: bool = false;
 
     /// Quantizes one row. `imatrix`, when given, holds one importance weight per column and
     /// selects ggml's `quantize_<type>` path instead of `quantize_row_<type>_ref`.
