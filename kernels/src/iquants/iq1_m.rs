@@ -106,7 +106,11 @@ fn quantize_block_impl(
     // Which shift each of a sub-block's two groups uses for the combination k: 0 (+,+),
     // 1 (+,-), 2 (-,+), 3 (-,-).
     let xx_of = |k: usize, group: usize| -> [f32; 3] {
-        let plus = if group == 0 { k < 2 } else { k % 2 == 0 };
+        let plus = if group == 0 {
+            k < 2
+        } else {
+            k.is_multiple_of(2)
+        };
         if plus {
             x_p
         } else {
@@ -263,7 +267,8 @@ fn quantize_block_impl(
         y.qs[2 * ib] = (index[0] & 255) as u8;
         y.qs[2 * ib + 1] = (index[1] & 255) as u8;
         y.qh[ib] = ((index[0] >> 8) | ((index[1] >> 8) << 4)) as u8;
-        if !(scale >= 0.0) {
+        // ggml's GGML_ASSERT(scale >= 0).
+        if scale.is_nan() || scale < 0.0 {
             return Err(Abort);
         }
         scales[ib] = scale;

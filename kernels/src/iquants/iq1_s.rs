@@ -183,7 +183,8 @@ fn quantize_block_impl(
             h |= ((index[k] >> 8) << (3 * k)) as u16;
         }
         qh[ib] = h;
-        if !(scale >= 0.0) {
+        // ggml's GGML_ASSERT(scale >= 0).
+        if scale.is_nan() || scale < 0.0 {
             return Err(Abort);
         }
         scales[ib] = scale;

@@ -114,7 +114,8 @@ fn quantize_block_impl(
             y.qh[i8 / 4] |= ((grid_index >> 8) << (2 * (i8 % 4))) as u8;
             y.qs[QK_K / 8 + i8] = block_signs[k];
         }
-        if !(scale >= 0.0) {
+        // ggml's GGML_ASSERT(scale >= 0).
+        if scale.is_nan() || scale < 0.0 {
             return Err(Abort);
         }
         scales[ib] = scale;

@@ -113,7 +113,8 @@ fn quantize_block_impl(
             let grid_index = lat.on_grid(pack(&l[8 * k..])).ok_or(Abort)?;
             q2[2 * ib + k] = grid_index as u16 | (block_signs[k] as u16) << 9;
         }
-        if !(scale >= 0.0) {
+        // ggml's GGML_ASSERT(scale >= 0).
+        if scale.is_nan() || scale < 0.0 {
             return Err(Abort);
         }
         scales[ib] = scale;

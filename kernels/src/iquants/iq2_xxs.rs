@@ -186,7 +186,8 @@ fn quantize_block_impl(
             q2[2 * ib] |= (grid_index as u32) << (8 * k);
             q2[2 * ib + 1] |= (block_signs[k] as u32) << (7 * k);
         }
-        if !(scale >= 0.0) {
+        // ggml's GGML_ASSERT(scale >= 0).
+        if scale.is_nan() || scale < 0.0 {
             return Err(Abort);
         }
         scales[ib] = scale;
