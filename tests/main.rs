@@ -10,6 +10,7 @@ mod convert_vs_llama;
 mod converter_only;
 mod eval;
 mod kernels_match_ggml;
+mod moe;
 mod mutations;
 mod reference_forward;
 mod sweep;
