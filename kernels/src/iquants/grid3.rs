@@ -1,5 +1,5 @@
 //! The 3-bit lattice shared by IQ3_XXS and IQ3_S: ggml's grid tables (`iq3xxs_grid`,
-//! `iq3s_grid`, data files extracted from ggml-common.h by `grids/extract_iq3.py`), the sign
+//! `iq3s_grid`, data files extracted from ggml-common.h by `kiln-fixtures iq-grids`), the sign
 //! table, and the search structures ggml's `iq3xs_init_impl` builds from the grids (the map
 //! from a point of the full 8^4 lattice to its grid index, and for points off the grid the list
 //! of nearest grid points), plus the sub-block search both formats run.
