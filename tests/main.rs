@@ -11,5 +11,6 @@ mod converter_only;
 mod eval;
 mod kernels_match_ggml;
 mod mutations;
+mod quantize_options;
 mod reference_forward;
 mod sweep;

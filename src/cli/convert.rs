@@ -45,7 +45,7 @@ pub struct QuantizeArgs {
     #[arg(long, value_name = "FILE")]
     pub tensor_type_file: Vec<PathBuf>,
     /// Use the importance matrix only for tensors whose name contains NAME (repeatable).
-    #[arg(long, value_name = "NAME", conflicts_with = "exclude_weights")]
+    #[arg(long, value_name = "NAME")]
     pub include_weights: Vec<String>,
     /// Do not use the importance matrix for tensors whose name contains NAME (repeatable).
     #[arg(long, value_name = "NAME")]
