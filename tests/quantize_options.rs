@@ -256,3 +256,35 @@ fn include_and_exclude_weights_match_llama_quantize() {
     assert_ne!(data(&files[1]), p);
     assert_eq!(data(&files[2]), p, "no entry left = no imatrix");
 }
+
+/// `--tensor-type` and `--tensor-type-file` rules apply in command-line order (the first match
+/// wins), as llama-quantize collects them, through the `kiln` binary's --dry-run plan.
+#[test]
+fn rule_files_take_their_place_on_the_command_line() {
+    let rules = tmp().join("qopts-rules.txt");
+    std::fs::write(&rules, "attn_q=q8_0\n\tffn_up=q5_1  \n").unwrap();
+    let plan = |args: &[&str]| -> String {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["quantize", "-t", "q4_K_M", "--dry-run"])
+            .arg(plain_f32())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let type_of = |plan: &str, name: &str| -> String {
+        let line = plan
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("{name} not in {plan}"));
+        line.split_whitespace().nth(6).unwrap().to_string()
+    };
+    let f = rules.to_str().unwrap();
+    let p = plan(&["--tensor-type", "attn=q5_0", "--tensor-type-file", f]);
+    assert_eq!(type_of(&p, "blk.1.attn_q.weight"), "q5_0");
+    assert_eq!(type_of(&p, "blk.1.ffn_up.weight"), "q5_1");
+    let p = plan(&["--tensor-type-file", f, "--tensor-type", "attn=q5_0"]);
+    assert_eq!(type_of(&p, "blk.1.attn_q.weight"), "q8_0");
+    assert_eq!(type_of(&p, "blk.1.attn_k.weight"), "q5_0");
+}

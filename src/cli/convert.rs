@@ -37,7 +37,8 @@ pub struct QuantizeArgs {
     /// llama-quantize's: `attn_v=q8_0`, `blk\.[0-3]\.ffn_down=q6_K`); repeatable, the first
     /// matching rule wins. It replaces the mix's choice (not --output-tensor-type's or
     /// --token-embedding-type's), and rows the type cannot hold fall back as the mix's do
-    /// (q4_K -> q5_0, ...). Quantized TYPEs only take effect.
+    /// (q4_K -> q5_0, ...). As in llama-quantize, rules apply only when --type is a quantized
+    /// type (not f32, f16, bf16).
     #[arg(long, value_name = "PATTERN=TYPE")]
     pub tensor_type: Vec<String>,
     /// A file of PATTERN=TYPE rules separated by spaces or newlines (as --tensor-type, in
