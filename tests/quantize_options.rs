@@ -27,9 +27,12 @@ fn plain_f32() -> &'static Path {
     })
 }
 
+/// Importance data: (tensor name, weights) per entry.
+type Entries = Vec<(String, Vec<f32>)>;
+
 /// The fixture's importance matrix as a GGUF imatrix file, and its entries.
-fn imatrix() -> &'static (PathBuf, Vec<(String, Vec<f32>)>) {
-    static M: OnceLock<(PathBuf, Vec<(String, Vec<f32>)>)> = OnceLock::new();
+fn imatrix() -> &'static (PathBuf, Entries) {
+    static M: OnceLock<(PathBuf, Entries)> = OnceLock::new();
     M.get_or_init(|| {
         let entries = fixture_imatrix();
         let p = tmp().join("qopts-imatrix.gguf");
