@@ -1,6 +1,8 @@
 //! The per-tensor type plan: for a file type such as Q4_K_M, the ggml type of every tensor,
 //! chosen exactly as llama.cpp's `llama_tensor_get_type` (src/llama-quant.cpp) chooses it for
-//! the dense decoder architectures kiln converts.
+//! the decoder architectures kiln converts, dense and mixture-of-experts (3-D `ffn_*_exps`
+//! tensors are quantized row by row like 2-D ones; the rules for 8-expert models and the
+//! layer of an expert tensor taken from its name are llama.cpp's).
 
 use crate::gguf::TypeId;
 use anyhow::{bail, Result};
@@ -63,10 +65,17 @@ file_types! {
     Q4_K_S = 14, "Q4_K_S", Q4_K;
     Q4_1   = 3,  "Q4_1",   Q4_1;
     Q4_0   = 2,  "Q4_0",   Q4_0;
+    IQ4_NL = 25, "IQ4_NL", IQ4_NL;
+    IQ4_XS = 30, "IQ4_XS", IQ4_XS;
+    MXFP4_MOE = 38, "MXFP4_MOE", MXFP4;
     Q3_K_L = 13, "Q3_K_L", Q3_K;
     Q3_K_M = 12, "Q3_K_M", Q3_K, alias "Q3_K";
     Q3_K_S = 11, "Q3_K_S", Q3_K;
     Q2_K   = 10, "Q2_K",   Q2_K;
+    Q2_0   = 41, "Q2_0",   Q2_0;
+    TQ2_0  = 37, "TQ2_0",  TQ2_0;
+    TQ1_0  = 36, "TQ1_0",  TQ1_0;
+    Q1_0   = 40, "Q1_0",   Q1_0;
 }
 
 impl FileType {
@@ -143,6 +152,9 @@ pub struct ModelFacts {
     /// llama.cpp's LLM_TYPE_70B (the only model size the mixes look at), as the family decides
     /// it (see `arch::Family::is_70b`).
     pub is_70b: bool,
+    /// `<arch>.expert_count` (0 for dense models): the mixes treat 8-expert models specially
+    /// and find an expert tensor's layer by its name.
+    pub n_expert: u32,
 }
 
 impl ModelFacts {
@@ -247,6 +259,11 @@ pub fn llama_order(a: &str, b: &str) -> std::cmp::Ordering {
             .unwrap_or(-1)
     }
     layer(a).cmp(&layer(b)).then_with(|| a.cmp(b))
+}
+
+/// The N of a `blk.N.` name.
+fn block_of(name: &str) -> Option<i64> {
+    name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
 }
 
 fn use_more_bits(i_layer: i64, n_layers: i64) -> bool {
@@ -360,11 +377,21 @@ fn fallback(ty: GgmlType, ncols: u64) -> Choice {
         };
     }
     let mut ret = match ty {
+        GgmlType::IQ4_XS => GgmlType::IQ4_NL,
         GgmlType::Q2_K | GgmlType::Q3_K => GgmlType::Q4_0,
+        GgmlType::Q2_0 | GgmlType::TQ1_0 | GgmlType::TQ2_0 => GgmlType::Q4_0,
         GgmlType::Q4_K => GgmlType::Q5_0,
         GgmlType::Q5_K => GgmlType::Q5_1,
         GgmlType::Q6_K => GgmlType::Q8_0,
-        other => other,
+        other if other.block_weights() <= 32 => other,
+        // llama.cpp defines no fallback (Q1_0's 128-weight blocks) and refuses the tensor:
+        // the incompatible type stays, and `quantize::prepare` refuses the plan the same way.
+        other => {
+            return Choice {
+                ty: TypeId::of(other),
+                fallback_from: None,
+            }
+        }
     };
     if !ncols.is_multiple_of(ret.block_weights() as u64) {
         ret = GgmlType::F16;
@@ -396,7 +423,7 @@ fn mix_type(
             return o;
         }
         let nx = t.dims[0];
-        if !nx.is_multiple_of(new_type.block_weights() as u64) {
+        if ftype == F::MXFP4_MOE || !nx.is_multiple_of(new_type.block_weights() as u64) {
             return G::Q8_0;
         }
         if new_type != G::Q8_0 {
@@ -404,8 +431,24 @@ fn mix_type(
         }
         return new_type;
     }
+    if ftype == F::MXFP4_MOE {
+        // Expert tensors (3-D, one matrix per expert) to MXFP4, everything else to Q8_0.
+        return if t.dims.get(2).is_some_and(|&n| n > 1) {
+            G::MXFP4
+        } else {
+            G::Q8_0
+        };
+    }
     match cat {
-        Category::TokenEmbd => {}
+        Category::TokenEmbd => {
+            if matches!(ftype, F::TQ1_0 | F::TQ2_0 | F::Q2_0) {
+                new_type = G::Q4_K;
+            }
+        }
+        Category::AttnK if model.n_expert == 8 => {
+            // "for the 8-expert model, bumping this to Q8_0 trades just ~128MB"
+            new_type = G::Q8_0;
+        }
         Category::AttnV => {
             match ftype {
                 F::Q2_K => new_type = if model.n_gqa() >= 4 { G::Q4_K } else { G::Q3_K },
@@ -421,15 +464,25 @@ fn mix_type(
                     new_type = G::Q6_K
                 }
                 F::Q4_K_S if *i_attention_wv < 4 => new_type = G::Q5_K,
+                F::IQ4_NL | F::IQ4_XS if model.n_gqa() >= 4 => new_type = G::Q5_K,
                 _ => {}
             }
             if model.is_70b && (new_type == G::Q3_K || new_type == G::Q4_K) {
                 new_type = G::Q5_K;
             }
+            if model.n_expert == 8 {
+                new_type = G::Q8_0;
+            }
             *i_attention_wv += 1;
         }
         Category::FfnDown => {
-            let i_layer = *i_ffn_down;
+            // With experts, llama.cpp reads the layer from the name (`blk.N.`): Mixtral's
+            // expert tensors were not always in layer order.
+            let i_layer = if model.n_expert > 1 {
+                block_of(&t.name).unwrap_or(*i_ffn_down)
+            } else {
+                *i_ffn_down
+            };
             match ftype {
                 F::Q2_K => new_type = G::Q3_K,
                 F::Q3_K_M => {
@@ -443,12 +496,23 @@ fn mix_type(
                 F::Q3_K_L => new_type = G::Q5_K,
                 F::Q4_K_M | F::Q5_K_M if use_more_bits(i_layer, n_layer) => new_type = G::Q6_K,
                 F::Q4_K_S if i_layer < n_layer / 8 => new_type = G::Q5_K,
+                F::IQ4_NL | F::IQ4_XS if !opts.has_imatrix && i_layer < n_layer / 8 => {
+                    new_type = G::Q5_K
+                }
                 F::Q4_0 | F::Q5_0 if opts.has_imatrix && i_layer < n_layer / 8 => {
                     new_type = if ftype == F::Q4_0 { G::Q4_1 } else { G::Q5_1 };
                 }
                 _ => {}
             }
             *i_ffn_down += 1;
+        }
+        Category::AttnOutput if model.n_expert == 8 => {
+            if matches!(
+                ftype,
+                F::Q2_K | F::Q3_K_S | F::Q3_K_M | F::Q4_K_S | F::Q4_K_M
+            ) {
+                new_type = G::Q5_K;
+            }
         }
         Category::AttnOutput => match ftype {
             F::Q2_K => new_type = G::Q3_K,
@@ -510,5 +574,19 @@ mod tests {
         assert_eq!(fallback(GgmlType::Q5_K, 640).ty, TypeId::of(GgmlType::Q5_1));
         assert_eq!(fallback(GgmlType::Q4_K, 100).ty, TypeId::of(GgmlType::F16));
         assert_eq!(fallback(GgmlType::Q4_K, 512).fallback_from, None);
+        assert_eq!(
+            fallback(GgmlType::IQ4_XS, 640).ty,
+            TypeId::of(GgmlType::IQ4_NL)
+        );
+        for t in [GgmlType::TQ1_0, GgmlType::TQ2_0, GgmlType::Q2_0] {
+            assert_eq!(fallback(t, 640 + 32).ty, TypeId::of(GgmlType::Q4_0));
+        }
+        assert_eq!(fallback(GgmlType::MXFP4, 100).ty, TypeId::of(GgmlType::F16));
+        assert_eq!(
+            fallback(GgmlType::IQ4_NL, 100).ty,
+            TypeId::of(GgmlType::F16)
+        );
+        // No fallback defined: the type stays, and the plan is refused (quantize::prepare).
+        assert_eq!(fallback(GgmlType::Q1_0, 320).ty, TypeId::of(GgmlType::Q1_0));
     }
 }

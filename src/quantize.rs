@@ -154,6 +154,7 @@ fn facts_from_gguf(md: &Metadata, path: &Path) -> Result<ModelFacts> {
     let n_head_kv = int("attention.head_count_kv").unwrap_or(n_head);
     Ok(ModelFacts {
         is_70b: crate::arch::is_70b(&arch, n_layer, n_head, n_head_kv),
+        n_expert: int("expert_count").unwrap_or(0),
         arch,
         n_layer,
         n_head,
@@ -323,6 +324,19 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
     for (j, c) in jobs.iter_mut().zip(choices) {
         j.out_type = c.ty;
         j.fallback_from = c.fallback_from;
+        if j.out_type != j.input_type && j.out_type.row_bytes(j.dims[0]).is_none() {
+            // llama.cpp: "no tensor type fallback is defined for type q1_0" (or an abort, for
+            // an explicit --output-tensor-type that does not fit).
+            let (bw, _) = j.out_type.block().unwrap_or((1, 0));
+            bail!(
+                "{}: tensor {} has rows of {} weights, not a multiple of {}'s block of {bw}, and llama.cpp defines no fallback type for {} (llama-quantize refuses it too)",
+                input_path.display(),
+                j.name,
+                j.dims[0],
+                j.out_type.label(),
+                j.out_type.label()
+            );
+        }
         if j.out_type != j.input_type && !opts.allow_requantize {
             if let Some(k) = j.input_type.kiln().filter(|k| k.is_quantized()) {
                 bail!(
@@ -347,16 +361,20 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
             if j.out_type == j.input_type || j.out_type.kiln().is_none_or(|k| !k.uses_imatrix()) {
                 continue;
             }
-            if v.len() != j.dims[0] as usize {
+            // llama.cpp: one row of importance per expert (ne[0] * ne[2] values; a 2-D
+            // tensor's ne[2] is 1).
+            let n_expert = j.dims.get(2).copied().unwrap_or(1);
+            if v.len() as u64 != j.dims[0] * n_expert {
                 if j.name == "token_embd.weight" {
                     continue;
                 }
                 bail!(
-                    "{}: importance data for {} has {} values, the tensor's rows have {} (an imatrix for another model?)",
+                    "{}: importance data for {} has {} values, the tensor's rows have {}{} (an imatrix for another model?)",
                     opts.imatrix.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
                     j.name,
                     v.len(),
-                    j.dims[0]
+                    j.dims[0],
+                    if n_expert > 1 { format!(" in each of {n_expert} experts") } else { String::new() }
                 );
             }
         }

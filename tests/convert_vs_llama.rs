@@ -383,9 +383,32 @@ fn gemma3_matches_reference_and_llama_quantize() {
     );
 }
 
+#[test]
+fn qwen3moe_matches_reference_and_llama_quantize() {
+    use kiln_fixtures::checkpoint::{default_for, Arch, Vocab};
+    check_arch(
+        "qwen3moe",
+        default_for(Arch::Qwen3Moe, Vocab::TrainedBpe { size: 1024 }),
+    );
+}
+
+#[test]
+fn mixtral_matches_reference_and_llama_quantize() {
+    use kiln_fixtures::checkpoint::{default_for, Arch, Vocab};
+    check_arch(
+        "mixtral",
+        default_for(Arch::Mixtral, Vocab::LlamaSpm(tokenizer_model())),
+    );
+}
+
 /// Importance data for every matrix of the Llama fixture, deterministic.
 pub(crate) fn fixture_imatrix() -> Vec<(String, Vec<f32>)> {
-    let g = GgufFile::open(llama_f32()).unwrap();
+    imatrix_for(llama_f32())
+}
+
+/// Importance data for every matrix of the model in the GGUF `f32_file`, deterministic.
+fn imatrix_for(f32_file: &Path) -> Vec<(String, Vec<f32>)> {
+    let g = GgufFile::open(f32_file).unwrap();
     let mut rng = kiln_fixtures::synth::SplitMix64(7);
     g.tensors()
         .iter()
@@ -462,6 +485,10 @@ fn importance_matrices_in_both_formats_quantize_like_llama_quantize() {
         FileType::Q3_K_S,
         FileType::Q4_0,
         FileType::Q5_1,
+        FileType::IQ4_NL,
+        FileType::IQ4_XS,
+        FileType::TQ1_0,
+        FileType::MXFP4_MOE,
     ] {
         let theirs = tmp().join(format!("imat-llama-{}.gguf", ftype.name()));
         kiln::llama::reference_quantize(llama_f32(), &theirs, ftype.id(), &ro).unwrap();
@@ -548,5 +575,154 @@ fn pure_and_tensor_type_options_match_llama_quantize() {
         quantize::execute(&p, true, false).unwrap();
         kiln::llama::reference_quantize(llama_f32(), &theirs, o.ftype.id(), &ro).unwrap();
         assert_same(&ours, &theirs, label);
+    }
+}
+
+/// The file types of the simple new formats (IQ4_NL, IQ4_XS, TQ1_0, TQ2_0, MXFP4_MOE, Q1_0,
+/// Q2_0) on a model where their special rules fire: 8 layers (ffn_down of the first eighth
+/// gets Q5_K under IQ4_NL/IQ4_XS without an imatrix), 4 query heads per KV head (attn_v gets
+/// Q5_K), token_embd to Q4_K for the ternary and Q2_0 mixes. Every tensor equals
+/// `llama_model_quantize`'s, with and without an importance matrix.
+#[test]
+fn simple_new_file_types_match_llama_quantize_where_their_rules_fire() {
+    let dir = tmp().join("gqa4-8layer");
+    let _ = std::fs::remove_dir_all(&dir);
+    {
+        use kiln_fixtures::checkpoint::{default_for, write_checkpoint, Arch, FixtureSpec, Vocab};
+        // Qwen3 (hidden 256, FFN 512, 8 query heads on 2 KV heads) with a small vocabulary,
+        // which keeps the embeddings (and the test) small, and an lm_head of its own.
+        let spec = FixtureSpec {
+            layers: 8,
+            tied_embeddings: false,
+            ..default_for(Arch::Qwen3, Vocab::TrainedBpe { size: 1024 })
+        };
+        write_checkpoint(&spec, &dir).unwrap();
+    }
+    let f32_file = tmp().join("gqa4-8layer-F32.gguf");
+    convert(&dir, FileType::F32, &f32_file);
+    let entries = imatrix_for(&f32_file);
+    let imatrix_file = tmp().join("gqa4-8layer-imatrix.gguf");
+    write_gguf_imatrix(&imatrix_file, &entries, 8.0);
+    let type_of = |file: &Path, name: &str| -> String {
+        let g = GgufFile::open(file).unwrap();
+        let t = g.tensors().iter().find(|t| t.name == name).unwrap();
+        t.ty.label()
+    };
+    for ftype in [
+        FileType::IQ4_NL,
+        FileType::IQ4_XS,
+        FileType::MXFP4_MOE,
+        FileType::Q2_0,
+        FileType::TQ2_0,
+        FileType::TQ1_0,
+        FileType::Q1_0,
+    ] {
+        for with_imatrix in [false, true] {
+            let tag = format!("{}-{}", ftype.name(), with_imatrix as u8);
+            let ours = tmp().join(format!("gqa4-kiln-{tag}.gguf"));
+            let theirs = tmp().join(format!("gqa4-llama-{tag}.gguf"));
+            let mut o = Options::new(ftype);
+            o.output = Some(ours.clone());
+            o.force = true;
+            o.imatrix = with_imatrix.then(|| imatrix_file.clone());
+            quantize::execute(&quantize::prepare(&f32_file, &o).unwrap(), true, false).unwrap();
+            let ro = kiln::llama::ReferenceOptions {
+                imatrix: with_imatrix.then(|| entries.clone()),
+                ..Default::default()
+            };
+            kiln::llama::reference_quantize(&f32_file, &theirs, ftype.id(), &ro).unwrap();
+            assert_same(&ours, &theirs, &tag);
+            // The rules this model is for did fire (the comparison is not vacuous).
+            let attn_v = type_of(&ours, "blk.3.attn_v.weight");
+            let down0 = type_of(&ours, "blk.0.ffn_down.weight");
+            let embd = type_of(&ours, "token_embd.weight");
+            match ftype {
+                FileType::IQ4_NL | FileType::IQ4_XS => {
+                    assert_eq!(attn_v, "q5_K", "{tag}");
+                    let want = if with_imatrix {
+                        ftype.default_type().name()
+                    } else {
+                        "q5_K"
+                    };
+                    assert_eq!(down0, want, "{tag}");
+                    assert_eq!(
+                        type_of(&ours, "blk.1.ffn_down.weight"),
+                        ftype.default_type().name()
+                    );
+                }
+                FileType::MXFP4_MOE => assert_eq!(attn_v, "q8_0", "{tag}"),
+                FileType::Q2_0 | FileType::TQ2_0 | FileType::TQ1_0 => {
+                    assert_eq!(embd, "q4_K", "{tag}");
+                    assert_eq!(attn_v, ftype.default_type().name(), "{tag}");
+                }
+                _ => assert_eq!(attn_v, "q1_0", "{tag}"),
+            }
+        }
+    }
+}
+
+/// Q1_0's 128-weight blocks have no fallback type in llama.cpp: on rows of 320 weights
+/// llama-quantize refuses, and so does kiln, before writing anything.
+#[test]
+fn q1_0_on_rows_without_a_fallback_is_refused_like_llama_quantize() {
+    let f32_file = tmp().join("qwen2-bpe-F32-q1.gguf");
+    convert(bpe_dir(), FileType::F32, &f32_file);
+    let ours = tmp().join("qwen2-kiln-Q1_0.gguf");
+    let mut o = Options::new(FileType::Q1_0);
+    o.output = Some(ours.clone());
+    o.force = true;
+    let e = quantize::prepare(&f32_file, &o).err().expect("refused");
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("no fallback") && msg.contains("q1_0") && msg.contains("320"),
+        "{msg}"
+    );
+    assert!(!ours.exists());
+    let theirs = tmp().join("qwen2-llama-Q1_0.gguf");
+    assert!(
+        kiln::llama::reference_quantize(
+            &f32_file,
+            &theirs,
+            FileType::Q1_0.id(),
+            &Default::default()
+        )
+        .is_err(),
+        "llama.cpp refuses too"
+    );
+}
+
+/// GGUFs of the new types are read with kiln's own dequantizers (no ggml): requantizing each
+/// to Q8_0 gives llama-quantize's bytes (which dequantizes with ggml's `to_float`).
+#[test]
+fn requantizing_from_the_simple_new_types_equals_llama_quantize() {
+    use kiln::gguf::TypeId;
+    for src in [
+        FileType::IQ4_XS,
+        FileType::TQ1_0,
+        FileType::TQ2_0,
+        FileType::Q2_0,
+        FileType::Q1_0,
+    ] {
+        let input = tmp().join(format!("requant-src-{}.gguf", src.name()));
+        convert(llama_f32(), src, &input);
+        // The source holds the type kiln reads with its own kernels.
+        let g = GgufFile::open(&input).unwrap();
+        assert!(g
+            .tensors()
+            .iter()
+            .any(|t| t.ty == TypeId::of(src.default_type())));
+        let ours = tmp().join(format!("requant-kiln-{}-Q8_0.gguf", src.name()));
+        let mut o = Options::new(FileType::Q8_0);
+        o.output = Some(ours.clone());
+        o.force = true;
+        o.allow_requantize = true;
+        quantize::execute(&quantize::prepare(&input, &o).unwrap(), true, false).unwrap();
+        let theirs = tmp().join(format!("requant-llama-{}-Q8_0.gguf", src.name()));
+        let ro = kiln::llama::ReferenceOptions {
+            allow_requantize: true,
+            ..Default::default()
+        };
+        kiln::llama::reference_quantize(&input, &theirs, FileType::Q8_0.id(), &ro).unwrap();
+        assert_same(&ours, &theirs, &format!("requantize {src} -> Q8_0"));
     }
 }

@@ -573,3 +573,55 @@ fn matches_llama_perplexity() {
         assert!(near(ours.same_top_pct, top[0], 3), "{top:?}");
     }
 }
+
+/// `kiln eval --no-questions`: perplexity and KLD as llama-perplexity measures them, no task
+/// (the task columns empty); with --questions it is a usage error.
+#[test]
+fn cli_eval_without_questions() {
+    let m = models();
+    let cache = fresh_dir("cache-cli-no-questions");
+    let run = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args([
+                "eval",
+                "--json",
+                "-c",
+                "128",
+                "--chunks",
+                "1",
+                "--threads",
+                "1",
+            ])
+            .args(extra)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .arg("--reference")
+            .arg(&m.f32)
+            .arg(&m.q8_0)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--no-questions"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rs: Vec<EvalResult> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rs.len(), 1);
+    assert!(rs[0].ppl.is_finite() && rs[0].ppl > 1.0, "{:?}", rs[0]);
+    assert_eq!(
+        (rs[0].n_chunks, rs[0].task_questions),
+        (1, 0),
+        "{:?}",
+        rs[0]
+    );
+    assert_eq!(rs[0].task_tokens_generated, 0);
+    let out = run(&[
+        "--no-questions",
+        "--questions",
+        questions().to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--no-questions"));
+}

@@ -6,11 +6,13 @@ use kiln::kernels::{GgmlType, KernelError};
 use kiln_fixtures::ggml;
 use kiln_fixtures::synth::{importance, Case, SplitMix64};
 
-/// Row lengths to try for a format: several super-blocks for the K-quants, and lengths that are
-/// not multiples of 256 for the 32-weight formats.
+/// Row lengths to try for a format: several super-blocks for the 256-weight formats, and
+/// lengths that are not multiples of 256 for the smaller blocks.
 fn row_lengths(ty: GgmlType) -> Vec<usize> {
     match ty.block_weights() {
         256 => vec![256, 768, 4096],
+        128 => vec![128, 640, 4096],
+        64 => vec![64, 192, 640, 4096],
         32 => vec![32, 160, 640, 4096],
         _ => vec![1, 7, 640, 4096],
     }
@@ -258,4 +260,79 @@ fn gguf_type_table_matches_ggml() {
         known += theirs.is_some() as u32;
     }
     assert_eq!(known as usize, kiln::gguf::types::GGML_TYPES.len());
+}
+
+/// The level tables kiln keeps as constants (`kvalues_iq4nl`, `kvalues_mxfp4`) are ggml's:
+/// blocks whose scale is exactly 1 and whose indices run through all 16 codes dequantize, in
+/// ggml, to the table itself.
+#[test]
+fn level_tables_are_ggmls() {
+    use kiln::kernels::iquants::iq4_nl::KVALUES_IQ4NL;
+    use kiln::kernels::mxfp4::KVALUES_MXFP4;
+    // Byte j holds code j (low nibble, weight j) and code 15 - j (high nibble, weight j + 16).
+    let codes: Vec<u8> = (0..16u8).map(|j| j | ((15 - j) << 4)).collect();
+    let expect = |table: &[i8; 16]| -> Vec<f32> {
+        (0..32)
+            .map(|k| table[if k < 16 { k } else { 31 - k }] as f32)
+            .collect()
+    };
+    // IQ4_NL: f16 scale 1.0 (0x3c00).
+    let mut iq4 = vec![0x00, 0x3c];
+    iq4.extend(&codes);
+    assert_eq!(
+        ggml::dequantize(GgmlType::IQ4_NL, &iq4),
+        expect(&KVALUES_IQ4NL)
+    );
+    // MXFP4: E8M0 exponent 128, ggml's half-scale 2^(128-128) = 1.
+    let mut mx = vec![128u8];
+    mx.extend(&codes);
+    assert_eq!(
+        ggml::dequantize(GgmlType::MXFP4, &mx),
+        expect(&KVALUES_MXFP4)
+    );
+    // The same through IQ4_XS: d = 1, every sub-block scale 33 (33 - 32 = 1).
+    let mut xs = vec![0x00, 0x3c];
+    let ls = 33u16;
+    let scales_h: u16 = (0..8).map(|ib| (ls >> 4) << (2 * ib)).sum();
+    xs.extend(scales_h.to_le_bytes());
+    xs.extend([((ls & 0xf) | ((ls & 0xf) << 4)) as u8; 4]);
+    for _ in 0..8 {
+        xs.extend(&codes);
+    }
+    let want: Vec<f32> = (0..8).flat_map(|_| expect(&KVALUES_IQ4NL)).collect();
+    assert_eq!(ggml::dequantize(GgmlType::IQ4_XS, &xs), want);
+}
+
+/// MXFP4's shared exponent comes from `floorf(log2f(amax))` converted to a byte the way C
+/// converts it; across the whole f32 range (subnormals, the smallest normals where ggml's
+/// exponent wraps, the largest floats) kiln writes ggml's bytes, and refuses exactly the blocks
+/// ggml's own validation rejects (an exponent of 0xff).
+#[test]
+fn mxfp4_exponent_matches_ggml_over_the_float_range() {
+    use kiln::kernels::mxfp4::Mxfp4;
+    use kiln::kernels::BlockFormat;
+    let mut rng = SplitMix64(11);
+    let mut invalid = 0;
+    for k in -149i32..=127 {
+        for m in [1.0f32, 1.25, 1.5, 1.999] {
+            let amax = (m as f64 * 2f64.powi(k)) as f32;
+            if amax == 0.0 || !amax.is_finite() {
+                continue;
+            }
+            let mut x: Vec<f32> = (0..32)
+                .map(|_| (rng.uniform() * 2.0 - 1.0) * amax)
+                .collect();
+            x[(k.unsigned_abs() as usize) % 32] = -amax;
+            let theirs = ggml::quantize(GgmlType::MXFP4, &x, 32, None);
+            let mut mine = vec![0u8; 17];
+            Mxfp4::quantize_row(&x, &mut mine, None);
+            assert_eq!(mine, theirs, "amax {amax:e}");
+            let ggml_ok = ggml::validate_row_data(GgmlType::MXFP4, &theirs);
+            let kiln_ok = GgmlType::MXFP4.quantize(&x, 32, None, &mut mine).is_ok();
+            assert_eq!(kiln_ok, ggml_ok, "amax {amax:e}");
+            invalid += !ggml_ok as usize;
+        }
+    }
+    // The wrap to 0xff happens for amax in [2^-126, 2^-125): the case above must have met it.
+    assert!(invalid > 0, "no block reached ggml's invalid exponent");
 }

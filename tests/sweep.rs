@@ -29,6 +29,7 @@ fn quick(
         reference: None,
         allow_requantize: false,
         imatrix: None,
+        draft: None,
         force: false,
         bench: BenchOptions {
             n_prompt: vec![n_prompt],
@@ -278,4 +279,102 @@ fn sweep_with_parallel_adds_batched_rows() {
     assert!(old.bench_settings.parallel.is_empty());
     let md_old = kiln::report::markdown(&old);
     assert!(!md_old.contains("Batched generation"));
+}
+
+/// `kiln sweep --draft q2_K`: the draft type is converted although not asked for, every other
+/// variant gets its greedy generation measured with the q2_K file as draft, the draft's own row
+/// none, and the report prints the table.
+#[test]
+fn sweep_with_a_draft_measures_each_variant_with_it() {
+    use kiln::runner::bench::draft::DraftOptions;
+    let (base, ck) = fixture("sweep-draft");
+    let mut opts = quick(vec![FileType::F16, FileType::Q8_0], &base, (32, 8, 1, 1));
+    opts.skip_eval = true;
+    opts.draft = Some((
+        FileType::Q2_K,
+        DraftOptions {
+            draft_max: 4,
+            n_gen: 12,
+            n_prompts: 2,
+            prompt_len: 16,
+            threads: 1,
+            n_gpu_layers: 0,
+        },
+    ));
+    let rep = sweep::run(&ck, &opts, &mut |_| {}).unwrap();
+    let names: Vec<&str> = rep.rows.iter().map(|r| r.r#type.as_str()).collect();
+    assert_eq!(names, ["F16", "Q8_0", "Q2_K"]);
+    let draft_file = opts.out_dir.join("fixture-Q2_K.gguf");
+    assert!(draft_file.exists());
+    for r in &rep.rows[..2] {
+        assert!(r.error.is_none(), "{}: {:?}", r.r#type, r.error);
+        let d = r.draft.as_ref().expect("a draft measurement");
+        assert_eq!(Path::new(&d.draft_filename), draft_file);
+        assert_eq!(Path::new(&d.target_filename), Path::new(&r.file));
+        assert_eq!(d.tokens_generated, 2 * 12);
+        assert!(d.plain_ts > 0.0 && d.draft_ts > 0.0);
+        assert!(d.n_drafted > 0 && d.n_accepted <= d.n_drafted, "{d:?}");
+        // every step generates its accepted tokens and one of the target's (that the output
+        // is the target's own greedy output is bench's speculative tests' to prove)
+        assert_eq!(d.n_accepted + d.n_steps, d.tokens_generated, "{d:?}");
+        assert_eq!((d.draft_max, d.n_threads), (4, 1));
+    }
+    assert!(rep.rows[2].draft.is_none(), "the draft against itself");
+    let md = kiln::report::markdown(&rep);
+    assert!(md.contains("Speculative decoding"), "{md}");
+    // one table row per target, each naming the draft file
+    for t in ["F16", "Q8_0"] {
+        let target = format!("| fixture-{t}.gguf");
+        assert!(
+            md.lines()
+                .any(|l| l.starts_with(&target) && l.contains("fixture-Q2_K.gguf")),
+            "{t} row of the draft table in {md}"
+        );
+    }
+}
+
+/// The new types go through a sweep like any other: converted in the one pass, benched and
+/// evaluated by llama.cpp, rows in precision order.
+#[test]
+fn sweep_measures_the_simple_new_types() {
+    let (base, ck) = fixture("sweep-new-types");
+    let types = vec![
+        FileType::Q1_0,
+        FileType::IQ4_XS,
+        FileType::Q8_0,
+        FileType::TQ1_0,
+        FileType::MXFP4_MOE,
+        FileType::IQ4_NL,
+        FileType::Q2_0,
+        FileType::TQ2_0,
+    ];
+    let opts = quick(types, &base, (16, 4, 1, 1));
+    let rep = sweep::run(&ck, &opts, &mut |_| {}).unwrap();
+    assert_eq!(rep.reference, "Q8_0");
+    let names: Vec<&str> = rep.rows.iter().map(|r| r.r#type.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "Q8_0",
+            "IQ4_NL",
+            "IQ4_XS",
+            "MXFP4_MOE",
+            "Q2_0",
+            "TQ2_0",
+            "TQ1_0",
+            "Q1_0"
+        ]
+    );
+    for r in &rep.rows {
+        assert!(r.error.is_none(), "{}: {:?}", r.r#type, r.error);
+        assert_eq!(r.bench.len(), 2, "{}: pp and tg", r.r#type);
+        assert!(r.bench.iter().all(|b| b.avg_ts > 0.0), "{}", r.r#type);
+        let e = r.eval.as_ref().unwrap();
+        assert!(
+            e.ppl > 1.0 && e.ppl.is_finite(),
+            "{}: ppl {}",
+            r.r#type,
+            e.ppl
+        );
+    }
 }

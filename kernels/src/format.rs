@@ -4,12 +4,13 @@
 //! variant, ggml's type id, ggml's name, the block size in weights and bytes, and the type
 //! implementing [`BlockFormat`]. It generates [`GgmlType`], [`GgmlType::ALL`], the names, the
 //! id lookup and every run-time dispatch; the sizes are checked against the format's own at
-//! compile time. Adding a format is its file (declared in `legacy/mod.rs` or `kquants/mod.rs`)
+//! compile time. Adding a format is its file (declared in `legacy/mod.rs`, `kquants/mod.rs`,
+//! `iquants/mod.rs`, `ternary/mod.rs`, or `lib.rs`)
 //! and one line here.
 
 use crate::rows::{dequantize, quantize, KernelError};
 use crate::BlockFormat;
-use crate::{float, kquants, legacy};
+use crate::{float, iquants, kquants, legacy, mxfp4, ternary};
 use std::fmt;
 
 /// Generates [`GgmlType`] and its dispatching methods from the table of formats.
@@ -121,9 +122,16 @@ formats! {
     Q5_K = 13, "q5_K", 256 x 176, kquants::Q5K;
     Q4_1 = 3,  "q4_1", 32 x 20,   legacy::Q4_1;
     Q4_0 = 2,  "q4_0", 32 x 18,   legacy::Q4_0;
+    IQ4_NL = 20, "iq4_nl", 32 x 18, iquants::IQ4NL;
     Q4_K = 12, "q4_K", 256 x 144, kquants::Q4K;
+    MXFP4 = 39, "mxfp4", 32 x 17, mxfp4::Mxfp4;
+    IQ4_XS = 23, "iq4_xs", 256 x 136, iquants::IQ4XS;
     Q3_K = 11, "q3_K", 256 x 110, kquants::Q3K;
     Q2_K = 10, "q2_K", 256 x 84,  kquants::Q2K;
+    Q2_0 = 42, "q2_0", 64 x 18,   legacy::Q2_0;
+    TQ2_0 = 35, "tq2_0", 256 x 66, ternary::TQ2_0;
+    TQ1_0 = 34, "tq1_0", 256 x 54, ternary::TQ1_0;
+    Q1_0 = 41, "q1_0", 128 x 18,  legacy::Q1_0;
 }
 
 impl GgmlType {

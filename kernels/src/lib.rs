@@ -9,8 +9,12 @@
 //! - [`fp`]: f32 <-> f16/bf16 conversions exactly as ggml does them
 //! - [`float`]: the unquantized formats F32, F16, BF16
 //! - [`legacy`]: the 32-weight block formats Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, one file each
+//!   (and Q1_0, Q2_0, of the same simple shape with 128- and 64-weight blocks)
 //! - [`kquants`]: the 256-weight super-block formats Q2_K .. Q6_K, one file each, and their
 //!   scale searches
+//! - [`iquants`]: the i-quants (non-linear levels, lattice grids), one file each
+//! - [`ternary`]: the ternary formats TQ1_0 and TQ2_0
+//! - [`mxfp4`]: the MXFP4 format, E2M1 codes under an E8M0 scale
 //! - [`rows`]: argument checks and the parallel row driver
 //! - [`format`](mod@format): the registry of formats, one line each, which generates [`GgmlType`] (ggml's
 //!   type ids and names) and the dispatch to the formats at run time
@@ -25,9 +29,12 @@
 pub mod float;
 pub mod format;
 pub mod fp;
+pub mod iquants;
 pub mod kquants;
 pub mod legacy;
+pub mod mxfp4;
 pub mod rows;
+pub mod ternary;
 
 pub use format::GgmlType;
 pub use rows::{dequantize, quantize, KernelError};

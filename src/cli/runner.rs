@@ -108,6 +108,27 @@ impl BenchFlags {
     }
 }
 
+impl BenchFlags {
+    /// Speculative decoding's options (`--draft`): the first -n and -t, and the first -ngl.
+    fn draft_options(
+        &self,
+        draft_max: u32,
+    ) -> anyhow::Result<kiln::runner::bench::draft::DraftOptions> {
+        let d = kiln::runner::bench::draft::DraftOptions::default();
+        let o = kiln::runner::bench::draft::DraftOptions {
+            draft_max,
+            n_gen: self.n_gen.first().copied().unwrap_or(d.n_gen),
+            threads: self.threads.first().copied().unwrap_or(d.threads),
+            n_gpu_layers: self.n_gpu_layers.first().copied().unwrap_or(d.n_gpu_layers),
+            ..d
+        };
+        if o.n_gen == 0 {
+            anyhow::bail!("--draft: -n must be at least 1");
+        }
+        Ok(o)
+    }
+}
+
 #[derive(clap::Args)]
 pub struct BenchArgs {
     #[arg(required = true)]
@@ -148,6 +169,10 @@ pub struct EvalFlags {
     /// Where the reference's logits are cached (default: beside the reference).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
+    /// Perplexity and KL divergence only, as llama-perplexity measures them: no questions
+    /// (the task columns stay empty).
+    #[arg(long, conflicts_with = "questions")]
+    pub no_questions: bool,
 }
 
 impl EvalFlags {
@@ -160,6 +185,11 @@ impl EvalFlags {
             max_chunks: self.chunks,
             threads: threads.unwrap_or(d.threads),
             cache_dir: self.cache_dir.clone(),
+            max_answer_tokens: if self.no_questions {
+                0
+            } else {
+                d.max_answer_tokens
+            },
             ..d
         }
     }
@@ -209,6 +239,14 @@ pub struct SweepArgs {
     /// against the same reference; repeatable. A file llama.cpp refuses is reported, not fatal.
     #[arg(long = "add", value_name = "GGUF")]
     pub extra: Vec<PathBuf>,
+    /// Also measure each variant's greedy generation with the variant of this type (say the
+    /// smallest, q2_K) as its speculative-decoding draft, as `kiln bench --draft` does (uses the
+    /// first -n and -t); the type is converted too when not in --types.
+    #[arg(long, value_name = "TYPE")]
+    pub draft: Option<String>,
+    /// Tokens drafted per step at most (with --draft).
+    #[arg(long, default_value_t = 8, requires = "draft")]
+    pub draft_max: u32,
     #[command(flatten)]
     pub bench: BenchFlags,
     #[command(flatten)]
@@ -269,22 +307,7 @@ fn bench_batched(a: &BenchArgs, o: &kiln::runner::BenchOptions) -> anyhow::Resul
 /// `kiln bench TARGET... --draft DRAFT`: each target with the draft, in its own worker process.
 fn bench_draft(a: &BenchArgs, draft: &Path, p: &mut dyn FnMut(&str)) -> anyhow::Result<()> {
     use kiln::runner::bench::draft;
-    let d = draft::DraftOptions::default();
-    let o = draft::DraftOptions {
-        draft_max: a.draft_max,
-        n_gen: a.flags.n_gen.first().copied().unwrap_or(d.n_gen),
-        threads: a.flags.threads.first().copied().unwrap_or(d.threads),
-        n_gpu_layers: a
-            .flags
-            .n_gpu_layers
-            .first()
-            .copied()
-            .unwrap_or(d.n_gpu_layers),
-        ..d
-    };
-    if o.n_gen == 0 {
-        anyhow::bail!("bench --draft: -n must be at least 1");
-    }
+    let o = a.flags.draft_options(a.draft_max)?;
     let r = draft::run_all(&a.files, draft, &o, Some(&worker_exe()?), p)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
@@ -370,6 +393,10 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
         skip_eval: false,
         extra: a.extra,
         worker: std::env::current_exe().ok(),
+        draft: match &a.draft {
+            Some(t) => Some((FileType::parse(t)?, a.bench.draft_options(a.draft_max)?)),
+            None => None,
+        },
     };
     let mut p = progress_line();
     let rep = kiln::sweep::run(&a.input, &opts, &mut p)?;

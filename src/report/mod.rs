@@ -201,6 +201,7 @@ pub fn markdown(rep: &SweepReport) -> String {
         );
     }
     batched_markdown(&mut s, rep);
+    draft_markdown(&mut s, rep);
     let failed: Vec<&SweepRow> = rep.rows.iter().filter(|r| r.error.is_some()).collect();
     if !failed.is_empty() {
         let _ = writeln!(s, "\nNot measured:\n");
@@ -264,6 +265,23 @@ fn batched_markdown(s: &mut String, rep: &SweepReport) {
             );
         }
     }
+}
+
+/// The speculative-decoding table of the report (`kiln sweep --draft T`): each variant's
+/// greedy generation with the sweep's draft variant, as `kiln bench --draft` prints it. Nothing
+/// when no row has a draft figure.
+fn draft_markdown(s: &mut String, rep: &SweepReport) {
+    let results: Vec<_> = rep.rows.iter().filter_map(|r| r.draft.clone()).collect();
+    let Some(first) = results.first() else {
+        return;
+    };
+    let _ = writeln!(
+        s,
+        "\nSpeculative decoding (greedy; {} prompts of {} tokens from the bundled text, {} tokens \
+         generated each; draft t/s is the speed with the draft, speed-up against the variant alone):\n",
+        first.n_prompts, first.prompt_len, first.n_gen
+    );
+    s.push_str(&bench_table::draft_to_markdown(&results));
 }
 
 /// Writes the report folder's files.

@@ -1,6 +1,7 @@
 //! The sweep's report data: one row per variant, the machine, and the whole report (what
 //! report.json holds and the report's writers read).
 
+use crate::runner::bench::draft::DraftResult;
 use crate::runner::{BatchedResult, BenchOptions, BenchResult, EvalResult};
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +21,10 @@ pub struct SweepRow {
     #[serde(default)]
     pub batched: Vec<BatchedResult>,
     pub eval: Option<EvalResult>,
+    /// Greedy generation with the sweep's draft variant (`kiln sweep --draft T`); None without
+    /// it, for the draft's own row, and in reports written before it.
+    #[serde(default)]
+    pub draft: Option<DraftResult>,
     /// Why this variant has no figures (llama.cpp refused it, ...).
     pub error: Option<String>,
 }

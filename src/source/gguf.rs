@@ -23,7 +23,7 @@ mod foreign {
     use llama_cpp_sys_2 as sys;
     use rayon::prelude::*;
 
-    /// Types kiln does not write (i-quants and others): ggml's own to_float.
+    /// Types kiln does not write (the lattice i-quants, NVFP4, Q8_1, ...): ggml's own to_float.
     pub fn dequantize(ty: TypeId, src: &[u8], n_per_row: usize, dst: &mut [f32]) -> Result<()> {
         let traits = unsafe { sys::ggml_get_type_traits(ty.0 as sys::ggml_type) };
         let to_float = unsafe { traits.as_ref() }.and_then(|t| t.to_float);

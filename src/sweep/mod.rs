@@ -7,6 +7,8 @@ pub use crate::runner::worker::{measure, measure_isolated, MeasureJob, Measured}
 use crate::pipeline::{self, Output};
 use crate::plan::FileType;
 use crate::quantize::{self, Options, Prepared};
+use crate::runner::bench::draft::DraftOptions;
+use crate::runner::worker::DraftJob;
 use crate::runner::{BenchOptions, EvalOptions};
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
@@ -35,6 +37,9 @@ pub struct SweepOptions {
     /// (`kiln measure-worker`, [`crate::runner::worker`]), so that a file which makes llama.cpp abort (a GGML_ASSERT)
     /// becomes that variant's error instead of ending the sweep. None: in this process.
     pub worker: Option<PathBuf>,
+    /// `--draft T`: also measure each variant's greedy generation with the type-T variant as
+    /// its speculative-decoding draft (T is converted too when not among `types`).
+    pub draft: Option<(FileType, DraftOptions)>,
 }
 
 /// The order of precision (highest first) used to pick the reference.
@@ -62,6 +67,7 @@ fn extra_row(file: &Path) -> SweepRow {
         bench: Vec::new(),
         batched: Vec::new(),
         eval: None,
+        draft: None,
         error: None,
     };
     match crate::gguf::GgufFile::open(file) {
@@ -81,7 +87,13 @@ pub fn run(
         bail!("--types names no type");
     }
     let mut types: Vec<FileType> = Vec::new();
-    for &t in opts.types.iter().chain(opts.reference.iter()) {
+    let draft_type = opts.draft.as_ref().map(|d| d.0);
+    for &t in opts
+        .types
+        .iter()
+        .chain(opts.reference.iter())
+        .chain(draft_type.iter())
+    {
         if !types.contains(&t) {
             types.push(t);
         }
@@ -130,6 +142,12 @@ pub fn run(
     let ref_path = prepared[types.iter().position(|&t| t == reference).unwrap_or(0)]
         .target
         .clone();
+    let draft = opts.draft.as_ref().map(|(t, o)| DraftJob {
+        draft: prepared[types.iter().position(|x| x == t).unwrap_or(0)]
+            .target
+            .clone(),
+        options: o.clone(),
+    });
     let mut rows = Vec::new();
     let mut variants: Vec<SweepRow> = types
         .iter()
@@ -147,6 +165,7 @@ pub fn run(
                 bench: Vec::new(),
                 batched: Vec::new(),
                 eval: None,
+                draft: None,
                 error: None,
             }
         })
@@ -161,6 +180,10 @@ pub fn run(
                 batched: (!opts.skip_bench && !opts.bench.parallel.is_empty())
                     .then(|| opts.bench.clone()),
                 eval: (!opts.skip_eval).then(|| opts.eval.clone()),
+                // the draft's own row has nothing to gain from itself
+                draft: draft
+                    .clone()
+                    .filter(|d| d.draft != Path::new(&row.file) && !opts.skip_bench),
                 ..MeasureJob::new(Path::new(&row.file))
             };
             let m = match &opts.worker {
@@ -170,6 +193,7 @@ pub fn run(
             row.bench = m.bench;
             row.batched = m.batched;
             row.eval = m.eval;
+            row.draft = m.draft;
             row.error = m.error;
         }
         if let Some(e) = &row.error {

@@ -1,4 +1,5 @@
-//! The 32-weight block formats, one file each: Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0. This file
+//! The 32-weight block formats, one file each: Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 (and the sign
+//! and 2-bit formats Q1_0, 128 weights, and Q2_0, 64 weights, which share their shape). This file
 //! holds what they share: the conversions and block statistics of ggml's reference path, the
 //! importance weights and the searches of its importance-weighted path, and the 5-bit packing.
 //!
@@ -7,12 +8,16 @@
 //! (and min) that minimises the importance-weighted error, where the weight of column `j` is
 //! `imatrix[j] * sqrt(sigma2 + x[j]^2)` and `sigma2` is the row's mean square.
 
+pub mod q1_0;
+pub mod q2_0;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q5_0;
 pub mod q5_1;
 pub mod q8_0;
 
+pub use q1_0::{BlockQ1_0, Q1_0};
+pub use q2_0::{BlockQ2_0, Q2_0};
 pub use q4_0::{BlockQ4_0, Q4_0};
 pub use q4_1::{BlockQ4_1, Q4_1};
 pub use q5_0::{BlockQ5_0, Q5_0};
@@ -38,7 +43,7 @@ const QKX3_LEGACY: MinSearch = MinSearch {
 /// and the "integer indefinite" value `i32::MIN` for NaN and out-of-range input, where Rust's
 /// `as` would saturate. It matters for blocks of subnormals, whose reciprocal scale is infinite.
 #[inline(always)]
-fn cvtt(v: f32) -> i32 {
+pub(crate) fn cvtt(v: f32) -> i32 {
     if v.is_nan() || !(-2_147_483_648.0..2_147_483_648.0).contains(&v) {
         i32::MIN
     } else {

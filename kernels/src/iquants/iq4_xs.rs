@@ -1,0 +1,113 @@
+//! IQ4_XS: 136 bytes per 256 weights: eight 32-weight sub-blocks of IQ4_NL's non-linear
+//! levels, each with a 6-bit scale (low 4 bits in `scales_l`, high 2 in `scales_h`), and the
+//! super-block's f16 `d`. Weight = d*(ls-32)*kvalues_iq4nl[index].
+
+use super::iq4_nl::{best_index, block_scale, pack, sigma2, weights, KVALUES_IQ4NL, QK4_NL};
+use crate::fp::Half;
+use crate::kquants::search::nearest_int;
+use crate::kquants::QK_K;
+use crate::{as_blocks, as_blocks_mut, BlockFormat, GgmlType};
+use std::mem::size_of;
+
+/// The 4-bit non-linear super-block format.
+pub struct IQ4XS;
+
+/// One IQ4_XS super-block (ggml's `block_iq4_xs`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct BlockIQ4XS {
+    /// Scale of the sub-block scales.
+    pub d: Half,
+    /// High 2 bits of sub-block `ib`'s scale at bits `2*ib` (a little-endian u16).
+    pub scales_h: [u8; 2],
+    /// Low 4 bits of sub-block `ib`'s scale in nibble `ib % 2` of byte `ib / 2`.
+    pub scales_l: [u8; QK_K / 64],
+    /// Indices, 16 bytes per sub-block, packed as IQ4_NL packs them.
+    pub qs: [u8; QK_K / 2],
+}
+const _: () = assert!(size_of::<BlockIQ4XS>() == 136);
+
+const NB: usize = QK_K / QK4_NL;
+
+fn quantize_block(x: &[f32], y: &mut BlockIQ4XS, qw: Option<&[f32]>) {
+    let sigma2 = sigma2(x);
+    let mut scales = [0.0f32; NB];
+    let mut max_scale = 0.0f32;
+    let mut amax_scale = 0.0f32;
+    for ib in 0..NB {
+        let xb = &x[ib * QK4_NL..(ib + 1) * QK4_NL];
+        let w = weights(xb, qw.map(|q| &q[ib * QK4_NL..(ib + 1) * QK4_NL]), sigma2);
+        let d = block_scale(xb, &w);
+        scales[ib] = d;
+        let abs_d = d.abs();
+        if abs_d > amax_scale {
+            amax_scale = abs_d;
+            max_scale = d;
+        }
+    }
+    let d = -max_scale / 32.0;
+    y.d = Half::from_f32(d);
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut scales_h = 0u16;
+    y.scales_l = [0; QK_K / 64];
+    let mut l = [0u8; QK_K];
+    for ib in 0..NB {
+        let ls = nearest_int(id * scales[ib]).clamp(-32, 31);
+        let dl = d * ls as f32;
+        let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
+        let xb = &x[ib * QK4_NL..(ib + 1) * QK4_NL];
+        for j in 0..QK4_NL {
+            l[ib * QK4_NL + j] = best_index(idl * xb[j]);
+        }
+        let ls = (ls + 32) as u8;
+        y.scales_l[ib / 2] |= (ls & 0xf) << (4 * (ib % 2));
+        scales_h |= ((ls >> 4) as u16) << (2 * (ib % 8));
+    }
+    y.scales_h = scales_h.to_le_bytes();
+    for i in 0..NB {
+        pack(&l[32 * i..32 * i + 32], &mut y.qs[16 * i..16 * i + 16]);
+    }
+}
+
+impl BlockFormat for IQ4XS {
+    const TYPE: GgmlType = GgmlType::IQ4_XS;
+    const BLOCK_WEIGHTS: usize = QK_K;
+    const BLOCK_BYTES: usize = size_of::<BlockIQ4XS>();
+
+    fn quantize_row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
+        for (i, (x, y)) in src
+            .chunks_exact(QK_K)
+            .zip(as_blocks_mut::<BlockIQ4XS>(dst).iter_mut())
+            .enumerate()
+        {
+            quantize_block(x, y, imatrix.map(|q| &q[i * QK_K..(i + 1) * QK_K]));
+        }
+    }
+
+    fn dequantize_row(src: &[u8], dst: &mut [f32]) {
+        for (b, y) in as_blocks::<BlockIQ4XS>(src)
+            .iter()
+            .zip(dst.chunks_exact_mut(QK_K))
+        {
+            let d = b.d.to_f32();
+            let scales_h = u16::from_le_bytes(b.scales_h);
+            for ib in 0..NB {
+                let ls = ((b.scales_l[ib / 2] >> (4 * (ib % 2))) & 0xf) as i32
+                    | ((((scales_h >> (2 * ib)) & 3) as i32) << 4);
+                let dl = d * (ls - 32) as f32;
+                let qs = &b.qs[16 * ib..16 * ib + 16];
+                let y = &mut y[32 * ib..32 * ib + 32];
+                for j in 0..16 {
+                    y[j] = dl * KVALUES_IQ4NL[(qs[j] & 0xf) as usize] as f32;
+                    y[j + 16] = dl * KVALUES_IQ4NL[(qs[j] >> 4) as usize] as f32;
+                }
+            }
+        }
+    }
+
+    fn first_invalid_block(row: &[u8]) -> Option<usize> {
+        as_blocks::<BlockIQ4XS>(row)
+            .iter()
+            .position(|b| b.d.is_non_finite())
+    }
+}
