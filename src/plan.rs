@@ -148,6 +148,9 @@ pub struct PlanOptions {
     /// `--leave-output-tensor`: output.weight keeps its type.
     pub leave_output_tensor: bool,
     pub has_imatrix: bool,
+    /// `--tensor-type` rules in command-line order: the first whose regex matches a tensor's
+    /// name sets its type, before the mix's rules (and instead of them).
+    pub tensor_types: Vec<crate::overrides::TensorTypeRule>,
 }
 
 /// What the plan needs of the model (llama.cpp reads these from the hparams).
@@ -286,13 +289,24 @@ pub struct Choice {
     pub fallback_from: Option<TypeId>,
 }
 
-/// Chooses every tensor's type. `tensors` must be in [`llama_order`].
+/// The type of the first `--tensor-type` rule whose regex matches `name`.
+fn manual_type(name: &str, opts: &PlanOptions) -> Result<Option<GgmlType>> {
+    for r in &opts.tensor_types {
+        if r.matches(name)? {
+            return Ok(Some(r.ty));
+        }
+    }
+    Ok(None)
+}
+
+/// Chooses every tensor's type (llama.cpp's `llama_tensor_get_type`). `tensors` must be in
+/// [`llama_order`]. Fails only when a `--tensor-type` regex cannot be evaluated.
 pub fn choose_types(
     ftype: FileType,
     model: &ModelFacts,
     tensors: &[PlanTensor],
     opts: &PlanOptions,
-) -> Vec<Choice> {
+) -> Result<Vec<Choice>> {
     let default_type = ftype.default_type();
     let n_attention_wv = tensors
         .iter()
@@ -314,11 +328,17 @@ pub fn choose_types(
             continue;
         }
         if let (Some(ty), Category::TokenEmbd) = (opts.token_embedding_type, cat) {
-            out.push(Choice {
-                ty: TypeId::of(ty),
-                fallback_from: None,
-            });
-            continue;
+            // per_layer_token_embd follows --token-embedding-type unless a --tensor-type
+            // rule names it.
+            let named =
+                t.name == "per_layer_token_embd.weight" && manual_type(&t.name, opts)?.is_some();
+            if !named {
+                out.push(Choice {
+                    ty: TypeId::of(ty),
+                    fallback_from: None,
+                });
+                continue;
+            }
         }
         if let (Some(ty), Category::Output) = (opts.output_tensor_type, cat) {
             out.push(Choice {
@@ -335,7 +355,12 @@ pub fn choose_types(
             });
             continue;
         }
-        if !opts.pure {
+        // --tensor-type: the first matching rule wins and the mix's rules are skipped (its
+        // attn_v/ffn_down counters do not count this tensor); the fallback still applies.
+        let manual = manual_type(&t.name, opts)?;
+        if let Some(m) = manual {
+            ty = m;
+        } else if !opts.pure {
             ty = mix_type(
                 ftype,
                 model,
@@ -353,7 +378,7 @@ pub fn choose_types(
         }
         out.push(fallback(ty, t.dims[0]));
     }
-    out
+    Ok(out)
 }
 
 /// `tensor_type_fallback`: rows that are not whole blocks of the chosen type.

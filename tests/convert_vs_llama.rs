@@ -11,7 +11,7 @@ use kiln::quantize::{self, Options};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-fn tmp() -> PathBuf {
+pub(crate) fn tmp() -> PathBuf {
     let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("convert_vs_llama");
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -40,7 +40,7 @@ fn bpe_dir() -> &'static Path {
 }
 
 /// The f32 GGUF of the Llama fixture, written once.
-fn llama_f32() -> &'static Path {
+pub(crate) fn llama_f32() -> &'static Path {
     static F: OnceLock<PathBuf> = OnceLock::new();
     F.get_or_init(|| {
         let out = tmp().join("llama-F32.gguf");
@@ -81,7 +81,7 @@ fn f32_logits_match_an_independent_forward_pass() {
     }
 }
 
-fn tensors_of(path: &Path) -> Vec<(String, Vec<u64>, String, Vec<u8>)> {
+pub(crate) fn tensors_of(path: &Path) -> Vec<(String, Vec<u64>, String, Vec<u8>)> {
     let g = GgufFile::open(path).unwrap();
     let mut v: Vec<_> = g
         .tensors()
@@ -100,7 +100,7 @@ fn tensors_of(path: &Path) -> Vec<(String, Vec<u64>, String, Vec<u8>)> {
 }
 
 /// Asserts two GGUF files hold the same tensors (names, shapes, types, bytes) and metadata.
-fn assert_same(kiln_file: &Path, llama_file: &Path, what: &str) {
+pub(crate) fn assert_same(kiln_file: &Path, llama_file: &Path, what: &str) {
     let a = tensors_of(kiln_file);
     let b = tensors_of(llama_file);
     let names_a: Vec<&String> = a.iter().map(|t| &t.0).collect();
@@ -402,7 +402,7 @@ fn mixtral_matches_reference_and_llama_quantize() {
 }
 
 /// Importance data for every matrix of the Llama fixture, deterministic.
-fn fixture_imatrix() -> Vec<(String, Vec<f32>)> {
+pub(crate) fn fixture_imatrix() -> Vec<(String, Vec<f32>)> {
     imatrix_for(llama_f32())
 }
 
@@ -435,7 +435,7 @@ fn write_legacy_imatrix(path: &Path, entries: &[(String, Vec<f32>)], ncall: i32)
     std::fs::write(path, kiln::imatrix::encode_legacy(&refs)).unwrap();
 }
 
-fn write_gguf_imatrix(path: &Path, entries: &[(String, Vec<f32>)], count: f32) {
+pub(crate) fn write_gguf_imatrix(path: &Path, entries: &[(String, Vec<f32>)], count: f32) {
     use kiln::gguf::writer::{GgufWriter, TensorEntry};
     use kiln::gguf::{Metadata, TypeId};
     let f32t = TypeId::of(kiln::kernels::GgmlType::F32);

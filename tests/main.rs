@@ -12,5 +12,6 @@ mod eval;
 mod kernels_match_ggml;
 mod moe;
 mod mutations;
+mod quantize_options;
 mod reference_forward;
 mod sweep;
