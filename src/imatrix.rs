@@ -4,7 +4,8 @@
 //! sum / count per matrix; legacy files hold (sum / count) * ncall per tensor, weight =
 //! value / ncall.
 
-use crate::gguf::{GgufFile, TypeId};
+use crate::gguf::{Array, GgufFile, TypeId, Value};
+use crate::overrides::{KvOverride, KvValue};
 use anyhow::{bail, Context, Result};
 use kiln_kernels::GgmlType;
 use std::collections::HashMap;
@@ -90,8 +91,101 @@ fn load_gguf(path: &Path) -> Result<Imatrix> {
     Ok(out)
 }
 
+/// The keys llama-quantize adds (as kv overrides, after the user's) when it quantizes with the
+/// importance matrix in `path`, of which `n_entries` entries are used (after
+/// --include-weights/--exclude-weights): `quantize.imatrix.file` (the path as given),
+/// `quantize.imatrix.dataset` (the first dataset the file names, if any),
+/// `quantize.imatrix.entries_count`, and `quantize.imatrix.chunks_count` (when the file says
+/// a positive number). Strings are cut to 127 bytes, as llama.cpp's override values are.
+pub fn quantize_keys(path: &Path, n_entries: usize) -> Result<Vec<KvOverride>> {
+    let (datasets, chunks) = provenance(path)?;
+    let cut = |s: &str| -> String {
+        let mut n = s.len().min(127);
+        while !s.is_char_boundary(n) {
+            n -= 1;
+        }
+        s[..n].to_string()
+    };
+    let mut out = vec![KvOverride {
+        key: "quantize.imatrix.file".into(),
+        value: KvValue::Str(cut(&path.to_string_lossy())),
+    }];
+    if let Some(d) = datasets.first() {
+        out.push(KvOverride {
+            key: "quantize.imatrix.dataset".into(),
+            value: KvValue::Str(cut(d)),
+        });
+    }
+    out.push(KvOverride {
+        key: "quantize.imatrix.entries_count".into(),
+        value: KvValue::Int(n_entries as i64),
+    });
+    if chunks > 0 {
+        out.push(KvOverride {
+            key: "quantize.imatrix.chunks_count".into(),
+            value: KvValue::Int(chunks as i64),
+        });
+    }
+    Ok(out)
+}
+
+/// The datasets and chunk count an imatrix file records (common's `common_imatrix_load`): for a
+/// GGUF file its `imatrix.datasets` and `imatrix.chunk_count` keys, for a legacy file the
+/// optional trailer after the entries (an i32 chunk count, then an i32 length and the dataset
+/// name).
+fn provenance(path: &Path) -> Result<(Vec<String>, i32)> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    if bytes.starts_with(b"GGUF") {
+        drop(bytes);
+        let g = GgufFile::open(path)?;
+        let md = g.metadata();
+        let datasets = match md.get("imatrix.datasets") {
+            Some(Value::Array(Array::Str(v))) => v.clone(),
+            _ => Vec::new(),
+        };
+        let chunks = md
+            .get("imatrix.chunk_count")
+            .and_then(|v| v.as_int())
+            .map_or(0, |n| n as u32 as i32);
+        return Ok((datasets, chunks));
+    }
+    let (_, mut p) = parse_legacy_at(&bytes)
+        .with_context(|| format!("{}: not a valid imatrix file", path.display()))?;
+    // C reads into zero-initialised ints and keeps what a short read left there (a short read
+    // ends the trailer: nothing is left for what follows).
+    let int = |p: &mut usize| -> Option<i32> {
+        let rest = bytes.get(*p..).unwrap_or_default();
+        if rest.is_empty() {
+            return None;
+        }
+        let mut v = [0u8; 4];
+        let n = rest.len().min(4);
+        v[..n].copy_from_slice(&rest[..n]);
+        *p += n;
+        Some(i32::from_le_bytes(v))
+    };
+    let Some(chunks) = int(&mut p) else {
+        return Ok((Vec::new(), 0));
+    };
+    let mut datasets = Vec::new();
+    if let Some(len) = int(&mut p) {
+        if len > 0 {
+            if let Some(name) = bytes.get(p..p + len as usize) {
+                let name = name.split(|&c| c == 0).next().unwrap_or_default();
+                datasets.push(String::from_utf8_lossy(name).into_owned());
+            }
+        }
+    }
+    Ok((datasets, chunks))
+}
+
 /// The legacy binary format (llama-imatrix before GGUF).
 pub fn parse_legacy(b: &[u8]) -> Result<Imatrix> {
+    parse_legacy_at(b).map(|(m, _)| m)
+}
+
+/// [`parse_legacy`], and the offset where the entries end.
+fn parse_legacy_at(b: &[u8]) -> Result<(Imatrix, usize)> {
     // `n` bytes at `*p`, or an error saying where the file ends.
     let take = |p: &mut usize, n: usize, what: &dyn Fn() -> String| -> Result<&[u8]> {
         let s = b
@@ -138,7 +232,7 @@ pub fn parse_legacy(b: &[u8]) -> Result<Imatrix> {
             .collect();
         out.insert(name, vals);
     }
-    Ok(out)
+    Ok((out, p))
 }
 
 /// The legacy format's bytes for `(name, ncall, stored values)` entries, the inverse of

@@ -257,6 +257,18 @@ pub struct ReferenceOptions {
     pub kv_overrides: Vec<String>,
     /// `--prune-layers` (llama-quantize sorts and deduplicates them).
     pub prune_layers: Vec<i32>,
+    /// What llama-quantize records about its `--imatrix FILE` when it uses one (its
+    /// `quantize.imatrix.*` kv overrides, after the user's): the file name as given, the file's
+    /// datasets and chunk count. None: `llama_model_quantize` alone, which records nothing.
+    pub imatrix_file: Option<ImatrixFile>,
+}
+
+/// An imatrix file as llama-quantize's `load_imatrix` reports it.
+#[derive(Clone, Debug, Default)]
+pub struct ImatrixFile {
+    pub name: String,
+    pub datasets: Vec<String>,
+    pub chunk_count: i32,
 }
 
 /// llama-quantize's `parse_ggml_type`: ggml's own type names, case-insensitive.
@@ -379,8 +391,30 @@ pub fn reference_quantize(
         pattern: std::ptr::null(),
         type_: sys::GGML_TYPE_COUNT,
     });
-    let mut kv: Vec<sys::llama_model_kv_override> = o
-        .kv_overrides
+    let mut kv_args = o.kv_overrides.clone();
+    if let (Some(f), Some(m)) = (&o.imatrix_file, &imatrix) {
+        // quantize.cpp: file, first dataset (strings cut to 127 bytes), entry count, chunk
+        // count (when positive)
+        let cut = |s: &str| -> String {
+            let mut n = s.len().min(127);
+            while !s.is_char_boundary(n) {
+                n -= 1;
+            }
+            s[..n].to_string()
+        };
+        kv_args.push(format!("quantize.imatrix.file=str:{}", cut(&f.name)));
+        if let Some(d) = f.datasets.first() {
+            kv_args.push(format!("quantize.imatrix.dataset=str:{}", cut(d)));
+        }
+        kv_args.push(format!("quantize.imatrix.entries_count=int:{}", m.len()));
+        if f.chunk_count > 0 {
+            kv_args.push(format!(
+                "quantize.imatrix.chunks_count=int:{}",
+                f.chunk_count
+            ));
+        }
+    }
+    let mut kv: Vec<sys::llama_model_kv_override> = kv_args
         .iter()
         .map(|a| kv_override(a))
         .collect::<Result<_>>()?;
@@ -395,7 +429,7 @@ pub fn reference_quantize(
         if !o.tensor_types.is_empty() {
             p.tt_overrides = tt.as_ptr();
         }
-        if !o.kv_overrides.is_empty() {
+        if !kv_args.is_empty() {
             p.kv_overrides = kv.as_ptr();
         }
         if !o.prune_layers.is_empty() {

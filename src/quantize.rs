@@ -225,6 +225,11 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
         notes.push("no importance-matrix entry is left: quantizing without one".into());
         imatrix = None;
     }
+    // What llama-quantize records of the importance matrix it used (after the user's overrides).
+    let imatrix_keys = match (&opts.imatrix, &imatrix) {
+        (Some(p), Some(m)) => imatrix::quantize_keys(p, m.len())?,
+        _ => Vec::new(),
+    };
     let popts = PlanOptions {
         pure: opts.pure,
         output_tensor_type: opts.output_tensor_type,
@@ -411,7 +416,7 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
     metadata.set_last(keys::FILE_TYPE, Value::U32(opts.ftype.id()));
     // llama_model_quantize sets each override (moving an existing key to the end), then the
     // block count of a pruned model.
-    for o in &opts.kv_overrides {
+    for o in opts.kv_overrides.iter().chain(&imatrix_keys) {
         metadata.set_last(o.key.clone(), o.gguf_value());
     }
     if !opts.prune_layers.is_empty() {

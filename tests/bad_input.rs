@@ -966,8 +966,8 @@ fn bad_quantize_options() {
             "unknown type",
         ),
         (
-            &["--tensor-type", "attn_q=iq4_nl"],
-            &["iq4_nl", "kiln writes"],
+            &["--tensor-type", "attn_q=nvfp4"],
+            &["nvfp4", "kiln writes"],
             "a type kiln does not write",
         ),
         (

@@ -432,7 +432,25 @@ fn write_legacy_imatrix(path: &Path, entries: &[(String, Vec<f32>)], ncall: i32)
         .iter()
         .map(|(n, v)| (n.as_str(), ncall, v.as_slice()))
         .collect();
-    std::fs::write(path, kiln::imatrix::encode_legacy(&refs)).unwrap();
+    let mut bytes = kiln::imatrix::encode_legacy(&refs);
+    // the optional trailer: chunk count, then the dataset's name
+    bytes.extend(5i32.to_le_bytes());
+    bytes.extend((LEGACY_DATASET.len() as i32).to_le_bytes());
+    bytes.extend(LEGACY_DATASET.as_bytes());
+    std::fs::write(path, bytes).unwrap();
+}
+
+const LEGACY_DATASET: &str = "legacy-text.txt";
+const GGUF_DATASET: &str = "fixture-text.txt";
+
+/// What llama-quantize reports of the imatrix file `path` written by [`write_legacy_imatrix`]
+/// (`legacy`) or [`write_gguf_imatrix`]: the name as given, the dataset, the chunk count.
+pub(crate) fn imatrix_provenance(path: &Path, legacy: bool) -> kiln::llama::ImatrixFile {
+    kiln::llama::ImatrixFile {
+        name: path.display().to_string(),
+        datasets: vec![if legacy { LEGACY_DATASET } else { GGUF_DATASET }.to_string()],
+        chunk_count: if legacy { 5 } else { 3 },
+    }
 }
 
 pub(crate) fn write_gguf_imatrix(path: &Path, entries: &[(String, Vec<f32>)], count: f32) {
@@ -441,6 +459,12 @@ pub(crate) fn write_gguf_imatrix(path: &Path, entries: &[(String, Vec<f32>)], co
     let f32t = TypeId::of(kiln::kernels::GgmlType::F32);
     let mut md = Metadata::new();
     md.set_str("general.type", "imatrix");
+    md.set(
+        "imatrix.datasets",
+        kiln::gguf::Value::Array(kiln::gguf::Array::Str(vec![GGUF_DATASET.to_string()])),
+    );
+    md.set_u32("imatrix.chunk_count", 3);
+    md.set_u32("imatrix.chunk_size", 512);
     let mut tensors = Vec::new();
     for (name, v) in entries {
         tensors.push(TensorEntry {
@@ -475,10 +499,6 @@ fn importance_matrices_in_both_formats_quantize_like_llama_quantize() {
     // Powers of two so that value * count / count is exact in both formats.
     write_legacy_imatrix(&legacy, &entries, 4);
     write_gguf_imatrix(&gguf, &entries, 8.0);
-    let ro = kiln::llama::ReferenceOptions {
-        imatrix: Some(entries.clone()),
-        ..Default::default()
-    };
     for ftype in [
         FileType::Q4_K_M,
         FileType::Q2_K,
@@ -490,9 +510,15 @@ fn importance_matrices_in_both_formats_quantize_like_llama_quantize() {
         FileType::TQ1_0,
         FileType::MXFP4_MOE,
     ] {
-        let theirs = tmp().join(format!("imat-llama-{}.gguf", ftype.name()));
-        kiln::llama::reference_quantize(llama_f32(), &theirs, ftype.id(), &ro).unwrap();
         for (label, file) in [("legacy", &legacy), ("gguf", &gguf)] {
+            // llama-quantize records the file's name, dataset and chunk count in the output
+            let ro = kiln::llama::ReferenceOptions {
+                imatrix: Some(entries.clone()),
+                imatrix_file: Some(imatrix_provenance(file, label == "legacy")),
+                ..Default::default()
+            };
+            let theirs = tmp().join(format!("imat-llama-{label}-{}.gguf", ftype.name()));
+            kiln::llama::reference_quantize(llama_f32(), &theirs, ftype.id(), &ro).unwrap();
             let ours = tmp().join(format!("imat-kiln-{label}-{}.gguf", ftype.name()));
             let mut o = Options::new(ftype);
             o.output = Some(ours.clone());
@@ -628,6 +654,7 @@ fn simple_new_file_types_match_llama_quantize_where_their_rules_fire() {
             quantize::execute(&quantize::prepare(&f32_file, &o).unwrap(), true, false).unwrap();
             let ro = kiln::llama::ReferenceOptions {
                 imatrix: with_imatrix.then(|| entries.clone()),
+                imatrix_file: with_imatrix.then(|| imatrix_provenance(&imatrix_file, false)),
                 ..Default::default()
             };
             kiln::llama::reference_quantize(&f32_file, &theirs, ftype.id(), &ro).unwrap();
@@ -815,6 +842,7 @@ fn low_bit_mixes_plan_and_refuse_like_llama_quantize() {
     write_gguf_imatrix(&imatrix_file, &entries, 8.0);
     let with = kiln::llama::ReferenceOptions {
         imatrix: Some(entries.clone()),
+        imatrix_file: Some(imatrix_provenance(&imatrix_file, false)),
         ..Default::default()
     };
     let mut compared_bytes = Vec::new();

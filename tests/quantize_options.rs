@@ -3,7 +3,9 @@
 //! with the same options (`llama_model_quantize`, its parameters filled as llama-quantize fills
 //! them), as whole files, byte for byte (`--no-checksum`, from an f32 GGUF without kiln's keys).
 
-use crate::convert_vs_llama::{fixture_imatrix, llama_f32, tensors_of, tmp, write_gguf_imatrix};
+use crate::convert_vs_llama::{
+    fixture_imatrix, imatrix_provenance, llama_f32, tensors_of, tmp, write_gguf_imatrix,
+};
 use kiln::gguf::{GgufFile, Value};
 use kiln::llama::ReferenceOptions;
 use kiln::overrides::{parse_prune_layers, KvOverride, TensorTypeRule};
@@ -173,6 +175,7 @@ fn pruning_a_middle_layer_with_an_imatrix_matches_llama_quantize() {
         o.prune_layers = layers.clone();
         let ro = ReferenceOptions {
             imatrix: Some(entries.clone()),
+            imatrix_file: Some(imatrix_provenance(file, false)),
             prune_layers: layers.iter().map(|&l| l as i32).collect(),
             ..Default::default()
         };
@@ -207,6 +210,7 @@ fn pruning_a_middle_layer_with_an_imatrix_matches_llama_quantize() {
     let other = tmp().join("qopts-llama-prune-1-wrong.gguf");
     let ro = ReferenceOptions {
         imatrix: Some(wrong),
+        imatrix_file: Some(imatrix_provenance(&imatrix().0, false)),
         prune_layers: vec![1],
         ..Default::default()
     };
@@ -235,6 +239,7 @@ fn include_and_exclude_weights_match_llama_quantize() {
         o.exclude_weights = s(&exc);
         let ro = ReferenceOptions {
             imatrix: Some(entries.clone()),
+            imatrix_file: Some(imatrix_provenance(file, false)),
             include_weights: s(&inc),
             exclude_weights: s(&exc),
             ..Default::default()
