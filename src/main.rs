@@ -34,7 +34,7 @@ enum Command {
     #[cfg(feature = "llama")]
     /// Convert a checkpoint to several types in one pass, bench and evaluate every variant
     /// against the highest-precision one, and write a report folder (markdown, JSON, CSV, chart).
-    Sweep(SweepArgs),
+    Sweep(Box<SweepArgs>),
     #[cfg(feature = "llama")]
     /// Write a sweep's report files (report.md, report.csv, chart.svg, chart.png) again from
     /// its report.json.
@@ -89,7 +89,7 @@ fn main() -> ExitCode {
         #[cfg(feature = "llama")]
         Command::Imatrix(a) => cli::runner::imatrix(a),
         #[cfg(feature = "llama")]
-        Command::Sweep(a) => cli::runner::sweep(a),
+        Command::Sweep(a) => cli::runner::sweep(*a),
         #[cfg(feature = "llama")]
         Command::Report { dir } => cli::runner::report(&dir),
         #[cfg(feature = "llama")]

@@ -97,21 +97,21 @@ fn the_file_is_llama_imatrix_format_with_every_matrix_and_its_token_count() {
     let got: BTreeSet<(String, u64)> = g
         .entries
         .iter()
-        .map(|(n, (_, ne, _))| (n.clone(), ne[0] as u64))
+        .map(|(n, e)| (n.clone(), e.ne[0] as u64))
         .collect();
     assert_eq!(got, expected);
     let tokens = (CHUNKS * N_CTX as usize) as f32;
-    for (name, (sums, ne, counts)) in &g.entries {
-        assert_eq!(ne[1], 1, "{name}: one matrix");
-        assert_eq!(counts, &vec![tokens], "{name}: count = tokens processed");
-        assert!(sums.iter().all(|v| v.is_finite() && *v >= 0.0), "{name}");
-        assert!(sums.iter().any(|v| *v > 0.0), "{name}: all zero");
+    for (name, e) in &g.entries {
+        assert_eq!(e.ne[1], 1, "{name}: one matrix");
+        assert_eq!(e.counts, vec![tokens], "{name}: count = tokens processed");
+        assert!(e.sums.iter().all(|v| v.is_finite() && *v >= 0.0), "{name}");
+        assert!(e.sums.iter().any(|v| *v > 0.0), "{name}: all zero");
     }
     // kiln's own reader: sums / count.
     let k = kiln::imatrix::load(file).unwrap();
     assert_eq!(k.len(), g.entries.len());
-    for (name, (sums, _, counts)) in &g.entries {
-        let want: Vec<f32> = sums.iter().map(|s| s / counts[0]).collect();
+    for (name, e) in &g.entries {
+        let want: Vec<f32> = e.sums.iter().map(|s| s / e.counts[0]).collect();
         assert_eq!(k[name], want, "{name}");
     }
 }
@@ -219,16 +219,16 @@ fn first_layer_sums_are_those_of_the_rms_normed_embeddings() {
             }
         }
     }
-    let q = &imat.entries["blk.0.attn_q.weight"].0;
+    let q = &imat.entries["blk.0.attn_q.weight"].sums;
     for i in 0..n {
         let rel = (q[i] as f64 - want[i]).abs() / want[i];
         assert!(rel < 1e-4, "column {i}: {} vs {}", q[i], want[i]);
     }
     // attn_k and attn_v take the same input, summed in the same order.
-    assert_eq!(&imat.entries["blk.0.attn_k.weight"].0, q);
-    assert_eq!(&imat.entries["blk.0.attn_v.weight"].0, q);
+    assert_eq!(&imat.entries["blk.0.attn_k.weight"].sums, q);
+    assert_eq!(&imat.entries["blk.0.attn_v.weight"].sums, q);
     // A later layer's input is not the embeddings' (the check above can fail).
-    assert_ne!(&imat.entries["blk.1.attn_q.weight"].0, q);
+    assert_ne!(&imat.entries["blk.1.attn_q.weight"].sums, q);
 }
 
 #[test]

@@ -745,8 +745,17 @@ pub struct GgmlImatrix {
     /// `imatrix.chunk_count` and `imatrix.chunk_size` (u32), when present.
     pub chunk_count: Option<u32>,
     pub chunk_size: Option<u32>,
-    /// Weight name -> (`in_sum2` values, `in_sum2` ne, `counts` values).
-    pub entries: std::collections::BTreeMap<String, (Vec<f32>, [i64; 4], Vec<f32>)>,
+    /// Weight name -> its sums and counts.
+    pub entries: std::collections::BTreeMap<String, GgmlImatrixEntry>,
+}
+
+/// One weight's `<name>.in_sum2` and `<name>.counts` as ggml read them.
+#[derive(Clone, Debug, Default)]
+pub struct GgmlImatrixEntry {
+    pub sums: Vec<f32>,
+    /// `in_sum2`'s ne.
+    pub ne: [i64; 4],
+    pub counts: Vec<f32>,
 }
 
 /// Reads `path` with `gguf_init_from_file` (tensor data loaded into a ggml context), pairing
@@ -843,7 +852,14 @@ pub fn read_imatrix_with_ggml(path: &Path) -> Result<GgmlImatrix> {
             let n = unsafe { sys::ggml_nelements(t) } as usize;
             unsafe { std::slice::from_raw_parts(t.data as *const f32, n) }.to_vec()
         };
-        out.entries.insert(name, (read(s), s.ne, read(c)));
+        out.entries.insert(
+            name,
+            GgmlImatrixEntry {
+                sums: read(s),
+                ne: s.ne,
+                counts: read(c),
+            },
+        );
     }
     Ok(out)
 }
