@@ -5,7 +5,7 @@ use std::process::ExitCode;
 mod cli;
 use cli::convert::QuantizeArgs;
 #[cfg(feature = "llama")]
-use cli::runner::{BenchArgs, EvalArgs, SweepArgs};
+use cli::runner::{BenchArgs, EvalArgs, ImatrixArgs, SweepArgs};
 
 /// kiln: Hugging Face checkpoints to GGUF at every precision, measured on llama.cpp.
 #[derive(Parser)]
@@ -30,9 +30,13 @@ enum Command {
     /// (as llama-perplexity --kl-divergence does) and a question-answering check.
     Eval(EvalArgs),
     #[cfg(feature = "llama")]
+    /// Compute an importance matrix for quantization on a text, as llama-imatrix does, in
+    /// its GGUF format (for `kiln quantize --imatrix` and llama-quantize).
+    Imatrix(ImatrixArgs),
+    #[cfg(feature = "llama")]
     /// Convert a checkpoint to several types in one pass, bench and evaluate every variant
     /// against the highest-precision one, and write a report folder (markdown, JSON, CSV, chart).
-    Sweep(SweepArgs),
+    Sweep(Box<SweepArgs>),
     #[cfg(feature = "llama")]
     /// Write a sweep's report files (report.md, report.csv, chart.svg, chart.png) again from
     /// its report.json.
@@ -94,7 +98,9 @@ fn main() -> ExitCode {
         #[cfg(feature = "llama")]
         Command::Eval(a) => cli::runner::eval(a),
         #[cfg(feature = "llama")]
-        Command::Sweep(a) => cli::runner::sweep(a),
+        Command::Imatrix(a) => cli::runner::imatrix(a),
+        #[cfg(feature = "llama")]
+        Command::Sweep(a) => cli::runner::sweep(*a),
         #[cfg(feature = "llama")]
         Command::Report { dir } => cli::runner::report(&dir),
         #[cfg(feature = "llama")]

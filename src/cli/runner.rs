@@ -212,6 +212,54 @@ pub struct EvalArgs {
 }
 
 #[derive(clap::Args)]
+pub struct ImatrixArgs {
+    /// The model (GGUF), usually at the highest precision available.
+    pub model: PathBuf,
+    /// The calibration text (UTF-8), as llama-imatrix -f.
+    #[arg(long = "text", short = 'f')]
+    pub text: PathBuf,
+    /// Tokens per chunk.
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 512)]
+    pub n_ctx: u32,
+    /// At most this many chunks (default: all).
+    #[arg(long)]
+    pub chunks: Option<usize>,
+    /// Threads (default: all cores).
+    #[arg(short = 't', long)]
+    pub threads: Option<u32>,
+    /// Also collect output.weight (llama-imatrix --process-output).
+    #[arg(long)]
+    pub process_output: bool,
+    /// The importance matrix to write (llama-imatrix's GGUF format; replaced if it exists).
+    #[arg(short = 'o', long = "output", default_value = "imatrix.gguf")]
+    pub output: PathBuf,
+}
+
+/// `kiln imatrix`: llama-imatrix's importance matrix, computed on llama.cpp.
+pub fn imatrix(a: ImatrixArgs) -> anyhow::Result<()> {
+    let mut p = progress_line();
+    let d = kiln::runner::imatrix::ImatrixOptions::default();
+    let o = kiln::runner::imatrix::ImatrixOptions {
+        n_ctx: a.n_ctx,
+        max_chunks: a.chunks,
+        threads: a.threads.unwrap_or(d.threads),
+        process_output: a.process_output,
+    };
+    let s = kiln::runner::imatrix::run(&a.model, &a.text, &a.output, &o, &mut p)?;
+    eprintln!(
+        "kiln: {}: {} weights, {} chunks of {} tokens ({} tokens), final PPL {:.4}, {:.1}s",
+        a.output.display(),
+        s.n_entries,
+        s.n_chunks,
+        a.n_ctx,
+        s.n_tokens,
+        s.ppl,
+        s.seconds
+    );
+    Ok(())
+}
+
+#[derive(clap::Args)]
 pub struct SweepArgs {
     /// Checkpoint folder, .safetensors file, or .gguf file.
     pub input: PathBuf,

@@ -248,6 +248,8 @@ pub struct Ctx<'m> {
     pool: Option<NonNull<sys::ggml_threadpool>>,
     type_k: sys::ggml_type,
     type_v: sys::ggml_type,
+    /// The eval callback's observer (its user data), freed after the context.
+    _observer: Option<Box<Box<dyn EvalObserver>>>,
     _model: std::marker::PhantomData<&'m Model>,
 }
 
@@ -265,6 +267,7 @@ impl<'m> Ctx<'m> {
                 pool: None,
                 type_k: cp.type_k,
                 type_v: cp.type_v,
+                _observer: None,
                 _model: std::marker::PhantomData,
             });
         }
@@ -288,6 +291,7 @@ impl<'m> Ctx<'m> {
             pool: Some(pool),
             type_k: cp.type_k,
             type_v: cp.type_v,
+            _observer: None,
             _model: std::marker::PhantomData,
         })
     }
@@ -387,7 +391,8 @@ impl<'m> Ctx<'m> {
         self.with_logits_ith(i, <[f32]>::to_vec)
     }
 
-    fn with_logits_ith<T>(&self, i: i32, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
+    /// `f` of the logits of the `i`-th token of the last batch, read in place.
+    pub fn with_logits_ith<T>(&self, i: i32, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
         let n_vocab = self.vocab().0 as usize;
         let p = unsafe { sys::llama_get_logits_ith(self.ptr(), i) };
         if p.is_null() {
@@ -396,6 +401,14 @@ impl<'m> Ctx<'m> {
         // Safety: llama.cpp's buffer of n_vocab floats for that token, valid until the next
         // decode on this context; read here and not kept.
         Ok(f(unsafe { std::slice::from_raw_parts(p, n_vocab) }))
+    }
+
+    /// `llama_vocab_get_add_eos`: whether tokenizing appends EOS.
+    pub fn adds_eos(&self) -> bool {
+        unsafe {
+            let model = sys::llama_get_model(self.ptr());
+            sys::llama_vocab_get_add_eos(sys::llama_model_get_vocab(model))
+        }
     }
 
     /// `llama_memory_clear(mem, false)`, as llama-bench between runs.
@@ -491,6 +504,364 @@ impl Drop for BatchExt {
     fn drop(&mut self) {
         unsafe { sys::llama_batch_ext_free(self.0.as_ptr()) }
     }
+}
+
+// ---- the scheduler's eval callback (what llama-imatrix observes) ----
+
+/// Which matrix multiplication a graph node is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatMulOp {
+    /// `GGML_OP_MUL_MAT`: a weight times the activations.
+    Dense,
+    /// `GGML_OP_MUL_MAT_ID`: a stack of expert weights, each token's input multiplied by the
+    /// experts its router chose.
+    Expert,
+}
+
+/// A matrix multiplication node, as the scheduler asks about it before computing it.
+#[derive(Debug)]
+pub struct MatMulAsk<'a> {
+    pub op: MatMulOp,
+    /// The weight's name, backend prefixes and suffixes removed (`CUDA0#blk.0.attn_k.weight#0`
+    /// -> `blk.0.attn_k.weight`, as llama-imatrix's `filter_tensor_name`).
+    pub weight: &'a str,
+    /// The input's `ne[1]` (tokens, for a dense multiplication).
+    pub rows: i64,
+    /// Whether the input is f32.
+    pub input_f32: bool,
+}
+
+/// A computed matrix multiplication's input (`src[1]`, f32), copied to host memory, with the
+/// weight's shape and, for `MUL_MAT_ID`, the expert ids (`src[2]`).
+pub struct MatMulInput {
+    pub op: MatMulOp,
+    pub weight: String,
+    /// The weight's `ne` (for experts, `ne[2]` is the number of experts).
+    pub weight_ne: [i64; 4],
+    /// The input's `ne`.
+    pub ne: [i64; 4],
+    /// The input's strides, in f32 elements.
+    stride: [usize; 4],
+    data: Vec<f32>,
+    ids_ne: [i64; 4],
+    /// The ids' strides, in i32 elements.
+    ids_stride: [usize; 4],
+    ids: Vec<i32>,
+}
+
+impl MatMulInput {
+    /// The input row at `(i1, i2, i3)`: `ne[0]` values.
+    pub fn row(&self, i1: i64, i2: i64, i3: i64) -> &[f32] {
+        let o = i1 as usize * self.stride[1]
+            + i2 as usize * self.stride[2]
+            + i3 as usize * self.stride[3];
+        &self.data[o..o + self.ne[0] as usize]
+    }
+
+    /// `ggml_nrows` of the input.
+    pub fn n_rows(&self) -> i64 {
+        self.ne[1] * self.ne[2] * self.ne[3]
+    }
+
+    /// (experts chosen per token, tokens) of the ids; (0, 0) for a dense multiplication.
+    pub fn ids_shape(&self) -> (i64, i64) {
+        (self.ids_ne[0], self.ids_ne[1])
+    }
+
+    /// The `idx`-th expert chosen for token `token`.
+    pub fn expert(&self, idx: i64, token: i64) -> i32 {
+        self.ids[token as usize * self.ids_stride[1] + idx as usize * self.ids_stride[0]]
+    }
+}
+
+/// What the eval callback reports to: asked about every matrix multiplication before it is
+/// computed (`wants`), then given the input of each one it wanted (`observe`). Called from the
+/// thread that decodes.
+pub trait EvalObserver: Send {
+    fn wants(&mut self, node: &MatMulAsk) -> bool;
+    fn observe(&mut self, input: &MatMulInput);
+}
+
+/// The settings of a context whose graph computations are observed (the rest is
+/// `llama_context_default_params()`, as llama.cpp's common code leaves it: f16 KV cache,
+/// flash attention auto, no unified KV cache).
+pub struct ObservedCtxParams {
+    pub n_ctx: u32,
+    pub n_batch: u32,
+    pub n_ubatch: u32,
+    pub n_seq_max: u32,
+    pub n_threads: u32,
+}
+
+/// llama-imatrix's `filter_tensor_name`.
+fn filter_tensor_name(name: &str) -> &str {
+    match name.split_once('#') {
+        Some((_, rest)) => rest.split_once('#').map_or(rest, |(w, _)| w),
+        None => name,
+    }
+}
+
+fn tensor_name(t: &sys::ggml_tensor) -> String {
+    let bytes: Vec<u8> = t
+        .name
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// A copy of tensor `t`'s bytes as `T`s (from the host or through the backend).
+///
+/// # Safety
+/// `t` must be a computed tensor of the graph being evaluated, with elements of `T`'s size.
+unsafe fn tensor_copy<T: Copy + Default>(t: &sys::ggml_tensor) -> Vec<T> {
+    let n = unsafe { sys::ggml_nbytes(t) };
+    let mut out = vec![T::default(); n.div_ceil(std::mem::size_of::<T>())];
+    let host = t.buffer.is_null() || unsafe { sys::ggml_backend_buffer_is_host(t.buffer) };
+    if host {
+        unsafe {
+            std::ptr::copy_nonoverlapping(t.data as *const u8, out.as_mut_ptr().cast::<u8>(), n)
+        };
+    } else {
+        unsafe { sys::ggml_backend_tensor_get(t, out.as_mut_ptr().cast(), 0, n) };
+    }
+    out
+}
+
+/// The scheduler's eval callback (`ggml_backend_sched_eval_callback`).
+unsafe extern "C" fn observe_node(
+    t: *mut sys::ggml_tensor,
+    ask: bool,
+    user_data: *mut std::ffi::c_void,
+) -> bool {
+    let run = || -> bool {
+        // Safety: the scheduler passes a live node and the user data set in
+        // `Ctx::new_observed`, which outlives the context.
+        let (t, obs) = unsafe { (&*t, &mut **(user_data as *mut Box<dyn EvalObserver>)) };
+        let op = match t.op {
+            sys::GGML_OP_MUL_MAT => MatMulOp::Dense,
+            sys::GGML_OP_MUL_MAT_ID => MatMulOp::Expert,
+            _ => return false,
+        };
+        let (src0, src1) = (t.src[0], t.src[1]);
+        if src0.is_null() || src1.is_null() || (op == MatMulOp::Expert && t.src[2].is_null()) {
+            return false;
+        }
+        let (src0, src1) = unsafe { (&*src0, &*src1) };
+        let full = tensor_name(src0);
+        let weight = filter_tensor_name(&full);
+        let input_f32 = src1.type_ == sys::GGML_TYPE_F32;
+        if ask {
+            return obs.wants(&MatMulAsk {
+                op,
+                weight,
+                rows: src1.ne[1],
+                input_f32,
+            });
+        }
+        if !input_f32 || src1.nb[0] != 4 {
+            return true;
+        }
+        let (ids_ne, ids_stride, ids) = if op == MatMulOp::Expert {
+            let ids = unsafe { &*t.src[2] };
+            if ids.type_ != sys::GGML_TYPE_I32 {
+                return true;
+            }
+            (ids.ne, ids.nb.map(|b| b / 4), unsafe {
+                tensor_copy::<i32>(ids)
+            })
+        } else {
+            ([0; 4], [0; 4], Vec::new())
+        };
+        obs.observe(&MatMulInput {
+            op,
+            weight: weight.to_string(),
+            weight_ne: src0.ne,
+            ne: src1.ne,
+            stride: src1.nb.map(|b| b / 4),
+            data: unsafe { tensor_copy::<f32>(src1) },
+            ids_ne,
+            ids_stride,
+            ids,
+        });
+        true
+    };
+    // A panic must not cross into C; the observer sees no more nodes after one.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or(false)
+}
+
+impl<'m> Ctx<'m> {
+    /// `llama_init_from_model` with `p` and llama.cpp's eval callback reporting every matrix
+    /// multiplication to `observer` (what llama-imatrix sets as `cb_eval`).
+    pub fn new_observed(
+        model: &'m Model,
+        p: &ObservedCtxParams,
+        observer: Box<dyn EvalObserver>,
+    ) -> Result<Ctx<'m>> {
+        let mut observer = Box::new(observer);
+        let mut cp = unsafe { sys::llama_context_default_params() };
+        cp.n_ctx = p.n_ctx;
+        cp.n_batch = p.n_batch;
+        cp.n_ubatch = p.n_ubatch;
+        cp.n_seq_max = p.n_seq_max.max(1);
+        cp.n_threads = p.n_threads as i32;
+        cp.n_threads_batch = p.n_threads as i32;
+        cp.swa_full = false;
+        cp.kv_unified = false;
+        cp.cb_eval = Some(observe_node);
+        cp.cb_eval_user_data = (&mut *observer as *mut Box<dyn EvalObserver>).cast();
+        super::clear_errors();
+        let ctx = NonNull::new(unsafe { sys::llama_init_from_model(model.ptr(), cp) }).ok_or_else(
+            || match super::logged_errors() {
+                Some(e) => anyhow!(
+                    "llama.cpp cannot create a context of {} cells: {e}",
+                    p.n_ctx
+                ),
+                None => anyhow!("llama.cpp cannot create a context of {} cells", p.n_ctx),
+            },
+        )?;
+        Ok(Ctx {
+            ctx,
+            pool: None,
+            type_k: cp.type_k,
+            type_v: cp.type_v,
+            _observer: Some(observer),
+            _model: std::marker::PhantomData,
+        })
+    }
+}
+
+// ---- reading an importance matrix with ggml's own GGUF reader ----
+
+/// An importance matrix as llama.cpp's loader (`common/imatrix-loader.cpp`, which
+/// llama-quantize uses) sees a GGUF imatrix file, read with ggml's `gguf_*` functions.
+#[derive(Clone, Debug, Default)]
+pub struct GgmlImatrix {
+    /// `general.type`.
+    pub general_type: Option<String>,
+    /// `imatrix.datasets`, when it is an array of strings.
+    pub datasets: Vec<String>,
+    /// `imatrix.chunk_count` and `imatrix.chunk_size` (u32), when present.
+    pub chunk_count: Option<u32>,
+    pub chunk_size: Option<u32>,
+    /// Weight name -> its sums and counts.
+    pub entries: std::collections::BTreeMap<String, GgmlImatrixEntry>,
+}
+
+/// One weight's `<name>.in_sum2` and `<name>.counts` as ggml read them.
+#[derive(Clone, Debug, Default)]
+pub struct GgmlImatrixEntry {
+    pub sums: Vec<f32>,
+    /// `in_sum2`'s ne.
+    pub ne: [i64; 4],
+    pub counts: Vec<f32>,
+}
+
+/// Reads `path` with `gguf_init_from_file` (tensor data loaded into a ggml context), pairing
+/// `<name>.in_sum2` with `<name>.counts` as llama.cpp's imatrix loader does; an unpaired or
+/// non-f32 tensor is an error, as there.
+pub fn read_imatrix_with_ggml(path: &Path) -> Result<GgmlImatrix> {
+    let c = path_cstring(path)?;
+    let mut gctx: *mut sys::ggml_context = std::ptr::null_mut();
+    let g = unsafe {
+        sys::gguf_init_from_file(
+            c.as_ptr(),
+            sys::gguf_init_params {
+                no_alloc: false,
+                ctx: &mut gctx,
+            },
+        )
+    };
+    if g.is_null() {
+        bail!("{}: ggml cannot read it as GGUF", path.display());
+    }
+    struct Guard(*mut sys::gguf_context, *mut sys::ggml_context);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            unsafe {
+                sys::gguf_free(self.0);
+                if !self.1.is_null() {
+                    sys::ggml_free(self.1);
+                }
+            }
+        }
+    }
+    let _guard = Guard(g, gctx);
+    let key = |k: &str| -> i64 {
+        let k = CString::new(k).unwrap_or_default();
+        unsafe { sys::gguf_find_key(g, k.as_ptr()) }
+    };
+    let cstr = |p: *const std::os::raw::c_char| -> String {
+        if p.is_null() {
+            String::new()
+        } else {
+            unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+        }
+    };
+    let mut out = GgmlImatrix::default();
+    unsafe {
+        let k = key("general.type");
+        if k >= 0 && sys::gguf_get_kv_type(g, k) == sys::GGUF_TYPE_STRING {
+            out.general_type = Some(cstr(sys::gguf_get_val_str(g, k)));
+        }
+        let k = key("imatrix.datasets");
+        if k >= 0
+            && sys::gguf_get_kv_type(g, k) == sys::GGUF_TYPE_ARRAY
+            && sys::gguf_get_arr_type(g, k) == sys::GGUF_TYPE_STRING
+        {
+            for i in 0..sys::gguf_get_arr_n(g, k) {
+                out.datasets.push(cstr(sys::gguf_get_arr_str(g, k, i)));
+            }
+        }
+        for (name, slot) in [
+            ("imatrix.chunk_count", &mut out.chunk_count),
+            ("imatrix.chunk_size", &mut out.chunk_size),
+        ] {
+            let k = key(name);
+            if k >= 0 && sys::gguf_get_kv_type(g, k) == sys::GGUF_TYPE_UINT32 {
+                *slot = Some(sys::gguf_get_val_u32(g, k));
+            }
+        }
+    }
+    let mut pairs: std::collections::BTreeMap<String, [Option<*mut sys::ggml_tensor>; 2]> =
+        Default::default();
+    let n = unsafe { sys::gguf_get_n_tensors(g) };
+    for i in 0..n {
+        let name = cstr(unsafe { sys::gguf_get_tensor_name(g, i) });
+        let cname = CString::new(name.as_str()).unwrap_or_default();
+        let t = unsafe { sys::ggml_get_tensor(gctx, cname.as_ptr()) };
+        if t.is_null() {
+            bail!("{}: ggml has no data for {name}", path.display());
+        }
+        if let Some(base) = name.strip_suffix(".in_sum2") {
+            pairs.entry(base.to_string()).or_default()[0] = Some(t);
+        } else if let Some(base) = name.strip_suffix(".counts") {
+            pairs.entry(base.to_string()).or_default()[1] = Some(t);
+        }
+    }
+    for (name, p) in pairs {
+        let (Some(s), Some(c)) = (p[0], p[1]) else {
+            bail!("{}: mismatched sums and counts for {name}", path.display());
+        };
+        let (s, c) = unsafe { (&*s, &*c) };
+        if s.type_ != sys::GGML_TYPE_F32 || c.type_ != sys::GGML_TYPE_F32 {
+            bail!("{}: sums and counts for {name} must be F32", path.display());
+        }
+        let read = |t: &sys::ggml_tensor| -> Vec<f32> {
+            let n = unsafe { sys::ggml_nelements(t) } as usize;
+            unsafe { std::slice::from_raw_parts(t.data as *const f32, n) }.to_vec()
+        };
+        out.entries.insert(
+            name,
+            GgmlImatrixEntry {
+                sums: read(s),
+                ne: s.ne,
+                counts: read(c),
+            },
+        );
+    }
+    Ok(out)
 }
 
 // ---- what the report's footer names ----

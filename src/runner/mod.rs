@@ -1,10 +1,12 @@
 //! The runner: measures GGUF variants on llama.cpp (through `llama-cpp-2`), the way llama.cpp's
 //! own tools do. `bench` is llama-bench (pp/tg tokens per second, repetitions, memory);
 //! `eval` is llama-perplexity (perplexity, KL divergence to a reference, same-top-token rate)
-//! plus a small question-answering task check.
+//! plus a small question-answering task check; `imatrix` is llama-imatrix (importance matrices
+//! for quantization).
 
 pub mod bench;
 pub mod eval;
+pub mod imatrix;
 pub mod worker;
 
 use serde::{Deserialize, Serialize};
