@@ -15,8 +15,6 @@ struct Cli {
     command: Command,
 }
 
-// Parsed once per run: the size of the largest variant (sweep's options) costs nothing.
-#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Convert a Hugging Face checkpoint (folder or .safetensors file) or a GGUF file to GGUF

@@ -120,6 +120,7 @@ fn the_file_is_llama_imatrix_format_with_every_matrix_and_its_token_count() {
 fn llama_cpp_quantizes_with_it_and_kiln_matches() {
     let (file, _) = computed();
     let weights: Vec<(String, Vec<f32>)> = kiln::imatrix::load(file).unwrap().into_iter().collect();
+    let n_weights = weights.len();
     // IQ2_XXS (llama ftype 19) refuses to run without importance data for every matrix it
     // quantizes at that type.
     const IQ2_XXS: u32 = 19;
@@ -164,6 +165,20 @@ fn llama_cpp_quantizes_with_it_and_kiln_matches() {
     let (a, b) = (
         GgufFile::open(&ours).unwrap(),
         GgufFile::open(&theirs).unwrap(),
+    );
+    // what llama-quantize records of the file it used: kiln's own chunk count and entries
+    let md = a.metadata();
+    assert_eq!(
+        md.get("quantize.imatrix.chunks_count"),
+        Some(&kiln::gguf::Value::U32(CHUNKS as u32))
+    );
+    assert_eq!(
+        md.get("quantize.imatrix.entries_count"),
+        Some(&kiln::gguf::Value::U32(n_weights as u32))
+    );
+    assert_eq!(
+        md.get("quantize.imatrix.file").and_then(|v| v.as_str()),
+        Some(file.to_string_lossy().as_ref())
     );
     assert_eq!(a.tensors().len(), b.tensors().len());
     for t in b.tensors() {
