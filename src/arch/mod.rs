@@ -15,6 +15,12 @@
 //! KV cache. [`prepare`] is the one driver: it detects the family, reads the common
 //! hyperparameters into [`Hparams`], and asks the family at each step.
 //!
+//! Each family also describes the tensors llama.cpp's loader creates for it and their shapes from
+//! the `<arch>.*` keys ([`Family::loader_tensors`]); [`shapes::check`] holds every tensor kiln
+//! writes (and every tensor of a GGUF it requantizes) to them before any output exists, so a
+//! config.json that disagrees with its tensors is one error line naming the key, its value, the
+//! tensor and its shape, not a file llama.cpp refuses after the whole conversion.
+//!
 //! Adding a family is one new file here plus one line in [`FAMILIES`].
 
 mod base;
@@ -508,7 +514,7 @@ pub fn prepare(ck: &Checkpoint, ftype: FileType) -> Result<Converted> {
         } = j.source
         {
             let rows = j.dims.last().copied().unwrap_or(0) as usize;
-            if rows % (2 * n_head) != 0 {
+            if !rows.is_multiple_of(2 * n_head) {
                 let t = &ck.tensors[index];
                 bail!(
                     "{}: tensor {} has {rows} rows, not a whole number of {n_head} heads",

@@ -381,3 +381,52 @@ pub fn check(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::Value;
+
+    fn md(pairs: &[(&str, Value)]) -> Metadata {
+        let mut m = Metadata::new();
+        for (k, v) in pairs {
+            m.set(format!("llama.{k}"), v.clone());
+        }
+        m
+    }
+
+    #[test]
+    fn hyperparameters_take_llama_cpp_defaults() {
+        let m = md(&[
+            ("embedding_length", Value::U32(64)),
+            ("attention.head_count", Value::U32(4)),
+        ]);
+        let h = Hyper::new("llama", &m);
+        assert_eq!(h.get("attention.head_count_kv", 0), 4);
+        assert_eq!(h.get("attention.key_length", 0), 16);
+        assert_eq!(h.get("rope.dimension_count", 0), 16);
+        assert_eq!(h.get("feed_forward_length", 0), 0);
+        assert!(!h.is_set("attention.key_length"));
+        let d = Dim::of(&["attention.key_length", "attention.head_count_kv"]);
+        assert_eq!(h.dim(&d, 0), Some(64));
+        assert_eq!(h.dim(&Dim::half(&["rope.dimension_count"]), 0), Some(8));
+    }
+
+    #[test]
+    fn per_layer_arrays_are_read_per_block() {
+        let m = md(&[(
+            "feed_forward_length",
+            Value::Array(Array::U32(vec![128, 256])),
+        )]);
+        let h = Hyper::new("llama", &m);
+        assert_eq!(h.get("feed_forward_length", 0), 128);
+        assert_eq!(h.get("feed_forward_length", 1), 256);
+    }
+
+    #[test]
+    fn trailing_ones_do_not_count() {
+        assert!(same_shape(&[64], &[64, 1]));
+        assert!(!same_shape(&[64, 2], &[64]));
+        assert!(!same_shape(&[64, 32], &[32, 64]));
+    }
+}
