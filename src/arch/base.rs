@@ -3,7 +3,7 @@
 //! `<arch>.*` hyperparameter keys in the base class's order. A family's file overrides what
 //! differs through [`Family`]'s methods and calls back into these.
 
-use super::shapes::{self, Dim, LoaderTensors};
+use super::shapes::{self, Dim, Hyper, LoaderTensors};
 use super::{Family, Hparams};
 use crate::gguf::{Metadata, Value};
 use anyhow::{Context, Result};
@@ -179,11 +179,13 @@ const ROT: &[&str] = &["rope.dimension_count"];
 /// `{n_embd, n_vocab}`, an optional output (tied to token_embd when absent), attn_q
 /// `{n_embd, n_embd_head_k * n_head}`, attn_k/v `{n_embd, n_embd_head_k/v * n_head_kv}`,
 /// optional q/k/v biases, attn_output `{n_embd_head_k * n_head, n_embd}`, norms `{n_embd}`, ffn
-/// `{n_embd, n_ff}` / `{n_ff, n_embd}`, and Llama 3's optional rope_freqs `{n_rot / 2}`.
-pub fn loader_tensors() -> LoaderTensors {
+/// `{n_embd, n_ff}` / `{n_ff, n_embd}`, and Llama 3's optional rope_freqs `{n_rot / 2}`. With
+/// `expert_count` > 0 (Mixtral is `llama` in GGUF) the feed-forward is the router and stacked
+/// experts instead, as llama.cpp's Llama loader does.
+pub fn loader_tensors(hyper: &Hyper) -> LoaderTensors {
     use shapes::TensorSpec as T;
     let d = Dim::of;
-    LoaderTensors {
+    let mut t = LoaderTensors {
         global: vec![
             T::required("token_embd.weight", &[d(EMBD), d(VOCAB)]),
             T::required("output_norm.weight", &[d(EMBD)]),
@@ -201,14 +203,35 @@ pub fn loader_tensors() -> LoaderTensors {
             T::required("attn_output.weight", &[d(Q), d(EMBD)]),
             T::optional("attn_output.bias", &[d(EMBD)]),
             T::required("ffn_norm.weight", &[d(EMBD)]),
+        ],
+    };
+    if hyper.get("expert_count", 0) == 0 {
+        t.layer.extend([
             T::required("ffn_gate.weight", &[d(EMBD), d(FF)]),
             T::required("ffn_down.weight", &[d(FF), d(EMBD)]),
             T::required("ffn_up.weight", &[d(EMBD), d(FF)]),
             T::optional("ffn_gate.bias", &[d(FF)]),
             T::optional("ffn_down.bias", &[d(EMBD)]),
             T::optional("ffn_up.bias", &[d(FF)]),
-        ],
+        ]);
+    } else {
+        const EXPERTS: &[&str] = &["expert_count"];
+        const SHEXP: &[&str] = &["expert_shared_feed_forward_length"];
+        t.layer.extend([
+            T::required("ffn_gate_inp.weight", &[d(EMBD), d(EXPERTS)]),
+            T::optional("ffn_gate_exps.weight", &[d(EMBD), d(FF), d(EXPERTS)]),
+            T::required("ffn_down_exps.weight", &[d(FF), d(EMBD), d(EXPERTS)]),
+            T::required("ffn_up_exps.weight", &[d(EMBD), d(FF), d(EXPERTS)]),
+        ]);
+        if hyper.get(SHEXP[0], 0) > 0 {
+            t.layer.extend([
+                T::required("ffn_gate_shexp.weight", &[d(EMBD), d(SHEXP)]),
+                T::required("ffn_up_shexp.weight", &[d(EMBD), d(SHEXP)]),
+                T::required("ffn_down_shexp.weight", &[d(SHEXP), d(EMBD)]),
+            ]);
+        }
     }
+    t
 }
 
 /// The per-head q/k RMS norms `{n_embd_head_k}` (Qwen3, Gemma 3), required.

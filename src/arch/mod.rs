@@ -125,11 +125,12 @@ pub trait Family: Sync {
         None
     }
     /// The tensors llama.cpp's loader creates for this architecture and their shapes from the
-    /// `<arch>.*` keys (its `load_tensors`); every tensor kiln writes or requantizes is checked
-    /// against it before any output exists ([`shapes::check`]). Start from
+    /// `<arch>.*` keys (its `load_tensors`; `hyper` holds the file's keys, for loaders that
+    /// branch on them, e.g. on `expert_count`); every tensor kiln writes or requantizes is
+    /// checked against it before any output exists ([`shapes::check`]). Start from
     /// [`base::loader_tensors`] and change what the family's loader does differently.
-    fn loader_tensors(&self) -> shapes::LoaderTensors {
-        base::loader_tensors()
+    fn loader_tensors(&self, hyper: &shapes::Hyper) -> shapes::LoaderTensors {
+        base::loader_tensors(hyper)
     }
     /// The config.json keys a `<arch>.*` key is written from, first found named in messages
     /// (`shapes::VOCAB` stands for the vocabulary size).
@@ -350,7 +351,7 @@ pub fn prepare(ck: &Checkpoint, ftype: FileType) -> Result<Converted> {
         md.set(format!("{a}.block_count"), Value::U64(n_layer_raw));
         let hyper = shapes::Hyper::new(a, &md);
         let first = family
-            .loader_tensors()
+            .loader_tensors(&hyper)
             .layer
             .iter()
             .find(|s| s.required)

@@ -286,7 +286,7 @@ pub fn check(
 ) -> Result<()> {
     let arch = family.gguf_name();
     let hyper = Hyper::new(arch, md);
-    let spec = family.loader_tensors();
+    let spec = family.loader_tensors(&hyper);
     let first = spec.layer.iter().find(|s| s.required).map(|s| s.name);
     check_layer_count(&hyper, labels, tensors, first)?;
     let n_layer = hyper.get("block_count", 0);
@@ -421,6 +421,24 @@ mod tests {
         let h = Hyper::new("llama", &m);
         assert_eq!(h.get("feed_forward_length", 0), 128);
         assert_eq!(h.get("feed_forward_length", 1), 256);
+    }
+
+    #[test]
+    fn llama_with_experts_expects_the_router_and_stacked_experts() {
+        let m = md(&[
+            ("embedding_length", Value::U32(64)),
+            ("feed_forward_length", Value::U32(96)),
+            ("expert_count", Value::U32(8)),
+        ]);
+        let h = Hyper::new("llama", &m);
+        let t = super::super::base::loader_tensors(&h);
+        let find = |n: &str| t.layer.iter().find(|s| s.name == n);
+        assert!(find("ffn_up.weight").is_none());
+        let up = find("ffn_up_exps.weight").unwrap();
+        let dims: Vec<_> = up.dims.iter().map(|d| h.dim(d, 0).unwrap()).collect();
+        assert_eq!(dims, [64, 96, 8]);
+        assert!(find("ffn_gate_inp.weight").unwrap().required);
+        assert!(find("ffn_gate_shexp.weight").is_none());
     }
 
     #[test]
