@@ -6,7 +6,6 @@
 use crate::gguf::writer::TensorEntry;
 use crate::gguf::TypeId;
 use anyhow::{Context, Result};
-use kiln_kernels::GgmlType;
 
 /// What is done to a source tensor on the way (the edits convert_hf_to_gguf.py makes).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -54,6 +53,46 @@ pub enum TensorSource {
     Input { index: usize, transform: Transform },
     /// Values computed by the converter (Llama 3's rope_freqs).
     Values(Vec<f32>),
+    /// Rows gathered from input tensors: the output's rows are the pieces' rows, in order
+    /// (experts stored one tensor each, stacked into one 3-D tensor; the gate half of a fused
+    /// gate_up tensor). Read a slab at a time like any input, so stacking never holds more
+    /// than a slab of the layer.
+    Gather(Vec<Piece>),
+}
+
+/// `n_rows` rows of input tensor `index`, from row `first_row` (rows of the output's row
+/// length; a 3-D input counts its rows across the outer dimensions).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Piece {
+    pub index: usize,
+    pub first_row: usize,
+    pub n_rows: usize,
+}
+
+impl TensorSource {
+    /// For output row `row`: the piece it comes from and its row within that input tensor
+    /// (None when `row` is past the pieces, or for sources that are not gathered).
+    pub fn gathered_row(&self, mut row: usize) -> Option<(Piece, usize)> {
+        let TensorSource::Gather(pieces) = self else {
+            return None;
+        };
+        for p in pieces {
+            if row < p.n_rows {
+                return Some((*p, p.first_row + row));
+            }
+            row -= p.n_rows;
+        }
+        None
+    }
+
+    /// The input tensors it reads, in order.
+    pub fn inputs(&self) -> Vec<usize> {
+        match self {
+            TensorSource::Input { index, .. } => vec![*index],
+            TensorSource::Values(_) => Vec::new(),
+            TensorSource::Gather(pieces) => pieces.iter().map(|p| p.index).collect(),
+        }
+    }
 }
 
 /// One tensor of the output.
@@ -66,7 +105,7 @@ pub struct Job {
     pub input_type: TypeId,
     /// Its type in the output.
     pub out_type: TypeId,
-    pub fallback_from: Option<GgmlType>,
+    pub fallback_from: Option<TypeId>,
     pub source: TensorSource,
 }
 
@@ -114,5 +153,30 @@ mod tests {
         assert_eq!(got, [0, 2, 1, 3, 4, 6, 5, 7]);
         assert_eq!(Transform::AddOne.source_index(5, 8), 5);
         assert!(!t.keeps_row_order());
+    }
+
+    #[test]
+    fn gathered_rows_walk_the_pieces_in_order() {
+        let src = TensorSource::Gather(vec![
+            Piece {
+                index: 4,
+                first_row: 0,
+                n_rows: 2,
+            },
+            Piece {
+                index: 1,
+                first_row: 6,
+                n_rows: 3,
+            },
+        ]);
+        let rows: Vec<(usize, usize)> = (0..5)
+            .map(|r| {
+                let (p, sr) = src.gathered_row(r).unwrap();
+                (p.index, sr)
+            })
+            .collect();
+        assert_eq!(rows, [(4, 0), (4, 1), (1, 6), (1, 7), (1, 8)]);
+        assert!(src.gathered_row(5).is_none());
+        assert_eq!(src.inputs(), [4, 1]);
     }
 }

@@ -14,6 +14,7 @@ pub mod gguf;
 pub mod imatrix;
 pub mod inspect;
 pub mod job;
+pub mod overrides;
 pub mod pipeline;
 pub mod plan;
 pub mod quantize;

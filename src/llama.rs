@@ -247,6 +247,72 @@ pub struct ReferenceOptions {
     pub token_embedding_type: Option<u32>,
     /// Importance weights per tensor name.
     pub imatrix: Option<Vec<(String, Vec<f32>)>>,
+    /// llama-quantize's `--include-weights` / `--exclude-weights` (applied to `imatrix` as its
+    /// `prepare_imatrix` does: substring matches; no entry left means no importance matrix).
+    pub include_weights: Vec<String>,
+    pub exclude_weights: Vec<String>,
+    /// `--tensor-type NAME=TYPE` arguments, parsed as llama-quantize's `parse_tensor_type`.
+    pub tensor_types: Vec<String>,
+    /// `--override-kv KEY=TYPE:VALUE` arguments, parsed as common's `string_parse_kv_override`.
+    pub kv_overrides: Vec<String>,
+    /// `--prune-layers` (llama-quantize sorts and deduplicates them).
+    pub prune_layers: Vec<i32>,
+}
+
+/// llama-quantize's `parse_ggml_type`: ggml's own type names, case-insensitive.
+fn ggml_type_by_name(name: &str) -> Result<sys::ggml_type> {
+    for i in 0..sys::GGML_TYPE_COUNT {
+        // Safety: ggml_type_name returns a static string or null for every id below COUNT.
+        let p = unsafe { sys::ggml_type_name(i as _) };
+        if p.is_null() {
+            continue;
+        }
+        let n = unsafe { CStr::from_ptr(p) }.to_string_lossy();
+        if n.eq_ignore_ascii_case(name) {
+            return Ok(i as _);
+        }
+    }
+    bail!("invalid ggml_type '{name}'")
+}
+
+/// `llama_model_kv_override` of one `KEY=TYPE:VALUE` (common's `string_parse_kv_override`).
+fn kv_override(arg: &str) -> Result<sys::llama_model_kv_override> {
+    let (key, rest) = arg
+        .split_once('=')
+        .filter(|(k, _)| k.len() < 128)
+        .with_context(|| format!("malformed KV override '{arg}'"))?;
+    // Safety: an all-zero llama_model_kv_override is a valid value (plain data).
+    let mut o: sys::llama_model_kv_override = unsafe { std::mem::zeroed() };
+    for (d, s) in o.key.iter_mut().zip(key.bytes()) {
+        *d = s as _;
+    }
+    if let Some(v) = rest.strip_prefix("int:") {
+        o.tag = sys::LLAMA_KV_OVERRIDE_TYPE_INT;
+        o.__bindgen_anon_1.val_i64 = v.trim().parse().context("int override")?;
+    } else if let Some(v) = rest.strip_prefix("float:") {
+        o.tag = sys::LLAMA_KV_OVERRIDE_TYPE_FLOAT;
+        o.__bindgen_anon_1.val_f64 = v.trim().parse().context("float override")?;
+    } else if let Some(v) = rest.strip_prefix("bool:") {
+        o.tag = sys::LLAMA_KV_OVERRIDE_TYPE_BOOL;
+        o.__bindgen_anon_1.val_bool = match v {
+            "true" => true,
+            "false" => false,
+            _ => bail!("invalid boolean value for KV override '{arg}'"),
+        };
+    } else if let Some(v) = rest.strip_prefix("str:") {
+        o.tag = sys::LLAMA_KV_OVERRIDE_TYPE_STR;
+        if v.len() > 127 {
+            bail!("malformed KV override '{arg}', value cannot exceed 127 chars");
+        }
+        // Safety: writing the union's string member, which the tag now names.
+        let dst = unsafe { &mut o.__bindgen_anon_1.val_str };
+        for (d, s) in dst.iter_mut().zip(v.bytes()) {
+            *d = s as _;
+        }
+    } else {
+        bail!("invalid type for KV override '{arg}'");
+    }
+    Ok(o)
 }
 
 /// Runs llama.cpp's own quantizer (`llama_model_quantize`, what llama-quantize calls) from
@@ -260,14 +326,23 @@ pub fn reference_quantize(
     backend();
     let cin = CString::new(input.to_str().context("input path is not UTF-8")?)?;
     let cout = CString::new(output.to_str().context("output path is not UTF-8")?)?;
-    let names: Vec<CString> = o
-        .imatrix
+    // quantize.cpp's prepare_imatrix: --exclude-weights, then --include-weights.
+    let imatrix: Option<Vec<&(String, Vec<f32>)>> = o.imatrix.as_ref().map(|m| {
+        m.iter()
+            .filter(|(n, _)| !o.exclude_weights.iter().any(|x| n.contains(x.as_str())))
+            .filter(|(n, _)| {
+                o.include_weights.is_empty()
+                    || o.include_weights.iter().any(|x| n.contains(x.as_str()))
+            })
+            .collect()
+    });
+    let imatrix = imatrix.filter(|m| !m.is_empty());
+    let names: Vec<CString> = imatrix
         .iter()
         .flatten()
         .map(|(n, _)| CString::new(n.as_str()))
         .collect::<Result<_, _>>()?;
-    let mut entries: Vec<sys::llama_model_imatrix_data> = o
-        .imatrix
+    let mut entries: Vec<sys::llama_model_imatrix_data> = imatrix
         .iter()
         .flatten()
         .zip(&names)
@@ -282,8 +357,50 @@ pub fn reference_quantize(
         data: std::ptr::null(),
         size: 0,
     });
+    // --tensor-type: the name lower-cased, the type one of ggml's names.
+    let mut patterns = Vec::new();
+    let mut types = Vec::new();
+    for a in &o.tensor_types {
+        let (n, t) = a
+            .split_once('=')
+            .with_context(|| format!("malformed tensor type '{a}'"))?;
+        patterns.push(CString::new(n.to_ascii_lowercase())?);
+        types.push(ggml_type_by_name(t)?);
+    }
+    let mut tt: Vec<sys::llama_model_tensor_override> = patterns
+        .iter()
+        .zip(&types)
+        .map(|(p, &t)| sys::llama_model_tensor_override {
+            pattern: p.as_ptr(),
+            type_: t,
+        })
+        .collect();
+    tt.push(sys::llama_model_tensor_override {
+        pattern: std::ptr::null(),
+        type_: sys::GGML_TYPE_COUNT,
+    });
+    let mut kv: Vec<sys::llama_model_kv_override> = o
+        .kv_overrides
+        .iter()
+        .map(|a| kv_override(a))
+        .collect::<Result<_>>()?;
+    // Safety: zeroed is a valid value; an empty key ends the list.
+    kv.push(unsafe { std::mem::zeroed() });
+    let mut prune = o.prune_layers.clone();
+    prune.sort_unstable();
+    prune.dedup();
+    prune.push(-1);
     let rc = unsafe {
         let mut p = sys::llama_model_quantize_default_params();
+        if !o.tensor_types.is_empty() {
+            p.tt_overrides = tt.as_ptr();
+        }
+        if !o.kv_overrides.is_empty() {
+            p.kv_overrides = kv.as_ptr();
+        }
+        if !o.prune_layers.is_empty() {
+            p.prune_layers = prune.as_ptr();
+        }
         p.ftype = ftype as _;
         p.nthread = o.threads;
         p.allow_requantize = o.allow_requantize;
@@ -295,7 +412,7 @@ pub fn reference_quantize(
         if let Some(t) = o.token_embedding_type {
             p.token_embedding_type = t as _;
         }
-        if o.imatrix.is_some() {
+        if imatrix.is_some() {
             p.imatrix = entries.as_ptr();
         }
         sys::llama_model_quantize(cin.as_ptr(), cout.as_ptr(), &p)

@@ -15,6 +15,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: the size of the largest variant (sweep's options) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Convert a Hugging Face checkpoint (folder or .safetensors file) or a GGUF file to GGUF
@@ -74,7 +76,16 @@ enum Command {
 
 fn main() -> ExitCode {
     cli::convert::ignore_sigxfsz();
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let mut cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    if let (Command::Quantize(a), Some(m)) =
+        (&mut cli.command, matches.subcommand_matches("quantize"))
+    {
+        a.note_rule_order(m);
+    }
     let result = match cli.command {
         Command::Quantize(a) => cli::convert::quantize(a),
         Command::Inspect { file, json, verify } => cli::convert::inspect(&file, json, verify),

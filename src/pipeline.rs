@@ -6,7 +6,7 @@
 
 use crate::gguf::writer::{GgufWriter, TensorEntry};
 use crate::gguf::Metadata;
-use crate::job::{Job, TensorSource};
+use crate::job::{Job, TensorSource, Transform};
 use crate::source::Source;
 use anyhow::{anyhow, bail, Context, Result};
 use kiln_kernels::{GgmlType, KernelError};
@@ -194,6 +194,10 @@ pub fn run_many(
 /// parentheses when it differs, and the input row of output row `row` (Llama's q/k rows are
 /// permuted on the way).
 fn origin(input: &dyn Source, job: &Job, row: usize) -> (String, usize) {
+    if let Some((piece, src_row)) = job.source.gathered_row(row) {
+        let (file, name) = input.describe(piece.index);
+        return (format!("{file}: tensor {name} ({})", job.name), src_row);
+    }
     let TensorSource::Input { index, transform } = &job.source else {
         return (format!("tensor {}", job.name), row);
     };
@@ -221,6 +225,28 @@ fn read_rows(
         TensorSource::Values(v) => {
             let n = out.len();
             out.copy_from_slice(&v[first * n_per_row..first * n_per_row + n]);
+            Ok(())
+        }
+        TensorSource::Gather(_) => {
+            // Piece by piece: each run of rows from one input tensor is one read.
+            let mut done = 0;
+            let n_rows = out.len() / n_per_row;
+            while done < n_rows {
+                let (piece, src_row) = src
+                    .gathered_row(first + done)
+                    .context("internal: gathered rows past the pieces")?;
+                let left_in_piece = piece.first_row + piece.n_rows - src_row;
+                let n = left_in_piece.min(n_rows - done);
+                input.read_rows(
+                    piece.index,
+                    Transform::None,
+                    n_per_row,
+                    src_row,
+                    &mut out[done * n_per_row..(done + n) * n_per_row],
+                )?;
+                input.release_rows(piece.index, n_per_row, src_row, n);
+                done += n;
+            }
             Ok(())
         }
     }
@@ -333,8 +359,39 @@ fn produce(
                     }
                     Step::Quantize { ty, row_bytes, qw } => {
                         let mut dst = vec![0u8; n * row_bytes];
-                        ty.quantize(&f32_buf[..n * n_per_row], n_per_row, qw, &mut dst)
-                            .map_err(|e| kernel_error(input, &outputs[k].jobs[i], ty, first, e))?;
+                        // Importance data with one row per expert (a 3-D tensor's ne[2]
+                        // experts of ne[1] rows each): each expert's rows use its own row, as
+                        // llama.cpp's quantizer does; the runs never cross an expert.
+                        let n_expert = job0.dims.get(2).copied().unwrap_or(1) as usize;
+                        let per_expert =
+                            qw.is_some_and(|q| n_expert > 1 && q.len() == n_per_row * n_expert);
+                        let rows_per_expert = if per_expert {
+                            job0.dims[1] as usize
+                        } else {
+                            n_rows.max(1)
+                        };
+                        let mut done = 0;
+                        while done < n {
+                            let row = first + done;
+                            let run = (rows_per_expert - row % rows_per_expert).min(n - done);
+                            let qw_run = match qw {
+                                Some(q) if per_expert => {
+                                    let e = row / rows_per_expert;
+                                    Some(&q[e * n_per_row..(e + 1) * n_per_row])
+                                }
+                                other => other,
+                            };
+                            ty.quantize(
+                                &f32_buf[done * n_per_row..(done + run) * n_per_row],
+                                n_per_row,
+                                qw_run,
+                                &mut dst[done * row_bytes..(done + run) * row_bytes],
+                            )
+                            .map_err(|e| {
+                                kernel_error(input, &outputs[k].jobs[i], ty, first + done, e)
+                            })?;
+                            done += run;
+                        }
                         dst
                     }
                 };
@@ -347,8 +404,8 @@ fn produce(
             }
             first += n;
         }
-        if let TensorSource::Input { index, .. } = &job0.source {
-            input.release(*index);
+        for index in job0.source.inputs() {
+            input.release(index);
         }
         for k in 0..outputs.len() {
             send(k, Chunk::End)?;

@@ -1,6 +1,8 @@
 //! The per-tensor type plan: for a file type such as Q4_K_M, the ggml type of every tensor,
 //! chosen exactly as llama.cpp's `llama_tensor_get_type` (src/llama-quant.cpp) chooses it for
-//! the dense decoder architectures kiln converts.
+//! the decoder architectures kiln converts, dense and mixture-of-experts (3-D `ffn_*_exps`
+//! tensors are quantized row by row like 2-D ones; the rules for 8-expert models and the
+//! layer of an expert tensor taken from its name are llama.cpp's).
 
 use crate::gguf::TypeId;
 use anyhow::{bail, Result};
@@ -37,9 +39,9 @@ macro_rules! file_types {
             }
 
             /// The type most tensors get (`llama_ftype_get_default_type`).
-            pub fn default_type(self) -> GgmlType {
+            pub fn default_type(self) -> TypeId {
                 match self {
-                    $(FileType::$variant => GgmlType::$default,)*
+                    $(FileType::$variant => TypeId::$default,)*
                 }
             }
 
@@ -68,12 +70,23 @@ file_types! {
     MXFP4_MOE = 38, "MXFP4_MOE", MXFP4;
     Q3_K_L = 13, "Q3_K_L", Q3_K;
     Q3_K_M = 12, "Q3_K_M", Q3_K, alias "Q3_K";
+    IQ3_M  = 27, "IQ3_M",  IQ3_S;
     Q3_K_S = 11, "Q3_K_S", Q3_K;
+    IQ3_S  = 26, "IQ3_S",  IQ3_S;
+    IQ3_XS = 22, "IQ3_XS", IQ3_S;
+    IQ3_XXS = 23, "IQ3_XXS", IQ3_XXS;
     Q2_K   = 10, "Q2_K",   Q2_K;
     Q2_0   = 41, "Q2_0",   Q2_0;
     TQ2_0  = 37, "TQ2_0",  TQ2_0;
     TQ1_0  = 36, "TQ1_0",  TQ1_0;
     Q1_0   = 40, "Q1_0",   Q1_0;
+    Q2_K_S = 21, "Q2_K_S", Q2_K;
+    IQ2_M  = 29, "IQ2_M",  IQ2_S;
+    IQ2_S  = 28, "IQ2_S",  IQ2_XS;
+    IQ2_XS = 20, "IQ2_XS", IQ2_XS;
+    IQ2_XXS = 19, "IQ2_XXS", IQ2_XXS;
+    IQ1_M  = 31, "IQ1_M",  IQ1_M;
+    IQ1_S  = 24, "IQ1_S",  IQ1_S;
 }
 
 impl FileType {
@@ -135,6 +148,9 @@ pub struct PlanOptions {
     /// `--leave-output-tensor`: output.weight keeps its type.
     pub leave_output_tensor: bool,
     pub has_imatrix: bool,
+    /// `--tensor-type` rules in command-line order: the first whose regex matches a tensor's
+    /// name sets its type, before the mix's rules (and instead of them).
+    pub tensor_types: Vec<crate::overrides::TensorTypeRule>,
 }
 
 /// What the plan needs of the model (llama.cpp reads these from the hparams).
@@ -147,6 +163,9 @@ pub struct ModelFacts {
     /// llama.cpp's LLM_TYPE_70B (the only model size the mixes look at), as the family decides
     /// it (see `arch::Family::is_70b`).
     pub is_70b: bool,
+    /// `<arch>.expert_count` (0 for dense models): the mixes treat 8-expert models specially
+    /// and find an expert tensor's layer by its name.
+    pub n_expert: u32,
 }
 
 impl ModelFacts {
@@ -253,6 +272,11 @@ pub fn llama_order(a: &str, b: &str) -> std::cmp::Ordering {
     layer(a).cmp(&layer(b)).then_with(|| a.cmp(b))
 }
 
+/// The N of a `blk.N.` name.
+fn block_of(name: &str) -> Option<i64> {
+    name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
+}
+
 fn use_more_bits(i_layer: i64, n_layers: i64) -> bool {
     i_layer < n_layers / 8 || i_layer >= 7 * n_layers / 8 || (i_layer - n_layers / 8) % 3 == 2
 }
@@ -262,16 +286,27 @@ fn use_more_bits(i_layer: i64, n_layers: i64) -> bool {
 pub struct Choice {
     pub ty: TypeId,
     /// The mix wanted a type the row length does not allow, and this is the fallback.
-    pub fallback_from: Option<GgmlType>,
+    pub fallback_from: Option<TypeId>,
 }
 
-/// Chooses every tensor's type. `tensors` must be in [`llama_order`].
+/// The type of the first `--tensor-type` rule whose regex matches `name`.
+fn manual_type(name: &str, opts: &PlanOptions) -> Result<Option<GgmlType>> {
+    for r in &opts.tensor_types {
+        if r.matches(name)? {
+            return Ok(Some(r.ty));
+        }
+    }
+    Ok(None)
+}
+
+/// Chooses every tensor's type (llama.cpp's `llama_tensor_get_type`). `tensors` must be in
+/// [`llama_order`]. Fails only when a `--tensor-type` regex cannot be evaluated.
 pub fn choose_types(
     ftype: FileType,
     model: &ModelFacts,
     tensors: &[PlanTensor],
     opts: &PlanOptions,
-) -> Vec<Choice> {
+) -> Result<Vec<Choice>> {
     let default_type = ftype.default_type();
     let n_attention_wv = tensors
         .iter()
@@ -281,6 +316,7 @@ pub fn choose_types(
     let n_layer = model.n_layer as i64;
     let mut i_attention_wv = 0i64;
     let mut i_ffn_down = 0i64;
+    let mut i_ffn_gate_up = [0i64; 2];
     let mut out = Vec::with_capacity(tensors.len());
     for t in tensors {
         let cat = category(&t.name);
@@ -292,11 +328,17 @@ pub fn choose_types(
             continue;
         }
         if let (Some(ty), Category::TokenEmbd) = (opts.token_embedding_type, cat) {
-            out.push(Choice {
-                ty: TypeId::of(ty),
-                fallback_from: None,
-            });
-            continue;
+            // per_layer_token_embd follows --token-embedding-type unless a --tensor-type
+            // rule names it.
+            let named =
+                t.name == "per_layer_token_embd.weight" && manual_type(&t.name, opts)?.is_some();
+            if !named {
+                out.push(Choice {
+                    ty: TypeId::of(ty),
+                    fallback_from: None,
+                });
+                continue;
+            }
         }
         if let (Some(ty), Category::Output) = (opts.output_tensor_type, cat) {
             out.push(Choice {
@@ -308,12 +350,17 @@ pub fn choose_types(
         let mut ty = default_type;
         if !ty.is_quantized() {
             out.push(Choice {
-                ty: TypeId::of(ty),
+                ty,
                 fallback_from: None,
             });
             continue;
         }
-        if !opts.pure {
+        // --tensor-type: the first matching rule wins and the mix's rules are skipped (its
+        // attn_v/ffn_down counters do not count this tensor); the fallback still applies.
+        let manual = manual_type(&t.name, opts)?;
+        if let Some(m) = manual {
+            ty = m;
+        } else if !opts.pure {
             ty = mix_type(
                 ftype,
                 model,
@@ -325,45 +372,75 @@ pub fn choose_types(
                 n_attention_wv,
                 &mut i_attention_wv,
                 &mut i_ffn_down,
+                &mut i_ffn_gate_up,
                 n_layer,
             );
         }
         out.push(fallback(ty, t.dims[0]));
     }
-    out
+    Ok(out)
 }
 
 /// `tensor_type_fallback`: rows that are not whole blocks of the chosen type.
-fn fallback(ty: GgmlType, ncols: u64) -> Choice {
-    if ncols.is_multiple_of(ty.block_weights() as u64) {
+fn fallback(ty: TypeId, ncols: u64) -> Choice {
+    if ncols.is_multiple_of(ty.block_weights()) {
         return Choice {
-            ty: TypeId::of(ty),
+            ty,
             fallback_from: None,
         };
     }
     let mut ret = match ty {
-        GgmlType::IQ4_XS => GgmlType::IQ4_NL,
-        GgmlType::Q2_K | GgmlType::Q3_K => GgmlType::Q4_0,
-        GgmlType::Q2_0 | GgmlType::TQ1_0 | GgmlType::TQ2_0 => GgmlType::Q4_0,
-        GgmlType::Q4_K => GgmlType::Q5_0,
-        GgmlType::Q5_K => GgmlType::Q5_1,
-        GgmlType::Q6_K => GgmlType::Q8_0,
+        TypeId::IQ1_S
+        | TypeId::IQ1_M
+        | TypeId::IQ2_XXS
+        | TypeId::IQ2_XS
+        | TypeId::IQ2_S
+        | TypeId::IQ3_XXS
+        | TypeId::IQ3_S
+        | TypeId::IQ4_XS => TypeId::IQ4_NL,
+        TypeId::Q2_K | TypeId::Q3_K => TypeId::Q4_0,
+        TypeId::Q2_0 | TypeId::TQ1_0 | TypeId::TQ2_0 => TypeId::Q4_0,
+        TypeId::Q4_K => TypeId::Q5_0,
+        TypeId::Q5_K => TypeId::Q5_1,
+        TypeId::Q6_K => TypeId::Q8_0,
         other if other.block_weights() <= 32 => other,
         // llama.cpp defines no fallback (Q1_0's 128-weight blocks) and refuses the tensor:
         // the incompatible type stays, and `quantize::prepare` refuses the plan the same way.
         other => {
             return Choice {
-                ty: TypeId::of(other),
+                ty: other,
                 fallback_from: None,
             }
         }
     };
-    if !ncols.is_multiple_of(ret.block_weights() as u64) {
-        ret = GgmlType::F16;
+    if !ncols.is_multiple_of(ret.block_weights()) {
+        ret = TypeId::F16;
     }
     Choice {
-        ty: TypeId::of(ret),
+        ty: ret,
         fallback_from: Some(ty),
+    }
+}
+
+/// llama.cpp's `tensor_requires_imatrix`: whether quantizing tensor `name` to `ty` in a file
+/// of type `ftype` needs importance data (llama.cpp refuses otherwise: "this quantization
+/// requires an imatrix").
+pub fn requires_imatrix(name: &str, ty: TypeId, ftype: FileType) -> bool {
+    if matches!(
+        name,
+        "token_embd.weight" | "per_layer_token_embd.weight" | "output.weight"
+    ) {
+        return false;
+    }
+    match ty {
+        TypeId::IQ3_XXS
+        | TypeId::IQ2_XXS
+        | TypeId::IQ2_XS
+        | TypeId::IQ2_S
+        | TypeId::IQ1_M
+        | TypeId::IQ1_S => true,
+        TypeId::Q2_K => ftype == FileType::Q2_K_S,
+        _ => false,
     }
 }
 
@@ -371,7 +448,7 @@ fn fallback(ty: GgmlType, ncols: u64) -> Choice {
 fn mix_type(
     ftype: FileType,
     model: &ModelFacts,
-    mut new_type: GgmlType,
+    mut new_type: TypeId,
     t: &PlanTensor,
     cat: Category,
     tied: bool,
@@ -379,17 +456,24 @@ fn mix_type(
     n_attention_wv: i64,
     i_attention_wv: &mut i64,
     i_ffn_down: &mut i64,
+    i_ffn_gate_up: &mut [i64; 2],
     n_layer: i64,
-) -> GgmlType {
+) -> TypeId {
     use FileType as F;
-    use GgmlType as G;
+    use TypeId as G;
     if cat == Category::Output || (tied && cat == Category::TokenEmbd) {
         if let Some(o) = opts.output_tensor_type {
-            return o;
+            return TypeId::of(o);
         }
         let nx = t.dims[0];
-        if ftype == F::MXFP4_MOE || !nx.is_multiple_of(new_type.block_weights() as u64) {
+        if ftype == F::MXFP4_MOE || !nx.is_multiple_of(new_type.block_weights()) {
             return G::Q8_0;
+        }
+        if matches!(
+            ftype,
+            F::IQ2_XXS | F::IQ2_XS | F::IQ3_XXS | F::IQ1_S | F::IQ2_S | F::IQ2_M | F::IQ1_M
+        ) {
+            return G::Q5_K;
         }
         if new_type != G::Q8_0 {
             return G::Q6_K;
@@ -404,15 +488,68 @@ fn mix_type(
             G::Q8_0
         };
     }
-    match cat {
-        Category::TokenEmbd => {
-            if matches!(ftype, F::TQ1_0 | F::TQ2_0 | F::Q2_0) {
-                new_type = G::Q4_K;
+    let iq2_s_or_m = matches!(ftype, F::IQ2_S | F::IQ2_M);
+    if cat != Category::TokenEmbd
+        && matches!(
+            ftype,
+            F::IQ2_XXS | F::IQ2_XS | F::IQ1_S | F::IQ2_S | F::IQ2_M | F::IQ1_M
+        )
+    {
+        // The 1- and 2-bit mixes have their own rules.
+        match cat {
+            Category::AttnV => {
+                new_type = if model.n_gqa() >= 4 || model.n_expert >= 4 {
+                    G::Q4_K
+                } else if iq2_s_or_m {
+                    G::IQ3_S
+                } else {
+                    G::Q2_K
+                };
+                *i_attention_wv += 1;
             }
+            Category::AttnK if model.n_expert == 8 => new_type = G::Q4_K,
+            Category::FfnDown => {
+                if *i_ffn_down < n_layer / 8 {
+                    new_type = if iq2_s_or_m { G::IQ3_S } else { G::Q2_K };
+                }
+                *i_ffn_down += 1;
+            }
+            Category::AttnOutput if model.n_expert == 8 => new_type = G::Q5_K,
+            Category::AttnOutput => match ftype {
+                F::IQ1_S | F::IQ1_M => new_type = G::IQ2_XXS,
+                F::IQ2_S | F::IQ2_M => new_type = G::IQ3_S,
+                _ => {}
+            },
+            _ => {}
+        }
+        return new_type;
+    }
+    match cat {
+        Category::TokenEmbd => match ftype {
+            F::IQ2_XXS | F::IQ2_XS | F::IQ1_S | F::IQ1_M => new_type = G::Q2_K,
+            F::IQ2_S | F::IQ2_M | F::IQ3_XXS => new_type = G::IQ3_S,
+            F::TQ1_0 | F::TQ2_0 | F::Q2_0 => new_type = G::Q4_K,
+            _ => {}
+        },
+        Category::AttnK if model.n_expert == 8 => {
+            // "for the 8-expert model, bumping this to Q8_0 trades just ~128MB"
+            new_type = G::Q8_0;
         }
         Category::AttnV => {
             match ftype {
                 F::Q2_K => new_type = if model.n_gqa() >= 4 { G::Q4_K } else { G::Q3_K },
+                F::Q2_K_S if model.n_gqa() >= 4 => new_type = G::Q4_K,
+                F::IQ3_XXS => {
+                    new_type = if model.n_gqa() >= 4 {
+                        G::Q4_K
+                    } else if !opts.has_imatrix {
+                        G::IQ3_S
+                    } else {
+                        G::IQ3_XXS
+                    }
+                }
+                F::IQ3_XS | F::IQ3_S if model.n_gqa() >= 4 => new_type = G::Q4_K,
+                F::IQ3_M => new_type = G::Q4_K,
                 F::Q3_K_M => {
                     new_type = if *i_attention_wv < 2 {
                         G::Q5_K
@@ -431,12 +568,43 @@ fn mix_type(
             if model.is_70b && (new_type == G::Q3_K || new_type == G::Q4_K) {
                 new_type = G::Q5_K;
             }
+            if model.n_expert == 8 {
+                new_type = G::Q8_0;
+            }
             *i_attention_wv += 1;
         }
+        Category::AttnK | Category::AttnQ => match ftype {
+            F::IQ3_XS => new_type = G::IQ3_XXS,
+            F::IQ3_XXS => new_type = G::IQ2_S,
+            _ => {}
+        },
+        Category::FfnGate | Category::FfnUp => {
+            let counter = &mut i_ffn_gate_up[(cat == Category::FfnUp) as usize];
+            let i_layer = *counter;
+            if ftype == F::IQ3_XS && i_layer >= n_layer / 8 && i_layer < 7 * n_layer / 8 {
+                new_type = G::IQ3_XXS;
+            }
+            *counter += 1;
+        }
         Category::FfnDown => {
-            let i_layer = *i_ffn_down;
+            // With experts, llama.cpp reads the layer from the name (`blk.N.`): Mixtral's
+            // expert tensors were not always in layer order.
+            let i_layer = if model.n_expert > 1 {
+                block_of(&t.name).unwrap_or(*i_ffn_down)
+            } else {
+                *i_ffn_down
+            };
             match ftype {
                 F::Q2_K => new_type = G::Q3_K,
+                F::Q2_K_S if i_layer < n_layer / 8 => new_type = G::Q4_K,
+                F::IQ3_XXS if !opts.has_imatrix => {
+                    new_type = if i_layer < n_layer / 8 {
+                        G::Q4_K
+                    } else {
+                        G::Q3_K
+                    };
+                }
+                F::IQ3_M if i_layer < n_layer / 8 => new_type = G::Q4_K,
                 F::Q3_K_M => {
                     // `arch != FALCON || use_more_bits(...)` is always true for kiln's archs.
                     new_type = if i_layer < n_layer / 16 {
@@ -458,8 +626,18 @@ fn mix_type(
             }
             *i_ffn_down += 1;
         }
+        Category::AttnOutput if model.n_expert == 8 => {
+            if matches!(
+                ftype,
+                F::Q2_K | F::Q3_K_S | F::Q3_K_M | F::Q4_K_S | F::Q4_K_M
+            ) {
+                new_type = G::Q5_K;
+            }
+        }
         Category::AttnOutput => match ftype {
             F::Q2_K => new_type = G::Q3_K,
+            F::IQ3_XXS => new_type = G::IQ3_S,
+            F::IQ3_M => new_type = G::Q4_K,
             F::Q3_K_M => new_type = G::Q4_K,
             F::Q3_K_L => new_type = G::Q5_K,
             _ => {}
@@ -512,25 +690,22 @@ mod tests {
 
     #[test]
     fn fallbacks_follow_llama_cpp() {
-        assert_eq!(fallback(GgmlType::Q4_K, 640).ty, TypeId::of(GgmlType::Q5_0));
-        assert_eq!(fallback(GgmlType::Q6_K, 640).ty, TypeId::of(GgmlType::Q8_0));
-        assert_eq!(fallback(GgmlType::Q3_K, 640).ty, TypeId::of(GgmlType::Q4_0));
-        assert_eq!(fallback(GgmlType::Q5_K, 640).ty, TypeId::of(GgmlType::Q5_1));
-        assert_eq!(fallback(GgmlType::Q4_K, 100).ty, TypeId::of(GgmlType::F16));
-        assert_eq!(fallback(GgmlType::Q4_K, 512).fallback_from, None);
-        assert_eq!(
-            fallback(GgmlType::IQ4_XS, 640).ty,
-            TypeId::of(GgmlType::IQ4_NL)
-        );
-        for t in [GgmlType::TQ1_0, GgmlType::TQ2_0, GgmlType::Q2_0] {
-            assert_eq!(fallback(t, 640 + 32).ty, TypeId::of(GgmlType::Q4_0));
+        assert_eq!(fallback(TypeId::Q4_K, 640).ty, TypeId::Q5_0);
+        assert_eq!(fallback(TypeId::Q6_K, 640).ty, TypeId::Q8_0);
+        assert_eq!(fallback(TypeId::Q3_K, 640).ty, TypeId::Q4_0);
+        assert_eq!(fallback(TypeId::Q5_K, 640).ty, TypeId::Q5_1);
+        assert_eq!(fallback(TypeId::Q4_K, 100).ty, TypeId::F16);
+        assert_eq!(fallback(TypeId::Q4_K, 512).fallback_from, None);
+        assert_eq!(fallback(TypeId::IQ3_S, 640).ty, TypeId::IQ4_NL);
+        assert_eq!(fallback(TypeId::IQ2_XXS, 640).ty, TypeId::IQ4_NL);
+        assert_eq!(fallback(TypeId::IQ3_XXS, 100).ty, TypeId::F16);
+        assert_eq!(fallback(TypeId::IQ4_XS, 640).ty, TypeId::IQ4_NL);
+        for t in [TypeId::TQ1_0, TypeId::TQ2_0, TypeId::Q2_0] {
+            assert_eq!(fallback(t, 640 + 32).ty, TypeId::Q4_0);
         }
-        assert_eq!(fallback(GgmlType::MXFP4, 100).ty, TypeId::of(GgmlType::F16));
-        assert_eq!(
-            fallback(GgmlType::IQ4_NL, 100).ty,
-            TypeId::of(GgmlType::F16)
-        );
+        assert_eq!(fallback(TypeId::MXFP4, 100).ty, TypeId::F16);
+        assert_eq!(fallback(TypeId::IQ4_NL, 100).ty, TypeId::F16);
         // No fallback defined: the type stays, and the plan is refused (quantize::prepare).
-        assert_eq!(fallback(GgmlType::Q1_0, 320).ty, TypeId::of(GgmlType::Q1_0));
+        assert_eq!(fallback(TypeId::Q1_0, 320).ty, TypeId::Q1_0);
     }
 }

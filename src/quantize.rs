@@ -6,6 +6,7 @@ use crate::gguf::writer::{file_size, TensorEntry};
 use crate::gguf::{checksum, keys, GgufFile, Metadata, Value};
 use crate::imatrix::{self, Imatrix};
 use crate::job::{Job, TensorSource, Transform};
+use crate::overrides::{self, KvOverride, KvValue, TensorTypeRule};
 use crate::pipeline::{self, Summary};
 use crate::plan::{self, FileType, ModelFacts, PlanOptions, PlanTensor};
 use crate::source::{Checkpoint, Source};
@@ -25,8 +26,22 @@ pub struct Options {
     pub output_tensor_type: Option<GgmlType>,
     pub token_embedding_type: Option<GgmlType>,
     pub leave_output_tensor: bool,
+    /// `--tensor-type` / `--tensor-type-file` rules, in command-line order.
+    pub tensor_types: Vec<TensorTypeRule>,
+    /// `--include-weights`: only importance-matrix entries whose name contains one of these.
+    pub include_weights: Vec<String>,
+    /// `--exclude-weights`: no importance-matrix entry whose name contains one of these.
+    pub exclude_weights: Vec<String>,
+    /// `--override-kv`, in command-line order.
+    pub kv_overrides: Vec<KvOverride>,
+    /// `--prune-layers`, sorted and deduplicated.
+    pub prune_layers: Vec<u32>,
     /// Write kiln's integrity check (see [`crate::gguf::checksum`]).
     pub checksum: bool,
+    /// Only the plan is wanted (`--dry-run`): what would refuse the conversion (a type kiln does
+    /// not write, a missing importance matrix) becomes a note, as llama-quantize's dry run
+    /// warns instead of failing.
+    pub dry_run: bool,
 }
 
 impl Options {
@@ -41,7 +56,13 @@ impl Options {
             output_tensor_type: None,
             token_embedding_type: None,
             leave_output_tensor: false,
+            tensor_types: Vec::new(),
+            include_weights: Vec::new(),
+            exclude_weights: Vec::new(),
+            kv_overrides: Vec::new(),
+            prune_layers: Vec::new(),
             checksum: true,
+            dry_run: false,
         }
     }
 }
@@ -138,11 +159,33 @@ fn facts_from_gguf(md: &Metadata, path: &Path) -> Result<ModelFacts> {
     let n_head_kv = int("attention.head_count_kv").unwrap_or(n_head);
     Ok(ModelFacts {
         is_70b: crate::arch::is_70b(&arch, n_layer, n_head, n_head_kv),
+        n_expert: int("expert_count").unwrap_or(0),
         arch,
         n_layer,
         n_head,
         n_head_kv,
     })
+}
+
+/// What llama.cpp's loader reads with the `--override-kv` values in place: an int override of
+/// the block or head counts changes the counts the mixes look at (as it changes llama.cpp's
+/// hparams); other types are ignored there with a warning, as here.
+fn override_facts(mut f: ModelFacts, kv: &[KvOverride]) -> ModelFacts {
+    for o in kv {
+        let KvValue::Int(i) = o.value else { continue };
+        let v = i as u32;
+        let Some(key) = o.key.strip_prefix(&format!("{}.", f.arch)) else {
+            continue;
+        };
+        match key {
+            "block_count" => f.n_layer = v,
+            "attention.head_count" => f.n_head = v,
+            "attention.head_count_kv" => f.n_head_kv = v,
+            _ => continue,
+        }
+        f.is_70b = arch::is_70b(&f.arch, f.n_layer, f.n_head, f.n_head_kv);
+    }
+    f
 }
 
 /// Plans the conversion of `input` (folder, .safetensors file or .gguf file).
@@ -154,18 +197,48 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
         .output
         .clone()
         .unwrap_or_else(|| default_output(input_path, opts.ftype));
-    let imatrix = match &opts.imatrix {
+    if !opts.include_weights.is_empty() && !opts.exclude_weights.is_empty() {
+        bail!("--include-weights and --exclude-weights cannot be used together");
+    }
+    if opts.imatrix.is_none()
+        && !(opts.include_weights.is_empty() && opts.exclude_weights.is_empty())
+    {
+        bail!("--include-weights and --exclude-weights select importance-matrix entries; they need --imatrix");
+    }
+    let mut notes = Vec::new();
+    let mut imatrix = match &opts.imatrix {
         Some(p) => Some(imatrix::load(p)?),
         None => None,
     };
+    if let Some(m) = &mut imatrix {
+        let before = m.len();
+        overrides::filter_imatrix(m, &opts.include_weights, &opts.exclude_weights);
+        if m.len() != before {
+            notes.push(format!(
+                "importance matrix: {} of its {before} entries kept by --include-weights/--exclude-weights",
+                m.len()
+            ));
+        }
+    }
+    if imatrix.as_ref().is_some_and(|m| m.is_empty()) {
+        // llama-quantize then passes no importance matrix at all.
+        notes.push("no importance-matrix entry is left: quantizing without one".into());
+        imatrix = None;
+    }
     let popts = PlanOptions {
         pure: opts.pure,
         output_tensor_type: opts.output_tensor_type,
         token_embedding_type: opts.token_embedding_type,
         leave_output_tensor: opts.leave_output_tensor,
         has_imatrix: imatrix.is_some(),
+        tensor_types: opts.tensor_types.clone(),
     };
-    let mut notes = Vec::new();
+    if !opts.tensor_types.is_empty() && !opts.ftype.default_type().is_quantized() {
+        notes.push(format!(
+            "--tensor-type has no effect on {} (llama.cpp applies it to quantized file types only)",
+            opts.ftype
+        ));
+    }
     let (input, mut metadata, mut jobs, facts) = if is_gguf(input_path) {
         let g = GgufFile::open(input_path)?;
         let facts = facts_from_gguf(g.metadata(), input_path)?;
@@ -216,6 +289,48 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
         )
     };
     jobs.sort_by(|a, b| plan::llama_order(&a.name, &b.name));
+    let mut pruner = overrides::Pruner::new(&opts.prune_layers);
+    if !opts.prune_layers.is_empty() {
+        let n = facts.n_layer;
+        if let Some(&bad) = opts.prune_layers.iter().find(|&&l| l >= n) {
+            bail!(
+                "--prune-layers: layer {bad} does not exist; {} has {n} layers (0 to {})",
+                input_path.display(),
+                n as i64 - 1
+            );
+        }
+        if opts.prune_layers.len() as u32 >= n {
+            bail!(
+                "--prune-layers: pruning all {n} layers of {} leaves no model",
+                input_path.display()
+            );
+        }
+        let mut kept = Vec::with_capacity(jobs.len());
+        for mut j in jobs {
+            if let Some(name) = pruner.rename(&j.name) {
+                j.name = name;
+                kept.push(j);
+            }
+        }
+        jobs = kept;
+        notes.push(format!(
+            "--prune-layers: removed {} of {n} layers, {} left, renumbered",
+            opts.prune_layers.len(),
+            pruner.block_count()
+        ));
+        // Each remaining tensor takes the importance data of its original block.
+        if let Some(m) = &imatrix {
+            let remapped: Imatrix = jobs
+                .iter()
+                .filter_map(|j| {
+                    let v = m.get(&pruner.imatrix_name(&j.name))?;
+                    Some((j.name.clone(), v.clone()))
+                })
+                .collect();
+            imatrix = Some(remapped);
+        }
+    }
+    let facts = override_facts(facts, &opts.kv_overrides);
     let pts: Vec<PlanTensor> = jobs
         .iter()
         .map(|j| PlanTensor {
@@ -224,7 +339,7 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
             input_type: j.input_type,
         })
         .collect();
-    let choices = plan::choose_types(opts.ftype, &facts, &pts, &popts);
+    let choices = plan::choose_types(opts.ftype, &facts, &pts, &popts)?;
     for (j, c) in jobs.iter_mut().zip(choices) {
         j.out_type = c.ty;
         j.fallback_from = c.fallback_from;
@@ -259,27 +374,37 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
             }
         }
     }
+    let problems = refusals(&jobs, opts.ftype, imatrix.as_ref());
+    if opts.dry_run {
+        notes.extend(problems.iter().map(|p| format!("warning: {p}")));
+    } else if !problems.is_empty() {
+        bail!("{}: {}", input_path.display(), problems.join("; "));
+    }
     if let Some(m) = &imatrix {
         for j in &jobs {
             let Some(v) = m.get(&j.name) else { continue };
             if j.out_type == j.input_type || j.out_type.kiln().is_none_or(|k| !k.uses_imatrix()) {
                 continue;
             }
-            if v.len() != j.dims[0] as usize {
+            // llama.cpp: one row of importance per expert (ne[0] * ne[2] values; a 2-D
+            // tensor's ne[2] is 1).
+            let n_expert = j.dims.get(2).copied().unwrap_or(1);
+            if v.len() as u64 != j.dims[0] * n_expert {
                 if j.name == "token_embd.weight" {
                     continue;
                 }
                 bail!(
-                    "{}: importance data for {} has {} values, the tensor's rows have {} (an imatrix for another model?)",
+                    "{}: importance data for {} has {} values, the tensor's rows have {}{} (an imatrix for another model?)",
                     opts.imatrix.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
                     j.name,
                     v.len(),
-                    j.dims[0]
+                    j.dims[0],
+                    if n_expert > 1 { format!(" in each of {n_expert} experts") } else { String::new() }
                 );
             }
         }
         let matched = jobs.iter().filter(|j| m.contains_key(&j.name)).count();
-        if matched == 0 {
+        if matched == 0 && opts.prune_layers.is_empty() {
             bail!(
                 "{}: no entry matches a tensor of this model (an imatrix for another model?)",
                 opts.imatrix
@@ -298,6 +423,17 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
         Value::U32(keys::GGML_QNT_VERSION),
     );
     metadata.set_last(keys::FILE_TYPE, Value::U32(opts.ftype.id()));
+    // llama_model_quantize sets each override (moving an existing key to the end), then the
+    // block count of a pruned model.
+    for o in &opts.kv_overrides {
+        metadata.set_last(o.key.clone(), o.gguf_value());
+    }
+    if !opts.prune_layers.is_empty() {
+        metadata.set_last(
+            format!("{}.block_count", facts.arch),
+            Value::U32(pruner.block_count() as u32),
+        );
+    }
     if opts.checksum {
         checksum::reserve(&mut metadata, jobs.len());
     } else {
@@ -318,6 +454,44 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
         imatrix,
         notes,
     })
+}
+
+/// What makes a planned conversion impossible, checked before any work: a tensor whose chosen
+/// type kiln does not write yet, and llama.cpp's refusal of the lowest-bit types without
+/// importance data (`tensor_requires_imatrix`: with no --imatrix, or an imatrix without an entry
+/// for that tensor).
+fn refusals(jobs: &[Job], ftype: FileType, imatrix: Option<&Imatrix>) -> Vec<String> {
+    let mut out = Vec::new();
+    let changed = |j: &&Job| j.out_type != j.input_type;
+    if let Some(j) = jobs
+        .iter()
+        .filter(changed)
+        .find(|j| j.out_type.kiln().is_none())
+    {
+        out.push(format!(
+            "{ftype} puts tensor {} in {}, a type kiln does not write yet",
+            j.name,
+            j.out_type.label()
+        ));
+    }
+    if let Some(j) = jobs.iter().filter(changed).find(|j| {
+        plan::requires_imatrix(&j.name, j.out_type, ftype)
+            && imatrix.is_none_or(|m| m.get(&j.name).is_none())
+    }) {
+        out.push(match imatrix {
+            None => format!(
+                "{ftype} requires an importance matrix (as llama.cpp does: tensor {} would be {}); pass --imatrix FILE",
+                j.name,
+                j.out_type.label()
+            ),
+            Some(_) => format!(
+                "the importance matrix has no entry for tensor {}, which {ftype} makes {} (llama.cpp refuses such a very low-bit quantization without one)",
+                j.name,
+                j.out_type.label()
+            ),
+        });
+    }
+    out
 }
 
 /// Writes a prepared conversion.
@@ -360,7 +534,7 @@ pub fn describe(p: &Prepared) -> Result<String> {
     for j in &p.jobs {
         let fb = j
             .fallback_from
-            .map(|f| format!(" (fallback from {f})"))
+            .map(|f| format!(" (fallback from {})", f.label()))
             .unwrap_or_default();
         writeln!(
             s,

@@ -1283,3 +1283,146 @@ fn gguf_metadata_disagreeing_with_tensors() {
         );
     }
 }
+
+// ---- llama-quantize's advanced options ----
+
+/// Bad `--tensor-type`, `--tensor-type-file`, `--override-kv`, `--prune-layers` and
+/// `--include-weights`/`--exclude-weights`: one error line naming the option and the problem,
+/// before any work (no output, no temporary file).
+#[test]
+fn bad_quantize_options() {
+    let (ck, out) = case("options");
+    let dir = out.parent().unwrap().to_path_buf();
+    let rules = dir.join("rules.txt");
+    std::fs::write(&rules, "attn_q=q8_0\n  ffn_up=q4_K\tffn_down=q7_X\n").unwrap();
+    let imatrix = dir.join("im.dat");
+    std::fs::write(
+        &imatrix,
+        kiln::imatrix::encode_legacy(&[("blk.0.attn_q.weight", 1, &[1.0; 64])]),
+    )
+    .unwrap();
+    let (rules, imatrix) = (rules.to_str().unwrap(), imatrix.to_str().unwrap());
+    let cases: &[(&[&str], &[&str], &str)] = &[
+        (
+            &["--tensor-type", "attn_q=q9_9"],
+            &["--tensor-type", "q9_9", "unknown tensor type"],
+            "unknown type",
+        ),
+        (
+            &["--tensor-type", "attn_q=iq4_nl"],
+            &["iq4_nl", "kiln writes"],
+            "a type kiln does not write",
+        ),
+        (
+            &["--tensor-type", "attn_[q=q8_0"],
+            &["--tensor-type", "bad regex", "attn_[q"],
+            "bad regex",
+        ),
+        (
+            &["--tensor-type", "blk.(0=q8_0"],
+            &["bad regex", "blk.(0"],
+            "unclosed group",
+        ),
+        (
+            &["--tensor-type", "attn_q"],
+            &["--tensor-type", "PATTERN=TYPE"],
+            "no '='",
+        ),
+        (
+            &["--tensor-type", "=q8_0"],
+            &["missing tensor name"],
+            "no name",
+        ),
+        (
+            &["--tensor-type-file", rules],
+            &["rules.txt", "q7_X"],
+            "bad rule in a file",
+        ),
+        (
+            &["--tensor-type-file", "/nonexistent/rules.txt"],
+            &["/nonexistent/rules.txt", "cannot read"],
+            "missing rules file",
+        ),
+        (
+            &["--override-kv", "general.name"],
+            &["--override-kv", "KEY=TYPE:VALUE"],
+            "override without '='",
+        ),
+        (
+            &["--override-kv", "llama.context_length=int:many"],
+            &["--override-kv", "not an integer"],
+            "int that is not a number",
+        ),
+        (
+            &["--override-kv", "x.y=float:1.5x"],
+            &["not a number"],
+            "float that is not a number",
+        ),
+        (
+            &["--override-kv", "x.y=bool:yes"],
+            &["true or false"],
+            "bool that is not true/false",
+        ),
+        (
+            &["--override-kv", "x.y=u32:1"],
+            &["unknown type \"u32\""],
+            "unknown value type",
+        ),
+        (&["--override-kv", "x.y=str"], &["TYPE:VALUE"], "no type"),
+        (
+            &["--prune-layers", "5"],
+            &["--prune-layers", "layer 5 does not exist", "1 layers"],
+            "a layer that does not exist",
+        ),
+        (
+            &["--prune-layers", "0"],
+            &["--prune-layers", "all 1 layers"],
+            "every layer",
+        ),
+        (
+            &["--prune-layers", "0,x"],
+            &["--prune-layers", "\"x\" is not a layer number"],
+            "not a number",
+        ),
+        (
+            &["--prune-layers", "-1"],
+            &["--prune-layers", "not a layer number"],
+            "negative layer",
+        ),
+        (
+            &[
+                "--imatrix",
+                imatrix,
+                "--include-weights",
+                "attn",
+                "--exclude-weights",
+                "ffn",
+            ],
+            &["cannot be used together"],
+            "include and exclude",
+        ),
+        (
+            &["--include-weights", "attn"],
+            &["need --imatrix"],
+            "include without an imatrix",
+        ),
+    ];
+    for (extra, needles, what) in cases {
+        let mut args = extra.to_vec();
+        // An allowed prefix of the value (clap reads "-1" as an option otherwise).
+        if args == ["--prune-layers", "-1"] {
+            args = vec!["--prune-layers=-1"];
+        }
+        quantize_fails("q4_K_M", &ck, &out, &args, needles, &[], what);
+        let o = kiln()
+            .args(["quantize", "-t", "q4_K_M"])
+            .arg(&ck)
+            .arg("-o")
+            .arg(out.join("out.gguf"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let errors = stderr(&o).lines().filter(|l| l.contains("error")).count();
+        assert_eq!(errors, 1, "{what}: one error line: {}", stderr(&o));
+    }
+}

@@ -11,7 +11,7 @@ use kiln::quantize::{self, Options};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-fn tmp() -> PathBuf {
+pub(crate) fn tmp() -> PathBuf {
     let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("convert_vs_llama");
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -40,7 +40,7 @@ fn bpe_dir() -> &'static Path {
 }
 
 /// The f32 GGUF of the Llama fixture, written once.
-fn llama_f32() -> &'static Path {
+pub(crate) fn llama_f32() -> &'static Path {
     static F: OnceLock<PathBuf> = OnceLock::new();
     F.get_or_init(|| {
         let out = tmp().join("llama-F32.gguf");
@@ -81,7 +81,7 @@ fn f32_logits_match_an_independent_forward_pass() {
     }
 }
 
-fn tensors_of(path: &Path) -> Vec<(String, Vec<u64>, String, Vec<u8>)> {
+pub(crate) fn tensors_of(path: &Path) -> Vec<(String, Vec<u64>, String, Vec<u8>)> {
     let g = GgufFile::open(path).unwrap();
     let mut v: Vec<_> = g
         .tensors()
@@ -100,7 +100,7 @@ fn tensors_of(path: &Path) -> Vec<(String, Vec<u64>, String, Vec<u8>)> {
 }
 
 /// Asserts two GGUF files hold the same tensors (names, shapes, types, bytes) and metadata.
-fn assert_same(kiln_file: &Path, llama_file: &Path, what: &str) {
+pub(crate) fn assert_same(kiln_file: &Path, llama_file: &Path, what: &str) {
     let a = tensors_of(kiln_file);
     let b = tensors_of(llama_file);
     let names_a: Vec<&String> = a.iter().map(|t| &t.0).collect();
@@ -144,7 +144,7 @@ fn without_the_checksum_files_are_byte_identical_to_llama_quantize() {
     o.force = true;
     o.checksum = false;
     quantize::execute(&quantize::prepare(llama_dir(), &o).unwrap(), true, false).unwrap();
-    for ftype in FileType::ALL {
+    for ftype in types_written_without_imatrix() {
         let ours = tmp().join(format!("kiln-plain-{}.gguf", ftype.name()));
         let theirs = tmp().join(format!("llama-plain-{}.gguf", ftype.name()));
         let mut o = Options::new(ftype);
@@ -167,7 +167,7 @@ fn without_the_checksum_files_are_byte_identical_to_llama_quantize() {
 #[test]
 fn every_quantized_tensor_equals_llama_quantize_from_the_same_f32_gguf() {
     let f32_file = llama_f32();
-    for ftype in FileType::ALL {
+    for ftype in types_written_without_imatrix() {
         let ours = tmp().join(format!("kiln-from-f32-{}.gguf", ftype.name()));
         let theirs = tmp().join(format!("llama-from-f32-{}.gguf", ftype.name()));
         convert(f32_file, ftype, &ours);
@@ -193,7 +193,7 @@ fn converting_the_checkpoint_directly_equals_convert_then_llama_quantize() {
 
 #[test]
 fn llama_cpp_loads_every_output_type_and_generates() {
-    for ftype in FileType::ALL {
+    for ftype in types_written_without_imatrix() {
         let out = tmp().join(format!("gen-{}.gguf", ftype.name()));
         convert(llama_dir(), ftype, &out);
         let model = kiln::llama::load(&out).unwrap_or_else(|e| panic!("{ftype}: {e:#}"));
@@ -383,14 +383,32 @@ fn gemma3_matches_reference_and_llama_quantize() {
     );
 }
 
+#[test]
+fn qwen3moe_matches_reference_and_llama_quantize() {
+    use kiln_fixtures::checkpoint::{default_for, Arch, Vocab};
+    check_arch(
+        "qwen3moe",
+        default_for(Arch::Qwen3Moe, Vocab::TrainedBpe { size: 1024 }),
+    );
+}
+
+#[test]
+fn mixtral_matches_reference_and_llama_quantize() {
+    use kiln_fixtures::checkpoint::{default_for, Arch, Vocab};
+    check_arch(
+        "mixtral",
+        default_for(Arch::Mixtral, Vocab::LlamaSpm(tokenizer_model())),
+    );
+}
+
 /// Importance data for every matrix of the Llama fixture, deterministic.
-fn fixture_imatrix() -> Vec<(String, Vec<f32>)> {
+pub(crate) fn fixture_imatrix() -> Vec<(String, Vec<f32>)> {
     imatrix_for(llama_f32())
 }
 
-/// Importance data for every matrix of the model in the GGUF `f32_file`, deterministic.
-fn imatrix_for(f32_file: &Path) -> Vec<(String, Vec<f32>)> {
-    let g = GgufFile::open(f32_file).unwrap();
+/// Importance data for every matrix (but the token embeddings) of the GGUF `file`.
+fn imatrix_for(file: &Path) -> Vec<(String, Vec<f32>)> {
+    let g = GgufFile::open(file).unwrap();
     let mut rng = kiln_fixtures::synth::SplitMix64(7);
     g.tensors()
         .iter()
@@ -417,7 +435,7 @@ fn write_legacy_imatrix(path: &Path, entries: &[(String, Vec<f32>)], ncall: i32)
     std::fs::write(path, kiln::imatrix::encode_legacy(&refs)).unwrap();
 }
 
-fn write_gguf_imatrix(path: &Path, entries: &[(String, Vec<f32>)], count: f32) {
+pub(crate) fn write_gguf_imatrix(path: &Path, entries: &[(String, Vec<f32>)], count: f32) {
     use kiln::gguf::writer::{GgufWriter, TensorEntry};
     use kiln::gguf::{Metadata, TypeId};
     let f32t = TypeId::of(kiln::kernels::GgmlType::F32);
@@ -622,20 +640,20 @@ fn simple_new_file_types_match_llama_quantize_where_their_rules_fire() {
                 FileType::IQ4_NL | FileType::IQ4_XS => {
                     assert_eq!(attn_v, "q5_K", "{tag}");
                     let want = if with_imatrix {
-                        ftype.default_type().name()
+                        ftype.default_type().label()
                     } else {
-                        "q5_K"
+                        "q5_K".to_string()
                     };
                     assert_eq!(down0, want, "{tag}");
                     assert_eq!(
                         type_of(&ours, "blk.1.ffn_down.weight"),
-                        ftype.default_type().name()
+                        ftype.default_type().label()
                     );
                 }
                 FileType::MXFP4_MOE => assert_eq!(attn_v, "q8_0", "{tag}"),
                 FileType::Q2_0 | FileType::TQ2_0 | FileType::TQ1_0 => {
                     assert_eq!(embd, "q4_K", "{tag}");
-                    assert_eq!(attn_v, ftype.default_type().name(), "{tag}");
+                    assert_eq!(attn_v, ftype.default_type().label(), "{tag}");
                 }
                 _ => assert_eq!(attn_v, "q1_0", "{tag}"),
             }
@@ -677,7 +695,6 @@ fn q1_0_on_rows_without_a_fallback_is_refused_like_llama_quantize() {
 /// to Q8_0 gives llama-quantize's bytes (which dequantizes with ggml's `to_float`).
 #[test]
 fn requantizing_from_the_simple_new_types_equals_llama_quantize() {
-    use kiln::gguf::TypeId;
     for src in [
         FileType::IQ4_XS,
         FileType::TQ1_0,
@@ -689,10 +706,7 @@ fn requantizing_from_the_simple_new_types_equals_llama_quantize() {
         convert(llama_f32(), src, &input);
         // The source holds the type kiln reads with its own kernels.
         let g = GgufFile::open(&input).unwrap();
-        assert!(g
-            .tensors()
-            .iter()
-            .any(|t| t.ty == TypeId::of(src.default_type())));
+        assert!(g.tensors().iter().any(|t| t.ty == src.default_type()));
         let ours = tmp().join(format!("requant-kiln-{}-Q8_0.gguf", src.name()));
         let mut o = Options::new(FileType::Q8_0);
         o.output = Some(ours.clone());
@@ -706,5 +720,171 @@ fn requantizing_from_the_simple_new_types_equals_llama_quantize() {
         };
         kiln::llama::reference_quantize(&input, &theirs, FileType::Q8_0.id(), &ro).unwrap();
         assert_same(&ours, &theirs, &format!("requantize {src} -> Q8_0"));
+    }
+}
+
+/// The file types kiln converts the Llama fixture to without an importance matrix: every type but
+/// those llama.cpp refuses without one (checked in `low_bit_mixes_plan_and_refuse_like_llama_quantize`)
+/// and those that need a format kiln does not write yet (the i-quants' 32-weight fallback for the
+/// fixture's 640-wide rows, IQ4_NL, on a branch without it). Every K-quant and legacy type is in.
+fn types_written_without_imatrix() -> Vec<FileType> {
+    let v: Vec<FileType> = FileType::ALL
+        .into_iter()
+        .filter(|&f| {
+            let mut o = Options::new(f);
+            o.output = Some(tmp().join("never-written.gguf"));
+            quantize::prepare(llama_f32(), &o).is_ok()
+        })
+        .collect();
+    for f in FileType::ALL {
+        if !f.name().starts_with("IQ") && f != FileType::Q2_K_S {
+            assert!(v.contains(&f), "{f} is written without an imatrix");
+        }
+    }
+    v
+}
+
+/// A Qwen2 fixture whose rows are all multiples of 256 (hidden 256, FFN 256, 8 layers so that
+/// the mixes' first-eighth rules pick a layer, 8 heads and 4 KV heads, untied output, a small
+/// trained BPE vocabulary), as an f32 GGUF: the i-quant mixes need no fallback on it.
+fn rows256_f32() -> &'static Path {
+    use kiln_fixtures::checkpoint::{bpe_default, write_checkpoint, Dtype, FixtureSpec};
+    static F: OnceLock<PathBuf> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = tmp().join("rows256");
+        let _ = std::fs::remove_dir_all(&dir);
+        let spec = FixtureSpec {
+            hidden: 256,
+            intermediate: 256,
+            layers: 8,
+            heads: 8,
+            kv_heads: 4,
+            head_dim: 32,
+            dtype: Dtype::BF16,
+            tied_embeddings: false,
+            ..bpe_default()
+        };
+        write_checkpoint(&spec, &dir).unwrap();
+        let out = tmp().join("rows256-F32.gguf");
+        convert(&dir, FileType::F32, &out);
+        out
+    })
+}
+
+/// The file types of the i-quant issue that this module compares with llama.cpp.
+const LOW_BIT_TYPES: [FileType; 11] = [
+    FileType::IQ3_M,
+    FileType::IQ3_S,
+    FileType::IQ3_XS,
+    FileType::IQ3_XXS,
+    FileType::Q2_K_S,
+    FileType::IQ2_M,
+    FileType::IQ2_S,
+    FileType::IQ2_XS,
+    FileType::IQ2_XXS,
+    FileType::IQ1_M,
+    FileType::IQ1_S,
+];
+
+/// kiln's plan for `input` at `ftype` (a dry run, which refuses nothing): (tensor, type).
+fn planned_types(input: &Path, ftype: FileType, imatrix: Option<&Path>) -> Vec<(String, String)> {
+    let mut o = Options::new(ftype);
+    o.output = Some(tmp().join("never-written.gguf"));
+    o.imatrix = imatrix.map(Path::to_path_buf);
+    o.dry_run = true;
+    let p = quantize::prepare(input, &o).unwrap_or_else(|e| panic!("plan {ftype}: {e:#}"));
+    let mut v: Vec<_> = p
+        .jobs
+        .iter()
+        .map(|j| (j.name.clone(), j.out_type.label()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Every low-bit mix (IQ1_S .. IQ3_M, Q2_K_S), with and without an importance matrix, against
+/// `llama_model_quantize` on the same f32 GGUF: where llama.cpp refuses for want of an imatrix,
+/// kiln refuses before writing anything; otherwise kiln's plan gives every tensor llama.cpp's
+/// type, and where kiln writes every type of the plan, the files hold the same tensors, byte
+/// for byte (otherwise kiln refuses, naming the type it does not write).
+#[test]
+fn low_bit_mixes_plan_and_refuse_like_llama_quantize() {
+    let input = rows256_f32();
+    let entries = imatrix_for(input);
+    let imatrix_file = tmp().join("imatrix-rows256.gguf");
+    write_gguf_imatrix(&imatrix_file, &entries, 8.0);
+    let with = kiln::llama::ReferenceOptions {
+        imatrix: Some(entries.clone()),
+        ..Default::default()
+    };
+    let mut compared_bytes = Vec::new();
+    for ftype in LOW_BIT_TYPES {
+        for imatrix in [false, true] {
+            let what = format!("{ftype} imatrix={imatrix}");
+            let theirs = tmp().join(format!("low-llama-{}-{imatrix}.gguf", ftype.name()));
+            let _ = std::fs::remove_file(&theirs);
+            let ro = if imatrix {
+                with.clone()
+            } else {
+                Default::default()
+            };
+            let llama = kiln::llama::reference_quantize(input, &theirs, ftype.id(), &ro);
+            let ours = tmp().join(format!("low-kiln-{}-{imatrix}.gguf", ftype.name()));
+            let _ = std::fs::remove_file(&ours);
+            let mut o = Options::new(ftype);
+            o.output = Some(ours.clone());
+            o.force = true;
+            o.imatrix = imatrix.then(|| imatrix_file.clone());
+            let kiln = quantize::prepare(input, &o);
+            if llama.is_err() {
+                let e = kiln
+                    .err()
+                    .unwrap_or_else(|| panic!("{what}: llama.cpp refuses, kiln does not"));
+                assert!(
+                    format!("{e:#}").contains("requires an importance matrix"),
+                    "{what}: {e:#}"
+                );
+                continue;
+            }
+            let plan = planned_types(input, ftype, o.imatrix.as_deref());
+            let mut llama_types: Vec<(String, String)> = tensors_of(&theirs)
+                .into_iter()
+                .map(|t| (t.0, t.2))
+                .collect();
+            llama_types.sort();
+            assert_eq!(plan, llama_types, "{what}: per-tensor types");
+            let unwritten: Vec<&(String, String)> = plan
+                .iter()
+                .filter(|(_, ty)| kiln::kernels::GgmlType::from_name(ty).is_none())
+                .collect();
+            match kiln {
+                Ok(p) => {
+                    assert!(unwritten.is_empty(), "{what}: kiln accepted {unwritten:?}");
+                    quantize::execute(&p, true, false).unwrap();
+                    assert_same(&ours, &theirs, &what);
+                    compared_bytes.push(what);
+                }
+                Err(e) => {
+                    assert!(!unwritten.is_empty(), "{what}: kiln refused: {e:#}");
+                    assert!(
+                        format!("{e:#}").contains("does not write yet"),
+                        "{what}: {e:#}"
+                    );
+                    assert!(!ours.exists());
+                }
+            }
+        }
+    }
+    // The mixes whose types this kiln writes were compared byte for byte.
+    for must in [
+        "IQ3_S imatrix=false",
+        "IQ3_M imatrix=true",
+        "IQ3_XS imatrix=true",
+        "Q2_K_S imatrix=true",
+    ] {
+        assert!(
+            compared_bytes.iter().any(|w| w == must),
+            "{must} not compared: {compared_bytes:?}"
+        );
     }
 }

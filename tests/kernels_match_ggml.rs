@@ -67,6 +67,17 @@ fn run_cases(with_imatrix: bool) {
     let mut failures = Vec::new();
     let mut compared = 0usize;
     for ty in GgmlType::ALL {
+        if !with_imatrix && ty.requires_imatrix() {
+            // ggml aborts without importance weights (ggml_quantize_requires_imatrix); kiln
+            // refuses with an error.
+            let x = Case::Weights.generate(2, 256, 0);
+            let mut out = vec![0u8; 2 * ty.row_bytes(256).unwrap()];
+            match ty.quantize(&x, 256, None, &mut out) {
+                Err(KernelError::ImatrixRequired { .. }) => {}
+                other => failures.push(format!("{ty} without imatrix: {other:?}")),
+            }
+            continue;
+        }
         for cols in row_lengths(ty) {
             let rows = (32 * 1024 / cols).clamp(2, 64);
             for case in Case::ALL {
@@ -108,6 +119,9 @@ fn many_seeds_of_realistic_weights_match() {
             let x = Case::Weights.generate(8, 512, seed);
             let qw = importance(512, seed, false);
             for imatrix in [None, Some(qw.as_slice())] {
+                if imatrix.is_none() && ty.requires_imatrix() {
+                    continue;
+                }
                 if let Some(why) = compare(ty, &x, 512, imatrix) {
                     panic!("{ty} seed {seed} imatrix={}: {why}", imatrix.is_some());
                 }
@@ -142,6 +156,48 @@ fn dequantize_matches_ggml_on_arbitrary_blocks() {
         let theirs = ggml::dequantize(ty, &bytes);
         let diff = bitwise_differences(&mine, &theirs);
         assert_eq!(diff, 0, "{ty}: {diff} of {n} dequantized weights differ");
+    }
+}
+
+/// kiln's i-quant grid and sign tables (data files extracted from ggml's sources) are ggml's:
+/// thousands of random blocks of each lattice format, every byte random except the f16 scale's
+/// exponent, so every grid index, sign pattern and sub-block scale occurs many times (4096
+/// blocks of 32 groups draw each of IQ1's 2048 points 64 times on average), dequantize bit for
+/// bit as ggml's `to_float` does.
+#[test]
+fn iquant_grid_tables_match_ggml() {
+    let mut rng = SplitMix64(11);
+    let lattice_types = [
+        GgmlType::IQ2_XXS,
+        GgmlType::IQ2_XS,
+        GgmlType::IQ2_S,
+        GgmlType::IQ1_S,
+        GgmlType::IQ1_M,
+    ];
+    for ty in lattice_types {
+        let n_blocks = 4096;
+        let bb = ty.block_bytes();
+        let mut bytes: Vec<u8> = (0..n_blocks * bb).map(|_| rng.next_u64() as u8).collect();
+        for block in bytes.chunks_exact_mut(bb) {
+            if ty == GgmlType::IQ1_M {
+                // The scale's top bits are the top nibble of the last u16: keep its exponent
+                // below all-ones.
+                block[bb - 1] &= 0x3f;
+            } else {
+                block[1] &= 0x3f; // d, the first field
+            }
+        }
+        let n = n_blocks * ty.block_weights();
+        let mut mine = vec![0f32; n];
+        ty.dequantize(&bytes, ty.block_weights(), &mut mine)
+            .unwrap();
+        let theirs = ggml::dequantize(ty, &bytes);
+        let diff = bitwise_differences(&mine, &theirs);
+        assert_eq!(diff, 0, "{ty}: {diff} of {n} dequantized weights differ");
+        assert!(
+            mine.iter().all(|v| v.is_finite()),
+            "{ty}: non-finite weights"
+        );
     }
 }
 
@@ -203,6 +259,11 @@ fn bad_calls_are_errors_not_panics() {
         GgmlType::Q4_K.quantize(&x, 256, Some(&qw), &mut out),
         Err(KernelError::BadImportance { column: 5, .. })
     ));
+    // A format ggml quantizes only with an importance matrix.
+    assert!(matches!(
+        GgmlType::IQ2_XXS.quantize(&x, 256, None, &mut out),
+        Err(KernelError::ImatrixRequired { format: "iq2_xxs" })
+    ));
     // Dequantize with a ragged input.
     let mut f = vec![0f32; 512];
     assert!(GgmlType::Q4_0.dequantize(&out[..19], 32, &mut f).is_err());
@@ -211,11 +272,13 @@ fn bad_calls_are_errors_not_panics() {
 #[test]
 fn non_finite_input_names_row_and_column() {
     for ty in GgmlType::ALL {
+        let qw = importance(256, 1, false);
+        let imatrix = ty.requires_imatrix().then_some(qw.as_slice());
         for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
             let mut x = Case::Weights.generate(4, 256, 1);
             x[2 * 256 + 77] = bad;
             let mut out = vec![0u8; 4 * ty.row_bytes(256).unwrap()];
-            match ty.quantize(&x, 256, None, &mut out) {
+            match ty.quantize(&x, 256, imatrix, &mut out) {
                 Err(KernelError::NonFinite {
                     row: 2, column: 77, ..
                 }) => {}
@@ -229,22 +292,214 @@ fn non_finite_input_names_row_and_column() {
 /// (and so llama.cpp) rejects; kiln refuses with an error instead of writing it.
 #[test]
 fn overflowing_scales_are_refused_exactly_where_ggml_output_is_invalid() {
+    let qw = importance(256, 3, false);
     for ty in GgmlType::ALL {
+        let imatrix = ty.requires_imatrix().then_some(qw.as_slice());
         for magnitude in [1.0e3f32, 1.0e5, 1.0e7, 1.0e9, 1.0e20, 3.0e38] {
+            if ggml_aborts(ty, magnitude) {
+                continue;
+            }
             let x: Vec<f32> = Case::Weights
                 .generate(2, 256, 3)
                 .iter()
                 .map(|v| v * magnitude)
                 .collect();
-            let ggml_ok = ggml::validate_row_data(ty, &ggml::quantize(ty, &x, 256, None));
+            let ggml_ok = if ggml_may_abort(ty) {
+                ggml_in_child(ty, magnitude, imatrix.is_some())
+            } else {
+                Some(ggml::validate_row_data(
+                    ty,
+                    &ggml::quantize(ty, &x, 256, imatrix),
+                ))
+            };
             let mut out = vec![0u8; 2 * ty.row_bytes(256).unwrap()];
-            let kiln = ty.quantize(&x, 256, None, &mut out);
+            let kiln = ty.quantize(&x, 256, imatrix, &mut out);
             match (&kiln, ggml_ok) {
-                (Ok(_), true) | (Err(KernelError::Overflow { .. }), false) => {}
-                _ => panic!("{ty} at {magnitude:e}: kiln {kiln:?}, ggml output valid: {ggml_ok}"),
+                (Ok(_), Some(true)) | (Err(KernelError::Overflow { .. }), Some(false) | None) => {}
+                _ => panic!("{ty} at {magnitude:e}: kiln {kiln:?}, ggml output valid: {ggml_ok:?}"),
+            }
+            if ggml_may_abort(ty) && imatrix.is_none() {
+                // The same with importance weights (the i-quants' other path).
+                let qw = importance(256, 3, false);
+                let kiln = ty.quantize(&x, 256, Some(&qw), &mut out);
+                match (&kiln, ggml_in_child(ty, magnitude, true)) {
+                    (Ok(_), Some(true))
+                    | (Err(KernelError::Overflow { .. }), Some(false) | None) => {}
+                    (_, ggml) => panic!(
+                        "{ty} at {magnitude:e} with imatrix: kiln {kiln:?}, ggml output valid: {ggml:?}"
+                    ),
+                }
             }
         }
     }
+}
+
+/// The i-quants' searches abort the process (`GGML_ASSERT(grid_index >= 0)`) on weights so large
+/// that their errors overflow; ggml runs those in a child process.
+fn ggml_may_abort(ty: GgmlType) -> bool {
+    // The IQ2/IQ1 lattice searches abort too, at the magnitudes `ggml_aborts` lists (measured),
+    // which the test skips and `weights_that_abort_ggml_are_refused` covers: ggml builds their
+    // neighbour maps anew in every process (seconds each), too slow for a child per case.
+    matches!(
+        ty,
+        GgmlType::IQ3_XXS | GgmlType::IQ3_S | GgmlType::IQ4_NL | GgmlType::IQ4_XS
+    )
+}
+
+/// The overflow test's input for `ty` at `magnitude` quantized by ggml in a child process (this
+/// binary running [`ggml_quantize_in_child`]): whether ggml's output passes its validation, or
+/// `None` when ggml aborted.
+fn ggml_in_child(ty: GgmlType, magnitude: f32, imatrix: bool) -> Option<bool> {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "kernels_match_ggml::ggml_quantize_in_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("GGML_NO_BACKTRACE", "1")
+        .env(
+            "KILN_GGML_CHILD",
+            format!("{} {magnitude:e} {imatrix}", ty as u32),
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("GGML_ASSERT"),
+            "{ty}: the child failed without a ggml assertion"
+        );
+        return None;
+    }
+    if stdout.contains("ggml-valid=true") {
+        Some(true)
+    } else {
+        assert!(stdout.contains("ggml-valid=false"), "child said: {stdout}");
+        Some(false)
+    }
+}
+
+/// The child side of [`ggml_in_child`] (does nothing in a normal test run).
+#[test]
+fn ggml_quantize_in_child() {
+    let Ok(spec) = std::env::var("KILN_GGML_CHILD") else {
+        return;
+    };
+    let mut it = spec.split(' ');
+    let ty = GgmlType::from_id(it.next().unwrap().parse().unwrap()).unwrap();
+    let magnitude: f32 = it.next().unwrap().parse().unwrap();
+    let imatrix = it.next() == Some("true");
+    let x: Vec<f32> = Case::Weights
+        .generate(2, 256, 3)
+        .iter()
+        .map(|v| v * magnitude)
+        .collect();
+    let qw = imatrix.then(|| importance(256, 3, false));
+    let q = ggml::quantize(ty, &x, 256, qw.as_deref());
+    println!("ggml-valid={}", ggml::validate_row_data(ty, &q));
+}
+
+/// The IQ3 grid tables and sign table kiln ships (data files extracted from ggml-common.h)
+/// are ggml's: crafted blocks that put every grid point and every sign pattern through ggml's
+/// dequantizer give the tables' values, and kiln's dequantizer agrees.
+#[test]
+fn iq3_grid_tables_are_ggmls() {
+    use kiln::kernels::iquants::grid3::{IQ3S_GRID, IQ3XXS_GRID, KSIGNS};
+    // IQ3_XXS: d = 2, scale nibble 0, so each weight is 0.5 * grid value; 64 groups per block.
+    let mut bytes = Vec::new();
+    for blk in 0..4 {
+        bytes.extend(0x4000u16.to_le_bytes()); // f16 2.0
+        bytes.extend((0..64).map(|g| (blk * 64 + g) as u8));
+        bytes.extend([0u8; 32]); // no signs, scale 0
+    }
+    let y = ggml::dequantize(GgmlType::IQ3_XXS, &bytes);
+    for (k, p) in IQ3XXS_GRID.iter().enumerate() {
+        for i in 0..4 {
+            assert_eq!(y[4 * k + i] * 2.0, p[i] as f32, "iq3xxs_grid[{k}]");
+        }
+    }
+    let mut mine = vec![0f32; y.len()];
+    GgmlType::IQ3_XXS
+        .dequantize(&bytes, 256, &mut mine)
+        .unwrap();
+    assert_eq!(bitwise_differences(&mine, &y), 0);
+
+    // IQ3_S: d = 1, scale nibble 0 (factor 1), grid index 256*hi + qs; 64 groups per block.
+    let mut bytes = Vec::new();
+    for blk in 0..8 {
+        bytes.extend(0x3c00u16.to_le_bytes()); // f16 1.0
+        bytes.extend((0..64).map(|g| ((blk * 64 + g) % 256) as u8));
+        bytes.extend([if blk >= 4 { 0xffu8 } else { 0 }; 8]); // ninth index bit
+        bytes.extend([0u8; 32 + 4]); // no signs, scales 0
+    }
+    let y = ggml::dequantize(GgmlType::IQ3_S, &bytes);
+    for (k, p) in IQ3S_GRID.iter().enumerate() {
+        for i in 0..4 {
+            assert_eq!(y[4 * k + i], p[i] as f32, "iq3s_grid[{k}]");
+        }
+    }
+    let mut mine = vec![0f32; y.len()];
+    GgmlType::IQ3_S.dequantize(&bytes, 256, &mut mine).unwrap();
+    assert_eq!(bitwise_differences(&mine, &y), 0);
+
+    // Signs: IQ3_XXS sign index s (7 bits) in every slot, grid point 0 (all 4s); ggml's
+    // ksigns_iq2xs[s] says which of the 8 weights are negative.
+    for s in 0..128u32 {
+        let mut block = vec![0u8; 98];
+        block[..2].copy_from_slice(&0x4000u16.to_le_bytes());
+        let packed = s | s << 7 | s << 14 | s << 21;
+        for ib in 0..8 {
+            block[66 + 4 * ib..70 + 4 * ib].copy_from_slice(&packed.to_le_bytes());
+        }
+        let y = ggml::dequantize(GgmlType::IQ3_XXS, &block);
+        for (j, v) in y.iter().enumerate() {
+            let negative = KSIGNS[s as usize] & (1 << (j % 8)) != 0;
+            assert_eq!(
+                *v,
+                if negative { -2.0 } else { 2.0 },
+                "ksigns[{s}] weight {j}"
+            );
+        }
+    }
+}
+
+/// Where ggml stops the process (a GGML_ASSERT in its lattice search) on the overflow test's
+/// weights: the IQ2 searches find no finite distance from about 1e17 on (measured with ggml in a
+/// child process); IQ2_XS and IQ2_S keep aborting up to f32's largest values.
+fn ggml_aborts(ty: GgmlType, magnitude: f32) -> bool {
+    match ty {
+        GgmlType::IQ2_XXS => (1.0e17..1.0e20).contains(&magnitude),
+        GgmlType::IQ2_XS | GgmlType::IQ2_S => magnitude >= 1.0e17,
+        _ => false,
+    }
+}
+
+/// Where ggml aborts, kiln refuses the weights with an error (and never panics).
+#[test]
+fn weights_that_abort_ggml_are_refused() {
+    let qw = importance(256, 3, false);
+    let mut refused = 0;
+    for ty in GgmlType::ALL {
+        let imatrix = ty.requires_imatrix().then_some(qw.as_slice());
+        for magnitude in [1.0e17f32, 1.0e18, 1.0e19, 1.0e20, 1.0e30, 3.0e38] {
+            if !ggml_aborts(ty, magnitude) {
+                continue;
+            }
+            let x: Vec<f32> = Case::Weights
+                .generate(2, 256, 3)
+                .iter()
+                .map(|v| v * magnitude)
+                .collect();
+            let mut out = vec![0u8; 2 * ty.row_bytes(256).unwrap()];
+            match ty.quantize(&x, 256, imatrix, &mut out) {
+                Err(KernelError::Overflow { .. }) => refused += 1,
+                other => panic!("{ty} at {magnitude:e}: {other:?}"),
+            }
+        }
+    }
+    assert_eq!(refused, 3 + 2 * 6);
 }
 
 /// kiln's table of ggml types (what `inspect` and the reader size foreign tensors by, without

@@ -10,6 +10,8 @@ mod convert_vs_llama;
 mod converter_only;
 mod eval;
 mod kernels_match_ggml;
+mod moe;
 mod mutations;
+mod quantize_options;
 mod reference_forward;
 mod sweep;

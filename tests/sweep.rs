@@ -172,6 +172,7 @@ fn sweep_records_files_llama_cpp_refuses_and_goes_on() {
         output_tensor_type: None,
         token_embedding_type: None,
         imatrix: None,
+        ..Default::default()
     };
     kiln::llama::reference_quantize(&q8, &theirs, FileType::Q4_0.id(), &ro).unwrap();
 

@@ -27,7 +27,7 @@ if [ ! -x "$lb/build/bin/llama-perplexity" ]; then
 fi
 cargo build --release --quiet --bin kiln
 kiln=target/eval-time-kiln
-cp target/release/kiln "$kiln"
+cp "${CARGO_TARGET_DIR:-target}/release/kiln" "$kiln"
 g=$lb/gemma
 # the Gemma files (made by run.sh's default run, or now)
 if [ ! -f "$g/gemma-3-270m-Q2_K.gguf" ]; then

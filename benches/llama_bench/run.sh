@@ -36,7 +36,7 @@ if [ ! -x "$lb/build/bin/llama-bench" ]; then
 fi
 [ -n "${BUILD_ONLY:-}" ] && exit 0
 cargo build --release --quiet --bin kiln
-kiln=target/release/kiln
+kiln=${CARGO_TARGET_DIR:-target}/release/kiln
 files=("$@")
 if [ ${#files[@]} -eq 0 ]; then
   g=$lb/gemma

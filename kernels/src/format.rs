@@ -80,6 +80,15 @@ macro_rules! formats {
                 }
             }
 
+            /// Whether ggml refuses to quantize this format without an importance matrix
+            /// (`ggml_quantize_requires_imatrix`); kiln refuses too
+            /// ([`KernelError::ImatrixRequired`]).
+            pub fn requires_imatrix(self) -> bool {
+                match self {
+                    $(GgmlType::$variant => <$format as BlockFormat>::REQUIRES_IMATRIX,)*
+                }
+            }
+
             /// Quantizes `src` (rows of `n_per_row` weights) into `dst`, rows in parallel. See
             /// [`quantize`].
             pub fn quantize(
@@ -127,10 +136,17 @@ formats! {
     MXFP4 = 39, "mxfp4", 32 x 17, mxfp4::Mxfp4;
     IQ4_XS = 23, "iq4_xs", 256 x 136, iquants::IQ4XS;
     Q3_K = 11, "q3_K", 256 x 110, kquants::Q3K;
+    IQ3_S = 21, "iq3_s", 256 x 110, iquants::Iq3S;
+    IQ3_XXS = 18, "iq3_xxs", 256 x 98, iquants::Iq3Xxs;
     Q2_K = 10, "q2_K", 256 x 84,  kquants::Q2K;
+    IQ2_S   = 22, "iq2_s",   256 x 82, iquants::Iq2S;
+    IQ2_XS  = 17, "iq2_xs",  256 x 74, iquants::Iq2Xs;
     Q2_0 = 42, "q2_0", 64 x 18,   legacy::Q2_0;
+    IQ2_XXS = 16, "iq2_xxs", 256 x 66, iquants::Iq2Xxs;
     TQ2_0 = 35, "tq2_0", 256 x 66, ternary::TQ2_0;
+    IQ1_M   = 29, "iq1_m",   256 x 56, iquants::Iq1M;
     TQ1_0 = 34, "tq1_0", 256 x 54, ternary::TQ1_0;
+    IQ1_S   = 19, "iq1_s",   256 x 50, iquants::Iq1S;
     Q1_0 = 41, "q1_0", 128 x 18,  legacy::Q1_0;
 }
 

@@ -12,7 +12,9 @@
 //!   (and Q1_0, Q2_0, of the same simple shape with 128- and 64-weight blocks)
 //! - [`kquants`]: the 256-weight super-block formats Q2_K .. Q6_K, one file each, and their
 //!   scale searches
-//! - [`iquants`]: the i-quants (non-linear levels, lattice grids), one file each
+//! - [`iquants`]: the i-quants (non-linear levels IQ4_NL, IQ4_XS; lattice grids IQ3_XXS, IQ3_S,
+//!   IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M, with their grids as data files under
+//!   `iquants/grids/` and the neighbour searches), one file each
 //! - [`ternary`]: the ternary formats TQ1_0 and TQ2_0
 //! - [`mxfp4`]: the MXFP4 format, E2M1 codes under an E8M0 scale
 //! - [`rows`]: argument checks and the parallel row driver
@@ -56,6 +58,9 @@ pub trait BlockFormat: Send + Sync + 'static {
     /// Whether importance weights change the output (ggml ignores them for Q8_0 and the
     /// float formats).
     const USES_IMATRIX: bool = Self::QUANTIZED;
+    /// Whether ggml refuses to quantize without importance weights
+    /// (`ggml_quantize_requires_imatrix`: IQ2_XXS, IQ2_XS, IQ1_S).
+    const REQUIRES_IMATRIX: bool = false;
 
     /// Quantizes one row. `imatrix`, when given, holds one importance weight per column and
     /// selects ggml's `quantize_<type>` path instead of `quantize_row_<type>_ref`.

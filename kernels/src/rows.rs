@@ -18,6 +18,8 @@ pub enum KernelError {
     Ragged { len: usize, n_per_row: usize },
     /// The output buffer is smaller than the rows need.
     OutputTooSmall { needed: usize, got: usize },
+    /// The format needs an importance matrix (ggml refuses it without one) and none was given.
+    ImatrixRequired { format: &'static str },
     /// The importance matrix does not have one weight per column.
     ImatrixLength { expected: usize, got: usize },
     /// An input weight is NaN or infinite.
@@ -57,6 +59,10 @@ impl fmt::Display for KernelError {
             KernelError::OutputTooSmall { needed, got } => {
                 write!(f, "output buffer holds {got} bytes but {needed} are needed")
             }
+            KernelError::ImatrixRequired { format } => write!(
+                f,
+                "{format} needs an importance matrix (llama.cpp refuses it without one too)"
+            ),
             KernelError::ImatrixLength { expected, got } => write!(
                 f,
                 "importance matrix has {got} weights but the rows have {expected} columns"
@@ -130,6 +136,11 @@ pub fn quantize<F: BlockFormat>(
         return Err(KernelError::OutputTooSmall {
             needed,
             got: dst.len(),
+        });
+    }
+    if F::REQUIRES_IMATRIX && imatrix.is_none() {
+        return Err(KernelError::ImatrixRequired {
+            format: F::TYPE.name(),
         });
     }
     if let Some(qw) = imatrix {

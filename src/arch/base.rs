@@ -43,10 +43,10 @@ pub fn layer_tensor(rest: &str) -> Option<&'static str> {
     })
 }
 
-/// The GGUF name of a Hugging Face tensor, or None for tensors convert drops or does not know.
-pub fn tensor_name<F: Family + ?Sized>(family: &F, hf: &str) -> Option<String> {
-    let name = hf
-        .strip_prefix("language_model.")
+/// A Hugging Face tensor name with a multimodal checkpoint's language-model prefix removed
+/// (`language_model.model.X` -> `model.X`).
+fn text_name(hf: &str) -> String {
+    hf.strip_prefix("language_model.")
         .or_else(|| hf.strip_prefix("model.language_model."))
         .map(|r| {
             if r.starts_with("model.") || r.starts_with("lm_head") {
@@ -55,7 +55,20 @@ pub fn tensor_name<F: Family + ?Sized>(family: &F, hf: &str) -> Option<String> {
                 format!("model.{r}")
             }
         })
-        .unwrap_or_else(|| hf.to_string());
+        .unwrap_or_else(|| hf.to_string())
+}
+
+/// A decoder-layer tensor's layer number and the name after `model.layers.N.`.
+pub fn layer_and_rest(hf: &str) -> Option<(u32, String)> {
+    let name = text_name(hf);
+    let rest = name.strip_prefix("model.layers.")?;
+    let (bid, rest) = rest.split_once('.')?;
+    Some((bid.parse().ok()?, rest.to_string()))
+}
+
+/// The GGUF name of a Hugging Face tensor, or None for tensors convert drops or does not know.
+pub fn tensor_name<F: Family + ?Sized>(family: &F, hf: &str) -> Option<String> {
+    let name = text_name(hf);
     if name.ends_with(".rotary_emb.inv_freq") {
         return None;
     }
@@ -150,6 +163,12 @@ pub fn write_hparams<F: Family + ?Sized>(
     }
     if let Some(e) = eps {
         md.set(k("attention.layer_norm_rms_epsilon"), Value::F32(e));
+    }
+    if let Some((_, n)) = super::moe::find_u32(hp, super::moe::EXPERT_COUNT_KEYS)? {
+        md.set(k("expert_count"), Value::U32(n));
+    }
+    if let Some((_, n)) = super::moe::find_u32(hp, super::moe::EXPERT_USED_KEYS)? {
+        md.set(k("expert_used_count"), Value::U32(n));
     }
     let explicit_head_dim = hp.cfg.get("head_dim").is_some()
         || family.config_default(hp.hf_arch, "head_dim").is_some()

@@ -29,8 +29,11 @@ mod gemma2;
 mod gemma3;
 pub mod general;
 mod llama;
+mod mixtral;
+pub mod moe;
 mod qwen2;
 mod qwen3;
+mod qwen3moe;
 pub mod shapes;
 
 pub use config::Config;
@@ -53,6 +56,8 @@ pub static FAMILIES: &[&dyn Family] = &[
     &qwen3::Qwen3,
     &gemma2::Gemma2,
     &gemma3::Gemma3,
+    &qwen3moe::Qwen3Moe,
+    &mixtral::Mixtral,
 ];
 
 /// One model family: what differs from the base conversion. Only the first four methods are
@@ -91,6 +96,11 @@ pub trait Family: Sync {
     /// The `<arch>.*` hyperparameter keys, in convert's order.
     fn write_hparams(&self, hp: &Hparams, md: &mut Metadata) -> Result<()> {
         base::write_hparams(self, hp, md)
+    }
+    /// How the family's checkpoints store mixture-of-experts layers; None for dense families.
+    /// Expert tensors are then stacked per layer (see [`moe`]) instead of mapped one by one.
+    fn experts(&self) -> Option<moe::Layout> {
+        None
     }
     /// Whether key_length/value_length are written even when config.json has no head_dim.
     fn always_writes_head_dim(&self) -> bool {
@@ -142,6 +152,14 @@ pub trait Family: Sync {
 /// The family of a GGUF `general.architecture` name.
 pub fn by_gguf_name(name: &str) -> Option<&'static dyn Family> {
     FAMILIES.iter().copied().find(|f| f.gguf_name() == name)
+}
+
+/// The family of a config.json `model_type` ("mixtral", "qwen3_moe").
+pub fn by_model_type(model_type: &str) -> Option<&'static dyn Family> {
+    FAMILIES
+        .iter()
+        .copied()
+        .find(|f| f.model_type() == model_type)
 }
 
 /// LLM_TYPE_70B for a GGUF architecture name (false for families kiln does not know).
@@ -452,10 +470,24 @@ pub fn prepare(ck: &Checkpoint, ftype: FileType) -> Result<Converted> {
     );
 
     // Tensors.
+    let layout = family.experts();
+    let experts = match &layout {
+        Some(l) => Some(moe::experts(&hp, l)?),
+        None => None,
+    };
+    let mut expert_tensors = moe::Collected::default();
     let mut jobs = Vec::new();
     for (index, t) in ck.tensors.iter().enumerate() {
         if is_other_modality(&t.name) {
             continue;
+        }
+        if let Some(l) = &layout {
+            let found = base::layer_and_rest(&t.name)
+                .and_then(|(layer, rest)| Some((layer, moe::classify(l, &rest)?)));
+            if let Some((layer, found)) = found {
+                expert_tensors.add(layer, found, index);
+                continue;
+            }
         }
         let Some(gname) = base::tensor_name(family, &t.name) else {
             if t.name.ends_with(".rotary_emb.inv_freq") {
@@ -498,6 +530,14 @@ pub fn prepare(ck: &Checkpoint, ftype: FileType) -> Result<Converted> {
             source: TensorSource::Input { index, transform },
         });
     }
+    if let (Some(l), Some(x)) = (&layout, &experts) {
+        moe::check_routers(ck, &hp, x, &jobs)?;
+        jobs.extend(moe::stack(ck, &hp, l, x, expert_tensors, hf_input_type)?);
+        notes.push(format!(
+            "{} experts per layer ({} used per token), each {} wide, stacked into ffn_*_exps",
+            x.n_expert, x.n_used, x.n_ff
+        ));
+    }
     family.finish(&hp, &md, &mut jobs, &mut notes)?;
     if !jobs.iter().any(|j| j.name == "token_embd.weight") {
         bail!("{}: no model.embed_tokens.weight tensor", ck.dir.display());
@@ -525,14 +565,13 @@ pub fn prepare(ck: &Checkpoint, ftype: FileType) -> Result<Converted> {
             }
         }
     }
-    let n_params: u64 = jobs.iter().map(|j| j.n_elements()).sum();
     if md.get("general.size_label").is_none() {
         // Placed after general.name, where gguf-py writes it.
         let mut with_label = Metadata::new();
         for (k, v) in md.iter() {
             with_label.set(k, v.clone());
             if k == "general.name" {
-                with_label.set("general.size_label", Value::Str(size_label(n_params)));
+                with_label.set("general.size_label", Value::Str(size_label_of(&jobs)));
             }
         }
         md = with_label;
@@ -543,6 +582,10 @@ pub fn prepare(ck: &Checkpoint, ftype: FileType) -> Result<Converted> {
         n_head,
         n_head_kv,
         is_70b: family.is_70b(n_layer, n_head, n_head_kv),
+        n_expert: match md.get(&format!("{a}.expert_count")) {
+            Some(Value::U32(n)) => *n,
+            _ => 0,
+        },
     };
     Ok(Converted {
         metadata: md,
@@ -552,11 +595,45 @@ pub fn prepare(ck: &Checkpoint, ftype: FileType) -> Result<Converted> {
     })
 }
 
+/// gguf-py's size label of a model's tensors (`get_total_parameter_count` and `size_label`):
+/// the parameter count ("494M"), or for experts `{n_expert}x{shared + one expert's}`
+/// ("128x3.3B"), the expert count averaged over the `_exps.` tensors.
+fn size_label_of(jobs: &[Job]) -> String {
+    let (mut total, mut shared, mut expert) = (0u64, 0u64, 0u64);
+    let (mut expert_sum, mut n_expert_tensors) = (0u64, 0u64);
+    for j in jobs {
+        let size = j.n_elements();
+        total += size;
+        if j.name.contains("_exps.") && j.dims.len() >= 3 {
+            let count = if j.name.contains(".bias") {
+                j.dims[1]
+            } else {
+                j.dims[2]
+            }
+            .max(1);
+            expert += size / count;
+            expert_sum += count;
+            n_expert_tensors += 1;
+        } else {
+            shared += size;
+        }
+    }
+    match expert_sum.checked_div(n_expert_tensors) {
+        Some(n_expert) => format!("{n_expert}x{}", size_label(shared + expert)),
+        None => size_label(total),
+    }
+}
+
 /// The type convert_hf_to_gguf.py gives a tensor before llama-quantize sees it: F32 for 1-D
 /// tensors and norms, otherwise the source precision.
 fn hf_input_type(gguf_name: &str, dims: &[u64], dtype: SrcDtype) -> TypeId {
     let n_dims = dims.iter().filter(|&&d| d > 1).count().max(1);
-    if n_dims <= 1 || gguf_name.ends_with("_norm.weight") || !gguf_name.ends_with(".weight") {
+    // convert keeps routers in f32 (its list of "always F32" tensors).
+    if n_dims <= 1
+        || gguf_name.ends_with("_norm.weight")
+        || !gguf_name.ends_with(".weight")
+        || gguf_name.contains(".ffn_gate_inp.")
+    {
         return TypeId::of(GgmlType::F32);
     }
     TypeId::of(match dtype {

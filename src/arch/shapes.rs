@@ -156,6 +156,11 @@ impl<'a> Hyper<'a> {
                 .checked_div(self.get("attention.head_count", 0))
                 .unwrap_or(0),
             "rope.dimension_count" => self.get("attention.key_length", layer),
+            // qwen2moe/qwen3moe: n_ff / n_expert_used when the file does not say.
+            "expert_feed_forward_length" => self
+                .get("feed_forward_length", layer)
+                .checked_div(self.get("expert_used_count", layer))
+                .unwrap_or(0),
             _ => 0,
         }
     }

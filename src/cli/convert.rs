@@ -33,6 +33,32 @@ pub struct QuantizeArgs {
     /// Leave output.weight in its input type.
     #[arg(long)]
     pub leave_output_tensor: bool,
+    /// Type for the tensors whose name PATTERN matches (a regex searched in the name, as
+    /// llama-quantize's: `attn_v=q8_0`, `blk\.[0-3]\.ffn_down=q6_K`); repeatable, the first
+    /// matching rule wins. It replaces the mix's choice (not --output-tensor-type's or
+    /// --token-embedding-type's), and rows the type cannot hold fall back as the mix's do
+    /// (q4_K -> q5_0, ...). As in llama-quantize, rules apply only when --type is a quantized
+    /// type (not f32, f16, bf16).
+    #[arg(long, value_name = "PATTERN=TYPE")]
+    pub tensor_type: Vec<String>,
+    /// A file of PATTERN=TYPE rules separated by spaces or newlines (as --tensor-type, in
+    /// place on the command line).
+    #[arg(long, value_name = "FILE")]
+    pub tensor_type_file: Vec<PathBuf>,
+    /// Use the importance matrix only for tensors whose name contains NAME (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub include_weights: Vec<String>,
+    /// Do not use the importance matrix for tensors whose name contains NAME (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub exclude_weights: Vec<String>,
+    /// Set a metadata key in the output: TYPE is int (written as u32, as llama-quantize
+    /// does), float (f32), bool (true/false) or str (at most 127 bytes); repeatable.
+    #[arg(long, value_name = "KEY=TYPE:VALUE")]
+    pub override_kv: Vec<String>,
+    /// Remove these layers (blocks); the remaining ones are renumbered, the block count and
+    /// the importance matrix follow.
+    #[arg(long, value_name = "L0,L1,...")]
+    pub prune_layers: Option<String>,
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -43,6 +69,48 @@ pub struct QuantizeArgs {
     /// Print the plan (tensors, types, sizes) without writing.
     #[arg(long)]
     pub dry_run: bool,
+    /// The command-line positions of --tensor-type (false) and --tensor-type-file (true)
+    /// values, filled from clap's indices: llama-quantize applies the rules in that order.
+    #[arg(skip)]
+    pub rule_order: Vec<(usize, bool)>,
+}
+
+impl QuantizeArgs {
+    /// Records where each --tensor-type and --tensor-type-file value stood on the command line.
+    pub fn note_rule_order(&mut self, m: &clap::ArgMatches) {
+        let mut v: Vec<(usize, bool)> = Vec::new();
+        for (id, file) in [("tensor_type", false), ("tensor_type_file", true)] {
+            if let Some(ix) = m.indices_of(id) {
+                v.extend(ix.map(|i| (i, file)));
+            }
+        }
+        v.sort_unstable();
+        self.rule_order = v;
+    }
+
+    /// The --tensor-type rules in command-line order, files expanded in place.
+    fn rules(&self) -> anyhow::Result<Vec<kiln::overrides::TensorTypeRule>> {
+        use kiln::overrides::TensorTypeRule;
+        let (mut t, mut f) = (self.tensor_type.iter(), self.tensor_type_file.iter());
+        let mut order = self.rule_order.clone();
+        if order.len() != self.tensor_type.len() + self.tensor_type_file.len() {
+            // Not parsed from a command line: options first, then files.
+            order = (self.tensor_type.iter().map(|_| (0, false)))
+                .chain(self.tensor_type_file.iter().map(|_| (0, true)))
+                .collect();
+        }
+        let mut rules = Vec::new();
+        for (_, file) in order {
+            if file {
+                if let Some(p) = f.next() {
+                    rules.extend(TensorTypeRule::parse_file(p)?);
+                }
+            } else if let Some(a) = t.next() {
+                rules.push(TensorTypeRule::parse(a)?);
+            }
+        }
+        Ok(rules)
+    }
 }
 
 pub fn quantize(a: QuantizeArgs) -> anyhow::Result<()> {
@@ -54,6 +122,20 @@ pub fn quantize(a: QuantizeArgs) -> anyhow::Result<()> {
             .build_global()?;
     }
     let mut opts = q::Options::new(kiln::plan::FileType::parse(&a.ty)?);
+    opts.tensor_types = a.rules()?;
+    opts.include_weights = a.include_weights.clone();
+    opts.exclude_weights = a.exclude_weights.clone();
+    opts.kv_overrides = a
+        .override_kv
+        .iter()
+        .map(|s| kiln::overrides::KvOverride::parse(s))
+        .collect::<anyhow::Result<_>>()?;
+    opts.prune_layers = a
+        .prune_layers
+        .as_deref()
+        .map(kiln::overrides::parse_prune_layers)
+        .transpose()?
+        .unwrap_or_default();
     opts.output = a.output;
     opts.force = a.force;
     opts.allow_requantize = a.allow_requantize;
@@ -71,6 +153,7 @@ pub fn quantize(a: QuantizeArgs) -> anyhow::Result<()> {
         .transpose()?;
     opts.leave_output_tensor = a.leave_output_tensor;
     opts.checksum = !a.no_checksum;
+    opts.dry_run = a.dry_run;
     let start = std::time::Instant::now();
     kiln::pipeline::stop_on_signals();
     let p = q::prepare(&a.input, &opts)?;

@@ -49,6 +49,49 @@ pub const GGML_TYPES: [(u32, &str, u64, u64); 35] = [
     (42, "q2_0", 64, 18),
 ];
 
+/// ggml's ids by name, for the type choices of the file-type mixes (which name types kiln may
+/// not write yet; [`TypeId::kiln`] says which it does).
+impl TypeId {
+    pub const F32: TypeId = TypeId(0);
+    pub const F16: TypeId = TypeId(1);
+    pub const Q4_0: TypeId = TypeId(2);
+    pub const Q4_1: TypeId = TypeId(3);
+    pub const Q5_0: TypeId = TypeId(6);
+    pub const Q5_1: TypeId = TypeId(7);
+    pub const Q8_0: TypeId = TypeId(8);
+    pub const Q2_K: TypeId = TypeId(10);
+    pub const Q3_K: TypeId = TypeId(11);
+    pub const Q4_K: TypeId = TypeId(12);
+    pub const Q5_K: TypeId = TypeId(13);
+    pub const Q6_K: TypeId = TypeId(14);
+    pub const IQ2_XXS: TypeId = TypeId(16);
+    pub const IQ2_XS: TypeId = TypeId(17);
+    pub const IQ3_XXS: TypeId = TypeId(18);
+    pub const IQ1_S: TypeId = TypeId(19);
+    pub const IQ4_NL: TypeId = TypeId(20);
+    pub const IQ3_S: TypeId = TypeId(21);
+    pub const IQ2_S: TypeId = TypeId(22);
+    pub const IQ4_XS: TypeId = TypeId(23);
+    pub const IQ1_M: TypeId = TypeId(29);
+    pub const BF16: TypeId = TypeId(30);
+    pub const TQ1_0: TypeId = TypeId(34);
+    pub const TQ2_0: TypeId = TypeId(35);
+    pub const MXFP4: TypeId = TypeId(39);
+    pub const Q1_0: TypeId = TypeId(41);
+    pub const Q2_0: TypeId = TypeId(42);
+
+    /// Weights per block (1 for an unknown id).
+    pub fn block_weights(self) -> u64 {
+        self.block().map_or(1, |b| b.0)
+    }
+
+    /// Whether the type is a block quantization (ggml's `ggml_is_quantized`: blocks of more than
+    /// one weight, or Q8_0-like; not F32/F16/BF16/F64 or the integer types).
+    pub fn is_quantized(self) -> bool {
+        !matches!(self.0, 0 | 1 | 24..=28 | 30)
+    }
+}
+
 impl TypeId {
     pub fn of(ty: GgmlType) -> Self {
         TypeId(ty as u32)

@@ -185,6 +185,8 @@ pub enum VocabRecipe {
     /// tokens (prefix 67, suffix 69, middle 68, fsep 70, eot 107) and no chat template, as
     /// convert sets them for the first Gemma.
     SentencePieceCodeInfill,
+    /// `_set_vocab_gpt2`: byte-level BPE from tokenizer.json only (`TextModel.set_vocab`).
+    Gpt2,
 }
 
 /// Reads the tokenizer of the checkpoint folder `dir` (tokenizer.model and/or tokenizer.json,
@@ -206,6 +208,7 @@ pub fn write_vocab(
     match recipe {
         VocabRecipe::LlamaSetVocab => llama_vocab(dir, vocab_size, md),
         VocabRecipe::SentencePieceElseBpe => spm_else_gpt2(dir, vocab_size, md),
+        VocabRecipe::Gpt2 => Ok(bpe_info("gpt2", bpe::set_vocab_gpt2(dir, vocab_size, md)?)),
         VocabRecipe::SentencePieceCodeInfill => {
             require_spm(dir)?;
             let mut info = spm_info(spm::set_vocab_sentencepiece(dir, vocab_size, md)?);

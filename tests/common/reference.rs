@@ -1,7 +1,7 @@
 //! An independent reference forward pass of a Hugging Face causal LM, read directly from its
 //! checkpoint folder (config.json + safetensors), written from HF transformers' modeling files
 //! (`modeling_llama.py`, `modeling_qwen2.py`, `modeling_qwen3.py`, `modeling_gemma2.py`,
-//! `modeling_gemma3.py`). It shares no code with kiln: it is the oracle that llama.cpp's
+//! `modeling_gemma3.py`, `modeling_qwen3_moe.py`, `modeling_mixtral.py`). It shares no code with kiln: it is the oracle that llama.cpp's
 //! logits on a converted GGUF are compared with.
 //!
 //! Arithmetic: the stored weights (f32, f16 or bf16) are widened to f32; every dot product,
@@ -11,8 +11,9 @@
 //! every fixture architecture: max |logit difference| about 3e-6 against HF in f64 and 1e-5
 //! against HF in f32, for logits of magnitude 8 to 21.
 //!
-//! Supported: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM and
-//! Gemma3ForCausalLM (text), with default or linear RoPE scaling. Anything else (other RoPE
+//! Supported: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM,
+//! Gemma3ForCausalLM (text), Qwen3MoeForCausalLM and MixtralForCausalLM, with default or linear
+//! RoPE scaling. Anything else (other RoPE
 //! scalings, unknown activations, unexpected or missing tensors) is an error, not a guess.
 //!
 //! The facts it encodes, per family:
@@ -39,6 +40,19 @@
 //!   unless configured; layer `i` is full attention when `(i + 1) % sliding_window_pattern == 0`
 //!   (pattern 6) unless `layer_types` says otherwise; sliding layers use
 //!   `rope_local_base_freq` (no scaling), full layers `rope_theta` (with `rope_scaling`).
+//! - Qwen3 MoE: Qwen3's attention; every layer's MLP is a sparse mixture of experts
+//!   (`Qwen3MoeSparseMoeBlock`): router logits `mlp.gate @ x` (no bias), `softmax` over the
+//!   experts (in f32, `dtype=torch.float`), the `num_experts_per_tok` largest probabilities,
+//!   divided by their sum only when `norm_topk_prob`, then `sum_k w_k * expert_k(x)`, each expert
+//!   `down(silu(gate x) * up x)` of width `moe_intermediate_size`. Layers listed in
+//!   `mlp_only_layers` or off `decoder_sparse_step` would be dense: not supported.
+//! - Mixtral: Llama's attention (sliding window on every layer when `sliding_window` is set);
+//!   `block_sparse_moe` as Qwen3 MoE's block with the top-k weights always renormalised
+//!   (`MixtralSparseMoeBlock`), experts `w2(silu(w1 x) * w3 x)` of width `intermediate_size`.
+//! - Experts are read one tensor per expert (`mlp.experts.E.gate_proj.weight`,
+//!   `block_sparse_moe.experts.E.w1.weight`) or as transformers 5's fused
+//!   `mlp.experts.gate_up_proj` [E, 2F, D] (gate rows first) and `mlp.experts.down_proj`
+//!   [E, D, F]; Mixtral's router also as transformers 5's `mlp.gate.weight`.
 //! - Sliding window of `W`: query `i` sees key `j` when `j <= i` and `i - j < W` (HF's
 //!   `kv_idx > q_idx - sliding_window`).
 
@@ -102,6 +116,19 @@ pub enum Family {
     Qwen3,
     Gemma2,
     Gemma3,
+    Qwen3Moe,
+    Mixtral,
+}
+
+/// A sparse mixture-of-experts MLP's parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Moe {
+    pub experts: usize,
+    pub top_k: usize,
+    /// Renormalise the top-k probabilities to sum to 1.
+    pub norm_topk: bool,
+    /// Each expert's width.
+    pub width: usize,
 }
 
 impl Family {
@@ -142,6 +169,8 @@ pub struct Config {
     pub gelu: bool,
     /// config.json's `torch_dtype` (or `dtype`), e.g. "bfloat16".
     pub torch_dtype: String,
+    /// Mixture-of-experts MLPs (every layer), or None for dense ones.
+    pub moe: Option<Moe>,
 }
 
 /// A loaded checkpoint: config and f32 weights by HF name.
@@ -158,7 +187,10 @@ impl ReferenceModel {
         let json: Value = serde_json::from_str(&text)
             .with_context(|| format!("parsing {}", config_path.display()))?;
         let config = parse_config(&json).with_context(|| format!("{}", config_path.display()))?;
-        let tensors = load_safetensors(dir)?;
+        let mut tensors = load_safetensors(dir)?;
+        if config.moe.is_some() {
+            unfuse_experts(&config, &mut tensors)?;
+        }
         let weights = check_tensors(&config, tensors)?;
         Ok(ReferenceModel { config, weights })
     }
@@ -219,7 +251,10 @@ impl ReferenceModel {
             };
             for hi in h.iter_mut() {
                 let x = self.norm(hi, &p(pre));
-                let m = self.mlp(l, &x);
+                let m = match c.moe {
+                    Some(moe) => self.moe(l, &x, moe),
+                    None => self.mlp(l, &x),
+                };
                 let m = if gemma {
                     self.norm(&m, &p("post_feedforward_layernorm.weight"))
                 } else {
@@ -277,7 +312,7 @@ impl ReferenceModel {
         let c = &self.config;
         let (hd, nh, nkv) = (c.head_dim, c.heads, c.kv_heads);
         let p = |s: &str| format!("model.layers.{l}.self_attn.{s}");
-        let qk_norm = matches!(c.family, Family::Qwen3 | Family::Gemma3);
+        let qk_norm = matches!(c.family, Family::Qwen3 | Family::Gemma3 | Family::Qwen3Moe);
         let gemma = c.family.is_gemma();
         let rope = c.rope[l];
 
@@ -362,6 +397,118 @@ impl ReferenceModel {
             .collect();
         self.linear(&p("down_proj"), c.hidden, c.intermediate, &act)
     }
+
+    /// The sparse MoE block of layer `l` on one position.
+    fn moe(&self, l: usize, x: &[f32], moe: Moe) -> Vec<f32> {
+        let c = &self.config;
+        let p = |s: &str| format!("model.layers.{l}.{}", s);
+        let module = moe_module(c.family);
+        let logits = matvec(
+            self.w(&p(&format!("{module}.gate.weight"))),
+            moe.experts,
+            c.hidden,
+            x,
+            None,
+        );
+        // softmax in f32 (computed in f64, rounded).
+        let max = logits
+            .iter()
+            .fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+        let exps: Vec<f64> = logits.iter().map(|&v| (v as f64 - max).exp()).collect();
+        let sum: f64 = exps.iter().sum();
+        let probs: Vec<f32> = exps.iter().map(|e| (e / sum) as f32).collect();
+        // top-k, largest first (torch.topk); ties to the lower index.
+        let mut order: Vec<usize> = (0..moe.experts).collect();
+        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+        let chosen = &order[..moe.top_k];
+        let mut weights: Vec<f32> = chosen.iter().map(|&e| probs[e]).collect();
+        if moe.norm_topk {
+            let s: f64 = weights.iter().map(|&w| w as f64).sum();
+            for w in weights.iter_mut() {
+                *w = (*w as f64 / s) as f32;
+            }
+        }
+        let mut out = vec![0f32; c.hidden];
+        for (&e, &w) in chosen.iter().zip(&weights) {
+            let [g, u, d] = expert_names(c.family, l, e);
+            let gate = matvec(self.w(&g), moe.width, c.hidden, x, None);
+            let up = matvec(self.w(&u), moe.width, c.hidden, x, None);
+            let act: Vec<f32> = gate
+                .iter()
+                .zip(&up)
+                .map(|(&g, &u)| (silu(g as f64) * u as f64) as f32)
+                .collect();
+            let y = matvec(self.w(&d), c.hidden, moe.width, &act, None);
+            for (o, v) in out.iter_mut().zip(y) {
+                *o = (*o as f64 + w as f64 * v as f64) as f32;
+            }
+        }
+        out
+    }
+}
+
+/// The module of a MoE family's router and per-expert tensors.
+fn moe_module(family: Family) -> &'static str {
+    if family == Family::Mixtral {
+        "block_sparse_moe"
+    } else {
+        "mlp"
+    }
+}
+
+/// Expert `e`'s gate, up and down weight names in layer `l` (per-expert spelling).
+fn expert_names(family: Family, l: usize, e: usize) -> [String; 3] {
+    let m = moe_module(family);
+    let projs = if family == Family::Mixtral {
+        ["w1", "w3", "w2"]
+    } else {
+        ["gate_proj", "up_proj", "down_proj"]
+    };
+    projs.map(|p| format!("model.layers.{l}.{m}.experts.{e}.{p}.weight"))
+}
+
+/// transformers 5's fused expert tensors (and Mixtral's renamed router) -> the per-expert
+/// names the forward pass reads.
+fn unfuse_experts(c: &Config, tensors: &mut Tensors) -> Result<()> {
+    let Some(moe) = c.moe else { return Ok(()) };
+    let (h, f) = (c.hidden, moe.width);
+    for l in 0..c.layers {
+        let p = |s: &str| format!("model.layers.{l}.{s}");
+        if c.family == Family::Mixtral {
+            if let Some(t) = tensors.remove(&p("mlp.gate.weight")) {
+                tensors.insert(p("block_sparse_moe.gate.weight"), t);
+            }
+        }
+        let gate_up = tensors
+            .remove(&p("mlp.experts.gate_up_proj"))
+            .or_else(|| tensors.remove(&p("mlp.experts.gate_up_proj.weight")));
+        if let Some((shape, v)) = gate_up {
+            ensure!(
+                shape == [moe.experts, 2 * f, h],
+                "layer {l}: gate_up_proj has shape {shape:?}"
+            );
+            for e in 0..moe.experts {
+                let [g, u, _] = expert_names(c.family, l, e);
+                let base = e * 2 * f * h;
+                tensors.insert(g, (vec![f, h], v[base..base + f * h].to_vec()));
+                tensors.insert(u, (vec![f, h], v[base + f * h..base + 2 * f * h].to_vec()));
+            }
+        }
+        let down = tensors
+            .remove(&p("mlp.experts.down_proj"))
+            .or_else(|| tensors.remove(&p("mlp.experts.down_proj.weight")));
+        if let Some((shape, v)) = down {
+            ensure!(
+                shape == [moe.experts, h, f],
+                "layer {l}: down_proj has shape {shape:?}"
+            );
+            for e in 0..moe.experts {
+                let [_, _, d] = expert_names(c.family, l, e);
+                tensors.insert(d, (vec![h, f], v[e * h * f..(e + 1) * h * f].to_vec()));
+            }
+        }
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -455,6 +602,8 @@ fn parse_config(j: &Value) -> Result<Config> {
         "Qwen3ForCausalLM" => Family::Qwen3,
         "Gemma2ForCausalLM" => Family::Gemma2,
         "Gemma3ForCausalLM" => Family::Gemma3,
+        "Qwen3MoeForCausalLM" => Family::Qwen3Moe,
+        "MixtralForCausalLM" => Family::Mixtral,
         other => bail!("architecture {other} is not supported by the reference"),
     };
     let gemma = family.is_gemma();
@@ -590,10 +739,17 @@ fn parse_config(j: &Value) -> Result<Config> {
                 .and_then(Value::as_u64)
                 .unwrap_or(4096) as usize,
         ),
-        Family::Qwen2 | Family::Qwen3 if bool_or("use_sliding_window", false) => j
+        Family::Mixtral => j
             .get("sliding_window")
             .and_then(Value::as_u64)
             .map(|w| w as usize),
+        Family::Qwen2 | Family::Qwen3 | Family::Qwen3Moe
+            if bool_or("use_sliding_window", false) =>
+        {
+            j.get("sliding_window")
+                .and_then(Value::as_u64)
+                .map(|w| w as usize)
+        }
         _ => None,
     };
     let is_sliding = |i: usize| -> bool {
@@ -609,7 +765,8 @@ fn parse_config(j: &Value) -> Result<Config> {
                     .unwrap_or(6) as usize;
                 !(i + 1).is_multiple_of(pattern)
             }
-            Family::Qwen2 | Family::Qwen3 => {
+            Family::Mixtral => true,
+            Family::Qwen2 | Family::Qwen3 | Family::Qwen3Moe => {
                 let max_window_layers = j
                     .get("max_window_layers")
                     .and_then(Value::as_u64)
@@ -658,6 +815,44 @@ fn parse_config(j: &Value) -> Result<Config> {
         .unwrap_or("float32")
         .to_string();
 
+    let moe = match family {
+        Family::Qwen3Moe => {
+            let sparse_step = j
+                .get("decoder_sparse_step")
+                .and_then(Value::as_u64)
+                .unwrap_or(1);
+            let dense_layers = j
+                .get("mlp_only_layers")
+                .and_then(Value::as_array)
+                .is_some_and(|a| !a.is_empty());
+            ensure!(
+                sparse_step == 1 && !dense_layers,
+                "dense layers in a Qwen3 MoE (decoder_sparse_step / mlp_only_layers) are not supported"
+            );
+            Some(Moe {
+                experts: usize_of("num_experts")?,
+                top_k: usize_of("num_experts_per_tok")?,
+                norm_topk: bool_or("norm_topk_prob", false),
+                width: usize_of("moe_intermediate_size")?,
+            })
+        }
+        Family::Mixtral => Some(Moe {
+            experts: usize_of("num_local_experts")?,
+            top_k: usize_of("num_experts_per_tok")?,
+            norm_topk: true,
+            width: usize_of("intermediate_size")?,
+        }),
+        _ => None,
+    };
+    if let Some(m) = moe {
+        ensure!(
+            m.top_k >= 1 && m.top_k <= m.experts,
+            "{} experts per token of {}",
+            m.top_k,
+            m.experts
+        );
+    }
+
     Ok(Config {
         family,
         hidden,
@@ -676,6 +871,7 @@ fn parse_config(j: &Value) -> Result<Config> {
         rope,
         gelu,
         torch_dtype,
+        moe,
     })
 }
 
@@ -775,9 +971,6 @@ fn check_tensors(c: &Config, mut tensors: Tensors) -> Result<HashMap<String, Vec
             ("self_attn.k_proj", vec![kv, h], qkv_bias),
             ("self_attn.v_proj", vec![kv, h], qkv_bias),
             ("self_attn.o_proj", vec![h, q], false),
-            ("mlp.gate_proj", vec![f, h], false),
-            ("mlp.up_proj", vec![f, h], false),
-            ("mlp.down_proj", vec![h, f], false),
         ] {
             let rows = shape[0];
             want.push((p(&format!("{name}.weight")), shape, true));
@@ -787,7 +980,28 @@ fn check_tensors(c: &Config, mut tensors: Tensors) -> Result<HashMap<String, Vec
                 want.push((p(&format!("{name}.bias")), vec![rows], bias_required));
             }
         }
-        if matches!(c.family, Family::Qwen3 | Family::Gemma3) {
+        match c.moe {
+            None => {
+                want.push((p("mlp.gate_proj.weight"), vec![f, h], true));
+                want.push((p("mlp.up_proj.weight"), vec![f, h], true));
+                want.push((p("mlp.down_proj.weight"), vec![h, f], true));
+                // Optional biases (Llama's mlp_bias) are used when present.
+                for (name, rows) in [("gate_proj", f), ("up_proj", f), ("down_proj", h)] {
+                    want.push((p(&format!("mlp.{name}.bias")), vec![rows], false));
+                }
+            }
+            Some(moe) => {
+                let m = moe_module(c.family);
+                want.push((p(&format!("{m}.gate.weight")), vec![moe.experts, h], true));
+                for e in 0..moe.experts {
+                    let [g, u, d] = expert_names(c.family, l, e);
+                    want.push((g, vec![moe.width, h], true));
+                    want.push((u, vec![moe.width, h], true));
+                    want.push((d, vec![h, moe.width], true));
+                }
+            }
+        }
+        if matches!(c.family, Family::Qwen3 | Family::Gemma3 | Family::Qwen3Moe) {
             want.push((p("self_attn.q_norm.weight"), vec![hd], true));
             want.push((p("self_attn.k_norm.weight"), vec![hd], true));
         }

@@ -1,0 +1,385 @@
+//! IQ1_M: 56 bytes per 256 weights (1.75 bits per weight). Each group of 8 weights is a point
+//! of IQ1_S's 2048-point ternary lattice (8 low bits in `qs`, 3 high bits and the sign of its
+//! own shift `delta` = ±0.125 in a nibble of `qh`); each 16-weight sub-block a 3-bit scale; the
+//! super-block an f16 scale spread over the top nibbles of the four `u16` of `scales`. Weight =
+//! `d * (2*scale + 1) * (grid + delta)`. ggml's `quantize_row_iq1_m_impl` (importance weights
+//! optional).
+
+use super::iq1_s::IQ1S_DELTA;
+use super::lattice::{
+    c_max, pack, sorted_order, sum_squares, Abort, Kind, Lattice, Lookup, IQ1S_GRID,
+};
+use crate::fp::Half;
+use crate::kquants::search::nearest_int;
+use crate::kquants::{for_each_superblock, QK_K};
+use crate::{as_blocks, BlockFormat, GgmlType};
+use std::mem::size_of;
+
+/// ggml's `GROUP_MAX_EPS_IQ1_M`.
+const GROUP_MAX_EPS_IQ1_M: f32 = 1e-7;
+/// Weights per sub-block (`IQ1M_BLOCK_SIZE`).
+const BLOCK: usize = 16;
+
+/// The 1.75-bit ternary lattice i-quant.
+pub struct Iq1M;
+
+/// One IQ1_M super-block (ggml's `block_iq1_m`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct BlockIq1M {
+    /// The low 8 bits of each group's grid index.
+    pub qs: [u8; QK_K / 8],
+    /// Per group a nibble: the 3 high bits of the grid index, then the sign of the shift.
+    pub qh: [u8; QK_K / 16],
+    /// Four little-endian `u16`: 3-bit sub-block scales (four per `u16`, bits 0..12) and one
+    /// nibble of the f16 super-block scale each (bits 12..16).
+    pub scales: [u8; QK_K / 32],
+}
+const _: () = assert!(size_of::<BlockIq1M>() == 56);
+
+impl BlockIq1M {
+    fn sc(&self) -> [u16; 4] {
+        std::array::from_fn(|i| u16::from_le_bytes([self.scales[2 * i], self.scales[2 * i + 1]]))
+    }
+
+    fn set_sc(&mut self, sc: [u16; 4]) {
+        for (o, v) in self.scales.chunks_exact_mut(2).zip(sc) {
+            o.copy_from_slice(&v.to_le_bytes());
+        }
+    }
+
+    /// The super-block scale's f16 bits (ggml's `iq1m_scale_t`).
+    fn scale_bits(&self) -> u16 {
+        let sc = self.sc();
+        (sc[0] >> 12) | ((sc[1] >> 8) & 0x00f0) | ((sc[2] >> 4) & 0x0f00) | (sc[3] & 0xf000)
+    }
+}
+
+/// Spreads the f16 bits `s` over the top nibbles of the four scale words.
+fn put_scale_bits(sc: &mut [u16; 4], s: u16) {
+    sc[0] |= (s & 0x000f) << 12;
+    sc[1] |= (s & 0x00f0) << 8;
+    sc[2] |= (s & 0x0f00) << 4;
+    sc[3] |= s & 0xf000;
+}
+
+fn quantize_block(xbl: &[f32], y: &mut BlockIq1M, qw: Option<&[f32]>) {
+    let lat = Lattice::get(Kind::Iq1);
+    if quantize_block_impl(lat, xbl, y, qw).is_err() {
+        *y = bytemuck::Zeroable::zeroed();
+        let mut sc = [0u16; 4];
+        put_scale_bits(&mut sc, 0x7e00);
+        y.set_sc(sc);
+    }
+}
+
+/// The block's weights as ggml's `quantize_row_iq1_m_impl` computes them.
+fn fill_weights(weight: &mut [f32; BLOCK], xb: &[f32], qw: Option<&[f32]>, sigma2: f32) {
+    match qw {
+        Some(qw) => {
+            for i in 0..BLOCK {
+                weight[i] = qw[i] * (sigma2 + xb[i] * xb[i]).sqrt();
+            }
+        }
+        None => {
+            for i in 0..BLOCK {
+                weight[i] = xb[i] * xb[i];
+            }
+        }
+    }
+}
+
+fn quantize_block_impl(
+    lat: &Lattice,
+    xbl: &[f32],
+    y: &mut BlockIq1M,
+    quant_weights: Option<&[f32]>,
+) -> Result<(), Abort> {
+    let x_p: [f32; 3] = [-1.0 + IQ1S_DELTA, IQ1S_DELTA, 1.0 + IQ1S_DELTA];
+    let x_m: [f32; 3] = [-1.0 - IQ1S_DELTA, -IQ1S_DELTA, 1.0 - IQ1S_DELTA];
+    const MASKS: [u8; 4] = [0x00, 0x80, 0x08, 0x88];
+    let mut scales = [0.0f32; QK_K / BLOCK];
+    let mut weight = [0.0f32; BLOCK];
+    let mut l = [0i8; BLOCK];
+    let mut index = [0usize; BLOCK / 8];
+    let mut shifts = [0usize; QK_K / BLOCK];
+    // Which shift each of a sub-block's two groups uses for the combination k: 0 (+,+),
+    // 1 (+,-), 2 (-,+), 3 (-,-).
+    let xx_of = |k: usize, group: usize| -> [f32; 3] {
+        let plus = if group == 0 {
+            k < 2
+        } else {
+            k.is_multiple_of(2)
+        };
+        if plus {
+            x_p
+        } else {
+            x_m
+        }
+    };
+
+    *y = bytemuck::Zeroable::zeroed();
+    let mut max_scale = 0.0f32;
+    let sigma2 = 2.0 * sum_squares(xbl) / QK_K as f32;
+
+    for ib in 0..QK_K / BLOCK {
+        let xb = &xbl[BLOCK * ib..BLOCK * ib + BLOCK];
+        fill_weights(
+            &mut weight,
+            xb,
+            quant_weights.map(|q| &q[BLOCK * ib..BLOCK * ib + BLOCK]),
+            sigma2,
+        );
+        let mut max = xb[0].abs();
+        for i in 1..BLOCK {
+            max = c_max(max, xb[i].abs());
+        }
+        if max < GROUP_MAX_EPS_IQ1_M {
+            scales[ib] = 0.0;
+            shifts[ib] = 0;
+            l = [1; BLOCK];
+            continue;
+        }
+        let idx: [usize; BLOCK] = sorted_order(xb);
+        let mut best_score = -f32::MAX;
+        let mut scale = max;
+        let mut besti1 = -1i32;
+        let mut besti2 = -1i32;
+        let mut best_k = -1i32;
+        {
+            // Prefix sums per half of the sub-block (each half has its own shift).
+            let mut px = [[0.0f32; BLOCK + 1]; 2];
+            let mut pw = [[0.0f32; BLOCK + 1]; 2];
+            for j in 0..BLOCK {
+                let i = idx[j];
+                let h = if i < BLOCK / 2 { 0 } else { 1 };
+                px[h][j + 1] = px[h][j] + weight[i] * xb[i];
+                px[1 - h][j + 1] = px[1 - h][j];
+                pw[h][j + 1] = pw[h][j] + weight[i];
+                pw[1 - h][j + 1] = pw[1 - h][j];
+            }
+            let txs = [px[0][BLOCK], px[1][BLOCK]];
+            let tws = [pw[0][BLOCK], pw[1][BLOCK]];
+            let p2 = x_p[2];
+            let m2 = x_m[2];
+            let cp1 = x_p[0] * x_p[0] - x_p[1] * x_p[1];
+            let cp2 = x_p[1] * x_p[1] - x_p[2] * x_p[2];
+            let cm1 = x_m[0] * x_m[0] - x_m[1] * x_m[1];
+            let cm2 = x_m[1] * x_m[1] - x_m[2] * x_m[2];
+            for i1 in 0..=BLOCK {
+                for i2 in i1..=BLOCK {
+                    let mut qx_p = [0.0f32; 2];
+                    let mut qx_m = [0.0f32; 2];
+                    let mut q2_p = [0.0f32; 2];
+                    let mut q2_m = [0.0f32; 2];
+                    for h in 0..2 {
+                        let sx = px[h][i1] + px[h][i2];
+                        qx_p[h] = txs[h] * p2 - sx;
+                        qx_m[h] = txs[h] * m2 - sx;
+                        q2_p[h] = tws[h] * p2 * p2 + pw[h][i1] * cp1 + pw[h][i2] * cp2;
+                        q2_m[h] = tws[h] * m2 * m2 + pw[h][i1] * cm1 + pw[h][i2] * cm2;
+                    }
+                    let sumqx = [
+                        qx_p[0] + qx_p[1],
+                        qx_p[0] + qx_m[1],
+                        qx_m[0] + qx_p[1],
+                        qx_m[0] + qx_m[1],
+                    ];
+                    let sumq2 = [
+                        q2_p[0] + q2_p[1],
+                        q2_p[0] + q2_m[1],
+                        q2_m[0] + q2_p[1],
+                        q2_m[0] + q2_m[1],
+                    ];
+                    for k in 0..4 {
+                        if sumq2[k] > 0.0 && sumqx[k] * sumqx[k] > best_score * sumq2[k] {
+                            scale = sumqx[k] / sumq2[k];
+                            best_score = scale * sumqx[k];
+                            besti1 = i1 as i32;
+                            besti2 = i2 as i32;
+                            best_k = k as i32;
+                        }
+                    }
+                }
+            }
+        }
+        if besti1 < 0 || besti2 < 0 || best_k < 0 {
+            scales[ib] = 0.0;
+            shifts[ib] = 0;
+            l = [1; BLOCK];
+            continue;
+        }
+        let (b1, b2) = (besti1 as usize, besti2 as usize);
+        for j in 0..b1 {
+            l[idx[j]] = 0;
+        }
+        for j in b1..b2 {
+            l[idx[j]] = 1;
+        }
+        for j in b2..BLOCK {
+            l[idx[j]] = 2;
+        }
+        let mut best_k = best_k as usize;
+        if scale < 0.0 {
+            for v in &mut l {
+                *v = 2 - *v;
+            }
+            scale = -scale;
+            best_k = 3 - best_k;
+        }
+        let mut all_on_grid = true;
+        for k in 0..BLOCK / 8 {
+            let xx = xx_of(best_k, k);
+            let u = pack(&l[8 * k..]);
+            index[k] = match lat.lookup(u) {
+                Lookup::On(g) => g,
+                Lookup::Off(nb) => {
+                    all_on_grid = false;
+                    lat.best_neighbour_iq1(
+                        nb,
+                        &xb[8 * k..],
+                        &weight[8 * k..],
+                        scale,
+                        &xx,
+                        &mut l[8 * k..8 * k + 8],
+                    )
+                    .ok_or(Abort)?
+                }
+            };
+        }
+        if !all_on_grid {
+            let mut sumqx_f = 0.0f32;
+            let mut sumq2_f = 0.0f32;
+            for k in 0..BLOCK / 8 {
+                let xx = xx_of(best_k, k);
+                let pg = &lat.grid[index[k]];
+                for j in 0..8 {
+                    let w = weight[8 * k + j];
+                    let q = xx[((pg[j] - 1) / 2) as usize];
+                    sumqx_f += w * q * xb[8 * k + j];
+                    sumq2_f += w * q * q;
+                }
+            }
+            if sumqx_f > 0.0 && sumq2_f > 0.0 {
+                scale = sumqx_f / sumq2_f;
+            }
+        }
+        y.qs[2 * ib] = (index[0] & 255) as u8;
+        y.qs[2 * ib + 1] = (index[1] & 255) as u8;
+        y.qh[ib] = ((index[0] >> 8) | ((index[1] >> 8) << 4)) as u8;
+        // ggml's GGML_ASSERT(scale >= 0).
+        if scale.is_nan() || scale < 0.0 {
+            return Err(Abort);
+        }
+        scales[ib] = scale;
+        shifts[ib] = best_k;
+        max_scale = c_max(max_scale, scale);
+    }
+
+    if max_scale == 0.0 {
+        return Ok(());
+    }
+    let mut sc = [0u16; 4];
+    let mut d = max_scale / 15.0;
+    let id = 1.0 / d;
+    let mut sumqx_f = 0.0f32;
+    let mut sumq2_f = 0.0f32;
+    for ib in 0..QK_K / BLOCK {
+        let l = nearest_int(0.5 * (id * scales[ib] - 1.0)).clamp(0, 7);
+        sc[ib / 4] |= (l as u16) << (3 * (ib % 4));
+        y.qh[ib] |= MASKS[shifts[ib]];
+        let xb = &xbl[BLOCK * ib..BLOCK * ib + BLOCK];
+        fill_weights(
+            &mut weight,
+            xb,
+            quant_weights.map(|q| &q[BLOCK * ib..BLOCK * ib + BLOCK]),
+            sigma2,
+        );
+        for k in 0..BLOCK / 8 {
+            let xx = xx_of(shifts[ib], k);
+            let g = y.qs[2 * ib + k] as usize + (((y.qh[ib] as usize) << (8 - 4 * k)) & 0x700);
+            let pg = &lat.grid[g];
+            for j in 0..8 {
+                let w = weight[8 * k + j];
+                let q = xx[((pg[j] - 1) / 2) as usize] * (2 * l + 1) as f32;
+                sumqx_f += w * q * xb[8 * k + j];
+                sumq2_f += w * q * q;
+            }
+        }
+    }
+    if sumq2_f > 0.0 {
+        d = sumqx_f / sumq2_f;
+    }
+    put_scale_bits(&mut sc, Half::from_f32(d * 1.1125).bits());
+    y.set_sc(sc);
+    Ok(())
+}
+
+impl BlockFormat for Iq1M {
+    const TYPE: GgmlType = GgmlType::IQ1_M;
+    const BLOCK_WEIGHTS: usize = QK_K;
+    const BLOCK_BYTES: usize = size_of::<BlockIq1M>();
+
+    fn quantize_row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
+        for_each_superblock(src, dst, imatrix, quantize_block);
+    }
+
+    fn dequantize_row(src: &[u8], dst: &mut [f32]) {
+        for (b, y) in as_blocks::<BlockIq1M>(src)
+            .iter()
+            .zip(dst.chunks_exact_mut(QK_K))
+        {
+            let sc = b.sc();
+            let d = Half(b.scale_bits().to_le_bytes()).to_f32();
+            for ib in 0..QK_K / 32 {
+                let s = sc[ib / 2];
+                let dl1 = d * (2 * ((s >> (6 * (ib % 2))) & 0x7) + 1) as f32;
+                let dl2 = d * (2 * ((s >> (6 * (ib % 2) + 3)) & 0x7) + 1) as f32;
+                let qs = &b.qs[4 * ib..4 * ib + 4];
+                let qh = &b.qh[2 * ib..2 * ib + 2];
+                let idx = [
+                    qs[0] as usize | (((qh[0] as usize) << 8) & 0x700),
+                    qs[1] as usize | (((qh[0] as usize) << 4) & 0x700),
+                    qs[2] as usize | (((qh[1] as usize) << 8) & 0x700),
+                    qs[3] as usize | (((qh[1] as usize) << 4) & 0x700),
+                ];
+                let delta = [
+                    if qh[0] & 0x08 != 0 {
+                        -IQ1S_DELTA
+                    } else {
+                        IQ1S_DELTA
+                    },
+                    if qh[0] & 0x80 != 0 {
+                        -IQ1S_DELTA
+                    } else {
+                        IQ1S_DELTA
+                    },
+                    if qh[1] & 0x08 != 0 {
+                        -IQ1S_DELTA
+                    } else {
+                        IQ1S_DELTA
+                    },
+                    if qh[1] & 0x80 != 0 {
+                        -IQ1S_DELTA
+                    } else {
+                        IQ1S_DELTA
+                    },
+                ];
+                for l in 0..4 {
+                    let dl = if l < 2 { dl1 } else { dl2 };
+                    let grid = IQ1S_GRID[idx[l]].to_le_bytes();
+                    let out = &mut y[32 * ib + 8 * l..32 * ib + 8 * l + 8];
+                    for j in 0..8 {
+                        out[j] = dl * (grid[j] as i8 as f32 + delta[l]);
+                    }
+                }
+            }
+        }
+    }
+
+    fn first_invalid_block(row: &[u8]) -> Option<usize> {
+        as_blocks::<BlockIq1M>(row)
+            .iter()
+            .position(|b| crate::fp::f16_is_non_finite(b.scale_bits()))
+    }
+}

@@ -1,0 +1,499 @@
+//! The lattice machinery shared by IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S and IQ1_M: ggml's grid tables
+//! (data files extracted from ggml's sources by `kiln-fixtures iq-grids`, never typed by hand)
+//! and the index map and neighbour lists that ggml's `iq2xs_init_impl` builds from them, built
+//! here the same way on first use.
+//!
+//! A grid point is 8 levels `l` in 0..=2, 2 bits each in a `u16` (the `kgrid_*` tables); the
+//! quantizers work with the odd values `2*l + 1`. The dequantizers read the `*_grid` tables of
+//! `ggml-common.h` instead: the same points as 8 bytes (IQ2: 0x08, 0x19, 0x2b; IQ1: -1, 0, 1).
+
+use crate::kquants::search::nearest_int;
+use std::sync::OnceLock;
+
+/// Reads `N` little-endian `u64`s at compile time; the file must hold exactly that many.
+const fn le_u64s<const N: usize>(b: &[u8]) -> [u64; N] {
+    assert!(b.len() == N * 8, "grid file has the wrong size");
+    let mut out = [0u64; N];
+    let mut i = 0;
+    while i < N {
+        let mut v = 0u64;
+        let mut k = 0;
+        while k < 8 {
+            v |= (b[8 * i + k] as u64) << (8 * k);
+            k += 1;
+        }
+        out[i] = v;
+        i += 1;
+    }
+    out
+}
+
+/// Reads `N` little-endian `u16`s at compile time; the file must hold exactly that many.
+const fn le_u16s<const N: usize>(b: &[u8]) -> [u16; N] {
+    assert!(b.len() == N * 2, "grid file has the wrong size");
+    let mut out = [0u16; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = b[2 * i] as u16 | (b[2 * i + 1] as u16) << 8;
+        i += 1;
+    }
+    out
+}
+
+/// Reads `N` bytes at compile time; the file must hold exactly that many.
+const fn bytes<const N: usize>(b: &[u8]) -> [u8; N] {
+    assert!(b.len() == N, "table file has the wrong size");
+    let mut out = [0u8; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = b[i];
+        i += 1;
+    }
+    out
+}
+
+/// ggml-common.h's `iq2xxs_grid`: IQ2_XXS's 256 points, one byte per weight.
+pub static IQ2XXS_GRID: [u64; 256] = le_u64s(include_bytes!("grids/iq2xxs_grid.bin"));
+/// ggml-common.h's `iq2xs_grid`: IQ2_XS's 512 points.
+pub static IQ2XS_GRID: [u64; 512] = le_u64s(include_bytes!("grids/iq2xs_grid.bin"));
+/// ggml-common.h's `iq2s_grid`: IQ2_S's 1024 points.
+pub static IQ2S_GRID: [u64; 1024] = le_u64s(include_bytes!("grids/iq2s_grid.bin"));
+/// ggml-common.h's `iq1s_grid`: IQ1_S's and IQ1_M's 2048 points, one `i8` (-1, 0, 1) per weight.
+pub static IQ1S_GRID: [u64; 2048] = le_u64s(include_bytes!("grids/iq1s_grid.bin"));
+/// ggml-common.h's `ksigns_iq2xs`: 7 stored sign bits -> 8 sign bits (the 8th makes the parity
+/// even).
+pub static KSIGNS_IQ2XS: [u8; 128] = bytes(include_bytes!("grids/ksigns_iq2xs.bin"));
+/// ggml-common.h's `kmask_iq2xs`: bit `j` selects weight `j`'s sign.
+pub const KMASK_IQ2XS: [u8; 8] = [1, 2, 4, 8, 16, 32, 64, 128];
+
+/// `iq2xs_init_impl`'s `kgrid_2bit_256` (IQ2_XXS's search grid).
+pub static KGRID_2BIT_256: [u16; 256] = le_u16s(include_bytes!("grids/kgrid_2bit_256.bin"));
+/// `iq2xs_init_impl`'s `kgrid_2bit_512` (IQ2_XS).
+pub static KGRID_2BIT_512: [u16; 512] = le_u16s(include_bytes!("grids/kgrid_2bit_512.bin"));
+/// `iq2xs_init_impl`'s `kgrid_2bit_1024` (IQ2_S).
+pub static KGRID_2BIT_1024: [u16; 1024] = le_u16s(include_bytes!("grids/kgrid_2bit_1024.bin"));
+/// `iq2xs_init_impl`'s `kgrid_1bit_2048` (IQ1_S and IQ1_M).
+pub static KGRID_1BIT_2048: [u16; 2048] = le_u16s(include_bytes!("grids/kgrid_1bit_2048.bin"));
+
+/// Size of ggml's index map: every 8-digit base-4 index up to 0xAAAA (all levels 2), plus one.
+const KMAP_SIZE: usize = 43692;
+
+/// Which of ggml's four lattices (`iq2_data[gindex]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// IQ2_XXS: 256 points, 2 distance shells of neighbours.
+    Iq2Xxs,
+    /// IQ2_XS: 512 points, 2 shells.
+    Iq2Xs,
+    /// IQ2_S: 1024 points, 1 shell.
+    Iq2S,
+    /// IQ1_S and IQ1_M: 2048 points, 3 shells.
+    Iq1,
+}
+
+impl Kind {
+    fn packed(self) -> &'static [u16] {
+        match self {
+            Kind::Iq2Xxs => &KGRID_2BIT_256,
+            Kind::Iq2Xs => &KGRID_2BIT_512,
+            Kind::Iq2S => &KGRID_2BIT_1024,
+            Kind::Iq1 => &KGRID_1BIT_2048,
+        }
+    }
+
+    /// `nwant`: how many distinct distances of neighbours each off-grid point keeps.
+    fn shells(self) -> usize {
+        match self {
+            Kind::Iq1 => 3,
+            Kind::Iq2S => 1,
+            Kind::Iq2Xxs | Kind::Iq2Xs => 2,
+        }
+    }
+}
+
+/// One lattice as `iq2xs_init_impl` builds it.
+pub struct Lattice {
+    /// `kgrid_q2xs`: each point's 8 values `2*l + 1`.
+    pub grid: Vec<[i8; 8]>,
+    /// `kmap_q2xs`: packed index -> grid index, or `-(offset + 1)` of its neighbour list.
+    map: Vec<i32>,
+    /// `kneighbors_q2xs`: per off-grid index, a count and then that many grid indices, nearest
+    /// first (ties by grid index).
+    neighbours: Vec<u16>,
+}
+
+/// Where a packed index lies.
+pub enum Lookup<'a> {
+    /// On the grid, at this index.
+    On(usize),
+    /// Off the grid; its nearest grid points, nearest first.
+    Off(&'a [u16]),
+}
+
+impl Lattice {
+    fn build(kind: Kind) -> Lattice {
+        let packed = kind.packed();
+        let grid_size = packed.len();
+        let nwant = kind.shells();
+        let grid: Vec<[i8; 8]> = packed
+            .iter()
+            .map(|&p| std::array::from_fn(|i| (2 * ((p >> (2 * i)) & 3) + 1) as i8))
+            .collect();
+        let mut map = vec![-1i32; KMAP_SIZE];
+        for (i, g) in grid.iter().enumerate() {
+            let mut index = 0usize;
+            for (k, &v) in g.iter().enumerate() {
+                index |= (((v - 1) / 2) as usize) << (2 * k);
+            }
+            map[index] = i as i32;
+        }
+        // For each index not on the grid, the grid points at the `nwant` smallest distinct
+        // squared distances, sorted by (distance, grid index): the prefix of ggml's qsort by
+        // that same total order.
+        let mut neighbours = Vec::new();
+        let mut dist = vec![0i32; grid_size];
+        for i in 0..KMAP_SIZE {
+            if map[i] >= 0 {
+                continue;
+            }
+            let pos: [i32; 8] = std::array::from_fn(|k| 2 * ((i >> (2 * k)) & 3) as i32 + 1);
+            for (d, g) in dist.iter_mut().zip(&grid) {
+                let mut d2 = 0;
+                for k in 0..8 {
+                    let e = g[k] as i32 - pos[k];
+                    d2 += e * e;
+                }
+                *d = d2;
+            }
+            let mut shells: Vec<i32> = Vec::with_capacity(nwant);
+            for &d in &dist {
+                if shells.contains(&d) {
+                    continue;
+                }
+                if shells.len() < nwant {
+                    shells.push(d);
+                    shells.sort_unstable();
+                } else if d < shells[nwant - 1] {
+                    shells[nwant - 1] = d;
+                    shells.sort_unstable();
+                }
+            }
+            map[i] = -(neighbours.len() as i32 + 1);
+            let count_at = neighbours.len();
+            neighbours.push(0);
+            for &s in &shells {
+                for (j, &d) in dist.iter().enumerate() {
+                    if d == s {
+                        neighbours.push(j as u16);
+                    }
+                }
+            }
+            neighbours[count_at] = (neighbours.len() - count_at - 1) as u16;
+        }
+        Lattice {
+            grid,
+            map,
+            neighbours,
+        }
+    }
+
+    /// The lattice of `kind`, built on first use.
+    pub fn get(kind: Kind) -> &'static Lattice {
+        static L: [OnceLock<Lattice>; 4] = [
+            OnceLock::new(),
+            OnceLock::new(),
+            OnceLock::new(),
+            OnceLock::new(),
+        ];
+        let slot = match kind {
+            Kind::Iq2Xxs => 0,
+            Kind::Iq2Xs => 1,
+            Kind::Iq1 => 2,
+            Kind::Iq2S => 3,
+        };
+        L[slot].get_or_init(|| Lattice::build(kind))
+    }
+
+    /// Looks up a packed index (8 levels of 2 bits, each at most 2).
+    #[inline]
+    pub fn lookup(&self, u: u16) -> Lookup<'_> {
+        let m = self.map[u as usize];
+        if m >= 0 {
+            Lookup::On(m as usize)
+        } else {
+            let start = (-m - 1) as usize;
+            let n = self.neighbours[start] as usize;
+            Lookup::Off(&self.neighbours[start + 1..start + 1 + n])
+        }
+    }
+
+    /// The grid index of a packed index that must be on the grid (`None` where ggml aborts
+    /// with "found point not on grid").
+    #[inline]
+    pub fn on_grid(&self, u: u16) -> Option<usize> {
+        let m = *self.map.get(u as usize)?;
+        (m >= 0).then_some(m as usize)
+    }
+
+    /// ggml's `iq2_find_best_neighbour`: the neighbour nearest to `xval` at `scale` in the
+    /// weighted squared distance (the first of equals); writes its levels into `l`. `None`
+    /// where ggml aborts (every distance NaN or infinite).
+    pub fn best_neighbour(
+        &self,
+        neighbours: &[u16],
+        xval: &[f32],
+        weight: &[f32],
+        scale: f32,
+        l: &mut [i8],
+    ) -> Option<usize> {
+        let mut best_d2 = f32::MAX;
+        let mut grid_index = None;
+        for &j in neighbours {
+            let pg = &self.grid[j as usize];
+            let mut d2 = 0.0f32;
+            for i in 0..8 {
+                let q = pg[i] as f32;
+                let diff = scale * q - xval[i];
+                d2 += weight[i] * diff * diff;
+            }
+            if d2 < best_d2 {
+                best_d2 = d2;
+                grid_index = Some(j as usize);
+            }
+        }
+        let g = grid_index?;
+        for i in 0..8 {
+            l[i] = (self.grid[g][i] - 1) / 2;
+        }
+        Some(g)
+    }
+
+    /// ggml's `iq1_find_best_neighbour2`: the neighbour whose values `xg[level]` at `scale`
+    /// are nearest to `xval` (the first of equals); writes its levels into `l`. `None` where
+    /// ggml would fall into its full-grid fallback (every distance NaN or at least FLT_MAX):
+    /// that fallback reads past its 8 inputs and then aborts, so no valid output exists.
+    pub fn best_neighbour_iq1(
+        &self,
+        neighbours: &[u16],
+        xval: &[f32],
+        weight: &[f32],
+        scale: f32,
+        xg: &[f32; 3],
+        l: &mut [i8],
+    ) -> Option<usize> {
+        let mut best_score = f32::MAX;
+        let mut grid_index = None;
+        for &j in neighbours {
+            let pg = &self.grid[j as usize];
+            let mut d2 = 0.0f32;
+            for i in 0..8 {
+                let q = xg[((pg[i] - 1) / 2) as usize];
+                let w = weight[i];
+                let diff = scale * q - xval[i];
+                d2 += w * diff * diff;
+            }
+            if d2 < best_score {
+                best_score = d2;
+                grid_index = Some(j as usize);
+            }
+        }
+        let g = grid_index?;
+        for i in 0..8 {
+            l[i] = (self.grid[g][i] - 1) / 2;
+        }
+        Some(g)
+    }
+}
+
+/// Where ggml stops with an assertion (a search that finds no grid point, a NaN scale): the
+/// block gets a NaN scale, which `first_invalid_block` reports as an overflow.
+#[derive(Debug)]
+pub struct Abort;
+
+/// Largest-level search of 16 weights (two groups of 8) shared by IQ2_XS and IQ2_S, from
+/// `float best = 0` to the refit of the off-grid groups in ggml's `quantize_row_iq2_xs_impl`
+/// (identical in `quantize_row_iq2_s_impl`). `xval` are the magnitudes, `max` their largest;
+/// leaves the levels in `l` and returns the scale.
+pub fn search_16(
+    lat: &Lattice,
+    xval: &[f32; 16],
+    weight: &[f32; 16],
+    waux: &[f32; 16],
+    max: f32,
+    l: &mut [i8; 16],
+) -> Result<f32, Abort> {
+    const KMAX_Q: i32 = 3;
+    let mut laux = [0i8; 16];
+    let mut best = 0.0f32;
+    let mut scale = max / (2 * KMAX_Q - 1) as f32;
+    let mut is_on_grid = [true; 2];
+    let mut is_on_grid_aux = [true; 2];
+    for is in -9i32..=9 {
+        let id = ((2 * KMAX_Q - 1) as f32 + is as f32 * 0.1f32) / max;
+        let this_scale = 1.0 / id;
+        for k in 0..2 {
+            for i in 0..8 {
+                let q = nearest_int(0.5 * (id * xval[8 * k + i] - 1.0));
+                laux[8 * k + i] = q.clamp(0, KMAX_Q - 1) as i8;
+            }
+            let u = pack(&laux[8 * k..]);
+            is_on_grid_aux[k] = true;
+            if let Lookup::Off(nb) = lat.lookup(u) {
+                is_on_grid_aux[k] = false;
+                lat.best_neighbour(
+                    nb,
+                    &xval[8 * k..],
+                    &waux[8 * k..],
+                    this_scale,
+                    &mut laux[8 * k..8 * k + 8],
+                )
+                .ok_or(Abort)?;
+            }
+        }
+        let (sumqx, sumq2) = weighted_sums(weight, xval, &laux);
+        if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
+            scale = sumqx / sumq2;
+            best = scale * sumqx;
+            *l = laux;
+            is_on_grid = is_on_grid_aux;
+        }
+    }
+    let n_not_ongrid = is_on_grid.iter().filter(|&&on| !on).count();
+    if n_not_ongrid > 0 && scale > 0.0 {
+        let id = 1.0 / scale;
+        for k in 0..2 {
+            if is_on_grid[k] {
+                continue;
+            }
+            for i in 0..8 {
+                let q = nearest_int(0.5 * (id * xval[8 * k + i] - 1.0));
+                l[8 * k + i] = q.clamp(0, KMAX_Q - 1) as i8;
+            }
+            let u = pack(&l[8 * k..]);
+            if let Lookup::Off(nb) = lat.lookup(u) {
+                lat.best_neighbour(
+                    nb,
+                    &xval[8 * k..],
+                    &waux[8 * k..],
+                    scale,
+                    &mut l[8 * k..8 * k + 8],
+                )
+                .ok_or(Abort)?;
+            }
+        }
+        let (sumqx, sumq2) = weighted_sums(weight, xval, l);
+        if sumq2 > 0.0 {
+            scale = sumqx / sumq2;
+        }
+    }
+    Ok(scale)
+}
+
+/// `sumqx += w*xval[i]*q; sumq2 += w*q*q` with `q = 2*l + 1`, in ggml's order.
+#[inline]
+pub fn weighted_sums(weight: &[f32], xval: &[f32], l: &[i8]) -> (f32, f32) {
+    let mut sumqx = 0.0f32;
+    let mut sumq2 = 0.0f32;
+    for i in 0..l.len() {
+        let w = weight[i];
+        let q = (2 * l[i] as i32 + 1) as f32;
+        sumqx += w * xval[i] * q;
+        sumq2 += w * q * q;
+    }
+    (sumqx, sumq2)
+}
+
+/// ggml's `MAX(a, b)`: `a > b ? a : b` (not `f32::max`, which differs for NaN).
+#[inline]
+pub fn c_max(a: f32, b: f32) -> f32 {
+    if a > b {
+        a
+    } else {
+        b
+    }
+}
+
+/// The weights' positions sorted by value, ties in position order: ggml's
+/// `qsort(pairs, n, 2*sizeof(float), iq1_sort_helper)`, which glibc runs as a stable merge sort
+/// (the comparator looks at the value only, and -0.0 equals 0.0).
+pub fn sorted_order<const N: usize>(xb: &[f32]) -> [usize; N] {
+    let mut idx: [usize; N] = std::array::from_fn(|i| i);
+    idx.sort_by(|&a, &b| {
+        xb[a]
+            .partial_cmp(&xb[b])
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    idx
+}
+
+/// The packed index of 8 levels (ggml's `u |= L[i] << 2*i`).
+#[inline]
+pub fn pack(l: &[i8]) -> u16 {
+    let mut u = 0u16;
+    for i in 0..8 {
+        u |= (l[i] as u16) << (2 * i);
+    }
+    u
+}
+
+/// Sum of squares in ggml's (sequential) order.
+#[inline]
+pub fn sum_squares(x: &[f32]) -> f32 {
+    let mut s = 0.0f32;
+    for &v in x {
+        s += v * v;
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The search grids (ggml-quants.c) and the dequantization grids (ggml-common.h) are the
+    /// same points: levels 0, 1, 2 are bytes 0x08, 0x19, 0x2b for IQ2 and -1, 0, 1 for IQ1.
+    #[test]
+    fn search_grids_are_the_dequantization_grids() {
+        let pairs: [(&[u16], &[u64], [u8; 3]); 4] = [
+            (&KGRID_2BIT_256, &IQ2XXS_GRID, [0x08, 0x19, 0x2b]),
+            (&KGRID_2BIT_512, &IQ2XS_GRID, [0x08, 0x19, 0x2b]),
+            (&KGRID_2BIT_1024, &IQ2S_GRID, [0x08, 0x19, 0x2b]),
+            (&KGRID_1BIT_2048, &IQ1S_GRID, [0xff, 0x00, 0x01]),
+        ];
+        for (packed, grid, values) in pairs {
+            for (&p, &g) in packed.iter().zip(grid) {
+                for i in 0..8 {
+                    let l = (p >> (2 * i)) & 3;
+                    assert!(l < 3, "level 3 in {p:#x}");
+                    assert_eq!(values[l as usize], (g >> (8 * i)) as u8, "{p:#x} vs {g:#x}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ksigns_make_even_parity() {
+        for (i, &s) in KSIGNS_IQ2XS.iter().enumerate() {
+            assert_eq!(s & 127, i as u8);
+            assert_eq!(s.count_ones() % 2, 0);
+        }
+    }
+
+    #[test]
+    fn every_grid_point_maps_to_itself_and_others_have_neighbours() {
+        for kind in [Kind::Iq2Xxs, Kind::Iq2Xs, Kind::Iq2S, Kind::Iq1] {
+            let lat = Lattice::get(kind);
+            for (i, &p) in kind.packed().iter().enumerate() {
+                assert_eq!(lat.on_grid(p), Some(i));
+            }
+            let mut off = 0;
+            for u in 0..KMAP_SIZE as u16 {
+                if let Lookup::Off(n) = lat.lookup(u) {
+                    assert!(!n.is_empty());
+                    off += 1;
+                }
+            }
+            assert_eq!(off, KMAP_SIZE - kind.packed().len());
+        }
+    }
+}
