@@ -359,7 +359,7 @@ pub fn choose_types(
         // attn_v/ffn_down counters do not count this tensor); the fallback still applies.
         let manual = manual_type(&t.name, opts)?;
         if let Some(m) = manual {
-            ty = m;
+            ty = TypeId::of(m);
         } else if !opts.pure {
             ty = mix_type(
                 ftype,
