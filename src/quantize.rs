@@ -247,6 +247,20 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
     let (input, mut metadata, mut jobs, facts) = if is_gguf(input_path) {
         let g = GgufFile::open(input_path)?;
         let facts = facts_from_gguf(g.metadata(), input_path)?;
+        if let Some(family) = arch::by_gguf_name(&facts.arch) {
+            // The file's own keys against its tensors, as llama.cpp's loader will see them.
+            let path = input_path.display().to_string();
+            let labels = arch::shapes::GgufLabels {
+                path: &path,
+                arch: &facts.arch,
+            };
+            let tensors: Vec<(String, Vec<u64>)> = g
+                .tensors()
+                .iter()
+                .map(|t| (t.name.clone(), t.dims.clone()))
+                .collect();
+            arch::shapes::check(family, g.metadata(), &labels, &tensors)?;
+        }
         let mut md = g.metadata().clone();
         for k in ["split.no", "split.count", "split.tensors.count"] {
             md.remove(k);

@@ -941,6 +941,349 @@ fn damaged_gguf_input_is_refused() {
     );
 }
 
+// ---- config.json (or GGUF metadata) that disagrees with the tensors ----
+
+/// A fixture checkpoint written once per name; each case copies it and edits config.json.
+fn shape_fixture(name: &str, spec: kiln_fixtures::checkpoint::FixtureSpec) -> PathBuf {
+    let d = tmp(&format!("shape_{name}")).join("ck");
+    kiln_fixtures::checkpoint::write_checkpoint(&spec, &d).unwrap();
+    d
+}
+
+/// Copies `src` into a fresh case folder with config.json's `key` set to `value` (or removed
+/// for null); returns (checkpoint, output folder).
+fn with_config(
+    src: &Path,
+    case_name: &str,
+    edits: &[(&str, serde_json::Value)],
+) -> (PathBuf, PathBuf) {
+    let d = tmp(case_name);
+    let ck = d.join("ck");
+    std::fs::create_dir_all(&ck).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), ck.join(e.file_name())).unwrap();
+    }
+    let mut c: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ck.join("config.json")).unwrap()).unwrap();
+    for (k, v) in edits {
+        if v.is_null() {
+            c.as_object_mut().unwrap().remove(*k);
+        } else {
+            c[*k] = v.clone();
+        }
+    }
+    std::fs::write(ck.join("config.json"), c.to_string()).unwrap();
+    let out = d.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    (ck, out)
+}
+
+/// The unedited fixture converts (nothing valid is refused), then every edit fails before any
+/// output with one line naming config.json, the key with its value and the tensor.
+fn config_disagreements(family: &str, src: &Path, cases: &[(&str, serde_json::Value, &[&str])]) {
+    let (ck, out) = with_config(src, &format!("shape_{family}_valid"), &[]);
+    let o = kiln()
+        .args(["quantize", "-t", "f32"])
+        .arg(&ck)
+        .arg("-o")
+        .arg(out.join("ok.gguf"))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{family}: valid fixture refused: {}",
+        stderr(&o)
+    );
+    for (i, (key, value, needles)) in cases.iter().enumerate() {
+        let (ck, out) = with_config(src, &format!("shape_{family}_{i}"), &[(key, value.clone())]);
+        let mut n = vec!["config.json"];
+        n.extend_from_slice(needles);
+        quantize_fails(
+            "q8_0",
+            &ck,
+            &out,
+            &[],
+            &n,
+            &[],
+            &format!("{family}: {key} = {value}"),
+        );
+    }
+}
+
+#[test]
+fn llama_config_disagreeing_with_tensors() {
+    use serde_json::json;
+    // hidden 64, FFN 128, 2 layers, 4 heads of 16 on 2 KV heads.
+    let src = shape_fixture("llama", kiln_fixtures::sized_llama(64, 128, 2, 4, 2));
+    // As Llama 2's config.json: no head_dim (it is hidden_size / num_attention_heads).
+    let cfg = src.join("config.json");
+    let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&cfg).unwrap()).unwrap();
+    c.as_object_mut().unwrap().remove("head_dim");
+    std::fs::write(&cfg, c.to_string()).unwrap();
+    config_disagreements(
+        "llama",
+        &src,
+        &[
+            (
+                "num_hidden_layers",
+                json!(1_000_000_000u64),
+                &[
+                    "num_hidden_layers = 1000000000",
+                    "blk.2.attn_norm.weight",
+                    "blk.1",
+                ],
+            ),
+            (
+                "num_hidden_layers",
+                json!(1),
+                &["num_hidden_layers = 1", "blk.1."],
+            ),
+            ("num_hidden_layers", json!(0), &["num_hidden_layers = 0"]),
+            (
+                "num_hidden_layers",
+                json!(1u64 << 40),
+                &[
+                    "num_hidden_layers = 1099511627776",
+                    "blk.2.attn_norm.weight",
+                ],
+            ),
+            (
+                "hidden_size",
+                json!(512),
+                &[
+                    "hidden_size = 512",
+                    "token_embd.weight 512 x 32000",
+                    "64 x 32000",
+                ],
+            ),
+            ("hidden_size", json!(0), &["hidden_size = 0"]),
+            (
+                "intermediate_size",
+                json!(1024),
+                &[
+                    "intermediate_size = 1024",
+                    "blk.0.ffn_gate.weight 64 x 1024",
+                    "64 x 128",
+                ],
+            ),
+            (
+                "num_key_value_heads",
+                json!(4),
+                &[
+                    "num_key_value_heads = 4",
+                    "blk.0.attn_k.weight 64 x 64",
+                    "64 x 32",
+                ],
+            ),
+            (
+                "num_key_value_heads",
+                json!(1),
+                &[
+                    "num_key_value_heads = 1",
+                    "blk.0.attn_k.weight 64 x 16",
+                    "64 x 32",
+                ],
+            ),
+            (
+                "num_attention_heads",
+                json!(6),
+                &["hidden_size = 64", "num_attention_heads = 6"],
+            ),
+            (
+                // head_dim 8 keeps attn_q 64 x 64 but gives attn_k 64 x 16.
+                "num_attention_heads",
+                json!(8),
+                &[
+                    "num_key_value_heads = 2",
+                    "head_dim = hidden_size / num_attention_heads = 64 / 8 = 8",
+                    "blk.0.attn_k.weight 64 x 16",
+                    "64 x 32",
+                ],
+            ),
+            (
+                "head_dim",
+                json!(32),
+                &["head_dim = 32", "blk.0.attn_q.weight 64 x 128", "64 x 64"],
+            ),
+            (
+                "vocab_size",
+                json!(100_000_000_000u64),
+                &["vocab_size = 100000000000", "token_embd.weight"],
+            ),
+        ],
+    );
+}
+
+#[test]
+fn qwen3_config_disagreeing_with_tensors() {
+    use kiln_fixtures::checkpoint::{default_for, Arch, FixtureSpec, Vocab};
+    use serde_json::json;
+    // hidden 64, FFN 128, 2 layers, 4 heads of 32 (q is 128 wide, not hidden) on 2 KV heads.
+    let spec = FixtureSpec {
+        hidden: 64,
+        intermediate: 128,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 32,
+        ..default_for(Arch::Qwen3, Vocab::TrainedBpe { size: 300 })
+    };
+    let src = shape_fixture("qwen3", spec);
+    config_disagreements(
+        "qwen3",
+        &src,
+        &[
+            (
+                "num_hidden_layers",
+                json!(1_000_000_000u64),
+                &["num_hidden_layers = 1000000000", "blk.2.attn_norm.weight"],
+            ),
+            (
+                "num_hidden_layers",
+                json!(1),
+                &["num_hidden_layers = 1", "blk.1."],
+            ),
+            (
+                "hidden_size",
+                json!(512),
+                &["hidden_size = 512", "token_embd.weight 512 x", "64 x"],
+            ),
+            (
+                "intermediate_size",
+                json!(1024),
+                &[
+                    "intermediate_size = 1024",
+                    "blk.0.ffn_gate.weight 64 x 1024",
+                    "64 x 128",
+                ],
+            ),
+            (
+                "num_key_value_heads",
+                json!(4),
+                &[
+                    "num_key_value_heads = 4",
+                    "blk.0.attn_k.weight 64 x 128",
+                    "64 x 64",
+                ],
+            ),
+            (
+                "head_dim",
+                json!(64),
+                &["head_dim = 64", "blk.0.attn_q.weight 64 x 256", "64 x 128"],
+            ),
+            (
+                // Qwen3's default head_dim (128) when config.json leaves it out.
+                "head_dim",
+                serde_json::Value::Null,
+                &[
+                    "head_dim (not in config.json) = 128",
+                    "blk.0.attn_q.weight 64 x 512",
+                ],
+            ),
+        ],
+    );
+}
+
+/// A copy of the base GGUF with metadata `key` set to `value` (tensors unchanged).
+fn base_gguf_with(dst: &Path, key: &str, value: kiln::gguf::Value) {
+    let src = tmp("gguf_md_src").join("src.gguf");
+    std::fs::write(&src, base_gguf()).unwrap();
+    let g = kiln::gguf::GgufFile::open(&src).unwrap();
+    let mut md = g.metadata().clone();
+    md.set(key, value);
+    let entries = g
+        .tensors()
+        .iter()
+        .map(|t| kiln::gguf::writer::TensorEntry {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            ty: t.ty,
+            bytes: t.bytes,
+        })
+        .collect();
+    let mut w = kiln::gguf::writer::GgufWriter::create(dst, true, &md, entries).unwrap();
+    for t in g.tensors() {
+        w.write(g.data(t)).unwrap();
+        w.end_tensor().unwrap();
+    }
+    w.finish().unwrap();
+}
+
+#[test]
+fn gguf_metadata_disagreeing_with_tensors() {
+    use kiln::gguf::Value;
+    let d = tmp("gguf_shape");
+    let out = d.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    // The base GGUF (1 block, hidden 64, FFN 128, 2 heads on 1 KV head) requantizes.
+    let ok = d.join("ok.gguf");
+    std::fs::write(&ok, base_gguf()).unwrap();
+    let o = kiln()
+        .args(["quantize", "-t", "q8_0"])
+        .arg(&ok)
+        .arg("-o")
+        .arg(d.join("ok-q8.gguf"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "valid GGUF refused: {}", stderr(&o));
+
+    let cases: &[(&str, Value, &[&str])] = &[
+        (
+            "llama.block_count",
+            Value::U32(2),
+            &["llama.block_count = 2", "blk.1.attn_norm.weight"],
+        ),
+        (
+            "llama.block_count",
+            Value::U32(1_000_000_000),
+            &["llama.block_count = 1000000000", "blk.1.attn_norm.weight"],
+        ),
+        (
+            "llama.block_count",
+            Value::U32(0),
+            &["llama.block_count = 0"],
+        ),
+        (
+            "llama.embedding_length",
+            Value::U32(128),
+            &["llama.embedding_length = 128", "token_embd.weight 128 x"],
+        ),
+        (
+            "llama.feed_forward_length",
+            Value::U32(256),
+            &[
+                "llama.feed_forward_length = 256",
+                "blk.0.ffn_gate.weight 64 x 256",
+            ],
+        ),
+        (
+            "llama.attention.head_count_kv",
+            Value::U32(2),
+            &[
+                "llama.attention.head_count_kv = 2",
+                "blk.0.attn_k.weight 64 x 64",
+            ],
+        ),
+    ];
+    for (i, (key, value, needles)) in cases.iter().enumerate() {
+        let name = format!("edited{i}.gguf");
+        let p = d.join(&name);
+        base_gguf_with(&p, key, value.clone());
+        let mut n = vec![name.as_str()];
+        n.extend_from_slice(needles);
+        quantize_fails(
+            "q8_0",
+            &p,
+            &out,
+            &[],
+            &n,
+            &[],
+            &format!("{key} = {value:?}"),
+        );
+    }
+}
+
 // ---- llama-quantize's advanced options ----
 
 /// Bad `--tensor-type`, `--tensor-type-file`, `--override-kv`, `--prune-layers` and

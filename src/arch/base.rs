@@ -3,6 +3,7 @@
 //! `<arch>.*` hyperparameter keys in the base class's order. A family's file overrides what
 //! differs through [`Family`]'s methods and calls back into these.
 
+use super::shapes::{self, Dim, Hyper, LoaderTensors};
 use super::{Family, Hparams};
 use crate::gguf::{Metadata, Value};
 use anyhow::{Context, Result};
@@ -180,4 +181,119 @@ pub fn write_hparams<F: Family + ?Sized>(
         md.set("general.file_type", ft);
     }
     family.extra_hparams(hp, md)
+}
+
+// Dimension names for llama.cpp's loader (keys after `<arch>.`).
+const EMBD: &[&str] = &["embedding_length"];
+const FF: &[&str] = &["feed_forward_length"];
+const VOCAB: &[&str] = &[shapes::VOCAB];
+const HEAD_DIM_K: &[&str] = &["attention.key_length"];
+const Q: &[&str] = &["attention.key_length", "attention.head_count"];
+const K: &[&str] = &["attention.key_length", "attention.head_count_kv"];
+const V: &[&str] = &["attention.value_length", "attention.head_count_kv"];
+const ROT: &[&str] = &["rope.dimension_count"];
+
+/// The tensors llama.cpp's loader creates for Llama (src/models/llama.cpp, with
+/// `create_tensor_qkv`), which the other dense families start from: token_embd
+/// `{n_embd, n_vocab}`, an optional output (tied to token_embd when absent), attn_q
+/// `{n_embd, n_embd_head_k * n_head}`, attn_k/v `{n_embd, n_embd_head_k/v * n_head_kv}`,
+/// optional q/k/v biases, attn_output `{n_embd_head_k * n_head, n_embd}`, norms `{n_embd}`, ffn
+/// `{n_embd, n_ff}` / `{n_ff, n_embd}`, and Llama 3's optional rope_freqs `{n_rot / 2}`. With
+/// `expert_count` > 0 (Mixtral is `llama` in GGUF) the feed-forward is the router and stacked
+/// experts instead, as llama.cpp's Llama loader does.
+pub fn loader_tensors(hyper: &Hyper) -> LoaderTensors {
+    use shapes::TensorSpec as T;
+    let d = Dim::of;
+    let mut t = LoaderTensors {
+        global: vec![
+            T::required("token_embd.weight", &[d(EMBD), d(VOCAB)]),
+            T::required("output_norm.weight", &[d(EMBD)]),
+            T::optional("output.weight", &[d(EMBD), d(VOCAB)]),
+            T::optional("rope_freqs.weight", &[Dim::half(ROT)]),
+        ],
+        layer: vec![
+            T::required("attn_norm.weight", &[d(EMBD)]),
+            T::required("attn_q.weight", &[d(EMBD), d(Q)]),
+            T::required("attn_k.weight", &[d(EMBD), d(K)]),
+            T::required("attn_v.weight", &[d(EMBD), d(V)]),
+            T::optional("attn_q.bias", &[d(Q)]),
+            T::optional("attn_k.bias", &[d(K)]),
+            T::optional("attn_v.bias", &[d(V)]),
+            T::required("attn_output.weight", &[d(Q), d(EMBD)]),
+            T::optional("attn_output.bias", &[d(EMBD)]),
+            T::required("ffn_norm.weight", &[d(EMBD)]),
+        ],
+    };
+    if hyper.get("expert_count", 0) == 0 {
+        t.layer.extend([
+            T::required("ffn_gate.weight", &[d(EMBD), d(FF)]),
+            T::required("ffn_down.weight", &[d(FF), d(EMBD)]),
+            T::required("ffn_up.weight", &[d(EMBD), d(FF)]),
+            T::optional("ffn_gate.bias", &[d(FF)]),
+            T::optional("ffn_down.bias", &[d(EMBD)]),
+            T::optional("ffn_up.bias", &[d(FF)]),
+        ]);
+    } else {
+        const EXPERTS: &[&str] = &["expert_count"];
+        const SHEXP: &[&str] = &["expert_shared_feed_forward_length"];
+        t.layer.extend([
+            T::required("ffn_gate_inp.weight", &[d(EMBD), d(EXPERTS)]),
+            T::optional("ffn_gate_exps.weight", &[d(EMBD), d(FF), d(EXPERTS)]),
+            T::required("ffn_down_exps.weight", &[d(FF), d(EMBD), d(EXPERTS)]),
+            T::required("ffn_up_exps.weight", &[d(EMBD), d(FF), d(EXPERTS)]),
+        ]);
+        if hyper.get(SHEXP[0], 0) > 0 {
+            t.layer.extend([
+                T::required("ffn_gate_shexp.weight", &[d(EMBD), d(SHEXP)]),
+                T::required("ffn_up_shexp.weight", &[d(EMBD), d(SHEXP)]),
+                T::required("ffn_down_shexp.weight", &[d(SHEXP), d(EMBD)]),
+            ]);
+        }
+    }
+    t
+}
+
+/// The per-head q/k RMS norms `{n_embd_head_k}` (Qwen3, Gemma 3), required.
+pub fn with_qk_norms(mut t: LoaderTensors) -> LoaderTensors {
+    use shapes::TensorSpec as T;
+    t.set_layer(T::required("attn_q_norm.weight", &[Dim::of(HEAD_DIM_K)]));
+    t.set_layer(T::required("attn_k_norm.weight", &[Dim::of(HEAD_DIM_K)]));
+    t
+}
+
+/// Gemma's post-attention and post-feed-forward norms `{n_embd}`, required.
+pub fn with_post_norms(mut t: LoaderTensors) -> LoaderTensors {
+    use shapes::TensorSpec as T;
+    t.set_layer(T::required("post_attention_norm.weight", &[Dim::of(EMBD)]));
+    t.set_layer(T::required("post_ffw_norm.weight", &[Dim::of(EMBD)]));
+    t
+}
+
+/// Without what llama.cpp's loader reads only for Llama: attn_output and ffn biases, rope_freqs.
+pub fn without_llama_extras(mut t: LoaderTensors) -> LoaderTensors {
+    for n in [
+        "attn_output.bias",
+        "ffn_gate.bias",
+        "ffn_down.bias",
+        "ffn_up.bias",
+    ] {
+        t.remove_layer(n);
+    }
+    t.remove_global("rope_freqs.weight");
+    t
+}
+
+/// The config.json keys a `<arch>.*` key is written from (as `prepare` and [`write_hparams`]
+/// read them), for messages; [`shapes::VOCAB`] is config's vocab_size.
+pub fn config_keys(gguf_key: &str) -> &'static [&'static str] {
+    match gguf_key {
+        "block_count" => &["num_hidden_layers", "n_layer", "num_layers"],
+        "embedding_length" => &["hidden_size", "n_embd", "dim"],
+        "feed_forward_length" => &["intermediate_size"],
+        "attention.head_count" => &["num_attention_heads", "n_head", "n_heads"],
+        "attention.head_count_kv" => &["num_key_value_heads", "n_kv_heads"],
+        "attention.key_length" | "attention.value_length" | "rope.dimension_count" => &["head_dim"],
+        shapes::VOCAB => &["vocab_size"],
+        _ => &[],
+    }
 }

@@ -3,6 +3,7 @@
 //! embedding (lm_head dropped), attention and final logit soft-capping, a sliding window on
 //! every other layer; its hyperparameters in its own order (it does not call the base class).
 
+use super::shapes::{Hyper, LoaderTensors};
 use super::{base, Family, Hparams};
 use crate::gguf::{Metadata, Value};
 use crate::job::Transform;
@@ -87,5 +88,12 @@ impl Family for Gemma2 {
     }
     fn sliding_window_pattern(&self, _n_swa: u32) -> Option<u32> {
         Some(2)
+    }
+    /// Llama's loader plus the post norms, and no output tensor: the output is always
+    /// token_embd (src/models/gemma2.cpp).
+    fn loader_tensors(&self, hyper: &Hyper) -> LoaderTensors {
+        let mut t = base::with_post_norms(base::without_llama_extras(base::loader_tensors(hyper)));
+        t.remove_global("output.weight");
+        t
     }
 }

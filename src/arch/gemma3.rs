@@ -4,6 +4,7 @@
 //! embedding cut to the real vocabulary.
 
 use super::gemma2::Gemma2;
+use super::shapes::{Hyper, LoaderTensors};
 use super::{base, Family, Hparams};
 use crate::gguf::{Array, Metadata, Value};
 use crate::job::{Job, Transform};
@@ -84,6 +85,12 @@ impl Family for Gemma3 {
     }
     fn sliding_window_pattern(&self, n_swa: u32) -> Option<u32> {
         (n_swa > 0).then_some(6)
+    }
+    /// Gemma 2's post norms and the q/k norms; an optional output (src/models/gemma3.cpp).
+    fn loader_tensors(&self, hyper: &Hyper) -> LoaderTensors {
+        base::with_qk_norms(base::with_post_norms(base::without_llama_extras(
+            base::loader_tensors(hyper),
+        )))
     }
 }
 

@@ -60,6 +60,14 @@ impl Family for Mixtral {
     fn extra_hparams(&self, hp: &Hparams, md: &mut Metadata) -> Result<()> {
         Llama.extra_hparams(hp, md)
     }
+    /// Its loader is Llama's with `expert_count` > 0 ([`base::loader_tensors`]).
+    fn config_keys(&self, gguf_key: &str) -> &'static [&'static str] {
+        match gguf_key {
+            "expert_count" => &["num_local_experts"],
+            "expert_used_count" => &["num_experts_per_tok"],
+            _ => base::config_keys(gguf_key),
+        }
+    }
     fn finish(
         &self,
         hp: &Hparams,

@@ -15,6 +15,12 @@
 //! KV cache. [`prepare`] is the one driver: it detects the family, reads the common
 //! hyperparameters into [`Hparams`], and asks the family at each step.
 //!
+//! Each family also describes the tensors llama.cpp's loader creates for it and their shapes from
+//! the `<arch>.*` keys ([`Family::loader_tensors`]); [`shapes::check`] holds every tensor kiln
+//! writes (and every tensor of a GGUF it requantizes) to them before any output exists, so a
+//! config.json that disagrees with its tensors is one error line naming the key, its value, the
+//! tensor and its shape, not a file llama.cpp refuses after the whole conversion.
+//!
 //! Adding a family is one new file here plus one line in [`FAMILIES`].
 
 mod base;
@@ -28,6 +34,7 @@ pub mod moe;
 mod qwen2;
 mod qwen3;
 mod qwen3moe;
+pub mod shapes;
 
 pub use config::Config;
 pub use general::size_label;
@@ -126,6 +133,19 @@ pub trait Family: Sync {
     fn sliding_window_pattern(&self, n_swa: u32) -> Option<u32> {
         let _ = n_swa;
         None
+    }
+    /// The tensors llama.cpp's loader creates for this architecture and their shapes from the
+    /// `<arch>.*` keys (its `load_tensors`; `hyper` holds the file's keys, for loaders that
+    /// branch on them, e.g. on `expert_count`); every tensor kiln writes or requantizes is
+    /// checked against it before any output exists ([`shapes::check`]). Start from
+    /// [`base::loader_tensors`] and change what the family's loader does differently.
+    fn loader_tensors(&self, hyper: &shapes::Hyper) -> shapes::LoaderTensors {
+        base::loader_tensors(hyper)
+    }
+    /// The config.json keys a `<arch>.*` key is written from, first found named in messages
+    /// (`shapes::VOCAB` stands for the vocabulary size).
+    fn config_keys(&self, gguf_key: &str) -> &'static [&'static str] {
+        base::config_keys(gguf_key)
     }
 }
 
@@ -233,6 +253,66 @@ pub struct Converted {
     pub notes: Vec<String>,
 }
 
+/// Messages name config.json's keys: the one the value came from, or the first the family
+/// reads when config.json leaves it out.
+struct ConfigLabels<'a> {
+    cfg: &'a Config,
+    family: &'a dyn Family,
+    hf_arch: &'a str,
+}
+
+impl shapes::Labels for ConfigLabels<'_> {
+    fn file(&self) -> String {
+        self.cfg.path.clone()
+    }
+    fn holder(&self) -> &'static str {
+        "the checkpoint"
+    }
+    fn is_explicit(&self, _hyper: &shapes::Hyper, key: &str) -> bool {
+        self.family
+            .config_keys(key)
+            .iter()
+            .any(|k| self.cfg.get(k).is_some())
+    }
+    fn label(&self, hyper: &shapes::Hyper, key: &str, layer: u64) -> String {
+        let v = hyper.get(key, layer);
+        let keys = self.family.config_keys(key);
+        if let Some(k) = keys.iter().find(|k| self.cfg.get(k).is_some()) {
+            format!("{k} = {v}")
+        } else if key == shapes::VOCAB {
+            format!("the tokenizer's {v} tokens")
+        } else if matches!(
+            key,
+            "attention.key_length" | "attention.value_length" | "rope.dimension_count"
+        ) && self
+            .family
+            .config_default(self.hf_arch, "head_dim")
+            .is_none()
+        {
+            // head_dim = hidden_size / num_attention_heads, as prepare derives it.
+            let named = |gk: &str| {
+                let ks = self.family.config_keys(gk);
+                ks.iter()
+                    .find(|k| self.cfg.get(k).is_some())
+                    .or(ks.first())
+                    .copied()
+                    .unwrap_or("?")
+            };
+            format!(
+                "head_dim = {} / {} = {} / {} = {v}",
+                named("embedding_length"),
+                named("attention.head_count"),
+                hyper.get("embedding_length", layer),
+                hyper.get("attention.head_count", layer),
+            )
+        } else if let Some(k) = keys.first() {
+            format!("{k} (not in config.json) = {v}")
+        } else {
+            format!("{}.{key} = {v}", self.family.gguf_name())
+        }
+    }
+}
+
 /// Tensors of multimodal checkpoints that a text-only conversion leaves out.
 fn is_other_modality(hf: &str) -> bool {
     hf.starts_with("vision_tower.")
@@ -249,12 +329,60 @@ pub fn prepare(ck: &Checkpoint, ftype: FileType) -> Result<Converted> {
     let a = family.gguf_name();
     let mut notes = vec![format!("architecture {hf_arch} -> {a}")];
 
-    let n_layer = cfg.need_uint(&["num_hidden_layers", "n_layer", "num_layers"])? as u32;
-    let n_embd = cfg.need_uint(&["hidden_size", "n_embd", "dim"])?;
-    let n_head = cfg.need_uint(&["num_attention_heads", "n_head", "n_heads"])? as u32;
-    let n_head_kv = cfg
-        .uint(&["num_key_value_heads", "n_kv_heads"])?
-        .unwrap_or(n_head as u64) as u32;
+    let small = |keys: &[&str], v: u64| -> Result<u32> {
+        u32::try_from(v).with_context(|| {
+            format!(
+                "{}: {} = {v} does not fit in the 32 bits GGUF stores it in",
+                cfg.path, keys[0]
+            )
+        })
+    };
+    const LAYERS: &[&str] = &["num_hidden_layers", "n_layer", "num_layers"];
+    const EMBD: &[&str] = &["hidden_size", "n_embd", "dim"];
+    const HEADS: &[&str] = &["num_attention_heads", "n_head", "n_heads"];
+    const KV_HEADS: &[&str] = &["num_key_value_heads", "n_kv_heads"];
+    let n_layer_raw = cfg.need_uint(LAYERS)?;
+    let n_embd = cfg.need_uint(EMBD)?;
+    let n_head = cfg.need_uint(HEADS)?;
+    let n_head_kv = cfg.uint(KV_HEADS)?.unwrap_or(n_head);
+
+    // The tensors as they will be named, for the checks below (nothing is sized by the
+    // config's values before these).
+    let named: Vec<(String, Vec<u64>)> = ck
+        .tensors
+        .iter()
+        .filter(|t| !is_other_modality(&t.name))
+        .filter_map(|t| {
+            let g = base::tensor_name(family, &t.name)?;
+            family
+                .keeps(&g)
+                .then(|| (g, t.shape.iter().rev().map(|&d| d as u64).collect()))
+        })
+        .collect();
+    let labels = ConfigLabels {
+        cfg: &cfg,
+        family,
+        hf_arch: &hf_arch,
+    };
+    {
+        let mut md = Metadata::new();
+        md.set(format!("{a}.block_count"), Value::U64(n_layer_raw));
+        let hyper = shapes::Hyper::new(a, &md);
+        let first = family
+            .loader_tensors(&hyper)
+            .layer
+            .iter()
+            .find(|s| s.required)
+            .map(|s| s.name);
+        shapes::check_layer_count(&hyper, &labels, &named, first)?;
+    }
+    let n_layer = small(LAYERS, n_layer_raw)?;
+    if n_embd == 0 {
+        bail!("{}: hidden_size = 0: a model needs a hidden size", cfg.path);
+    }
+    small(EMBD, n_embd)?;
+    let n_head = small(HEADS, n_head)?;
+    let n_head_kv = small(KV_HEADS, n_head_kv)?;
     if n_head == 0 || n_head_kv == 0 || !n_head.is_multiple_of(n_head_kv) {
         bail!(
             "{}: {n_head} attention heads cannot share {n_head_kv} key-value heads",
@@ -263,11 +391,42 @@ pub fn prepare(ck: &Checkpoint, ftype: FileType) -> Result<Converted> {
     }
     let head_dim = match cfg.uint(&["head_dim"])? {
         Some(d) => d,
-        None => family
+        None => match family
             .config_default(&hf_arch, "head_dim")
             .and_then(|v| v.as_u64())
-            .unwrap_or(n_embd / n_head as u64),
+        {
+            Some(d) => d,
+            None => {
+                if !n_embd.is_multiple_of(n_head as u64) {
+                    bail!(
+                        "{}: hidden_size = {n_embd} is not a multiple of num_attention_heads = {n_head}, and there is no head_dim",
+                        cfg.path
+                    );
+                }
+                n_embd / n_head as u64
+            }
+        },
     };
+    if head_dim == 0 {
+        bail!("{}: head_dim = 0: attention heads need a size", cfg.path);
+    }
+    small(&["head_dim"], head_dim)?;
+    let vocab_size = cfg.uint(&["vocab_size"])?;
+    if let (Some(v), Some((_, dims))) = (
+        vocab_size,
+        named.iter().find(|(n, _)| n == "token_embd.weight"),
+    ) {
+        // The vocabulary is padded to vocab_size: never past the embedding's rows.
+        if dims.len() == 2 && v > dims[1] {
+            bail!(
+                "{}: vocab_size = {v} gives token_embd.weight {} x {v}, the checkpoint has {} x {}",
+                cfg.path,
+                dims[0],
+                dims[0],
+                dims[1]
+            );
+        }
+    }
     let hp = Hparams {
         cfg: &cfg,
         hf_arch: &hf_arch,
@@ -293,7 +452,7 @@ pub fn prepare(ck: &Checkpoint, ftype: FileType) -> Result<Converted> {
     md.set_u32(keys::FILE_TYPE, ftype.id());
     family.write_hparams(&hp, &mut md)?;
 
-    let vocab_size = cfg.uint(&["vocab_size"])?.map(|v| v as usize);
+    let vocab_size = vocab_size.map(|v| v as usize);
     let vocab = crate::tokenizer::write_vocab(&ck.dir, family.vocab(), vocab_size, &mut md)?;
     notes.push(format!(
         "tokenizer: {} model, {} tokens{}",
@@ -361,16 +520,6 @@ pub fn prepare(ck: &Checkpoint, ftype: FileType) -> Result<Converted> {
         }
         let dims: Vec<u64> = t.shape.iter().rev().map(|&d| d as u64).collect();
         let transform = family.transform(t, &hp);
-        if let Transform::PermuteHeads { n_head } = transform {
-            let rows = t.shape[0];
-            if rows % (2 * n_head) != 0 {
-                bail!(
-                    "{}: tensor {} has {rows} rows, not a whole number of {n_head} heads",
-                    ck.file_of(t).display(),
-                    t.name
-                );
-            }
-        }
         let input_type = hf_input_type(&gname, &dims, dtype);
         jobs.push(Job {
             name: gname,
@@ -392,6 +541,29 @@ pub fn prepare(ck: &Checkpoint, ftype: FileType) -> Result<Converted> {
     family.finish(&hp, &md, &mut jobs, &mut notes)?;
     if !jobs.iter().any(|j| j.name == "token_embd.weight") {
         bail!("{}: no model.embed_tokens.weight tensor", ck.dir.display());
+    }
+    // Every tensor against the shape llama.cpp's loader computes from the keys just written.
+    let written: Vec<(String, Vec<u64>)> = jobs
+        .iter()
+        .map(|j| (j.name.clone(), j.dims.clone()))
+        .collect();
+    shapes::check(family, &md, &labels, &written)?;
+    for j in &jobs {
+        if let TensorSource::Input {
+            index,
+            transform: Transform::PermuteHeads { n_head },
+        } = j.source
+        {
+            let rows = j.dims.last().copied().unwrap_or(0) as usize;
+            if !rows.is_multiple_of(2 * n_head) {
+                let t = &ck.tensors[index];
+                bail!(
+                    "{}: tensor {} has {rows} rows, not a whole number of {n_head} heads",
+                    ck.file_of(t).display(),
+                    t.name
+                );
+            }
+        }
     }
     if md.get("general.size_label").is_none() {
         // Placed after general.name, where gguf-py writes it.

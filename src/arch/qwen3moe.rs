@@ -5,6 +5,7 @@
 //! The vocabulary is `TextModel.set_vocab`: byte-level BPE only.
 
 use super::moe::{Layout, Role};
+use super::shapes::{Dim, Hyper, LoaderTensors};
 use super::{base, Family, Hparams};
 use crate::gguf::{Metadata, Value};
 use crate::job::Job;
@@ -82,6 +83,34 @@ impl Family for Qwen3Moe {
             );
         }
         Ok(())
+    }
+    /// Qwen3's attention (q/k norms), a router and stacked experts of
+    /// `expert_feed_forward_length` in every layer, no dense feed-forward
+    /// (src/models/qwen3moe.cpp).
+    fn loader_tensors(&self, hyper: &Hyper) -> LoaderTensors {
+        use super::shapes::TensorSpec as T;
+        const EMBD: &[&str] = &["embedding_length"];
+        const EXPERTS: &[&str] = &["expert_count"];
+        const FF_EXP: &[&str] = &["expert_feed_forward_length"];
+        let d = Dim::of;
+        let mut t = base::with_qk_norms(base::without_llama_extras(base::loader_tensors(hyper)));
+        t.layer
+            .retain(|s| !s.name.starts_with("ffn_") || s.name == "ffn_norm.weight");
+        t.layer.extend([
+            T::required("ffn_gate_inp.weight", &[d(EMBD), d(EXPERTS)]),
+            T::required("ffn_gate_exps.weight", &[d(EMBD), d(FF_EXP), d(EXPERTS)]),
+            T::required("ffn_down_exps.weight", &[d(FF_EXP), d(EMBD), d(EXPERTS)]),
+            T::required("ffn_up_exps.weight", &[d(EMBD), d(FF_EXP), d(EXPERTS)]),
+        ]);
+        t
+    }
+    fn config_keys(&self, gguf_key: &str) -> &'static [&'static str] {
+        match gguf_key {
+            "expert_count" => &["num_experts"],
+            "expert_used_count" => &["num_experts_per_tok"],
+            "expert_feed_forward_length" => &["moe_intermediate_size"],
+            _ => base::config_keys(gguf_key),
+        }
     }
 }
 
