@@ -90,6 +90,16 @@ fn the_file_is_llama_imatrix_format_with_every_matrix_and_its_token_count() {
     assert!(stderr.contains("ppl"), "{stderr}");
     let g = kiln::llama::raw::read_imatrix_with_ggml(file).unwrap();
     assert_eq!(g.general_type.as_deref(), Some("imatrix"));
+    // as llama-imatrix's files store them: a dense weight's sums and count are 1-D (ggml drops
+    // the trailing 1 of [n, 1] and [1, 1])
+    for t in GgufFile::open(file).unwrap().tensors() {
+        let n = if t.name.ends_with(".counts") {
+            1
+        } else {
+            t.dims[0]
+        };
+        assert_eq!(t.dims, vec![n], "{}", t.name);
+    }
     assert_eq!(g.datasets, vec![text().display().to_string()]);
     assert_eq!(g.chunk_count, Some(CHUNKS as u32));
     assert_eq!(g.chunk_size, Some(N_CTX));

@@ -464,19 +464,22 @@ pub fn write(
         .collect();
     names.sort();
     let f32_ty = TypeId::of(GgmlType::F32);
+    // llama-imatrix makes 2-D tensors [n, n_mat]; GGUF stores ggml_n_dims of them, which drops
+    // a trailing 1 (a dense weight's entries are 1-D, an expert tensor's 2-D).
+    let dims = |n: u64, nmat: u64| if nmat == 1 { vec![n] } else { vec![n, nmat] };
     let mut entries = Vec::with_capacity(names.len() * 2);
     for n in &names {
         let s = &stats[*n];
         let nmat = s.counts.len() as u64;
         entries.push(TensorEntry {
             name: format!("{n}.in_sum2"),
-            dims: vec![s.values.len() as u64 / nmat, nmat],
+            dims: dims(s.values.len() as u64 / nmat, nmat),
             ty: f32_ty,
             bytes: s.values.len() as u64 * 4,
         });
         entries.push(TensorEntry {
             name: format!("{n}.counts"),
-            dims: vec![1, nmat],
+            dims: dims(1, nmat),
             ty: f32_ty,
             bytes: nmat * 4,
         });
