@@ -19,7 +19,7 @@ work=${1:-target/gemma3-bench}
 types=${TYPES:-f16,q8_0,q6_K,q5_K_M,q5_0,q4_K_M,q4_0,q3_K_M,q2_K}
 mkdir -p "$work"
 cargo build --release --quiet
-kiln=target/release/kiln
+kiln=${CARGO_TARGET_DIR:-target}/release/kiln
 src=$(bash benches/gemma3/fetch.sh)
 ref="$work/gemma-3-270m-F32.gguf"
 measure() { /usr/bin/time -f "%e %M" -o "$work/time.txt" "$@" >/dev/null 2>&1; cat "$work/time.txt"; }
