@@ -1011,6 +1011,27 @@ fn config_disagreements(family: &str, src: &Path, cases: &[(&str, serde_json::Va
     }
 }
 
+/// Cases both dense fixtures (hidden 64, FFN 128, 2 layers) fail the same way.
+fn shared_disagreements() -> Vec<(&'static str, serde_json::Value, &'static [&'static str])> {
+    use serde_json::json;
+    vec![
+        (
+            "num_hidden_layers",
+            json!(1),
+            &["num_hidden_layers = 1", "blk.1."],
+        ),
+        (
+            "intermediate_size",
+            json!(1024),
+            &[
+                "intermediate_size = 1024",
+                "blk.0.ffn_gate.weight 64 x 1024",
+                "64 x 128",
+            ],
+        ),
+    ]
+}
+
 #[test]
 fn llama_config_disagreeing_with_tensors() {
     use serde_json::json;
@@ -1025,93 +1046,83 @@ fn llama_config_disagreeing_with_tensors() {
         "llama",
         &src,
         &[
-            (
-                "num_hidden_layers",
-                json!(1_000_000_000u64),
-                &[
-                    "num_hidden_layers = 1000000000",
-                    "blk.2.attn_norm.weight",
-                    "blk.1",
-                ],
-            ),
-            (
-                "num_hidden_layers",
-                json!(1),
-                &["num_hidden_layers = 1", "blk.1."],
-            ),
-            ("num_hidden_layers", json!(0), &["num_hidden_layers = 0"]),
-            (
-                "num_hidden_layers",
-                json!(1u64 << 40),
-                &[
-                    "num_hidden_layers = 1099511627776",
-                    "blk.2.attn_norm.weight",
-                ],
-            ),
-            (
-                "hidden_size",
-                json!(512),
-                &[
-                    "hidden_size = 512",
-                    "token_embd.weight 512 x 32000",
-                    "64 x 32000",
-                ],
-            ),
-            ("hidden_size", json!(0), &["hidden_size = 0"]),
-            (
-                "intermediate_size",
-                json!(1024),
-                &[
-                    "intermediate_size = 1024",
-                    "blk.0.ffn_gate.weight 64 x 1024",
-                    "64 x 128",
-                ],
-            ),
-            (
-                "num_key_value_heads",
-                json!(4),
-                &[
-                    "num_key_value_heads = 4",
-                    "blk.0.attn_k.weight 64 x 64",
-                    "64 x 32",
-                ],
-            ),
-            (
-                "num_key_value_heads",
-                json!(1),
-                &[
-                    "num_key_value_heads = 1",
-                    "blk.0.attn_k.weight 64 x 16",
-                    "64 x 32",
-                ],
-            ),
-            (
-                "num_attention_heads",
-                json!(6),
-                &["hidden_size = 64", "num_attention_heads = 6"],
-            ),
-            (
-                // head_dim 8 keeps attn_q 64 x 64 but gives attn_k 64 x 16.
-                "num_attention_heads",
-                json!(8),
-                &[
-                    "num_key_value_heads = 2",
-                    "head_dim = hidden_size / num_attention_heads = 64 / 8 = 8",
-                    "blk.0.attn_k.weight 64 x 16",
-                    "64 x 32",
-                ],
-            ),
-            (
-                "head_dim",
-                json!(32),
-                &["head_dim = 32", "blk.0.attn_q.weight 64 x 128", "64 x 64"],
-            ),
-            (
-                "vocab_size",
-                json!(100_000_000_000u64),
-                &["vocab_size = 100000000000", "token_embd.weight"],
-            ),
-        ],
+            shared_disagreements(),
+            vec![
+                (
+                    "num_hidden_layers",
+                    json!(1_000_000_000u64),
+                    &[
+                        "num_hidden_layers = 1000000000",
+                        "blk.2.attn_norm.weight",
+                        "blk.1",
+                    ],
+                ),
+                ("num_hidden_layers", json!(0), &["num_hidden_layers = 0"]),
+                (
+                    "num_hidden_layers",
+                    json!(1u64 << 40),
+                    &[
+                        "num_hidden_layers = 1099511627776",
+                        "blk.2.attn_norm.weight",
+                    ],
+                ),
+                (
+                    "hidden_size",
+                    json!(512),
+                    &[
+                        "hidden_size = 512",
+                        "token_embd.weight 512 x 32000",
+                        "64 x 32000",
+                    ],
+                ),
+                ("hidden_size", json!(0), &["hidden_size = 0"]),
+                (
+                    "num_key_value_heads",
+                    json!(4),
+                    &[
+                        "num_key_value_heads = 4",
+                        "blk.0.attn_k.weight 64 x 64",
+                        "64 x 32",
+                    ],
+                ),
+                (
+                    "num_key_value_heads",
+                    json!(1),
+                    &[
+                        "num_key_value_heads = 1",
+                        "blk.0.attn_k.weight 64 x 16",
+                        "64 x 32",
+                    ],
+                ),
+                (
+                    "num_attention_heads",
+                    json!(6),
+                    &["hidden_size = 64", "num_attention_heads = 6"],
+                ),
+                (
+                    // head_dim 8 keeps attn_q 64 x 64 but gives attn_k 64 x 16.
+                    "num_attention_heads",
+                    json!(8),
+                    &[
+                        "num_key_value_heads = 2",
+                        "head_dim = hidden_size / num_attention_heads = 64 / 8 = 8",
+                        "blk.0.attn_k.weight 64 x 16",
+                        "64 x 32",
+                    ],
+                ),
+                (
+                    "head_dim",
+                    json!(32),
+                    &["head_dim = 32", "blk.0.attn_q.weight 64 x 128", "64 x 64"],
+                ),
+                (
+                    "vocab_size",
+                    json!(100_000_000_000u64),
+                    &["vocab_size = 100000000000", "token_embd.weight"],
+                ),
+            ],
+        ]
+        .concat(),
     );
 }
 
@@ -1134,54 +1145,44 @@ fn qwen3_config_disagreeing_with_tensors() {
         "qwen3",
         &src,
         &[
-            (
-                "num_hidden_layers",
-                json!(1_000_000_000u64),
-                &["num_hidden_layers = 1000000000", "blk.2.attn_norm.weight"],
-            ),
-            (
-                "num_hidden_layers",
-                json!(1),
-                &["num_hidden_layers = 1", "blk.1."],
-            ),
-            (
-                "hidden_size",
-                json!(512),
-                &["hidden_size = 512", "token_embd.weight 512 x", "64 x"],
-            ),
-            (
-                "intermediate_size",
-                json!(1024),
-                &[
-                    "intermediate_size = 1024",
-                    "blk.0.ffn_gate.weight 64 x 1024",
-                    "64 x 128",
-                ],
-            ),
-            (
-                "num_key_value_heads",
-                json!(4),
-                &[
-                    "num_key_value_heads = 4",
-                    "blk.0.attn_k.weight 64 x 128",
-                    "64 x 64",
-                ],
-            ),
-            (
-                "head_dim",
-                json!(64),
-                &["head_dim = 64", "blk.0.attn_q.weight 64 x 256", "64 x 128"],
-            ),
-            (
-                // Qwen3's default head_dim (128) when config.json leaves it out.
-                "head_dim",
-                serde_json::Value::Null,
-                &[
-                    "head_dim (not in config.json) = 128",
-                    "blk.0.attn_q.weight 64 x 512",
-                ],
-            ),
-        ],
+            shared_disagreements(),
+            vec![
+                (
+                    "num_hidden_layers",
+                    json!(1_000_000_000u64),
+                    &["num_hidden_layers = 1000000000", "blk.2.attn_norm.weight"],
+                ),
+                (
+                    "hidden_size",
+                    json!(512),
+                    &["hidden_size = 512", "token_embd.weight 512 x", "64 x"],
+                ),
+                (
+                    "num_key_value_heads",
+                    json!(4),
+                    &[
+                        "num_key_value_heads = 4",
+                        "blk.0.attn_k.weight 64 x 128",
+                        "64 x 64",
+                    ],
+                ),
+                (
+                    "head_dim",
+                    json!(64),
+                    &["head_dim = 64", "blk.0.attn_q.weight 64 x 256", "64 x 128"],
+                ),
+                (
+                    // Qwen3's default head_dim (128) when config.json leaves it out.
+                    "head_dim",
+                    serde_json::Value::Null,
+                    &[
+                        "head_dim (not in config.json) = 128",
+                        "blk.0.attn_q.weight 64 x 512",
+                    ],
+                ),
+            ],
+        ]
+        .concat(),
     );
 }
 

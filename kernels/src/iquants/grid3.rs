@@ -8,6 +8,7 @@
 //! IQ3_XXS as 4, 12, 20, .., 52, 62 (`level = byte / 8`), IQ3_S as 1, 3, .., 15
 //! (`level = byte / 2`). The search works on `2*level + 1` (ggml's `the_grid`).
 
+use super::lattice::nearest_neighbour;
 use crate::kquants::search::nearest_int;
 use std::sync::OnceLock;
 
@@ -157,22 +158,7 @@ fn find_best_neighbour(
     scale: f32,
     l: &mut [u8],
 ) -> Option<usize> {
-    let mut best_d2 = f32::MAX;
-    let mut grid_index = None;
-    for &j in neighbours {
-        let pg = &lat.grid[j as usize];
-        let mut d2 = 0.0f32;
-        for i in 0..4 {
-            let q = pg[i] as f32;
-            let diff = scale * q - xval[i];
-            d2 += weight[i] * diff * diff;
-        }
-        if d2 < best_d2 {
-            best_d2 = d2;
-            grid_index = Some(j as usize);
-        }
-    }
-    let g = grid_index?;
+    let g = nearest_neighbour(&lat.grid, neighbours, xval, weight, scale)?;
     l[..4].copy_from_slice(&lat.levels(g));
     Some(g)
 }

@@ -5,6 +5,7 @@
 //! `d * (2*scale + 1) * (grid + delta)`. ggml's `quantize_row_iq1_m_impl` (importance weights
 //! optional).
 
+use super::block_weights;
 use super::iq1_s::IQ1S_DELTA;
 use super::lattice::{
     c_max, pack, sorted_order, sum_squares, Abort, Kind, Lattice, Lookup, IQ1S_GRID,
@@ -73,22 +74,6 @@ fn quantize_block(xbl: &[f32], y: &mut BlockIq1M, qw: Option<&[f32]>) {
     }
 }
 
-/// The block's weights as ggml's `quantize_row_iq1_m_impl` computes them.
-fn fill_weights(weight: &mut [f32; BLOCK], xb: &[f32], qw: Option<&[f32]>, sigma2: f32) {
-    match qw {
-        Some(qw) => {
-            for i in 0..BLOCK {
-                weight[i] = qw[i] * (sigma2 + xb[i] * xb[i]).sqrt();
-            }
-        }
-        None => {
-            for i in 0..BLOCK {
-                weight[i] = xb[i] * xb[i];
-            }
-        }
-    }
-}
-
 fn quantize_block_impl(
     lat: &Lattice,
     xbl: &[f32],
@@ -99,7 +84,6 @@ fn quantize_block_impl(
     let x_m: [f32; 3] = [-1.0 - IQ1S_DELTA, -IQ1S_DELTA, 1.0 - IQ1S_DELTA];
     const MASKS: [u8; 4] = [0x00, 0x80, 0x08, 0x88];
     let mut scales = [0.0f32; QK_K / BLOCK];
-    let mut weight = [0.0f32; BLOCK];
     let mut l = [0i8; BLOCK];
     let mut index = [0usize; BLOCK / 8];
     let mut shifts = [0usize; QK_K / BLOCK];
@@ -124,8 +108,7 @@ fn quantize_block_impl(
 
     for ib in 0..QK_K / BLOCK {
         let xb = &xbl[BLOCK * ib..BLOCK * ib + BLOCK];
-        fill_weights(
-            &mut weight,
+        let weight: [f32; BLOCK] = block_weights(
             xb,
             quant_weights.map(|q| &q[BLOCK * ib..BLOCK * ib + BLOCK]),
             sigma2,
@@ -289,8 +272,7 @@ fn quantize_block_impl(
         sc[ib / 4] |= (l as u16) << (3 * (ib % 4));
         y.qh[ib] |= MASKS[shifts[ib]];
         let xb = &xbl[BLOCK * ib..BLOCK * ib + BLOCK];
-        fill_weights(
-            &mut weight,
+        let weight: [f32; BLOCK] = block_weights(
             xb,
             quant_weights.map(|q| &q[BLOCK * ib..BLOCK * ib + BLOCK]),
             sigma2,

@@ -5,8 +5,8 @@
 //! importance weights.
 
 use super::lattice::{
-    c_max, pack, sum_squares, weighted_sums, Abort, Kind, Lattice, Lookup, IQ2XXS_GRID,
-    KMASK_IQ2XS, KSIGNS_IQ2XS,
+    c_max, pack, sum_squares, weighted_sums, Abort, Kind, Lattice, IQ2XXS_GRID, KMASK_IQ2XS,
+    KSIGNS_IQ2XS,
 };
 use crate::fp::Half;
 use crate::kquants::search::{make_qp_quants, nearest_int, GROUP_MAX_EPS};
@@ -122,21 +122,14 @@ fn quantize_block_impl(
             let id = ((2 * KMAX_Q - 1) as f32 + is as f32 * 0.1f32) / eff_max;
             let this_scale = 1.0 / id;
             for k in 0..4 {
-                for i in 0..8 {
-                    let q = nearest_int(0.5 * (id * xval[8 * k + i] - 1.0));
-                    laux[8 * k + i] = q.clamp(0, KMAX_Q - 1) as i8;
-                }
-                let u = pack(&laux[8 * k..]);
-                if let Lookup::Off(nb) = lat.lookup(u) {
-                    lat.best_neighbour(
-                        nb,
-                        &xval[8 * k..],
-                        &waux[8 * k..],
-                        this_scale,
-                        &mut laux[8 * k..8 * k + 8],
-                    )
-                    .ok_or(Abort)?;
-                }
+                let g = 8 * k..8 * k + 8;
+                lat.snap_group(
+                    id,
+                    this_scale,
+                    &xval[g.clone()],
+                    &waux[g.clone()],
+                    &mut laux[g],
+                )?;
             }
             let (sumqx, sumq2) = weighted_sums(&weight, &xval, &laux);
             if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
@@ -148,27 +141,8 @@ fn quantize_block_impl(
         if scale > 0.0 {
             let id = 1.0 / scale;
             for k in 0..4 {
-                let mut u = 0u16;
-                for i in 0..8 {
-                    let q = nearest_int(0.5 * (id * xval[8 * k + i] - 1.0));
-                    u |= (q.clamp(0, KMAX_Q - 1) as u16) << (2 * i);
-                }
-                let grid_index = match lat.lookup(u) {
-                    Lookup::On(g) => g,
-                    Lookup::Off(nb) => lat
-                        .best_neighbour(
-                            nb,
-                            &xval[8 * k..],
-                            &waux[8 * k..],
-                            scale,
-                            &mut l[8 * k..8 * k + 8],
-                        )
-                        .ok_or(Abort)?,
-                };
-                let pg = &lat.grid[grid_index];
-                for i in 0..8 {
-                    l[8 * k + i] = (pg[i] - 1) / 2;
-                }
+                let g = 8 * k..8 * k + 8;
+                lat.snap_group(id, scale, &xval[g.clone()], &waux[g.clone()], &mut l[g])?;
             }
             let (sumqx, sumq2) = weighted_sums(&weight, &xval, &l);
             if sumq2 > 0.0 {

@@ -8,6 +8,7 @@
 //! including its habit of not advancing the `qs`/`signs` write position past an all-zero
 //! sub-block, so that the next sub-block's indices and signs land in its slot.
 
+use super::block_weights;
 use super::grid3::{c_max, iq3s_lattice, search_sub_block, SearchParams, IQ3S_GRID};
 use crate::fp::Half;
 use crate::kquants::search::nearest_int;
@@ -58,20 +59,7 @@ fn quantize_block(x: &[f32], y: &mut BlockIq3S, qw: Option<&[f32]>) -> bool {
     let mut signs_at = 0;
     for ib in 0..QK_K / 32 {
         let xb = &x[32 * ib..32 * ib + 32];
-        let mut weight = [0.0f32; 32];
-        match qw {
-            Some(qw) => {
-                let qw = &qw[32 * ib..32 * ib + 32];
-                for i in 0..32 {
-                    weight[i] = qw[i] * (sigma2 + xb[i] * xb[i]).sqrt();
-                }
-            }
-            None => {
-                for i in 0..32 {
-                    weight[i] = xb[i] * xb[i];
-                }
-            }
-        }
+        let weight: [f32; 32] = block_weights(xb, qw.map(|q| &q[32 * ib..32 * ib + 32]), sigma2);
         let waux = weight.map(f32::sqrt);
         let mut xval = [0.0f32; 32];
         let mut block_signs = [0u8; 4];

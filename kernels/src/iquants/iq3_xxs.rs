@@ -6,6 +6,7 @@
 //! Quantization follows ggml's `quantize_row_iq3_xxs_impl(256, ..)` (the same code with and
 //! without importance weights; without them the weight of a column is `x^2`).
 
+use super::block_weights;
 use super::grid3::{c_max, iq3xxs_lattice, search_sub_block, SearchParams, IQ3XXS_GRID, KSIGNS};
 use crate::fp::Half;
 use crate::kquants::search::nearest_int;
@@ -56,20 +57,7 @@ fn quantize_block(x: &[f32], y: &mut BlockIq3Xxs, qw: Option<&[f32]>) -> bool {
     let sigma2 = 2.0 * sumx2 / QK_K as f32;
     for ib in 0..QK_K / 32 {
         let xb = &x[32 * ib..32 * ib + 32];
-        let mut weight = [0.0f32; 32];
-        match qw {
-            Some(qw) => {
-                let qw = &qw[32 * ib..32 * ib + 32];
-                for i in 0..32 {
-                    weight[i] = qw[i] * (sigma2 + xb[i] * xb[i]).sqrt();
-                }
-            }
-            None => {
-                for i in 0..32 {
-                    weight[i] = xb[i] * xb[i];
-                }
-            }
-        }
+        let weight: [f32; 32] = block_weights(xb, qw.map(|q| &q[32 * ib..32 * ib + 32]), sigma2);
         let waux = weight.map(f32::sqrt);
         let mut xval = [0.0f32; 32];
         let mut block_signs = [0u8; 4];

@@ -2,6 +2,7 @@
 //! table of 16 levels. Weight = d*kvalues_iq4nl[index]. This file also holds the per-32-weight
 //! scale search (ggml's `quantize_row_iq4_nl_impl`) that IQ4_XS shares.
 
+use super::block_weights;
 use crate::fp::Half;
 use crate::kquants::search::GROUP_MAX_EPS;
 use crate::{as_blocks, as_blocks_mut, BlockFormat, GgmlType};
@@ -71,25 +72,6 @@ pub(crate) fn sigma2(x: &[f32]) -> f32 {
     s * (2.0 / x.len() as f32)
 }
 
-/// The weights of a 32-weight block: `x^2`, or `qw * sqrt(sigma2 + x^2)` with importance.
-#[inline]
-pub(crate) fn weights(xb: &[f32], qw: Option<&[f32]>, sigma2: f32) -> [f32; QK4_NL] {
-    let mut w = [0.0f32; QK4_NL];
-    match qw {
-        Some(qw) => {
-            for j in 0..QK4_NL {
-                w[j] = qw[j] * (sigma2 + xb[j] * xb[j]).sqrt();
-            }
-        }
-        None => {
-            for j in 0..QK4_NL {
-                w[j] = xb[j] * xb[j];
-            }
-        }
-    }
-    w
-}
-
 /// The scale search of one 32-weight block (the loop body of ggml's
 /// `quantize_row_iq4_nl_impl` with `ntry > 0`): returns the block's scale, 0 for a block
 /// whose largest magnitude is below `GROUP_MAX_EPS`.
@@ -154,7 +136,7 @@ impl BlockFormat for IQ4NL {
             .enumerate()
         {
             let qw = imatrix.map(|q| &q[ib * QK4_NL..(ib + 1) * QK4_NL]);
-            let w = weights(x, qw, sigma2(x));
+            let w = block_weights::<QK4_NL>(x, qw, sigma2(x));
             let scale = block_scale(x, &w);
             b.d = Half::from_f32(scale);
             let id = if scale != 0.0 { 1.0 / scale } else { 0.0 };

@@ -2,7 +2,8 @@
 //! levels, each with a 6-bit scale (low 4 bits in `scales_l`, high 2 in `scales_h`), and the
 //! super-block's f16 `d`. Weight = d*(ls-32)*kvalues_iq4nl[index].
 
-use super::iq4_nl::{best_index, block_scale, pack, sigma2, weights, KVALUES_IQ4NL, QK4_NL};
+use super::block_weights;
+use super::iq4_nl::{best_index, block_scale, pack, sigma2, KVALUES_IQ4NL, QK4_NL};
 use crate::fp::Half;
 use crate::kquants::search::nearest_int;
 use crate::kquants::QK_K;
@@ -36,7 +37,7 @@ fn quantize_block(x: &[f32], y: &mut BlockIQ4XS, qw: Option<&[f32]>) {
     let mut amax_scale = 0.0f32;
     for ib in 0..NB {
         let xb = &x[ib * QK4_NL..(ib + 1) * QK4_NL];
-        let w = weights(xb, qw.map(|q| &q[ib * QK4_NL..(ib + 1) * QK4_NL]), sigma2);
+        let w = block_weights::<QK4_NL>(xb, qw.map(|q| &q[ib * QK4_NL..(ib + 1) * QK4_NL]), sigma2);
         let d = block_scale(xb, &w);
         scales[ib] = d;
         let abs_d = d.abs();

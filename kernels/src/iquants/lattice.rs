@@ -246,26 +246,38 @@ impl Lattice {
         scale: f32,
         l: &mut [i8],
     ) -> Option<usize> {
-        let mut best_d2 = f32::MAX;
-        let mut grid_index = None;
-        for &j in neighbours {
-            let pg = &self.grid[j as usize];
-            let mut d2 = 0.0f32;
-            for i in 0..8 {
-                let q = pg[i] as f32;
-                let diff = scale * q - xval[i];
-                d2 += weight[i] * diff * diff;
-            }
-            if d2 < best_d2 {
-                best_d2 = d2;
-                grid_index = Some(j as usize);
-            }
-        }
-        let g = grid_index?;
+        let g = nearest_neighbour(&self.grid, neighbours, xval, weight, scale)?;
         for i in 0..8 {
             l[i] = (self.grid[g][i] - 1) / 2;
         }
         Some(g)
+    }
+
+    /// Rounds a group of 8 magnitudes to levels at `id` (1/scale, ggml's
+    /// `nearest_int(0.5f*(id*xval[i]-1))` clamped to `0..=2`) and, where that point is off the
+    /// grid, moves it to its best neighbour at `scale` ([`Self::best_neighbour`]): the step
+    /// every IQ2 search repeats per group. Writes the levels into `l` and returns whether the
+    /// rounded point was on the grid.
+    pub fn snap_group(
+        &self,
+        id: f32,
+        scale: f32,
+        xval: &[f32],
+        weight: &[f32],
+        l: &mut [i8],
+    ) -> Result<bool, Abort> {
+        const KMAX_Q: i32 = 3;
+        for i in 0..8 {
+            l[i] = nearest_int(0.5 * (id * xval[i] - 1.0)).clamp(0, KMAX_Q - 1) as i8;
+        }
+        match self.lookup(pack(l)) {
+            Lookup::On(_) => Ok(true),
+            Lookup::Off(nb) => {
+                self.best_neighbour(nb, xval, weight, scale, l)
+                    .ok_or(Abort)?;
+                Ok(false)
+            }
+        }
     }
 
     /// ggml's `iq1_find_best_neighbour2`: the neighbour whose values `xg[level]` at `scale`
@@ -305,6 +317,35 @@ impl Lattice {
     }
 }
 
+/// The search ggml's `iq2_find_best_neighbour` and `iq3_find_best_neighbour` share, for grids of
+/// any dimension `D` (points stored as `2*level + 1`): the neighbour with the least weighted
+/// squared error `sum w[i]*(scale*q[i] - x[i])^2` (accumulated in ggml's order), the first of
+/// equals. `None` where every error is NaN or at least `f32::MAX` (ggml then aborts).
+#[inline]
+pub fn nearest_neighbour<const D: usize>(
+    grid: &[[i8; D]],
+    neighbours: &[u16],
+    xval: &[f32],
+    weight: &[f32],
+    scale: f32,
+) -> Option<usize> {
+    let mut best_d2 = f32::MAX;
+    let mut grid_index = None;
+    for &j in neighbours {
+        let pg = &grid[j as usize];
+        let mut d2 = 0.0f32;
+        for i in 0..D {
+            let diff = scale * pg[i] as f32 - xval[i];
+            d2 += weight[i] * diff * diff;
+        }
+        if d2 < best_d2 {
+            best_d2 = d2;
+            grid_index = Some(j as usize);
+        }
+    }
+    grid_index
+}
+
 /// Where ggml stops with an assertion (a search that finds no grid point, a NaN scale): the
 /// block gets a NaN scale, which `first_invalid_block` reports as an overflow.
 #[derive(Debug)]
@@ -332,23 +373,14 @@ pub fn search_16(
         let id = ((2 * KMAX_Q - 1) as f32 + is as f32 * 0.1f32) / max;
         let this_scale = 1.0 / id;
         for k in 0..2 {
-            for i in 0..8 {
-                let q = nearest_int(0.5 * (id * xval[8 * k + i] - 1.0));
-                laux[8 * k + i] = q.clamp(0, KMAX_Q - 1) as i8;
-            }
-            let u = pack(&laux[8 * k..]);
-            is_on_grid_aux[k] = true;
-            if let Lookup::Off(nb) = lat.lookup(u) {
-                is_on_grid_aux[k] = false;
-                lat.best_neighbour(
-                    nb,
-                    &xval[8 * k..],
-                    &waux[8 * k..],
-                    this_scale,
-                    &mut laux[8 * k..8 * k + 8],
-                )
-                .ok_or(Abort)?;
-            }
+            let g = 8 * k..8 * k + 8;
+            is_on_grid_aux[k] = lat.snap_group(
+                id,
+                this_scale,
+                &xval[g.clone()],
+                &waux[g.clone()],
+                &mut laux[g],
+            )?;
         }
         let (sumqx, sumq2) = weighted_sums(weight, xval, &laux);
         if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
@@ -365,21 +397,8 @@ pub fn search_16(
             if is_on_grid[k] {
                 continue;
             }
-            for i in 0..8 {
-                let q = nearest_int(0.5 * (id * xval[8 * k + i] - 1.0));
-                l[8 * k + i] = q.clamp(0, KMAX_Q - 1) as i8;
-            }
-            let u = pack(&l[8 * k..]);
-            if let Lookup::Off(nb) = lat.lookup(u) {
-                lat.best_neighbour(
-                    nb,
-                    &xval[8 * k..],
-                    &waux[8 * k..],
-                    scale,
-                    &mut l[8 * k..8 * k + 8],
-                )
-                .ok_or(Abort)?;
-            }
+            let g = 8 * k..8 * k + 8;
+            lat.snap_group(id, scale, &xval[g.clone()], &waux[g.clone()], &mut l[g])?;
         }
         let (sumqx, sumq2) = weighted_sums(weight, xval, l);
         if sumq2 > 0.0 {

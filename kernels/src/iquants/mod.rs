@@ -34,3 +34,27 @@ pub use iq3_s::{BlockIq3S, Iq3S};
 pub use iq3_xxs::{BlockIq3Xxs, Iq3Xxs};
 pub use iq4_nl::{BlockIQ4NL, IQ4NL};
 pub use iq4_xs::{BlockIQ4XS, IQ4XS};
+
+/// A block's search weights as the i-quant quantizers compute them: `x^2` without an importance
+/// matrix, `qw * sqrt(sigma2 + x^2)` with one (`sigma2` from the super-block or row).
+#[inline]
+pub(crate) fn block_weights<const N: usize>(
+    xb: &[f32],
+    qw: Option<&[f32]>,
+    sigma2: f32,
+) -> [f32; N] {
+    let mut w = [0.0f32; N];
+    match qw {
+        Some(qw) => {
+            for j in 0..N {
+                w[j] = qw[j] * (sigma2 + xb[j] * xb[j]).sqrt();
+            }
+        }
+        None => {
+            for j in 0..N {
+                w[j] = xb[j] * xb[j];
+            }
+        }
+    }
+    w
+}
