@@ -106,6 +106,39 @@ fn fp8_converts_like_its_dequantized_twin() {
     );
 }
 
+/// DeepSeek V3 as its fp8 release: MLA projections (kv_b_proj, whose K half is read
+/// transposed, element by element with its block's scale), routed and shared experts in fp8;
+/// routers, the score bias and norms not.
+#[test]
+fn fp8_deepseek_converts_like_its_dequantized_twin() {
+    let d = tmp("deepseek");
+    let (a, b) = (d.join("fp8"), d.join("twin"));
+    let spec = default_for(Arch::Deepseek2, Vocab::TrainedBpe { size: 512 });
+    write_fp8_checkpoint(&spec, &a, &b).unwrap();
+    let ck = kiln::source::Checkpoint::open(&a).unwrap();
+    for n in [
+        "model.layers.1.self_attn.kv_b_proj.weight",
+        "model.layers.1.self_attn.kv_a_proj_with_mqa.weight",
+        "model.layers.1.mlp.experts.3.down_proj.weight",
+    ] {
+        assert_eq!(
+            ck.get(n).unwrap().dtype,
+            Ok(kiln::source::SrcDtype::F8E4M3),
+            "{n}"
+        );
+    }
+    for ty in ["F32", "Q4_K_M"] {
+        let ft = FileType::parse(ty).unwrap();
+        let (x, y) = (
+            d.join(format!("fp8-{ty}.gguf")),
+            d.join(format!("twin-{ty}.gguf")),
+        );
+        crate::common::fixtures::convert(&a, ft, &x);
+        crate::common::fixtures::convert(&b, ft, &y);
+        same_tensors(&x, &y, &format!("deepseek {ty}"));
+    }
+}
+
 /// Rewrites the fp8 checkpoint's model.safetensors in a fresh case folder through `edit` on
 /// (name, dtype, shape, bytes), and its config.json through `cfg`.
 fn case(

@@ -261,13 +261,12 @@ impl Family for Deepseek2 {
             let rank = j.dims[0] as usize;
             let rows = j.dims.get(1).copied().unwrap_or(1) as usize;
             if j.dims.len() != 2 || rows != n_head * (nope + v) {
+                let layer = prefix.trim_start_matches("blk.").trim_end_matches('.');
                 bail!(
-                    "{}: tensor {} (GGUF {}) has shape {:?}; num_attention_heads = {n_head}, qk_nope_head_dim = {nope} and v_head_dim = {v} make it [{}, {rank}]",
+                    "{}: num_attention_heads = {n_head}, qk_nope_head_dim = {nope} and v_head_dim = {v} make model.layers.{layer}.self_attn.kv_b_proj.weight [{}, {rank}], the checkpoint's is {:?}",
                     hp.cfg.path,
-                    j.name,
-                    j.name,
+                    n_head * (nope + v),
                     j.dims.iter().rev().collect::<Vec<_>>(),
-                    n_head * (nope + v)
                 );
             }
             for (name, dims, k) in [
