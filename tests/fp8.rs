@@ -139,6 +139,23 @@ fn fp8_deepseek_converts_like_its_dequantized_twin() {
     }
 }
 
+/// Llama's q/k rows are permuted on the way: each row keeps its own block's scale.
+#[test]
+fn fp8_llama_permuted_rows_keep_their_scales() {
+    let d = tmp("llama");
+    let (a, b) = (d.join("fp8"), d.join("twin"));
+    let spec = FixtureSpec {
+        shards: 1,
+        layers: 2,
+        ..kiln_fixtures::checkpoint::llama_spm_default(crate::common::fixtures::tokenizer_model())
+    };
+    write_fp8_checkpoint(&spec, &a, &b).unwrap();
+    let (x, y) = (d.join("fp8.gguf"), d.join("twin.gguf"));
+    crate::common::fixtures::convert(&a, FileType::parse("F32").unwrap(), &x);
+    crate::common::fixtures::convert(&b, FileType::parse("F32").unwrap(), &y);
+    same_tensors(&x, &y, "llama F32");
+}
+
 /// Rewrites the fp8 checkpoint's model.safetensors in a fresh case folder through `edit` on
 /// (name, dtype, shape, bytes), and its config.json through `cfg`.
 fn case(

@@ -1154,7 +1154,7 @@ fn parse_config(j: &Value) -> Result<Config> {
             "DeepSeek V3 routes with sigmoid scores"
         );
         ensure!(
-            ds.n_group > 0 && ds.experts % ds.n_group == 0 && ds.topk_group <= ds.n_group,
+            ds.n_group > 0 && ds.experts.is_multiple_of(ds.n_group) && ds.topk_group <= ds.n_group,
             "{} experts in {} groups, {} kept",
             ds.experts,
             ds.n_group,
