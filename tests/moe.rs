@@ -673,3 +673,51 @@ fn deepseek_configs_that_disagree_with_the_tensors_are_errors_before_any_output(
     edit_config(&ck, |c| c["scoring_func"] = serde_json::json!("relu"));
     fails(&ck, &["scoring_func", "relu"], "unknown scoring_func");
 }
+
+/// DeepSeek-V2-Lite's form: no q LoRA (`q_lora_rank: null`, one `q_proj`): written as
+/// `attn_q` {hidden, heads * (nope + rope)} without the q_lora_rank key, as convert does.
+#[test]
+fn deepseek_without_q_lora_writes_attn_q() {
+    let spec = deepseek();
+    let ck = case("ds-lite", &spec);
+    let qd = spec.head_dim + spec.head_dim / 2;
+    let rows = spec.heads * qd;
+    rewrite(&ck, |v| {
+        let layers: Vec<String> = v
+            .iter()
+            .filter_map(|t| {
+                t.0.strip_suffix("self_attn.q_a_proj.weight")
+                    .map(String::from)
+            })
+            .collect();
+        for p in layers {
+            let qa = v
+                .iter()
+                .find(|t| t.0 == format!("{p}self_attn.q_a_proj.weight"))
+                .unwrap()
+                .clone();
+            v.retain(|t| !t.0.starts_with(&format!("{p}self_attn.q_")));
+            let bytes = qa.3[..rows * spec.hidden * 2].to_vec();
+            v.push((
+                format!("{p}self_attn.q_proj.weight"),
+                qa.1,
+                vec![rows, spec.hidden],
+                bytes,
+            ));
+        }
+    });
+    edit_config(&ck, |c| c["q_lora_rank"] = serde_json::Value::Null);
+    let out = ck.parent().unwrap().join("lite.gguf");
+    convert(&ck, FileType::F32, &out);
+    let t = tensors(&out);
+    let q = t.iter().find(|t| t.0 == "blk.1.attn_q.weight").unwrap();
+    assert_eq!(q.1, [spec.hidden as u64, rows as u64]);
+    assert!(!t
+        .iter()
+        .any(|t| t.0.contains("attn_q_a") || t.0.contains("attn_q_b")));
+    assert_eq!(u32_key(&out, "deepseek2.attention.q_lora_rank"), None);
+    assert_eq!(
+        u32_key(&out, "deepseek2.attention.kv_lora_rank"),
+        Some(spec.hidden as u32)
+    );
+}

@@ -175,7 +175,8 @@ pub fn write_hparams<F: Family + ?Sized>(
         ("n_group", "expert_group_count"),
         ("topk_group", "expert_group_used_count"),
     ] {
-        if hp.get(src).is_some_and(|v| !v.is_null()) {
+        // An explicit null stays None (no class default), as in transformers' to_dict().
+        if !hp.cfg.is_null(src) && hp.get(src).is_some() {
             if let Some(n) = hp.get_u32(src)? {
                 md.set(k(dst), Value::U32(n));
             }

@@ -44,8 +44,12 @@ fn is_v2(hf_arch: &str) -> bool {
     hf_arch == "DeepseekV2ForCausalLM"
 }
 
-/// An unsigned config value; null counts as absent (V2-Lite's `q_lora_rank: null`).
+/// An unsigned config value (or the class default); an explicit null is None, not the default
+/// (V2-Lite's `q_lora_rank: null`).
 fn uint(hp: &Hparams, key: &str) -> Result<Option<u64>> {
+    if hp.cfg.is_null(key) {
+        return Ok(None);
+    }
     match hp.get(key) {
         None | Some(Json::Null) => Ok(None),
         Some(v) => match v.as_u64() {
