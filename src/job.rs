@@ -19,6 +19,17 @@ pub enum Transform {
     /// Gemma's norm weights stored as w - 1: add 1 (in f16 when the source is f16, as torch
     /// does, else in f32).
     AddOne,
+    /// One half of DeepSeek's MLA `kv_b_proj` [n_head * (nope + v), rank], split as convert's
+    /// `DeepseekV2Model` does: per head, the first `nope` rows are K and the next `v` rows V.
+    /// `k: false` gives V's rows in order (ne {rank, v, n_head}); `k: true` gives K transposed
+    /// (ne {nope, rank, n_head}: output row h*rank + r is column r of head h's K rows), which
+    /// the reader assembles element by element.
+    KvB {
+        nope: usize,
+        v: usize,
+        rank: usize,
+        k: bool,
+    },
 }
 
 impl Transform {
@@ -28,13 +39,25 @@ impl Transform {
             Transform::PermuteHeads { n_head } if n_head > 0 && n >= n_head => {
                 permuted(r, n / n_head)
             }
+            // V: row h*v + i is source row h*(nope + v) + nope + i.
+            Transform::KvB {
+                nope, v, k: false, ..
+            } if v > 0 => (r / v) * (nope + v) + nope + r % v,
+            // K: output row h*rank + c reads column c of source rows h*(nope + v) ..; its
+            // first source row names it.
+            Transform::KvB {
+                nope,
+                v,
+                rank,
+                k: true,
+            } if rank > 0 => (r / rank) * (nope + v),
             _ => r,
         }
     }
 
     /// Whether output row r is source row r (so rows already read can be released in order).
     pub fn keeps_row_order(self) -> bool {
-        !matches!(self, Transform::PermuteHeads { .. })
+        !matches!(self, Transform::PermuteHeads { .. } | Transform::KvB { .. })
     }
 }
 

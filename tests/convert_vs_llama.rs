@@ -401,6 +401,126 @@ fn mixtral_matches_reference_and_llama_quantize() {
     );
 }
 
+#[test]
+fn deepseek2_matches_reference_and_llama_quantize() {
+    use kiln_fixtures::checkpoint::{default_for, Arch, Vocab};
+    check_arch(
+        "deepseek2",
+        default_for(Arch::Deepseek2, Vocab::TrainedBpe { size: 1024 }),
+    );
+}
+
+/// DeepSeek V3's keys as conversion/deepseek.py writes them for the fixture's config, and
+/// kv_b_proj split per head into attn_k_b (transposed) and attn_v_b, checked against the
+/// checkpoint's own values.
+#[test]
+fn deepseek2_keys_and_kv_b_split_follow_convert() {
+    use kiln_fixtures::checkpoint::{default_for, write_checkpoint, Arch, Vocab};
+    let spec = default_for(Arch::Deepseek2, Vocab::TrainedBpe { size: 512 });
+    let dir = tmp().join("deepseek2-keys");
+    let _ = std::fs::remove_dir_all(&dir);
+    write_checkpoint(&spec, &dir).unwrap();
+    let out = tmp().join("deepseek2-keys-F32.gguf");
+    convert(&dir, FileType::F32, &out);
+    let g = GgufFile::open(&out).unwrap();
+    let md = g.metadata();
+    let (h, hd, heads) = (spec.hidden as u32, spec.head_dim as u32, spec.heads as u32);
+    let (nope, rope, v, kv_rank) = (hd, hd / 2, hd, h);
+    let u = |k: &str| match md.get(&format!("deepseek2.{k}")) {
+        Some(Value::U32(n)) => *n,
+        other => panic!("deepseek2.{k}: {other:?}"),
+    };
+    let f = |k: &str| match md.get(&format!("deepseek2.{k}")) {
+        Some(Value::F32(x)) => *x,
+        other => panic!("deepseek2.{k}: {other:?}"),
+    };
+    assert_eq!(u("attention.head_count_kv"), 1);
+    assert_eq!(u("leading_dense_block_count"), 1);
+    assert_eq!(u("attention.q_lora_rank"), 2 * h);
+    assert_eq!(u("attention.kv_lora_rank"), kv_rank);
+    assert_eq!(u("attention.key_length"), kv_rank + rope);
+    assert_eq!(u("attention.value_length"), kv_rank);
+    assert_eq!(u("attention.key_length_mla"), nope + rope);
+    assert_eq!(u("attention.value_length_mla"), v);
+    assert_eq!(u("rope.dimension_count"), rope);
+    assert_eq!(u("expert_count"), spec.experts as u32);
+    assert_eq!(u("expert_used_count"), spec.experts_used as u32);
+    assert_eq!(u("expert_shared_count"), 1);
+    assert_eq!(u("expert_feed_forward_length"), spec.intermediate as u32);
+    assert_eq!(u("feed_forward_length"), 3 * spec.intermediate as u32);
+    assert_eq!(u("expert_group_count"), spec.experts as u32 / 2);
+    assert_eq!(u("expert_group_used_count"), 2);
+    assert_eq!(u("expert_gating_func"), 2, "sigmoid");
+    assert_eq!(u("vocab_size") as usize, {
+        let t = md.get("tokenizer.ggml.tokens");
+        match t {
+            Some(Value::Array(a)) => a.len(),
+            _ => 0,
+        }
+    });
+    assert_eq!(f("expert_weights_scale"), 2.5);
+    assert_eq!(
+        md.get("deepseek2.expert_weights_norm"),
+        Some(&Value::Bool(true))
+    );
+    assert_eq!(f("rope.scaling.yarn_log_multiplier"), 0.1);
+    assert_eq!(f("rope.scaling.factor"), 4.0);
+    assert_eq!(u("rope.scaling.original_context_length"), 512);
+    // The key order of gguf-py: key_length overwritten in place after the gating func.
+    let keys: Vec<String> = md.iter().map(|(k, _)| k.to_string()).collect();
+    let at = |k: &str| keys.iter().position(|x| x == k).unwrap();
+    assert!(at("deepseek2.expert_gating_func") < at("deepseek2.attention.key_length"));
+    assert!(at("deepseek2.attention.key_length") < at("deepseek2.leading_dense_block_count"));
+
+    // No dense ffn in MoE layers, no experts in the dense layer.
+    let names: Vec<&str> = g.tensors().iter().map(|t| t.name.as_str()).collect();
+    assert!(names.contains(&"blk.0.ffn_down.weight"));
+    assert!(!names.contains(&"blk.0.ffn_down_exps.weight"));
+    assert!(names.contains(&"blk.1.ffn_down_exps.weight"));
+    assert!(names.contains(&"blk.1.exp_probs_b.bias"));
+    assert!(names.contains(&"blk.2.ffn_up_shexp.weight"));
+    assert!(!names.iter().any(|n| n.contains("attn_kv_b")));
+
+    // kv_b_proj [heads * (nope + v), kv_rank] from the checkpoint, in f32.
+    let st_bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&st_bytes).unwrap();
+    let kv_b: Vec<f32> = st
+        .tensor("model.layers.2.self_attn.kv_b_proj.weight")
+        .unwrap()
+        .data()
+        .chunks_exact(2)
+        .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+        .collect();
+    let data = |n: &str| -> (Vec<u64>, Vec<f32>) {
+        let t = g.tensors().iter().find(|t| t.name == n).unwrap();
+        let v = g
+            .data(t)
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        (t.dims.clone(), v)
+    };
+    let (nope, v, kv_rank, heads) = (nope as usize, v as usize, kv_rank as usize, heads as usize);
+    let src = |head: usize, row: usize, col: usize| kv_b[(head * (nope + v) + row) * kv_rank + col];
+    let (kd, k) = data("blk.2.attn_k_b.weight");
+    assert_eq!(kd, [nope as u64, kv_rank as u64, heads as u64]);
+    let (vd, vv) = data("blk.2.attn_v_b.weight");
+    assert_eq!(vd, [kv_rank as u64, v as u64, heads as u64]);
+    for head in 0..heads {
+        for r in 0..kv_rank {
+            for j in 0..nope {
+                // ne {nope, rank, head}: element (j, r, head) = K row j, column r.
+                assert_eq!(k[(head * kv_rank + r) * nope + j], src(head, j, r));
+            }
+        }
+        for i in 0..v {
+            for c in 0..kv_rank {
+                assert_eq!(vv[(head * v + i) * kv_rank + c], src(head, nope + i, c));
+            }
+        }
+    }
+}
+
 /// Importance data for every matrix of the Llama fixture, deterministic.
 pub(crate) fn fixture_imatrix() -> Vec<(String, Vec<f32>)> {
     imatrix_for(llama_f32())

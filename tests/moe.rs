@@ -597,3 +597,127 @@ fn per_expert_importance_matrices_quantize_like_llama_quantize() {
         "{e}"
     );
 }
+
+// ---- DeepSeek V3 ----
+
+fn deepseek() -> FixtureSpec {
+    default_for(Arch::Deepseek2, Vocab::TrainedBpe { size: 512 })
+}
+
+/// Multi-token-prediction layers (past num_hidden_layers, as DeepSeek V3 ships layer 61) are
+/// left out, as convert's skip_mtp does: the file equals the one without them.
+#[test]
+fn deepseek_mtp_layers_are_left_out() {
+    let plain = case("ds-plain", &deepseek());
+    let mtp = case("ds-mtp", &deepseek());
+    rewrite(&mtp, |v| {
+        let extra: Vec<Entry> = v
+            .iter()
+            .filter(|t| t.0.starts_with("model.layers.2."))
+            .map(|t| {
+                (
+                    t.0.replace("layers.2.", "layers.3."),
+                    t.1,
+                    t.2.clone(),
+                    t.3.clone(),
+                )
+            })
+            .collect();
+        v.extend(extra);
+        let eh = v
+            .iter()
+            .find(|t| t.0 == "model.layers.2.input_layernorm.weight")
+            .unwrap();
+        v.push((
+            "model.layers.3.enorm.weight".into(),
+            eh.1,
+            eh.2.clone(),
+            eh.3.clone(),
+        ));
+    });
+    let (a, b) = (
+        plain.parent().unwrap().join("a.gguf"),
+        mtp.parent().unwrap().join("b.gguf"),
+    );
+    convert(&plain, FileType::Q8_0, &a);
+    convert(&mtp, FileType::Q8_0, &b);
+    let (ta, tb) = (tensors(&a), tensors(&b));
+    assert!(ta.iter().all(|t| !t.0.starts_with("blk.3.")));
+    assert_eq!(ta, tb);
+}
+
+#[test]
+fn deepseek_configs_that_disagree_with_the_tensors_are_errors_before_any_output() {
+    let ck = case("ds-kv-rank", &deepseek());
+    edit_config(&ck, |c| c["kv_lora_rank"] = serde_json::json!(128));
+    fails(&ck, &["kv_lora_rank = 128"], "kv_lora_rank 128 for 256");
+
+    let ck = case("ds-nope", &deepseek());
+    edit_config(&ck, |c| c["qk_nope_head_dim"] = serde_json::json!(32));
+    fails(
+        &ck,
+        &["kv_b_proj", "qk_nope_head_dim = 32"],
+        "qk_nope_head_dim 32 for 64",
+    );
+
+    // An expert in the dense layer: first_k_dense_replace says layer 1 has none.
+    let ck = case("ds-dense", &deepseek());
+    edit_config(&ck, |c| c["first_k_dense_replace"] = serde_json::json!(2));
+    fails(
+        &ck,
+        &["experts", "layer 1", "first 2 layers dense"],
+        "experts in a dense layer",
+    );
+
+    let ck = case("ds-scoring", &deepseek());
+    edit_config(&ck, |c| c["scoring_func"] = serde_json::json!("relu"));
+    fails(&ck, &["scoring_func", "relu"], "unknown scoring_func");
+}
+
+/// DeepSeek-V2-Lite's form: no q LoRA (`q_lora_rank: null`, one `q_proj`): written as
+/// `attn_q` {hidden, heads * (nope + rope)} without the q_lora_rank key, as convert does.
+#[test]
+fn deepseek_without_q_lora_writes_attn_q() {
+    let spec = deepseek();
+    let ck = case("ds-lite", &spec);
+    let qd = spec.head_dim + spec.head_dim / 2;
+    let rows = spec.heads * qd;
+    rewrite(&ck, |v| {
+        let layers: Vec<String> = v
+            .iter()
+            .filter_map(|t| {
+                t.0.strip_suffix("self_attn.q_a_proj.weight")
+                    .map(String::from)
+            })
+            .collect();
+        for p in layers {
+            let qa = v
+                .iter()
+                .find(|t| t.0 == format!("{p}self_attn.q_a_proj.weight"))
+                .unwrap()
+                .clone();
+            v.retain(|t| !t.0.starts_with(&format!("{p}self_attn.q_")));
+            let bytes = qa.3[..rows * spec.hidden * 2].to_vec();
+            v.push((
+                format!("{p}self_attn.q_proj.weight"),
+                qa.1,
+                vec![rows, spec.hidden],
+                bytes,
+            ));
+        }
+    });
+    edit_config(&ck, |c| c["q_lora_rank"] = serde_json::Value::Null);
+    let out = ck.parent().unwrap().join("lite.gguf");
+    convert(&ck, FileType::F32, &out);
+    let t = tensors(&out);
+    let q = t.iter().find(|t| t.0 == "blk.1.attn_q.weight").unwrap();
+    assert_eq!(q.1, [spec.hidden as u64, rows as u64]);
+    assert!(!t
+        .iter()
+        .any(|t| t.0.contains("attn_q_a") || t.0.contains("attn_q_b")));
+    assert_eq!(u32_key(&out, "deepseek2.attention.q_lora_rank"), None);
+    assert_eq!(
+        u32_key(&out, "deepseek2.attention.kv_lora_rank"),
+        Some(spec.hidden as u32)
+    );
+}

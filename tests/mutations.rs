@@ -166,6 +166,7 @@ fn safetensors_file(tensors: &[(&str, &str, &[usize])]) -> Vec<u8> {
         let size = match *dtype {
             "F32" => 4,
             "I64" => 8,
+            "F8_E4M3" => 1,
             _ => 2,
         } * shape.iter().product::<usize>();
         header.insert(
@@ -197,6 +198,52 @@ fn safetensors_header_parser_never_panics() {
             }
         }
     });
+}
+
+#[test]
+fn fp8_scale_pairing_never_panics() {
+    use kiln::source::fp8;
+    // A 4 x 6 fp8 weight with 2 x 4 blocks (scale [2, 2]), and a bf16 norm.
+    let mut seed = safetensors_file(&[
+        ("w", "F8_E4M3", &[4, 6]),
+        ("w_scale_inv", "F32", &[2, 2]),
+        ("n", "BF16", &[6]),
+    ]);
+    let n = seed.len();
+    for (i, b) in seed[n - 24 - 16 - 12..n - 12].iter_mut().enumerate() {
+        *b = (i * 37 % 251) as u8;
+    }
+    let q = fp8::Quantization::Fp8 {
+        block: Some([2, 4]),
+    };
+    let run = |b: &[u8]| {
+        let Ok(ts) = kiln::source::safetensors::parse_header(b, 0) else {
+            return;
+        };
+        let Ok(ts) = fp8::attach_scales(&q, ts, |t| t.name.clone()) else {
+            return;
+        };
+        for t in &ts {
+            let Some(s) = &t.scale else { continue };
+            let scales = fp8::scale_values(s, &b[s.tensor.byte_range()]);
+            let codes = &b[t.byte_range()];
+            let cols = *t.shape.last().unwrap();
+            let mut out = vec![0f32; cols];
+            for (r, row) in codes.chunks_exact(cols.max(1)).enumerate() {
+                fp8::dequant_row(s.layout, &t.shape, &scales, r, row, &mut out);
+                for c in 0..cols {
+                    let _ = fp8::scale_at(s.layout, &t.shape, &scales, r, c);
+                }
+            }
+        }
+    };
+    let ts = kiln::source::safetensors::parse_header(&seed, 0).unwrap();
+    let ts = fp8::attach_scales(&q, ts, |t| t.name.clone()).unwrap();
+    assert!(
+        ts.iter().any(|t| t.scale.is_some()),
+        "the seed pairs its scale"
+    );
+    no_panics("fp8", &[seed], 300, 50_000, run);
 }
 
 #[test]

@@ -170,6 +170,42 @@ pub fn write_hparams<F: Family + ?Sized>(
     if let Some((_, n)) = super::moe::find_u32(hp, super::moe::EXPERT_USED_KEYS)? {
         md.set(k("expert_used_count"), Value::U32(n));
     }
+    // Expert groups (DeepSeek V3's n_group / topk_group) and the router's score function.
+    for (src, dst) in [
+        ("n_group", "expert_group_count"),
+        ("topk_group", "expert_group_used_count"),
+    ] {
+        // An explicit null stays None (no class default), as in transformers' to_dict().
+        if !hp.cfg.is_null(src) && hp.get(src).is_some() {
+            if let Some(n) = hp.get_u32(src)? {
+                md.set(k(dst), Value::U32(n));
+            }
+        }
+    }
+    const SCORE_KEYS: [&str; 6] = [
+        "score_function",
+        "scoring_func",
+        "score_func",
+        "moe_router_activation",
+        "moe_router_activation_func",
+        "expert_selection_fn",
+    ];
+    if let Some((key, f)) = SCORE_KEYS
+        .iter()
+        .find_map(|key| hp.cfg.get(key).filter(|v| !v.is_null()).map(|v| (key, v)))
+    {
+        // gguf's ExpertGatingFuncType.
+        let id = match f.as_str() {
+            Some("softmax") => 1,
+            Some("sigmoid") => 2,
+            Some("sqrtsoftplus") => 4,
+            _ => anyhow::bail!(
+                "{}: {key} = {f}: convert_hf_to_gguf.py knows softmax, sigmoid and sqrtsoftplus",
+                hp.cfg.path
+            ),
+        };
+        md.set(k("expert_gating_func"), Value::U32(id));
+    }
     let explicit_head_dim = hp.cfg.get("head_dim").is_some()
         || family.config_default(hp.hf_arch, "head_dim").is_some()
         || family.always_writes_head_dim();

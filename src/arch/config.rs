@@ -36,6 +36,11 @@ impl Config {
     pub fn get(&self, key: &str) -> Option<&Json> {
         self.json.get(key).filter(|v| !v.is_null())
     }
+    /// Whether config.json sets `key` to null (transformers keeps None there instead of the
+    /// class default, e.g. DeepSeek-V2-Lite's `q_lora_rank`).
+    pub fn is_null(&self, key: &str) -> bool {
+        self.json.get(key).is_some_and(Json::is_null)
+    }
     /// The first of `keys` present, as an unsigned integer.
     pub fn uint(&self, keys: &[&str]) -> Result<Option<u64>> {
         for k in keys {

@@ -25,6 +25,7 @@
 
 mod base;
 mod config;
+mod deepseek2;
 mod gemma2;
 mod gemma3;
 pub mod general;
@@ -58,6 +59,7 @@ pub static FAMILIES: &[&dyn Family] = &[
     &gemma3::Gemma3,
     &qwen3moe::Qwen3Moe,
     &mixtral::Mixtral,
+    &deepseek2::Deepseek2,
 ];
 
 /// One model family: what differs from the base conversion. Only the first four methods are
@@ -101,6 +103,18 @@ pub trait Family: Sync {
     /// Expert tensors are then stacked per layer (see [`moe`]) instead of mapped one by one.
     fn experts(&self) -> Option<moe::Layout> {
         None
+    }
+    /// Whether a checkpoint tensor is left out before naming (DeepSeek's multi-token-prediction
+    /// layers past num_hidden_layers).
+    fn skips(&self, hf_name: &str, cfg: &Config) -> bool {
+        let _ = (hf_name, cfg);
+        false
+    }
+    /// The first layer with experts: layers before it have a dense feed-forward (DeepSeek's
+    /// `first_k_dense_replace`).
+    fn first_moe_layer(&self, hp: &Hparams) -> Result<u32> {
+        let _ = hp;
+        Ok(0)
     }
     /// Whether key_length/value_length are written even when config.json has no head_dim.
     fn always_writes_head_dim(&self) -> bool {
@@ -351,7 +365,7 @@ pub fn prepare(ck: &Checkpoint, ftype: FileType) -> Result<Converted> {
     let named: Vec<(String, Vec<u64>)> = ck
         .tensors
         .iter()
-        .filter(|t| !is_other_modality(&t.name))
+        .filter(|t| !is_other_modality(&t.name) && !family.skips(&t.name, &cfg))
         .filter_map(|t| {
             let g = base::tensor_name(family, &t.name)?;
             family
@@ -472,13 +486,17 @@ pub fn prepare(ck: &Checkpoint, ftype: FileType) -> Result<Converted> {
     // Tensors.
     let layout = family.experts();
     let experts = match &layout {
-        Some(l) => Some(moe::experts(&hp, l)?),
+        Some(l) => {
+            let mut x = moe::experts(&hp, l)?;
+            x.first_layer = family.first_moe_layer(&hp)?;
+            Some(x)
+        }
         None => None,
     };
     let mut expert_tensors = moe::Collected::default();
     let mut jobs = Vec::new();
     for (index, t) in ck.tensors.iter().enumerate() {
-        if is_other_modality(&t.name) {
+        if is_other_modality(&t.name) || family.skips(&t.name, &cfg) {
             continue;
         }
         if let Some(l) = &layout {
@@ -505,7 +523,7 @@ pub fn prepare(ck: &Checkpoint, ftype: FileType) -> Result<Converted> {
         let dtype = match &t.dtype {
             Ok(d) => *d,
             Err(other) => bail!(
-                "{}: tensor {} has dtype {other}; kiln converts F32, F16 and BF16 tensors",
+                "{}: tensor {} has dtype {other}; kiln converts F32, F16 and BF16 tensors (and F8_E4M3 with quantization_config.quant_method fp8)",
                 ck.file_of(t).display(),
                 t.name
             ),
@@ -580,7 +598,11 @@ pub fn prepare(ck: &Checkpoint, ftype: FileType) -> Result<Converted> {
         arch: a.to_string(),
         n_layer,
         n_head,
-        n_head_kv,
+        // What the file says (DeepSeek's MLA is written as one KV head).
+        n_head_kv: match md.get(&format!("{a}.attention.head_count_kv")) {
+            Some(Value::U32(n)) => *n,
+            _ => n_head_kv,
+        },
         is_70b: family.is_70b(n_layer, n_head, n_head_kv),
         n_expert: match md.get(&format!("{a}.expert_count")) {
             Some(Value::U32(n)) => *n,
@@ -640,5 +662,9 @@ fn hf_input_type(gguf_name: &str, dims: &[u64], dtype: SrcDtype) -> TypeId {
         SrcDtype::F32 => GgmlType::F32,
         SrcDtype::F16 => GgmlType::F16,
         SrcDtype::BF16 => GgmlType::BF16,
+        // Dequantized fp8 (f32 values): convert writes them at the file's 16-bit type, which
+        // it guesses from the first 2-D bf16/f16 tensor; fp8 releases keep their other
+        // tensors (embeddings, norms, routers) in bf16.
+        SrcDtype::F8E4M3 => GgmlType::BF16,
     })
 }

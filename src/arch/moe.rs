@@ -126,6 +126,8 @@ pub struct Experts {
     pub count_key: &'static str,
     /// The config key that gave `n_ff`.
     pub ff_key: &'static str,
+    /// The first layer with experts (DeepSeek's leading layers are dense).
+    pub first_layer: u32,
 }
 
 /// The first of `keys` set in config.json or the family's defaults.
@@ -162,6 +164,7 @@ pub fn experts(hp: &Hparams, layout: &Layout) -> Result<Experts> {
         n_ff: n_ff as usize,
         count_key,
         ff_key,
+        first_layer: 0,
     })
 }
 
@@ -241,6 +244,22 @@ pub fn stack(
             hp.n_layer
         );
     }
+    if let Some(&l) = layers_seen.iter().find(|&&l| l < x.first_layer) {
+        let i = found
+            .per_expert
+            .iter()
+            .find(|(k, _)| k.0 == l)
+            .and_then(|(_, m)| m.values().next().copied())
+            .or(found.gate_up.get(&l).copied())
+            .or(found.down.get(&l).copied())
+            .unwrap_or(0);
+        bail!(
+            "{}: tensor {} is an expert of layer {l}, but {path} makes the first {} layers dense",
+            file(i),
+            tensor(i).name,
+            x.first_layer
+        );
+    }
     for experts in found.per_expert.values() {
         if let Some((&e, &i)) = experts.range(n_expert..).next() {
             bail!(
@@ -253,7 +272,7 @@ pub fn stack(
     }
 
     let mut jobs = Vec::new();
-    for layer in 0..hp.n_layer {
+    for layer in x.first_layer..hp.n_layer {
         let fused_gate_up = found.gate_up.get(&layer).copied();
         let fused_down = found.down.get(&layer).copied();
         for role in Role::ALL {
@@ -384,7 +403,7 @@ pub fn stack(
 
 /// Every layer has a router of one row per expert (`ffn_gate_inp`, ne = {hidden, n_expert}).
 pub fn check_routers(ck: &Checkpoint, hp: &Hparams, x: &Experts, jobs: &[Job]) -> Result<()> {
-    for layer in 0..hp.n_layer {
+    for layer in x.first_layer..hp.n_layer {
         let name = format!("blk.{layer}.ffn_gate_inp.weight");
         let Some(j) = jobs.iter().find(|j| j.name == name) else {
             bail!(

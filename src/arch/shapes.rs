@@ -156,6 +156,14 @@ impl<'a> Hyper<'a> {
                 .checked_div(self.get("attention.head_count", 0))
                 .unwrap_or(0),
             "rope.dimension_count" => self.get("attention.key_length", layer),
+            // deepseek2's derived sizes (kiln's pseudo-keys): n_embd_head_k_mla - n_rot, and
+            // kv_lora_rank + n_rot.
+            super::deepseek2::QK_NOPE => self
+                .get("attention.key_length_mla", layer)
+                .saturating_sub(self.get("rope.dimension_count", layer)),
+            super::deepseek2::KV_A => self
+                .get("attention.kv_lora_rank", layer)
+                .saturating_add(self.get("rope.dimension_count", layer)),
             // qwen2moe/qwen3moe: n_ff / n_expert_used when the file does not say.
             "expert_feed_forward_length" => self
                 .get("feed_forward_length", layer)

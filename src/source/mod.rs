@@ -1,6 +1,7 @@
 //! Where weights come from: Hugging Face safetensors checkpoints, or a GGUF file to requantize.
 //! Both sit behind one trait, [`Source`], which is all the pipeline knows of its input.
 
+pub mod fp8;
 pub mod gguf;
 pub mod hf;
 pub mod safetensors;

@@ -15,6 +15,9 @@ pub enum SrcDtype {
     F32,
     F16,
     BF16,
+    /// fp8 e4m3 codes, dequantized with the weight's block scales ([`super::fp8`]); only
+    /// weights paired with a `_scale_inv` tensor have it.
+    F8E4M3,
 }
 
 impl SrcDtype {
@@ -22,6 +25,7 @@ impl SrcDtype {
         match self {
             SrcDtype::F32 => 4,
             SrcDtype::F16 | SrcDtype::BF16 => 2,
+            SrcDtype::F8E4M3 => 1,
         }
     }
     pub fn name(self) -> &'static str {
@@ -29,6 +33,7 @@ impl SrcDtype {
             SrcDtype::F32 => "F32",
             SrcDtype::F16 => "F16",
             SrcDtype::BF16 => "BF16",
+            SrcDtype::F8E4M3 => "F8_E4M3",
         }
     }
 }
@@ -41,6 +46,8 @@ pub struct SrcTensor {
     pub shape: Vec<usize>,
     /// The dtype, or Err with the safetensors name of a dtype kiln does not convert.
     pub dtype: std::result::Result<SrcDtype, String>,
+    /// An fp8 weight's scales (its `_scale_inv` tensor, see [`super::fp8`]).
+    pub scale: Option<Box<super::fp8::Fp8Scale>>,
     file: usize,
     start: usize,
     end: usize,
@@ -184,6 +191,7 @@ pub fn parse_header(buf: &[u8], file: usize) -> std::result::Result<Vec<SrcTenso
             name,
             shape: info.shape.clone(),
             dtype,
+            scale: None,
             file,
             start: base + s,
             end: base + e,
@@ -229,6 +237,7 @@ impl Checkpoint {
         if input.is_dir() {
             ck.check_index()?;
         }
+        ck.attach_fp8_scales(&config_path)?;
         Ok(ck)
     }
 
@@ -309,6 +318,39 @@ impl Checkpoint {
             path: path.to_path_buf(),
             map,
         });
+        Ok(())
+    }
+
+    /// With `quantization_config.quant_method = "fp8"`, pairs each fp8 weight with its
+    /// `_scale_inv` tensor ([`super::fp8::attach_scales`]); other quant_methods are an error.
+    fn attach_fp8_scales(&mut self, config_path: &Path) -> Result<()> {
+        let q = super::fp8::quantization(&self.config)
+            .map_err(|why| anyhow::anyhow!("{}: {why}", config_path.display()))?;
+        if q == super::fp8::Quantization::None {
+            if let Some(t) = self
+                .tensors
+                .iter()
+                .find(|t| matches!(&t.dtype, Err(d) if d == "F8_E4M3"))
+            {
+                bail!(
+                    "{}: tensor {} is F8_E4M3, but {} has no quantization_config with quant_method \"fp8\" (its scales are unknown)",
+                    self.files[t.file].path.display(),
+                    t.name,
+                    config_path.display()
+                );
+            }
+        }
+        let tensors = std::mem::take(&mut self.tensors);
+        let files: Vec<PathBuf> = self.files.iter().map(|f| f.path.clone()).collect();
+        self.tensors =
+            super::fp8::attach_scales(&q, tensors, |t| files[t.file].display().to_string())
+                .map_err(|why| anyhow::anyhow!(why))?;
+        self.by_name = self
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
         Ok(())
     }
 
@@ -398,6 +440,12 @@ pub fn to_f32(dtype: SrcDtype, src: &[u8], dst: &mut [f32]) {
         SrcDtype::BF16 => {
             for (o, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
                 *o = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16);
+            }
+        }
+        // The codes alone; a weight's scales are applied by the reader (`fp8::dequant_row`).
+        SrcDtype::F8E4M3 => {
+            for (o, &b) in dst.iter_mut().zip(src) {
+                *o = super::fp8::e4m3_to_f32(b);
             }
         }
     }

@@ -53,6 +53,11 @@
 //!   `block_sparse_moe.experts.E.w1.weight`) or as transformers 5's fused
 //!   `mlp.experts.gate_up_proj` [E, 2F, D] (gate rows first) and `mlp.experts.down_proj`
 //!   [E, D, F]; Mixtral's router also as transformers 5's `mlp.gate.weight`.
+//! - DeepSeek V3 (`modeling_deepseek_v3.py`, see `mla_attention` and `deepseek_moe`): MLA
+//!   attention with interleaved RoPE on the rope dims (yarn from `rope_scaling`, scaling
+//!   `(nope + rope)^-0.5 * mscale(factor, mscale_all_dim)^2`), dense MLPs in the first
+//!   `first_k_dense_replace` layers, then sigmoid routing with the score bias and group limits,
+//!   renormalised and scaled weights, and a shared expert.
 //! - Sliding window of `W`: query `i` sees key `j` when `j <= i` and `i - j < W` (HF's
 //!   `kv_idx > q_idx - sliding_window`).
 
@@ -118,6 +123,34 @@ pub enum Family {
     Gemma3,
     Qwen3Moe,
     Mixtral,
+    Deepseek2,
+}
+
+/// DeepSeek V3's attention and MoE parameters (`modeling_deepseek_v3.py`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Deepseek {
+    /// None: one `q_proj` (V2-Lite); else q through `q_a_proj` (this rank) and `q_b_proj`.
+    pub q_rank: Option<usize>,
+    pub kv_rank: usize,
+    pub nope: usize,
+    pub rope: usize,
+    pub v: usize,
+    /// `first_k_dense_replace`: layers before this one have the dense MLP.
+    pub dense_layers: usize,
+    pub experts: usize,
+    pub top_k: usize,
+    /// Each routed expert's width (`moe_intermediate_size`).
+    pub width: usize,
+    /// `n_shared_experts`: the shared MLP is `width * shared` wide.
+    pub shared: usize,
+    pub n_group: usize,
+    pub topk_group: usize,
+    pub norm_topk: bool,
+    pub routed_scaling: f64,
+    /// RoPE's `inv_freq` over the `rope` dims (yarn-blended when configured), and the factor
+    /// cos/sin are multiplied by (yarn's attention_factor).
+    pub inv_freq: Vec<f64>,
+    pub rope_attention_factor: f64,
 }
 
 /// A sparse mixture-of-experts MLP's parameters.
@@ -171,6 +204,8 @@ pub struct Config {
     pub torch_dtype: String,
     /// Mixture-of-experts MLPs (every layer), or None for dense ones.
     pub moe: Option<Moe>,
+    /// DeepSeek's MLA and MoE (Family::Deepseek2).
+    pub deepseek: Option<Deepseek>,
 }
 
 /// A loaded checkpoint: config and f32 weights by HF name.
@@ -234,7 +269,11 @@ impl ReferenceModel {
                 .iter()
                 .map(|r| self.norm(r, &p("input_layernorm.weight")))
                 .collect();
-            let attn = self.attention(l, &x, options);
+            let attn = if c.deepseek.is_some() {
+                self.mla_attention(l, &x, options)
+            } else {
+                self.attention(l, &x, options)
+            };
             for (hi, a) in h.iter_mut().zip(attn) {
                 let a = if gemma {
                     self.norm(&a, &p("post_attention_layernorm.weight"))
@@ -251,9 +290,10 @@ impl ReferenceModel {
             };
             for hi in h.iter_mut() {
                 let x = self.norm(hi, &p(pre));
-                let m = match c.moe {
-                    Some(moe) => self.moe(l, &x, moe),
-                    None => self.mlp(l, &x),
+                let m = match (&c.deepseek, c.moe) {
+                    (Some(ds), _) if l >= ds.dense_layers => self.deepseek_moe(l, &x, ds),
+                    (_, Some(moe)) => self.moe(l, &x, moe),
+                    _ => self.mlp(l, &x),
                 };
                 let m = if gemma {
                     self.norm(&m, &p("post_feedforward_layernorm.weight"))
@@ -447,6 +487,215 @@ impl ReferenceModel {
     }
 }
 
+impl ReferenceModel {
+    /// DeepSeek's multi-head latent attention (`DeepseekV3Attention`, eager): q =
+    /// `q_b(q_a_layernorm(q_a x))` (or `q_proj x`), split per head into `nope` and `rope`
+    /// parts; `kv_a_proj_with_mqa x` = compressed kv (`kv_rank`, RMS-normed by
+    /// `kv_a_layernorm`) and one rope key shared by the heads; `kv_b` of the compressed kv
+    /// gives each head's `nope` key part and `v` value. RoPE on the rope parts is interleaved
+    /// (`rope_interleave`: pairs (2i, 2i+1) turn by `p * inv_freq[i]`, cos and sin times yarn's
+    /// attention factor). Scores `q.k * scaling` over `nope + rope` dims, causal softmax,
+    /// `o_proj` of the heads' value mixes.
+    fn mla_attention(&self, l: usize, x: &[Vec<f32>], options: &Options) -> Vec<Vec<f32>> {
+        let c = &self.config;
+        let ds = c.deepseek.as_ref().expect("deepseek config");
+        let (nh, nope, rd, vd, kvr) = (c.heads, ds.nope, ds.rope, ds.v, ds.kv_rank);
+        let qd = nope + rd;
+        let p = |s: &str| format!("model.layers.{l}.self_attn.{s}");
+        let rope = |v: &mut [f32], pos: usize| {
+            for (i, pair) in v.chunks_exact_mut(2).enumerate() {
+                let angle = pos as f64 * ds.inv_freq[i];
+                let (sin, cos) = angle.sin_cos();
+                let (cos, sin) = (
+                    (cos * ds.rope_attention_factor) as f32 as f64,
+                    (sin * ds.rope_attention_factor) as f32 as f64,
+                );
+                let (a, b) = (pair[0] as f64, pair[1] as f64);
+                pair[0] = (a * cos - b * sin) as f32;
+                pair[1] = (b * cos + a * sin) as f32;
+            }
+        };
+        let mut qs = Vec::with_capacity(x.len()); // [pos][head * qd]
+        let mut ks = Vec::with_capacity(x.len()); // [pos][head * qd]
+        let mut vs = Vec::with_capacity(x.len()); // [pos][head * vd]
+        for (i, xi) in x.iter().enumerate() {
+            let pos = options.position_offset + i;
+            let mut q = match ds.q_rank {
+                Some(r) => {
+                    let a = self.linear(&p("q_a_proj"), r, c.hidden, xi);
+                    let a = rms_norm(&a, self.w(&p("q_a_layernorm.weight")), c.eps, false);
+                    self.linear(&p("q_b_proj"), nh * qd, r, &a)
+                }
+                None => self.linear(&p("q_proj"), nh * qd, c.hidden, xi),
+            };
+            let ckv = self.linear(&p("kv_a_proj_with_mqa"), kvr + rd, c.hidden, xi);
+            let compressed = rms_norm(
+                &ckv[..kvr],
+                self.w(&p("kv_a_layernorm.weight")),
+                c.eps,
+                false,
+            );
+            let mut k_rot = ckv[kvr..].to_vec();
+            let kv = self.linear(&p("kv_b_proj"), nh * (nope + vd), kvr, &compressed);
+            if options.rope {
+                rope(&mut k_rot, pos);
+            }
+            let mut k = Vec::with_capacity(nh * qd);
+            let mut v = Vec::with_capacity(nh * vd);
+            for head in 0..nh {
+                let kvh = &kv[head * (nope + vd)..(head + 1) * (nope + vd)];
+                k.extend_from_slice(&kvh[..nope]);
+                k.extend_from_slice(&k_rot);
+                v.extend_from_slice(&kvh[nope..]);
+                if options.rope {
+                    rope(&mut q[head * qd + nope..(head + 1) * qd], pos);
+                }
+            }
+            qs.push(q);
+            ks.push(k);
+            vs.push(v);
+        }
+        let mut out = Vec::with_capacity(x.len());
+        for (i, qi) in qs.iter().enumerate() {
+            let mut o = vec![0f32; nh * vd];
+            for head in 0..nh {
+                let q = &qi[head * qd..(head + 1) * qd];
+                let scores: Vec<f64> = (0..=i)
+                    .map(|j| dot(q, &ks[j][head * qd..(head + 1) * qd]) * c.scaling)
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let exps: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let sum: f64 = exps.iter().sum();
+                for d in 0..vd {
+                    let acc: f64 = (0..=i)
+                        .zip(&exps)
+                        .map(|(j, e)| e / sum * vs[j][head * vd + d] as f64)
+                        .sum();
+                    o[head * vd + d] = acc as f32;
+                }
+            }
+            out.push(self.linear(&p("o_proj"), c.hidden, nh * vd, &o));
+        }
+        out
+    }
+
+    /// `DeepseekV3MoE` on one position: router scores `sigmoid(gate @ x)` (f32); the choice
+    /// adds `e_score_correction_bias`, keeps the `topk_group` groups (of `experts / n_group`)
+    /// whose two best biased scores sum highest (others masked to 0), and takes the `top_k`
+    /// best; the weights are the unbiased scores, divided by their sum (+1e-20) when
+    /// `norm_topk_prob`, times `routed_scaling_factor`; plus the shared experts' MLP.
+    fn deepseek_moe(&self, l: usize, x: &[f32], ds: &Deepseek) -> Vec<f32> {
+        let c = &self.config;
+        let p = |s: &str| format!("model.layers.{l}.mlp.{s}");
+        let logits = matvec(self.w(&p("gate.weight")), ds.experts, c.hidden, x, None);
+        let scores: Vec<f32> = logits
+            .iter()
+            .map(|&v| (1.0 / (1.0 + (-(v as f64)).exp())) as f32)
+            .collect();
+        let bias = self.w(&p("gate.e_score_correction_bias"));
+        let choice: Vec<f32> = scores.iter().zip(bias).map(|(s, b)| s + b).collect();
+        let per = ds.experts / ds.n_group;
+        let group_score = |g: usize| -> f64 {
+            let mut v: Vec<f32> = choice[g * per..(g + 1) * per].to_vec();
+            v.sort_by(|a, b| b.total_cmp(a));
+            v.iter().take(2).map(|&x| x as f64).sum()
+        };
+        let mut groups: Vec<usize> = (0..ds.n_group).collect();
+        groups.sort_by(|&a, &b| group_score(b).total_cmp(&group_score(a)).then(a.cmp(&b)));
+        let kept = &groups[..ds.topk_group];
+        let masked: Vec<f32> = (0..ds.experts)
+            .map(|e| {
+                if kept.contains(&(e / per)) {
+                    choice[e]
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mut order: Vec<usize> = (0..ds.experts).collect();
+        order.sort_by(|&a, &b| masked[b].total_cmp(&masked[a]).then(a.cmp(&b)));
+        let chosen = &order[..ds.top_k];
+        let mut weights: Vec<f64> = chosen.iter().map(|&e| scores[e] as f64).collect();
+        if ds.norm_topk {
+            let s: f64 = weights.iter().sum::<f64>() + 1e-20;
+            for w in weights.iter_mut() {
+                *w = (*w / s) as f32 as f64;
+            }
+        }
+        let expert = |g: &str, u: &str, d: &str, width: usize| -> Vec<f32> {
+            let gate = matvec(self.w(g), width, c.hidden, x, None);
+            let up = matvec(self.w(u), width, c.hidden, x, None);
+            let act: Vec<f32> = gate
+                .iter()
+                .zip(&up)
+                .map(|(&g, &u)| (silu(g as f64) * u as f64) as f32)
+                .collect();
+            matvec(self.w(d), c.hidden, width, &act, None)
+        };
+        let mut out = vec![0f64; c.hidden];
+        for (&e, &w) in chosen.iter().zip(&weights) {
+            let w = (w * ds.routed_scaling) as f32 as f64;
+            let [g, u, d] = expert_names(Family::Deepseek2, l, e);
+            for (o, v) in out.iter_mut().zip(expert(&g, &u, &d, ds.width)) {
+                *o += w * v as f64;
+            }
+        }
+        let shared = expert(
+            &p("shared_experts.gate_proj.weight"),
+            &p("shared_experts.up_proj.weight"),
+            &p("shared_experts.down_proj.weight"),
+            ds.width * ds.shared,
+        );
+        out.iter().zip(shared).map(|(&o, s)| o as f32 + s).collect()
+    }
+}
+
+/// HF's yarn (`_compute_yarn_parameters`) for RoPE over `dim` dims: `inv_freq` blended between
+/// interpolation (`/ factor`) and extrapolation by a linear ramp over the correction range
+/// (floor/ceil of the dims where `beta_fast` / `beta_slow` rotations fit the original
+/// context), and the attention factor `get_mscale(factor, mscale) / get_mscale(factor,
+/// mscale_all_dim)` (or `get_mscale(factor)` without them).
+fn yarn(dim: usize, theta: f64, p: &Value) -> Result<(Vec<f64>, f64)> {
+    let f = |k: &str| p.get(k).and_then(Value::as_f64);
+    let factor = f("factor").context("yarn without factor")?;
+    let orig = f("original_max_position_embeddings")
+        .context("yarn without original_max_position_embeddings")?;
+    let (beta_fast, beta_slow) = (
+        f("beta_fast").unwrap_or(32.0),
+        f("beta_slow").unwrap_or(1.0),
+    );
+    let get_mscale = |scale: f64, m: f64| {
+        if scale <= 1.0 {
+            1.0
+        } else {
+            0.1 * m * scale.ln() + 1.0
+        }
+    };
+    let attention_factor = match (f("attention_factor"), f("mscale"), f("mscale_all_dim")) {
+        (Some(a), _, _) => a,
+        (None, Some(m), Some(ma)) if m != 0.0 && ma != 0.0 => {
+            get_mscale(factor, m) / get_mscale(factor, ma)
+        }
+        _ => get_mscale(factor, 1.0),
+    };
+    let corr_dim = |rot: f64| {
+        dim as f64 * (orig / (rot * 2.0 * std::f64::consts::PI)).ln() / (2.0 * theta.ln())
+    };
+    let low = corr_dim(beta_fast).floor().max(0.0);
+    let high = corr_dim(beta_slow).ceil().min(dim as f64 - 1.0);
+    let high = if low == high { high + 0.001 } else { high };
+    let inv_freq = (0..dim / 2)
+        .map(|i| {
+            let pos_freq = theta.powf((2 * i) as f64 / dim as f64);
+            let (extra, inter) = (1.0 / pos_freq, 1.0 / (factor * pos_freq));
+            let ramp = ((i as f64 - low) / (high - low)).clamp(0.0, 1.0) as f32 as f64;
+            let extra_factor = 1.0 - ramp;
+            inter * (1.0 - extra_factor) + extra * extra_factor
+        })
+        .collect();
+    Ok((inv_freq, attention_factor))
+}
+
 /// The module of a MoE family's router and per-expert tensors.
 fn moe_module(family: Family) -> &'static str {
     if family == Family::Mixtral {
@@ -604,6 +853,7 @@ fn parse_config(j: &Value) -> Result<Config> {
         "Gemma3ForCausalLM" => Family::Gemma3,
         "Qwen3MoeForCausalLM" => Family::Qwen3Moe,
         "MixtralForCausalLM" => Family::Mixtral,
+        "DeepseekV3ForCausalLM" => Family::Deepseek2,
         other => bail!("architecture {other} is not supported by the reference"),
     };
     let gemma = family.is_gemma();
@@ -690,7 +940,12 @@ fn parse_config(j: &Value) -> Result<Config> {
         .or(global_params);
     let global = Rope {
         theta: global_theta,
-        factor: rope_factor(scaling)?,
+        // DeepSeek's yarn is handled by its own config below.
+        factor: if family == Family::Deepseek2 {
+            1.0
+        } else {
+            rope_factor(scaling)?
+        },
     };
     let local = if family == Family::Gemma3 {
         let local_params = rope_params.and_then(|p| p.get("sliding_attention"));
@@ -773,7 +1028,7 @@ fn parse_config(j: &Value) -> Result<Config> {
                     .unwrap_or(28) as usize;
                 i >= max_window_layers
             }
-            Family::Llama => false,
+            Family::Llama | Family::Deepseek2 => false,
         }
     };
     let window: Vec<Option<usize>> = (0..layers)
@@ -853,6 +1108,87 @@ fn parse_config(j: &Value) -> Result<Config> {
         );
     }
 
+    let deepseek = if family == Family::Deepseek2 {
+        let rope = usize_of("qk_rope_head_dim")?;
+        let (inv_freq, rope_attention_factor) = match scaling_obj_for_mscale(j) {
+            Some(p)
+                if p.get("rope_type").or(p.get("type")).and_then(Value::as_str) == Some("yarn") =>
+            {
+                yarn(rope, global_theta, p)?
+            }
+            Some(p) if rope_factor(Some(p))? != 1.0 => bail!("DeepSeek with non-yarn rope scaling"),
+            _ => (
+                (0..rope / 2)
+                    .map(|i| 1.0 / global_theta.powf((2 * i) as f64 / rope as f64))
+                    .collect(),
+                1.0,
+            ),
+        };
+        let q_rank = match j.get("q_lora_rank") {
+            None | Some(Value::Null) => None,
+            Some(_) => Some(usize_of("q_lora_rank")?),
+        };
+        let ds = Deepseek {
+            q_rank,
+            kv_rank: usize_of("kv_lora_rank")?,
+            nope: usize_of("qk_nope_head_dim")?,
+            rope,
+            v: usize_of("v_head_dim")?,
+            dense_layers: usize_of("first_k_dense_replace")?,
+            experts: usize_of("n_routed_experts")?,
+            top_k: usize_of("num_experts_per_tok")?,
+            width: usize_of("moe_intermediate_size")?,
+            shared: usize_of("n_shared_experts")?,
+            n_group: usize_of("n_group")?,
+            topk_group: usize_of("topk_group")?,
+            norm_topk: bool_or("norm_topk_prob", true),
+            routed_scaling: f64_or("routed_scaling_factor", 2.5)?,
+            inv_freq,
+            rope_attention_factor,
+        };
+        ensure!(
+            j.get("scoring_func")
+                .and_then(Value::as_str)
+                .unwrap_or("sigmoid")
+                == "sigmoid",
+            "DeepSeek V3 routes with sigmoid scores"
+        );
+        ensure!(
+            ds.n_group > 0 && ds.experts.is_multiple_of(ds.n_group) && ds.topk_group <= ds.n_group,
+            "{} experts in {} groups, {} kept",
+            ds.experts,
+            ds.n_group,
+            ds.topk_group
+        );
+        ensure!(
+            ds.top_k >= 1 && ds.top_k <= ds.experts,
+            "top_k {}",
+            ds.top_k
+        );
+        Some(ds)
+    } else {
+        None
+    };
+    // DeepSeek: q.k over nope + rope dims, times yarn's mscale(factor, mscale_all_dim)^2.
+    let scaling = match &deepseek {
+        Some(ds) => {
+            let mut s = ((ds.nope + ds.rope) as f64).powf(-0.5);
+            if let Some(p) = scaling_obj_for_mscale(j) {
+                let ma = p
+                    .get("mscale_all_dim")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(0.0);
+                let factor = p.get("factor").and_then(Value::as_f64).unwrap_or(1.0);
+                if ma != 0.0 && factor > 1.0 {
+                    let m = 0.1 * ma * factor.ln() + 1.0;
+                    s *= m * m;
+                }
+            }
+            s
+        }
+        None => scaling,
+    };
+
     Ok(Config {
         family,
         hidden,
@@ -872,7 +1208,15 @@ fn parse_config(j: &Value) -> Result<Config> {
         gelu,
         torch_dtype,
         moe,
+        deepseek,
     })
+}
+
+/// config.json's `rope_scaling` (or `rope_parameters`), for DeepSeek's attention mscale.
+fn scaling_obj_for_mscale(j: &Value) -> Option<&Value> {
+    j.get("rope_scaling")
+        .filter(|v| !v.is_null())
+        .or(j.get("rope_parameters").filter(|v| !v.is_null()))
 }
 
 /// The linear factor of a `rope_scaling` / `rope_parameters` object (1 for none or default).
@@ -954,6 +1298,61 @@ fn load_safetensors(dir: &Path) -> Result<Tensors> {
     Ok(out)
 }
 
+/// DeepSeek's layer tensors: MLA attention, dense MLPs before `first_k_dense_replace`, then
+/// router (+ score bias), routed and shared experts.
+fn deepseek_tensors(c: &Config, ds: &Deepseek, want: &mut Vec<(String, Vec<usize>, bool)>) {
+    let (h, nh) = (c.hidden, c.heads);
+    let qd = ds.nope + ds.rope;
+    for l in 0..c.layers {
+        let p = |s: &str| format!("model.layers.{l}.{s}");
+        match ds.q_rank {
+            Some(r) => {
+                want.push((p("self_attn.q_a_proj.weight"), vec![r, h], true));
+                want.push((p("self_attn.q_a_layernorm.weight"), vec![r], true));
+                want.push((p("self_attn.q_b_proj.weight"), vec![nh * qd, r], true));
+            }
+            None => want.push((p("self_attn.q_proj.weight"), vec![nh * qd, h], true)),
+        }
+        want.push((
+            p("self_attn.kv_a_proj_with_mqa.weight"),
+            vec![ds.kv_rank + ds.rope, h],
+            true,
+        ));
+        want.push((p("self_attn.kv_a_layernorm.weight"), vec![ds.kv_rank], true));
+        want.push((
+            p("self_attn.kv_b_proj.weight"),
+            vec![nh * (ds.nope + ds.v), ds.kv_rank],
+            true,
+        ));
+        want.push((p("self_attn.o_proj.weight"), vec![h, nh * ds.v], true));
+        if l < ds.dense_layers {
+            let f = c.intermediate;
+            want.push((p("mlp.gate_proj.weight"), vec![f, h], true));
+            want.push((p("mlp.up_proj.weight"), vec![f, h], true));
+            want.push((p("mlp.down_proj.weight"), vec![h, f], true));
+        } else {
+            let (w, sw) = (ds.width, ds.width * ds.shared);
+            want.push((p("mlp.gate.weight"), vec![ds.experts, h], true));
+            want.push((
+                p("mlp.gate.e_score_correction_bias"),
+                vec![ds.experts],
+                true,
+            ));
+            for e in 0..ds.experts {
+                let [g, u, d] = expert_names(Family::Deepseek2, l, e);
+                want.push((g, vec![w, h], true));
+                want.push((u, vec![w, h], true));
+                want.push((d, vec![h, w], true));
+            }
+            want.push((p("mlp.shared_experts.gate_proj.weight"), vec![sw, h], true));
+            want.push((p("mlp.shared_experts.up_proj.weight"), vec![sw, h], true));
+            want.push((p("mlp.shared_experts.down_proj.weight"), vec![h, sw], true));
+        }
+        want.push((p("input_layernorm.weight"), vec![h], true));
+        want.push((p("post_attention_layernorm.weight"), vec![h], true));
+    }
+}
+
 /// Checks that the checkpoint holds exactly the tensors the family needs, with the right
 /// shapes, and returns them by name.
 fn check_tensors(c: &Config, mut tensors: Tensors) -> Result<HashMap<String, Vec<f32>>> {
@@ -963,7 +1362,11 @@ fn check_tensors(c: &Config, mut tensors: Tensors) -> Result<HashMap<String, Vec
     // (name, shape, required)
     let mut want: Vec<(String, Vec<usize>, bool)> =
         vec![("model.embed_tokens.weight".into(), vec![c.vocab, h], true)];
-    for l in 0..c.layers {
+    if let Some(ds) = &c.deepseek {
+        deepseek_tensors(c, ds, &mut want);
+    }
+    let generic_layers = if c.deepseek.is_some() { 0 } else { c.layers };
+    for l in 0..generic_layers {
         let p = |s: &str| format!("model.layers.{l}.{s}");
         let qkv_bias = c.family == Family::Qwen2;
         for (name, shape, bias_required) in [
