@@ -80,9 +80,13 @@ pub fn parse_size(s: &str) -> Result<u64> {
         "tib" => 1099511627776.0,
         _ => bail!("--target-size {s:?}: unknown unit {unit:?} (use a byte count or B, KB, KiB, MB, MiB, GB, GiB, TB, TiB)"),
     };
-    let v: f64 = num.parse().ok().filter(|v: &f64| v.is_finite()).with_context(|| {
-        format!("--target-size {s:?}: not a size (examples: 3.5GiB, 900MB, 123456789)")
-    })?;
+    let v: f64 = num
+        .parse()
+        .ok()
+        .filter(|v: &f64| v.is_finite())
+        .with_context(|| {
+            format!("--target-size {s:?}: not a size (examples: 3.5GiB, 900MB, 123456789)")
+        })?;
     let bytes = (v * mult).floor();
     if bytes < 1.0 || bytes > u64::MAX as f64 / 2.0 {
         bail!("--target-size {s:?}: not a usable size");
@@ -575,8 +579,7 @@ pub fn solve(fixed: u64, points: &[Vec<(u64, f64)>], limit: u64) -> Option<Vec<u
         for (t, pts) in points.iter().enumerate() {
             let (cb, cl) = pts[chosen[t]];
             for (k, &(b, l)) in pts.iter().enumerate() {
-                if l < cl && total - cb + b <= limit && best.is_none_or(|(bd, _, _)| cl - l > bd)
-                {
+                if l < cl && total - cb + b <= limit && best.is_none_or(|(bd, _, _)| cl - l > bd) {
                     best = Some((cl - l, t, k));
                 }
             }
@@ -688,7 +691,12 @@ pub fn finish(
     };
     let points: Vec<Vec<(u64, f64)>> = tensors
         .iter()
-        .map(|t| t.candidates.iter().map(|c| (cost(c.bytes), c.loss)).collect())
+        .map(|t| {
+            t.candidates
+                .iter()
+                .map(|c| (cost(c.bytes), c.loss))
+                .collect()
+        })
         .collect();
     let Some(chosen) = solve(fixed, &points, limit) else {
         let min: u64 = fixed
@@ -699,7 +707,10 @@ pub fn finish(
         let smallest = if by_file {
             format!("{min} bytes ({:.2} MiB)", min as f64 / 1048576.0)
         } else {
-            format!("{:.4} bits per weight", min as f64 * 8.0 / n_elements as f64)
+            format!(
+                "{:.4} bits per weight",
+                min as f64 * 8.0 / n_elements as f64
+            )
         };
         bail!(
             "{}: the budget of {} is smaller than the smallest file kiln can make of this model ({smallest}, every tensor at its smallest type)",
@@ -752,7 +763,10 @@ pub fn default_output(input: &Path, target: Target) -> std::path::PathBuf {
     };
     let name = base
         .file_name()
-        .map(|n| n.to_string_lossy().replace("-Q8_0.gguf", &format!("-{tag}.gguf")))
+        .map(|n| {
+            n.to_string_lossy()
+                .replace("-Q8_0.gguf", &format!("-{tag}.gguf"))
+        })
         .unwrap_or_else(|| format!("model-{tag}.gguf"));
     base.with_file_name(name)
 }

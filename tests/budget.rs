@@ -51,17 +51,31 @@ fn size(p: &Path) -> u64 {
     std::fs::metadata(p).unwrap().len()
 }
 
+/// A written budget file, its plan, and the planned type of every tensor.
+type BudgetFile = (
+    PathBuf,
+    budget::BudgetPlan,
+    Vec<(String, kiln::gguf::TypeId)>,
+);
+
 /// The budget file at the fixed Q3_K_M file's size, with its plan.
-fn budget_file() -> &'static (PathBuf, budget::BudgetPlan, Vec<(String, kiln::gguf::TypeId)>) {
-    static F: OnceLock<(PathBuf, budget::BudgetPlan, Vec<(String, kiln::gguf::TypeId)>)> =
-        OnceLock::new();
+fn budget_file() -> &'static (
+    PathBuf,
+    budget::BudgetPlan,
+    Vec<(String, kiln::gguf::TypeId)>,
+) {
+    static F: OnceLock<BudgetFile> = OnceLock::new();
     F.get_or_init(|| {
         let out = tmp().join("budget-kiln.gguf");
         let o = budget_options(Some(out.clone()));
         let target = Target::Bytes(size(fixed_q3_k_m()));
         let (p, plan) =
             budget::prepare(llama_f32(), &o, target, &MeasureOptions::default()).unwrap();
-        let types = p.jobs.iter().map(|j| (j.name.clone(), j.out_type)).collect();
+        let types = p
+            .jobs
+            .iter()
+            .map(|j| (j.name.clone(), j.out_type))
+            .collect();
         quantize::execute(&p, true, false).unwrap();
         (out, plan, types)
     })
@@ -74,11 +88,8 @@ fn budget_file_fits_and_has_the_planned_bytes_and_types() {
     assert!(size(out) <= budget, "{} > budget {budget}", size(out));
     assert_eq!(size(out), plan.file_size, "measured bytes vs the plan's");
     let g = GgufFile::open(out).unwrap();
-    let written: Vec<(String, kiln::gguf::TypeId)> = g
-        .tensors()
-        .iter()
-        .map(|t| (t.name.clone(), t.ty))
-        .collect();
+    let written: Vec<(String, kiln::gguf::TypeId)> =
+        g.tensors().iter().map(|t| (t.name.clone(), t.ty)).collect();
     assert_eq!(&written, types);
     // A mix, not one type: the solver spent the budget unevenly.
     let mut kinds: Vec<_> = plan
@@ -246,7 +257,10 @@ fn budgets_that_cannot_be_met_or_parsed_are_refused_without_output() {
             vec!["--target-size", "1000"],
             "smaller than the smallest file",
         ),
-        (vec!["--target-bpw", "0.5"], "smaller than the smallest file"),
+        (
+            vec!["--target-bpw", "0.5"],
+            "smaller than the smallest file",
+        ),
         (vec!["--target-size", "3.5 parsecs"], "unknown unit"),
         (vec!["--target-size", "lots"], "not a size"),
         (vec!["--target-bpw=-2"], "not a positive number"),

@@ -156,7 +156,10 @@ pub fn svg(title: &str, points: &[Point]) -> String {
     );
     // kiln's budget mixes and llama.cpp's fixed mixes as two curves (each in size order), so
     // that which is better at each size shows at a glance.
-    for (budget, color, dash) in [(false, "#36c", " stroke-dasharray=\"5 4\""), (true, "#d62", "")] {
+    for (budget, color, dash) in [
+        (false, "#36c", " stroke-dasharray=\"5 4\""),
+        (true, "#d62", ""),
+    ] {
         let mut curve: Vec<(f64, f64)> = points
             .iter()
             .filter(|p| !p.is_reference && is_budget(&p.label) == budget)
@@ -164,7 +167,10 @@ pub fn svg(title: &str, points: &[Point]) -> String {
             .collect();
         curve.sort_by(|a, b| a.0.total_cmp(&b.0));
         if curve.len() >= 2 {
-            let pts: Vec<String> = curve.iter().map(|(a, b)| format!("{a:.1},{b:.1}")).collect();
+            let pts: Vec<String> = curve
+                .iter()
+                .map(|(a, b)| format!("{a:.1},{b:.1}"))
+                .collect();
             let _ = writeln!(
                 o,
                 r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="1.5"{dash}/>"#,
