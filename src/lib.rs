@@ -10,6 +10,7 @@
 pub use kiln_kernels as kernels;
 
 pub mod arch;
+pub mod budget;
 pub mod gguf;
 pub mod imatrix;
 pub mod inspect;

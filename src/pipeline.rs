@@ -30,7 +30,7 @@ pub fn stop_on_signals() {
     });
 }
 
-fn check_interrupted() -> Result<()> {
+pub fn check_interrupted() -> Result<()> {
     if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
         bail!("interrupted; nothing was written");
     }
@@ -208,6 +208,12 @@ fn origin(input: &dyn Source, job: &Job, row: usize) -> (String, usize) {
     } else {
         (format!("{file}: tensor {name} ({})", job.name), row)
     }
+}
+
+/// Reads rows `first..first + out.len() / n_per_row` of a job's output tensor as f32 (what
+/// the budget planner measures types on).
+pub fn read_job_rows(input: &dyn Source, job: &Job, first: usize, out: &mut [f32]) -> Result<()> {
+    read_rows(input, &job.source, job.n_per_row(), first, out)
 }
 
 /// Reads output rows `first..` of a job's tensor as f32 into `out`.

@@ -5,6 +5,7 @@ mod common;
 
 mod bad_input;
 mod bench;
+mod budget;
 mod cli;
 mod convert_vs_llama;
 mod converter_only;

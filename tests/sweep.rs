@@ -30,6 +30,7 @@ fn quick(
         allow_requantize: false,
         imatrix: None,
         draft: None,
+        target_bpw: Vec::new(),
         force: false,
         bench: BenchOptions {
             n_prompt: vec![n_prompt],

@@ -5,8 +5,17 @@ use std::path::PathBuf;
 #[derive(clap::Args)]
 pub struct QuantizeArgs {
     // The help lists the names `FileType::parse` accepts, generated from its table.
-    #[arg(long = "type", short = 't', help = kiln::plan::FileType::help_text())]
-    pub ty: String,
+    #[arg(long = "type", short = 't', help = kiln::plan::FileType::help_text(),
+          required_unless_present_any = ["target_bpw", "target_size"])]
+    pub ty: Option<String>,
+    /// Instead of --type: choose every tensor's type to minimise the measured, predicted loss
+    /// within this many bits per weight (tensor data over weights).
+    #[arg(long, value_name = "X", conflicts_with_all = ["ty", "target_size"])]
+    pub target_bpw: Option<f64>,
+    /// Instead of --type: the best mix whose whole file fits this size (3.5GiB, 900MB, or a
+    /// byte count).
+    #[arg(long, value_name = "SIZE", conflicts_with = "ty")]
+    pub target_size: Option<String>,
     /// Checkpoint folder, .safetensors file, or .gguf file.
     pub input: PathBuf,
     /// Output file (default: <name>-<TYPE>.gguf beside the input).
@@ -121,7 +130,17 @@ pub fn quantize(a: QuantizeArgs) -> anyhow::Result<()> {
             .num_threads(n)
             .build_global()?;
     }
-    let mut opts = q::Options::new(kiln::plan::FileType::parse(&a.ty)?);
+    let target = match (a.target_bpw, &a.target_size) {
+        (Some(b), _) => Some(kiln::budget::Target::Bpw(b)),
+        (None, Some(s)) => Some(kiln::budget::Target::Bytes(kiln::budget::parse_size(s)?)),
+        (None, None) => None,
+    };
+    let ftype = match (&a.ty, target) {
+        (Some(t), _) => kiln::plan::FileType::parse(t)?,
+        (None, Some(_)) => kiln::plan::FileType::Q8_0,
+        (None, None) => anyhow::bail!("--type is required (or --target-bpw / --target-size)"),
+    };
+    let mut opts = q::Options::new(ftype);
     opts.tensor_types = a.rules()?;
     opts.include_weights = a.include_weights.clone();
     opts.exclude_weights = a.exclude_weights.clone();
@@ -156,6 +175,9 @@ pub fn quantize(a: QuantizeArgs) -> anyhow::Result<()> {
     opts.dry_run = a.dry_run;
     let start = std::time::Instant::now();
     kiln::pipeline::stop_on_signals();
+    if let Some(target) = target {
+        return quantize_budget(&a.input, &opts, target, start);
+    }
     let p = q::prepare(&a.input, &opts)?;
     for n in &p.notes {
         eprintln!("kiln: {n}");
@@ -176,6 +198,64 @@ pub fn quantize(a: QuantizeArgs) -> anyhow::Result<()> {
         s.file_size,
         s.file_size as f64 / 1048576.0,
         s.bytes_written as f64 * 8.0 / s.n_elements.max(1) as f64,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `--target-bpw` / `--target-size`: measure, solve, then write (or print the plan).
+fn quantize_budget(
+    input: &std::path::Path,
+    opts: &kiln::quantize::Options,
+    target: kiln::budget::Target,
+    start: std::time::Instant,
+) -> anyhow::Result<()> {
+    use kiln::budget;
+    if !opts.dry_run {
+        if let Some(o) = &opts.output {
+            kiln::gguf::writer::check_target(o, opts.force)?;
+        }
+    }
+    let (p, plan) = budget::prepare(input, opts, target, &budget::MeasureOptions::default())?;
+    for n in &p.notes {
+        eprintln!("kiln: {n}");
+    }
+    let sampled = plan
+        .tensors
+        .iter()
+        .filter(|t| t.rows_measured < t.n_rows)
+        .count();
+    if sampled > 0 {
+        eprintln!(
+            "kiln: {sampled} large tensors measured on evenly spaced rows (about {} weights each)",
+            budget::MeasureOptions::default().sample_weights
+        );
+    }
+    if opts.dry_run {
+        print!("{}", budget::describe(&p, &plan)?);
+        return Ok(());
+    }
+    let s = kiln::quantize::execute(
+        &p,
+        opts.force,
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    )?;
+    anyhow::ensure!(
+        s.file_size == plan.file_size,
+        "internal: {} has {} bytes, the plan predicted {}",
+        p.target.display(),
+        s.file_size,
+        plan.file_size
+    );
+    println!(
+        "{}: budget {}: {} tensors, {} bytes ({:.2} MiB), {:.4} bits per weight reached, predicted loss {:.4e}, {:.1} s",
+        p.target.display(),
+        target.describe(),
+        s.tensors,
+        s.file_size,
+        s.file_size as f64 / 1048576.0,
+        plan.bpw(),
+        plan.predicted_loss,
         start.elapsed().as_secs_f64()
     );
     Ok(())

@@ -150,6 +150,10 @@ pub struct BenchArgs {
     /// Tokens drafted per step at most (with --draft).
     #[arg(long, default_value_t = 8, requires = "draft")]
     pub draft_max: u32,
+    /// Budget mixes to add, in bits per weight (`kiln quantize --target-bpw X` for each,
+    /// comma-separated); the chart draws them as kiln's curve beside the fixed mixes.
+    #[arg(long, value_delimiter = ',', value_name = "X,...")]
+    pub target_bpw: Vec<f64>,
 }
 
 #[derive(clap::Args)]
@@ -295,6 +299,10 @@ pub struct SweepArgs {
     /// Tokens drafted per step at most (with --draft).
     #[arg(long, default_value_t = 8, requires = "draft")]
     pub draft_max: u32,
+    /// Budget mixes to add, in bits per weight (`kiln quantize --target-bpw X` for each,
+    /// comma-separated); the chart draws them as kiln's curve beside the fixed mixes.
+    #[arg(long, value_delimiter = ',', value_name = "X,...")]
+    pub target_bpw: Vec<f64>,
     #[command(flatten)]
     pub bench: BenchFlags,
     #[command(flatten)]
@@ -445,6 +453,7 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
             Some(t) => Some((FileType::parse(t)?, a.bench.draft_options(a.draft_max)?)),
             None => None,
         },
+        target_bpw: a.target_bpw,
     };
     let mut p = progress_line();
     let rep = kiln::sweep::run(&a.input, &opts, &mut p)?;

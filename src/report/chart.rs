@@ -50,6 +50,11 @@ fn nice_step(raw: f64) -> f64 {
     m * p
 }
 
+/// Whether a variant is one of kiln's budget mixes (`kiln sweep --target-bpw`), by its label.
+pub fn is_budget(label: &str) -> bool {
+    label.starts_with("kiln budget")
+}
+
 /// The chart as an SVG document.
 pub fn svg(title: &str, points: &[Point]) -> String {
     let known: Vec<&Point> = points.iter().filter(|p| p.kld.is_some()).collect();
@@ -149,6 +154,38 @@ pub fn svg(title: &str, points: &[Point]) -> String {
         W - RIGHT,
         TOP - 10.0
     );
+    // kiln's budget mixes and llama.cpp's fixed mixes as two curves (each in size order), so
+    // that which is better at each size shows at a glance.
+    for (budget, color, dash) in [
+        (false, "#36c", " stroke-dasharray=\"5 4\""),
+        (true, "#d62", ""),
+    ] {
+        let mut curve: Vec<(f64, f64)> = points
+            .iter()
+            .filter(|p| !p.is_reference && is_budget(&p.label) == budget)
+            .filter_map(|p| Some((x(p.size_mib), y(p.kld.filter(|&k| k > 0.0)?))))
+            .collect();
+        curve.sort_by(|a, b| a.0.total_cmp(&b.0));
+        if curve.len() >= 2 {
+            let pts: Vec<String> = curve
+                .iter()
+                .map(|(a, b)| format!("{a:.1},{b:.1}"))
+                .collect();
+            let _ = writeln!(
+                o,
+                r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="1.5"{dash}/>"#,
+                pts.join(" ")
+            );
+        }
+    }
+    if points.iter().any(|p| is_budget(&p.label)) {
+        let _ = writeln!(
+            o,
+            r##"<text x="{:.1}" y="{:.1}" font-size="12"><tspan fill="#d62">&#9679; kiln budget mixes (--target-bpw)</tspan>  <tspan fill="#36c">&#9679; fixed mixes</tspan></text>"##,
+            LEFT + 10.0,
+            TOP - 10.0
+        );
+    }
     // Points first, then labels, moved apart vertically where they would overlap.
     let mut placed: Vec<(f64, f64, f64, String, &str)> = Vec::new();
     for p in points {
@@ -158,7 +195,13 @@ pub fn svg(title: &str, points: &[Point]) -> String {
             (Some(t), true) => 4.0 + 14.0 * (t / tmax).sqrt(),
             _ => 6.0,
         };
-        let color = if p.is_reference { "#2a7" } else { "#36c" };
+        let color = if p.is_reference {
+            "#2a7"
+        } else if is_budget(&p.label) {
+            "#d62"
+        } else {
+            "#36c"
+        };
         let _ = writeln!(
             o,
             r#"<circle cx="{cx:.1}" cy="{cy:.1}" r="{r:.1}" fill="{color}" fill-opacity="0.55" stroke="{color}"/>"#
@@ -266,6 +309,22 @@ mod tests {
         ];
         let s = svg("test <model>", &pts);
         assert_eq!(s.matches("<circle").count(), 2);
+        assert!(!s.contains("kiln budget mixes"));
+        let mut with_budget = pts.clone();
+        for (size, kld) in [(22.0, 0.01), (35.0, 0.004)] {
+            with_budget.push(Point {
+                label: format!("kiln budget {size} bpw"),
+                size_mib: size,
+                bits_per_weight: 3.0,
+                kld: Some(kld),
+                tg_ts: None,
+                is_reference: false,
+            });
+        }
+        let b = svg("budget", &with_budget);
+        assert!(b.contains("kiln budget mixes"));
+        assert_eq!(b.matches("<polyline").count(), 1, "the budget curve");
+        assert_eq!(b.matches(r##"fill="#d62" fill-opacity"##).count(), 2);
         assert!(s.contains("not measured: Q2_K"));
         assert!(s.contains("test &lt;model&gt;"));
         let p = png(&s).unwrap();

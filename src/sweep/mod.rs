@@ -40,6 +40,65 @@ pub struct SweepOptions {
     /// `--draft T`: also measure each variant's greedy generation with the type-T variant as
     /// its speculative-decoding draft (T is converted too when not among `types`).
     pub draft: Option<(FileType, DraftOptions)>,
+    /// `--target-bpw X,...`: budget-mix variants (`kiln quantize --target-bpw X`), measured
+    /// once and solved per budget, beside the fixed mixes.
+    pub target_bpw: Vec<f64>,
+}
+
+/// The report's type label of a budget-mix variant (the chart draws these as kiln's curve).
+pub fn budget_label(bpw: f64) -> String {
+    format!("kiln budget {bpw} bpw")
+}
+
+/// The budget-mix variants: one measurement of the input, one plan and file per budget.
+fn budget_variants(
+    input: &Path,
+    opts: &SweepOptions,
+    model: &str,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<SweepRow>> {
+    use crate::budget::{self, MeasureOptions, Target};
+    let mut rows = Vec::new();
+    if opts.target_bpw.is_empty() {
+        return Ok(rows);
+    }
+    let mut o = Options::new(FileType::Q8_0);
+    o.allow_requantize = opts.allow_requantize;
+    o.imatrix = opts.imatrix.clone();
+    o.force = opts.force;
+    progress(&format!(
+        "measuring every tensor's error at every type for {} budget mixes",
+        opts.target_bpw.len()
+    ));
+    let measured = budget::measure(&budget::start(input, &o)?, &MeasureOptions::default())?;
+    for &b in &opts.target_bpw {
+        let mut ob = o.clone();
+        ob.output = Some(opts.out_dir.join(format!("{model}-budget-{b}bpw.gguf")));
+        let p = budget::start(input, &ob)?;
+        let (p, plan) = budget::finish(input, p, &ob, measured.clone(), Target::Bpw(b))?;
+        crate::gguf::writer::check_target(&p.target, opts.force)?;
+        quantize::execute(&p, opts.force, false)?;
+        progress(&format!(
+            "{}: {:.3} bpw, predicted loss {:.3e}",
+            budget_label(b),
+            plan.bpw(),
+            plan.predicted_loss
+        ));
+        rows.push(SweepRow {
+            r#type: budget_label(b),
+            file: p.target.display().to_string(),
+            is_reference: false,
+            file_size: plan.file_size,
+            bits_per_weight: plan.bpw(),
+            n_params: plan.n_elements,
+            bench: Vec::new(),
+            batched: Vec::new(),
+            eval: None,
+            draft: None,
+            error: None,
+        });
+    }
+    Ok(rows)
 }
 
 /// The order of precision (highest first) used to pick the reference.
@@ -136,6 +195,7 @@ pub fn run(
         })
         .collect();
     pipeline::run_many(prepared[0].input.as_ref(), &outputs, opts.force, false)?;
+    let budget_rows = budget_variants(input, opts, &model, progress)?;
     let convert_seconds = t0.elapsed().as_secs_f64();
     progress(&format!("converted in {convert_seconds:.1} s"));
 
@@ -170,6 +230,7 @@ pub fn run(
             }
         })
         .collect();
+    variants.extend(budget_rows);
     variants.extend(opts.extra.iter().map(|f| extra_row(f)));
     for mut row in variants {
         let label = row.r#type.clone();
