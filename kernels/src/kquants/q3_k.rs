@@ -2,10 +2,11 @@
 //! signed scales (one per 16-weight sub-block) and the super-block's f16 `d`.
 //! Weight = d*(sc-32)*(l-4).
 
-use super::search::{make_q3_quants, make_qx_quants, nearest_int};
+use super::search::{make_q3_quants, make_q3_quants_x16, make_qx_quants, nearest_int};
 use super::{for_each_superblock, pack_2bit, sum_squares, QK_K};
 use crate::fp::Half;
-use crate::{as_blocks, BlockFormat, GgmlType};
+use crate::simd::{dispatch, x86_paths};
+use crate::{as_blocks, BlockFormat, GgmlType, Simd};
 use std::mem::size_of;
 
 /// The 3-bit K-quant.
@@ -80,13 +81,40 @@ fn requantize_and_pack(x: &[f32], y: &mut BlockQ3K, l: &mut [u8; QK_K]) {
     pack_2bit(l, &mut y.qs);
 }
 
+/// ggml's `quantize_row_q3_K_ref` for one super-block, the sub-blocks searched one after
+/// another.
 fn quantize_block_ref(x: &[f32], y: &mut BlockQ3K) {
     let mut li = [0i8; QK_K];
     let mut scales = [0.0f32; 16];
+    for j in 0..16 {
+        scales[j] = make_q3_quants(4, &x[16 * j..16 * j + 16], &mut li[16 * j..]);
+    }
+    finish_block_ref(x, y, li, scales);
+}
+
+x86_paths! {
+    /// ggml's `quantize_row_q3_K_ref` with the sixteen sub-blocks' searches in lanes
+    /// ([`make_q3_quants_x16`]).
+    fn ref_row(src: &[f32], dst: &mut [u8]) {
+        for (x, y) in src
+            .as_chunks::<QK_K>()
+            .0
+            .iter()
+            .zip(crate::as_blocks_mut::<BlockQ3K>(dst).iter_mut())
+        {
+            let mut li = [0i8; QK_K];
+            let scales = make_q3_quants_x16(x, &mut li);
+            finish_block_ref(x, y, li, scales);
+        }
+    }
+}
+
+/// The rest of `quantize_row_q3_K_ref` once the sub-blocks' levels and scales are known.
+#[inline(always)]
+fn finish_block_ref(x: &[f32], y: &mut BlockQ3K, li: [i8; QK_K], scales: [f32; 16]) {
     let mut max_scale = 0.0f32;
     let mut amax = 0.0f32;
     for j in 0..16 {
-        scales[j] = make_q3_quants(4, &x[16 * j..16 * j + 16], &mut li[16 * j..]);
         let s = scales[j].abs();
         if s > amax {
             amax = s;
@@ -139,12 +167,27 @@ impl BlockFormat for Q3K {
     const TYPE: GgmlType = GgmlType::Q3_K;
     const BLOCK_WEIGHTS: usize = QK_K;
     const BLOCK_BYTES: usize = size_of::<BlockQ3K>();
+    const SIMD_PATHS: bool = true;
 
     fn quantize_row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
-        for_each_superblock(src, dst, imatrix, |x, y: &mut BlockQ3K, qw| match qw {
-            None => quantize_block_ref(x, y),
-            Some(qw) => quantize_block_imatrix(x, y, qw),
-        });
+        Self::quantize_row_at(Simd::active(), src, dst, imatrix)
+    }
+
+    fn quantize_row_at(simd: Simd, src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
+        match imatrix {
+            None => dispatch!(simd,
+                avx512 => avx512::ref_row(src, dst),
+                avx2 => avx2::ref_row(src, dst),
+                scalar => for_each_superblock(src, dst, None, |x, y: &mut BlockQ3K, _| {
+                    quantize_block_ref(x, y)
+                }),
+            ),
+            Some(_) => for_each_superblock(src, dst, imatrix, |x, y: &mut BlockQ3K, qw| {
+                if let Some(qw) = qw {
+                    quantize_block_imatrix(x, y, qw)
+                }
+            }),
+        }
     }
 
     fn dequantize_row(src: &[u8], dst: &mut [f32]) {

@@ -190,6 +190,93 @@ pub fn make_q3_quants(nmax: i32, x: &[f32], out: &mut [i8]) -> f32 {
     }
 }
 
+/// [`make_q3_quants`] with `nmax == 4` for the sixteen 16-weight sub-blocks of a super-block
+/// at once, one sub-block per lane: each lane runs exactly the scalar sequence of operations
+/// for its sub-block (its sums in ggml's order), selects standing in for the branches, so the
+/// levels and scales are bit-identical. Returns the sixteen scales, writes `l + 4` (or 0 for
+/// an all-zero sub-block, as ggml leaves it) into `out`.
+///
+/// ggml stops a sub-block's refinement after a pass that changes nothing; here the passes go
+/// on while any lane changes, which leaves a converged lane as it is (a pass that changed
+/// nothing starts from the same state, so it changes nothing again).
+#[inline(always)]
+pub fn make_q3_quants_x16(x: &[f32; 256], out: &mut [i8; 256]) -> [f32; 16] {
+    const L: usize = 16;
+    const NMAX: i32 = 4;
+    // xt[i][k]: weight i of sub-block k.
+    let mut xt = [[0.0f32; L]; 16];
+    for k in 0..L {
+        for i in 0..16 {
+            xt[i][k] = x[16 * k + i];
+        }
+    }
+    let mut amax = [0.0f32; L];
+    let mut max = [0.0f32; L];
+    for xi in &xt {
+        for k in 0..L {
+            let ax = xi[k].abs();
+            let gt = ax > amax[k];
+            amax[k] = if gt { ax } else { amax[k] };
+            max[k] = if gt { xi[k] } else { max[k] };
+        }
+    }
+    // Lanes of an all-zero sub-block compute nonsense (their scale is infinite) that the end
+    // discards; nothing here can trap or panic on it.
+    let iscale: [f32; L] = std::array::from_fn(|k| -(NMAX as f32) / max[k]);
+    let mut l = [[0.0f32; L]; 16];
+    let mut sumlx = [0.0f32; L];
+    let mut suml2 = [0.0f32; L];
+    for i in 0..16 {
+        for k in 0..L {
+            let xv = xt[i][k];
+            let lf = nearest_int(iscale[k] * xv).clamp(-NMAX, NMAX - 1) as f32;
+            l[i][k] = lf;
+            let w = xv * xv;
+            sumlx[k] += w * xv * lf;
+            suml2[k] += w * lf * lf;
+        }
+    }
+    for _ in 0..5 {
+        let mut changed = [false; L];
+        for i in 0..16 {
+            for k in 0..L {
+                let xv = xt[i][k];
+                let w = xv * xv;
+                let li = l[i][k];
+                let slx0 = sumlx[k] - w * xv * li;
+                let sl20 = suml2[k] - w * li * li;
+                let nl = nearest_int(xv * sl20 / slx0).clamp(-NMAX, NMAX - 1) as f32;
+                let slx = slx0 + w * xv * nl;
+                let sl2 = sl20 + w * nl * nl;
+                let take = slx0 > 0.0
+                    && nl != li
+                    && sl2 > 0.0
+                    && slx * slx * suml2[k] > sumlx[k] * sumlx[k] * sl2;
+                l[i][k] = if take { nl } else { li };
+                sumlx[k] = if take { slx } else { sumlx[k] };
+                suml2[k] = if take { sl2 } else { suml2[k] };
+                changed[k] |= take;
+            }
+        }
+        if !changed.iter().any(|&c| c) {
+            break;
+        }
+    }
+    let mut scales = [0.0f32; L];
+    for k in 0..L {
+        let zero = amax[k] < GROUP_MAX_EPS;
+        for i in 0..16 {
+            out[16 * k + i] = if zero { 0 } else { (l[i][k] as i32 + NMAX) as i8 };
+        }
+        scales[k] = if !zero && suml2[k] > 0.0 {
+            sumlx[k] / suml2[k]
+        } else {
+            0.0
+        };
+    }
+    scales
+}
+
 /// Parameters of the scale-and-min grid searches.
 #[derive(Clone, Copy)]
 pub struct MinSearch {
