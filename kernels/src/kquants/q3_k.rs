@@ -2,7 +2,9 @@
 //! signed scales (one per 16-weight sub-block) and the super-block's f16 `d`.
 //! Weight = d*(sc-32)*(l-4).
 
-use super::search::{make_q3_quants, make_q3_quants_x16, make_qx_quants, nearest_int};
+use super::search::{
+    make_q3_quants, make_q3_quants_lanes, make_q3_quants_x16, make_qx_quants, nearest_int,
+};
 use super::{for_each_superblock, pack_2bit, sum_squares, QK_K};
 use crate::fp::Half;
 use crate::simd::{dispatch, x86_paths};
@@ -53,7 +55,12 @@ fn scale(s: &[u8; 12], j: usize) -> i32 {
 }
 
 /// Re-derives the levels from the stored scales, then writes hmask and the 2-bit levels.
+/// Inlined, so that the SIMD paths get it compiled for their instruction set (the loops are
+/// written to vectorize: 16 divisions by one `d`, then weight `w`'s high bit into bit
+/// `w / 32` of `hmask[w % 32]`, as ggml's running `m`/`hm` pair does).
+#[inline(always)]
 fn requantize_and_pack(x: &[f32], y: &mut BlockQ3K, l: &mut [u8; QK_K]) {
+    let x = &x[..QK_K];
     let d_all = y.d.to_f32();
     for j in 0..16 {
         let d = d_all * scale(&y.scales, j) as f32;
@@ -64,20 +71,16 @@ fn requantize_and_pack(x: &[f32], y: &mut BlockQ3K, l: &mut [u8; QK_K]) {
             l[16 * j + ii] = (nearest_int(x[16 * j + ii] / d).clamp(-4, 3) + 4) as u8;
         }
     }
-    y.hmask.fill(0);
-    let mut m = 0;
-    let mut hm = 1u8;
-    for v in l.iter_mut() {
-        if *v > 3 {
-            y.hmask[m] |= hm;
-            *v -= 4;
-        }
-        m += 1;
-        if m == QK_K / 8 {
-            m = 0;
-            hm <<= 1;
+    let mut hmask = [0u8; QK_K / 8];
+    for k in 0..8 {
+        for m in 0..QK_K / 8 {
+            let v = l[32 * k + m];
+            let hi = v > 3;
+            hmask[m] |= (hi as u8) << k;
+            l[32 * k + m] = if hi { v - 4 } else { v };
         }
     }
+    y.hmask = hmask;
     pack_2bit(l, &mut y.qs);
 }
 
@@ -96,12 +99,20 @@ x86_paths! {
     /// ggml's `quantize_row_q3_K_ref` with the sixteen sub-blocks' searches in lanes
     /// ([`make_q3_quants_x16`]).
     fn ref_row(src: &[f32], dst: &mut [u8]) {
-        for (x, y) in src
-            .as_chunks::<QK_K>()
-            .0
-            .iter()
-            .zip(crate::as_blocks_mut::<BlockQ3K>(dst).iter_mut())
-        {
+        // Two super-blocks at a time (32 lanes: two independent chains per instruction).
+        let blocks = crate::as_blocks_mut::<BlockQ3K>(dst);
+        let (pairs, rest) = src.as_chunks::<{ 2 * QK_K }>();
+        let (block_pairs, last) = blocks.split_at_mut(pairs.len() * 2);
+        for (x, y) in pairs.iter().zip(block_pairs.chunks_exact_mut(2)) {
+            let mut li = [0i8; 2 * QK_K];
+            let scales = make_q3_quants_lanes::<32>(x, &mut li);
+            for h in 0..2 {
+                let lh: &[i8; QK_K] = li[h * QK_K..].first_chunk().unwrap_or(&[0; QK_K]);
+                let sh: &[f32; 16] = scales[h * 16..].first_chunk().unwrap_or(&[0.0; 16]);
+                finish_block_ref(&x[h * QK_K..(h + 1) * QK_K], &mut y[h], *lh, *sh);
+            }
+        }
+        if let (Some(x), Some(y)) = (rest.first_chunk::<QK_K>(), last.first_mut()) {
             let mut li = [0i8; QK_K];
             let scales = make_q3_quants_x16(x, &mut li);
             finish_block_ref(x, y, li, scales);

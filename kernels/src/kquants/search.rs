@@ -123,6 +123,116 @@ fn make_qx_quants_n<const N: usize>(
     }
     scale
 }
+/// [`make_qx_quants`] for `L` consecutive 16-weight groups at once (`x`, `out` and `qw`
+/// hold `16 * L` values), one group per lane: each lane runs exactly the scalar sequence of
+/// operations for its group (sums in ggml's order, the trial scales compared in ggml's
+/// order), selects standing in for the branches, so levels and scales are bit-identical.
+/// Returns the `L` scales. Each batch of trial scales accumulates side by side, which gives
+/// the CPU independent chains to overlap.
+#[inline(always)]
+pub fn make_qx_quants_lanes<const L: usize>(
+    nmax: i32,
+    x: &[f32],
+    out: &mut [i8],
+    qw: Option<&[f32]>,
+) -> [f32; L] {
+    const N: usize = 16;
+    const BATCH: usize = 6;
+    let (x, out) = (&x[..N * L], &mut out[..N * L]);
+    let mut xt = [[0.0f32; L]; N];
+    let mut wt = [[0.0f32; L]; N];
+    for k in 0..L {
+        for i in 0..N {
+            let v = x[N * k + i];
+            xt[i][k] = v;
+            wt[i][k] = match qw {
+                Some(q) => q[N * k + i],
+                None => v * v,
+            };
+        }
+    }
+    let mut amax = [0.0f32; L];
+    let mut max = [0.0f32; L];
+    for xi in &xt {
+        for k in 0..L {
+            let ax = xi[k].abs();
+            let gt = ax > amax[k];
+            amax[k] = if gt { ax } else { amax[k] };
+            max[k] = if gt { xi[k] } else { max[k] };
+        }
+    }
+    let nmaxf = nmax as f32;
+    let level = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
+    // Lanes of an all-zero group compute nonsense (infinite scales) that the end discards.
+    let mut win: [f32; L] = std::array::from_fn(|k| -nmaxf / max[k]);
+    let mut sumlx = [0.0f32; L];
+    let mut suml2 = [0.0f32; L];
+    for i in 0..N {
+        for k in 0..L {
+            let (xv, w) = (xt[i][k], wt[i][k]);
+            let lf = level(win[k], xv) as f32;
+            sumlx[k] += w * xv * lf;
+            suml2[k] += w * lf * lf;
+        }
+    }
+    let mut scale: [f32; L] = std::array::from_fn(|k| {
+        if suml2[k] != 0.0 {
+            sumlx[k] / suml2[k]
+        } else {
+            0.0
+        }
+    });
+    let mut best: [f32; L] = std::array::from_fn(|k| scale[k] * sumlx[k]);
+    // The 18 trial scales, is = -9..=-1, 1..=9, in ggml's order, in batches of BATCH.
+    for b in 0..18 / BATCH {
+        let mut iscale = [[0.0f32; L]; BATCH];
+        for t in 0..BATCH {
+            let kt = b * BATCH + t;
+            let is = if kt < 9 { kt as i32 - 9 } else { kt as i32 - 8 };
+            for k in 0..L {
+                iscale[t][k] = -(nmaxf + 0.1f32 * is as f32) / max[k];
+            }
+        }
+        let mut slx = [[0.0f32; L]; BATCH];
+        let mut sl2 = [[0.0f32; L]; BATCH];
+        for i in 0..N {
+            for t in 0..BATCH {
+                for k in 0..L {
+                    let (xv, w) = (xt[i][k], wt[i][k]);
+                    let lf = level(iscale[t][k], xv) as f32;
+                    slx[t][k] += w * xv * lf;
+                    sl2[t][k] += w * lf * lf;
+                }
+            }
+        }
+        for t in 0..BATCH {
+            for k in 0..L {
+                let take = sl2[t][k] > 0.0 && slx[t][k] * slx[t][k] > best[k] * sl2[t][k];
+                let s = slx[t][k] / sl2[t][k];
+                scale[k] = if take { s } else { scale[k] };
+                best[k] = if take { s * slx[t][k] } else { best[k] };
+                win[k] = if take { iscale[t][k] } else { win[k] };
+            }
+        }
+    }
+    // The levels of the winning scale (the first one's when no trial won, as ggml keeps
+    // them).
+    for k in 0..L {
+        let zero = amax[k] < GROUP_MAX_EPS;
+        for i in 0..N {
+            out[N * k + i] = if zero {
+                0
+            } else {
+                (nmax + level(win[k], xt[i][k])) as i8
+            };
+        }
+        if zero {
+            scale[k] = 0.0;
+        }
+    }
+    scale
+}
+
 /// Q3_K's symmetric search (`make_q3_quants` with `do_rmse`): start from the max-based scale
 /// and move single values while the weighted error falls. Writes `l + nmax` into `out`.
 /// Q3_K calls it on 16-weight sub-blocks only, which lets the compiler drop bounds checks.
@@ -199,10 +309,20 @@ pub fn make_q3_quants(nmax: i32, x: &[f32], out: &mut [i8]) -> f32 {
 /// ggml stops a sub-block's refinement after a pass that changes nothing; here the passes go
 /// on while any lane changes, which leaves a converged lane as it is (a pass that changed
 /// nothing starts from the same state, so it changes nothing again).
+///
+/// [`make_q3_quants_lanes`] does the same for `L` sub-blocks of any number of super-blocks.
 #[inline(always)]
 pub fn make_q3_quants_x16(x: &[f32; 256], out: &mut [i8; 256]) -> [f32; 16] {
-    const L: usize = 16;
+    make_q3_quants_lanes::<16>(x, out)
+}
+
+/// [`make_q3_quants_x16`] for `L` consecutive 16-weight sub-blocks (`x` and `out` hold
+/// `16 * L` values): more lanes than a vector holds give the CPU independent chains of
+/// dependent operations to overlap (each pass is a chain through a division per weight).
+#[inline(always)]
+pub fn make_q3_quants_lanes<const L: usize>(x: &[f32], out: &mut [i8]) -> [f32; L] {
     const NMAX: i32 = 4;
+    let (x, out) = (&x[..16 * L], &mut out[..16 * L]);
     // xt[i][k]: weight i of sub-block k.
     let mut xt = [[0.0f32; L]; 16];
     for k in 0..L {
@@ -266,7 +386,11 @@ pub fn make_q3_quants_x16(x: &[f32; 256], out: &mut [i8; 256]) -> [f32; 16] {
     for k in 0..L {
         let zero = amax[k] < GROUP_MAX_EPS;
         for i in 0..16 {
-            out[16 * k + i] = if zero { 0 } else { (l[i][k] as i32 + NMAX) as i8 };
+            out[16 * k + i] = if zero {
+                0
+            } else {
+                (l[i][k] as i32 + NMAX) as i8
+            };
         }
         scales[k] = if !zero && suml2[k] > 0.0 {
             sumlx[k] / suml2[k]
