@@ -3,7 +3,8 @@
 //! Weight = d*(sc-32)*(l-4).
 
 use super::search::{
-    make_q3_quants, make_q3_quants_lanes, make_q3_quants_x16, make_qx_quants, nearest_int,
+    make_q3_quants, make_q3_quants_lanes, make_q3_quants_x16, make_qx_quants, make_qx_quants_lanes,
+    nearest_int,
 };
 use super::{for_each_superblock, pack_2bit, sum_squares, QK_K};
 use crate::fp::Half;
@@ -96,6 +97,15 @@ fn quantize_block_ref(x: &[f32], y: &mut BlockQ3K) {
 }
 
 x86_paths! {
+    /// ggml's `quantize_row_q3_K_impl` with the sub-blocks' searches in lanes.
+    fn imatrix_row(src: &[f32], dst: &mut [u8], imatrix: &[f32]) {
+        for_each_superblock(src, dst, Some(imatrix), |x, y: &mut BlockQ3K, qw| {
+            if let Some(qw) = qw {
+                quantize_block_imatrix::<true>(x, y, qw)
+            }
+        });
+    }
+
     /// ggml's `quantize_row_q3_K_ref` with the sixteen sub-blocks' searches in lanes
     /// ([`make_q3_quants_x16`]).
     fn ref_row(src: &[f32], dst: &mut [u8]) {
@@ -148,23 +158,33 @@ fn finish_block_ref(x: &[f32], y: &mut BlockQ3K, li: [i8; QK_K], scales: [f32; 1
     requantize_and_pack(x, y, &mut l);
 }
 
-fn quantize_block_imatrix(x: &[f32], y: &mut BlockQ3K, qw: &[f32]) {
+/// ggml's `quantize_row_q3_K_impl` for one super-block; `LANES` runs the sixteen
+/// sub-blocks' searches side by side ([`make_qx_quants_lanes`]), else one after another.
+#[inline(always)]
+fn quantize_block_imatrix<const LANES: bool>(x: &[f32], y: &mut BlockQ3K, qw: &[f32]) {
+    let (x, qw) = (&x[..QK_K], &qw[..QK_K]);
     let mut li = [0i8; QK_K];
     let mut scales = [0.0f32; 16];
     let mut sw = [0.0f32; 16];
     let sigma2 = 2.0 * sum_squares(x) / QK_K as f32;
+    let mut weight = [0.0f32; QK_K];
+    for i in 0..QK_K {
+        weight[i] = qw[i] * (sigma2 + x[i] * x[i]).sqrt();
+    }
     for j in 0..16 {
-        let xs = &x[16 * j..16 * j + 16];
-        let mut weight = [0.0f32; 16];
-        for i in 0..16 {
-            weight[i] = qw[16 * j + i] * (sigma2 + xs[i] * xs[i]).sqrt();
-        }
         let mut sumw = 0.0f32;
-        for w in weight {
+        for &w in &weight[16 * j..16 * j + 16] {
             sumw += w;
         }
         sw[j] = sumw;
-        scales[j] = make_qx_quants(4, xs, &mut li[16 * j..], Some(&weight));
+    }
+    if LANES {
+        scales = make_qx_quants_lanes::<16>(4, x, &mut li, Some(&weight));
+    } else {
+        for j in 0..16 {
+            let (xs, ws) = (&x[16 * j..16 * j + 16], &weight[16 * j..16 * j + 16]);
+            scales[j] = make_qx_quants(4, xs, &mut li[16 * j..], Some(ws));
+        }
     }
     let mut ls = [0i8; 16];
     let d_block = make_qx_quants(32, &scales, &mut ls, Some(&sw));
@@ -193,11 +213,15 @@ impl BlockFormat for Q3K {
                     quantize_block_ref(x, y)
                 }),
             ),
-            Some(_) => for_each_superblock(src, dst, imatrix, |x, y: &mut BlockQ3K, qw| {
-                if let Some(qw) = qw {
-                    quantize_block_imatrix(x, y, qw)
-                }
-            }),
+            Some(imatrix) => dispatch!(simd,
+                avx512 => avx512::imatrix_row(src, dst, imatrix),
+                avx2 => avx2::imatrix_row(src, dst, imatrix),
+                scalar => for_each_superblock(src, dst, Some(imatrix), |x, y: &mut BlockQ3K, qw| {
+                    if let Some(qw) = qw {
+                        quantize_block_imatrix::<false>(x, y, qw)
+                    }
+                }),
+            ),
         }
     }
 

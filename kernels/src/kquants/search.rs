@@ -581,6 +581,145 @@ fn make_qkx<const N: usize, const QKX3: bool>(
     *the_min = -min;
     scale
 }
+/// [`make_qkx2_quants`] (`QKX3 == false`) or [`make_qkx3_quants`] for `L` consecutive groups
+/// of `N` weights at once (`x`, `weights` and `out` hold `N * L` values), one group per lane.
+/// Each lane walks ggml's trial steps in ggml's order with its own current `min` (a winning
+/// step moves it for the lane's later steps), its sums in ggml's order, selects standing in
+/// for the branches: the levels, scales and mins are bit-identical to the scalar search's.
+/// Writes the (positive) mins into `the_min`, returns the scales.
+#[inline(always)]
+pub fn make_qkx_lanes<const N: usize, const L: usize, const QKX3: bool>(
+    nmax: i32,
+    x: &[f32],
+    weights: &[f32],
+    out: &mut [u8],
+    the_min: &mut [f32; L],
+    p: MinSearch,
+) -> [f32; L] {
+    let (x, weights, out) = (&x[..N * L], &weights[..N * L], &mut out[..N * L]);
+    let mut xt = [[0.0f32; L]; N];
+    let mut wt = [[0.0f32; L]; N];
+    for k in 0..L {
+        for i in 0..N {
+            xt[i][k] = x[N * k + i];
+            wt[i][k] = weights[N * k + i];
+        }
+    }
+    let mut min = xt[0];
+    let mut max = xt[0];
+    let mut sum_w = wt[0];
+    let mut sum_x: [f32; L] = std::array::from_fn(|k| sum_w[k] * xt[0][k]);
+    for i in 1..N {
+        for k in 0..L {
+            let (xv, w) = (xt[i][k], wt[i][k]);
+            min[k] = if xv < min[k] { xv } else { min[k] };
+            max[k] = if xv > max[k] { xv } else { max[k] };
+            sum_w[k] += w;
+            sum_x[k] += w * xv;
+        }
+    }
+    let mut degenerate = [false; L];
+    for k in 0..L {
+        min[k] = if min[k] > 0.0 { 0.0 } else { min[k] };
+        degenerate[k] = if QKX3 {
+            max[k] <= min[k]
+        } else {
+            max[k] == min[k]
+        };
+    }
+    let nmaxf = nmax as f32;
+    let err = |diff: f32| if p.use_mad { diff.abs() } else { diff * diff };
+    let init_level = |iscale: f32, xm: f32| nearest_int(iscale * xm).clamp(0, nmax);
+    let level = |iscale: f32, xm: f32| -> i32 {
+        if QKX3 {
+            let v = iscale * xm;
+            let r = nearest_int(if v < nmaxf { v } else { nmaxf });
+            if v > 0.0 {
+                r
+            } else {
+                0
+            }
+        } else {
+            nearest_int(iscale * xm).clamp(0, nmax)
+        }
+    };
+    // Degenerate lanes compute nonsense (an infinite scale) that the end discards.
+    let iscale0: [f32; L] = std::array::from_fn(|k| nmaxf / (max[k] - min[k]));
+    let min0 = min;
+    let mut scale: [f32; L] = std::array::from_fn(|k| 1.0 / iscale0[k]);
+    let mut best_error = [0.0f32; L];
+    for i in 0..N {
+        for k in 0..L {
+            let l = init_level(iscale0[k], xt[i][k] - min0[k]) as f32;
+            best_error[k] += wt[i][k] * err(scale[k] * l + min0[k] - xt[i][k]);
+        }
+    }
+    // The winning step's scale and min (the levels are recomputed from them at the end).
+    let mut won = [false; L];
+    let mut win_iscale = [0.0f32; L];
+    let mut win_min = [0.0f32; L];
+    let steps = if p.nstep < 1 { 0 } else { p.nstep + 1 };
+    for is in 0..steps {
+        let iscale: [f32; L] =
+            std::array::from_fn(|k| (p.rmin + p.rdelta * is as f32 + nmaxf) / (max[k] - min[k]));
+        let mut sum_l = [0.0f32; L];
+        let mut sum_l2 = [0.0f32; L];
+        let mut sum_xl = [0.0f32; L];
+        for i in 0..N {
+            for k in 0..L {
+                let (xv, w) = (xt[i][k], wt[i][k]);
+                let lf = level(iscale[k], xv - min[k]) as f32;
+                sum_l[k] += w * lf;
+                sum_l2[k] += w * lf * lf;
+                sum_xl[k] += w * lf * xv;
+            }
+        }
+        let mut this_scale = [0.0f32; L];
+        let mut this_min = [0.0f32; L];
+        let mut ok = [false; L];
+        for k in 0..L {
+            let d = sum_w[k] * sum_l2[k] - sum_l[k] * sum_l[k];
+            ok[k] = d > 0.0;
+            let s = (sum_w[k] * sum_xl[k] - sum_x[k] * sum_l[k]) / d;
+            let m = (sum_l2[k] * sum_x[k] - sum_l[k] * sum_xl[k]) / d;
+            let clamp = m > 0.0;
+            this_scale[k] = if clamp { sum_xl[k] / sum_l2[k] } else { s };
+            this_min[k] = if clamp { 0.0 } else { m };
+        }
+        let mut cur_error = [0.0f32; L];
+        for i in 0..N {
+            for k in 0..L {
+                let (xv, w) = (xt[i][k], wt[i][k]);
+                let lf = level(iscale[k], xv - min[k]) as f32;
+                cur_error[k] += w * err(this_scale[k] * lf + this_min[k] - xv);
+            }
+        }
+        for k in 0..L {
+            let take = ok[k] && cur_error[k] < best_error[k];
+            won[k] |= take;
+            win_iscale[k] = if take { iscale[k] } else { win_iscale[k] };
+            win_min[k] = if take { min[k] } else { win_min[k] };
+            best_error[k] = if take { cur_error[k] } else { best_error[k] };
+            scale[k] = if take { this_scale[k] } else { scale[k] };
+            min[k] = if take { this_min[k] } else { min[k] };
+        }
+    }
+    for k in 0..L {
+        for i in 0..N {
+            let xv = xt[i][k];
+            let l = if won[k] {
+                level(win_iscale[k], xv - win_min[k])
+            } else {
+                init_level(iscale0[k], xv - min0[k])
+            };
+            out[N * k + i] = if degenerate[k] { 0 } else { l as u8 };
+        }
+        the_min[k] = -(if degenerate[k] { min0[k] } else { min[k] });
+        scale[k] = if degenerate[k] { 0.0 } else { scale[k] };
+    }
+    scale
+}
+
 /// Quantizes non-negative values (sub-block scales or mins) to `[0, nmax]` with importance
 /// weights (ggml's `make_qp_quants`). Writes the levels into `out`, returns the scale.
 pub fn make_qp_quants(nmax: i32, x: &[f32], out: &mut [u8], quant_weights: &[f32]) -> f32 {

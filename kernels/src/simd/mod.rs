@@ -156,20 +156,22 @@ macro_rules! dispatch {
 }
 pub(crate) use dispatch;
 
-/// Emits two copies of a row function, compiled for AVX2 (`avx2::NAME`) and for AVX-512
+/// Emits two copies of row functions, compiled for AVX2 (`avx2::NAME`) and for AVX-512
 /// (`avx512::NAME`), from one body that calls the building blocks as `v::...`. The body sees
 /// the invoking module's items (`use super::*`).
 macro_rules! x86_paths {
-    ($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+    ($($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block)*) => {
         #[cfg(target_arch = "x86_64")]
         pub(crate) mod avx2 {
             #[allow(unused_imports)]
             use super::*;
             #[allow(unused_imports)]
             use $crate::simd::x86::avx2 as v;
-            $(#[$meta])*
-            #[target_feature(enable = "avx2,f16c")]
-            pub(crate) fn $name($($arg: $ty),*) $body
+            $(
+                $(#[$meta])*
+                #[target_feature(enable = "avx2,f16c")]
+                pub(crate) fn $name($($arg: $ty),*) $body
+            )*
         }
         #[cfg(target_arch = "x86_64")]
         pub(crate) mod avx512 {
@@ -177,9 +179,11 @@ macro_rules! x86_paths {
             use super::*;
             #[allow(unused_imports)]
             use $crate::simd::x86::avx512 as v;
-            $(#[$meta])*
-            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,f16c")]
-            pub(crate) fn $name($($arg: $ty),*) $body
+            $(
+                $(#[$meta])*
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,f16c")]
+                pub(crate) fn $name($($arg: $ty),*) $body
+            )*
         }
     };
 }
