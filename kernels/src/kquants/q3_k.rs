@@ -99,11 +99,12 @@ fn quantize_block_ref(x: &[f32], y: &mut BlockQ3K) {
 x86_paths! {
     /// ggml's `quantize_row_q3_K_impl` with the sub-blocks' searches in lanes.
     fn imatrix_row(src: &[f32], dst: &mut [u8], imatrix: &[f32]) {
-        for_each_superblock(src, dst, Some(imatrix), |x, y: &mut BlockQ3K, qw| {
-            if let Some(qw) = qw {
-                quantize_block_imatrix::<true>(x, y, qw)
-            }
-        });
+        // A loop rather than a closure, so that all of it is compiled for this path's
+        // target features.
+        let blocks = crate::as_blocks_mut::<BlockQ3K>(dst).iter_mut();
+        for (i, (x, y)) in src.chunks_exact(QK_K).zip(blocks).enumerate() {
+            quantize_block_imatrix::<true>(x, y, &imatrix[i * QK_K..(i + 1) * QK_K]);
+        }
     }
 
     /// ggml's `quantize_row_q3_K_ref` with the sixteen sub-blocks' searches in lanes

@@ -7,7 +7,7 @@ use super::search::{
     get_scale_min_k4, make_qkx2_quants, make_qkx3_quants, make_qkx_lanes, make_qp_quants,
     nearest_int, pack_scale_min_k4, MinSearch,
 };
-use super::{for_each_superblock, sum_squares, QK_K};
+use super::{sum_squares, QK_K};
 use crate::fp::Half;
 use crate::simd::{dispatch, x86_paths};
 use crate::{as_blocks, BlockFormat, GgmlType, Simd};
@@ -84,9 +84,18 @@ pub(crate) fn ref_scales<const LANES: bool>(
     let mut max_scale = 0.0f32;
     let mut max_min = 0.0f32;
     if LANES {
+        // ref_weights for the eight sub-blocks side by side (each sum in ggml's order).
+        let x = &x[..QK_K];
+        let mut ss = [0.0f32; 8];
+        for i in 0..32 {
+            ss = std::array::from_fn(|j| ss[j] + x[32 * j + i] * x[32 * j + i]);
+        }
         let mut w = [0.0f32; QK_K];
         for j in 0..8 {
-            w[32 * j..32 * j + 32].copy_from_slice(&ref_weights(&x[32 * j..32 * j + 32]));
+            let av_x = (ss[j] / 32.0).sqrt();
+            for i in 0..32 {
+                w[32 * j + i] = av_x + x[32 * j + i].abs();
+            }
         }
         scales = make_qkx_lanes::<32, 8, false>(nmax, x, &w, l, &mut mins, search);
     } else {
@@ -214,7 +223,11 @@ const REF_SEARCH: MinSearch = MinSearch {
 /// A row; `LANES` runs each super-block's sub-block searches side by side.
 #[inline(always)]
 fn row<const LANES: bool>(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
-    for_each_superblock(src, dst, imatrix, |x, y: &mut BlockQ4K, qw| {
+    // A loop rather than a closure, so that the SIMD paths inline all of it (a closure
+    // defined here would be compiled without their target features).
+    let blocks = crate::as_blocks_mut::<BlockQ4K>(dst).iter_mut();
+    for (i, (x, y)) in src.chunks_exact(QK_K).zip(blocks).enumerate() {
+        let qw = imatrix.map(|q| &q[i * QK_K..(i + 1) * QK_K]);
         let mut l = [0u8; QK_K];
         match qw {
             None => ref_scales::<LANES>(x, &mut y.head, &mut l, 15, REF_SEARCH),
@@ -227,7 +240,7 @@ fn row<const LANES: bool>(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) 
                 q[32 * n + k] = l[j + k] | (l[j + k + 32] << 4);
             }
         }
-    });
+    }
 }
 
 x86_paths! {

@@ -3,7 +3,7 @@
 
 use super::q4_k::{imatrix_scales, ref_scales, requantize, sub_scales, ScalesK4};
 use super::search::MinSearch;
-use super::{for_each_superblock, QK_K};
+use super::QK_K;
 use crate::simd::{dispatch, x86_paths};
 use crate::{as_blocks, BlockFormat, GgmlType, Simd};
 use std::mem::size_of;
@@ -34,7 +34,11 @@ const REF_SEARCH: MinSearch = MinSearch {
 /// A row; `LANES` runs each super-block's sub-block searches side by side.
 #[inline(always)]
 fn row<const LANES: bool>(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
-    for_each_superblock(src, dst, imatrix, |x, y: &mut BlockQ5K, qw| {
+    // A loop rather than a closure, so that the SIMD paths inline all of it (a closure
+    // defined here would be compiled without their target features).
+    let blocks = crate::as_blocks_mut::<BlockQ5K>(dst).iter_mut();
+    for (i, (x, y)) in src.chunks_exact(QK_K).zip(blocks).enumerate() {
+        let qw = imatrix.map(|q| &q[i * QK_K..(i + 1) * QK_K]);
         let mut l = [0u8; QK_K];
         match qw {
             None => ref_scales::<LANES>(x, &mut y.head, &mut l, 31, REF_SEARCH),
@@ -61,7 +65,7 @@ fn row<const LANES: bool>(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) 
             m1 <<= 2;
             m2 <<= 2;
         }
-    });
+    }
 }
 
 x86_paths! {

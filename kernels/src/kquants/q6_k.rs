@@ -43,11 +43,15 @@ fn quantize_block(x: &[f32], y: &mut BlockQ6K, qw: Option<&[f32]>) {
 x86_paths! {
     /// The row with the sixteen sub-blocks' searches in lanes ([`make_qx_quants_lanes`]).
     fn row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
-        for_each_superblock(src, dst, imatrix, |x, y: &mut BlockQ6K, qw| {
+        // A loop rather than a closure, so that all of it is compiled for this path's
+        // target features.
+        let blocks = crate::as_blocks_mut::<BlockQ6K>(dst).iter_mut();
+        for (i, (x, y)) in src.chunks_exact(QK_K).zip(blocks).enumerate() {
+            let qw = imatrix.map(|q| &q[i * QK_K..(i + 1) * QK_K]);
             let mut li = [0i8; QK_K];
             let scales = make_qx_quants_lanes::<16>(32, x, &mut li, qw);
             finish_block(x, y, li, scales);
-        });
+        }
     }
 }
 
