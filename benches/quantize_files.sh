@@ -28,7 +28,7 @@ fi
 types=${2:-$default_types}
 mkdir -p "$work"
 target=${CARGO_TARGET_DIR:-target}
-cargo build --release --quiet --bin kiln --bin kiln-fixtures
+cargo build --release --quiet -p kiln -p kiln-fixtures --bins
 kiln=$target/release/kiln
 if [ ! -f "$work/ck/config.json" ]; then
   "$target/release/kiln-fixtures" make-fixture "$work/ck" --hidden 1024 --intermediate 2816 \
