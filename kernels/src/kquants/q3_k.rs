@@ -2,10 +2,7 @@
 //! signed scales (one per 16-weight sub-block) and the super-block's f16 `d`.
 //! Weight = d*(sc-32)*(l-4).
 
-use super::search::{
-    make_q3_quants, make_q3_quants_lanes, make_q3_quants_x16, make_qx_quants, make_qx_quants_lanes,
-    nearest_int,
-};
+use super::search::{make_q3_quants, make_qx_quants, make_qx_quants_lanes, nearest_int};
 use super::{for_each_superblock, pack_2bit, sum_squares, QK_K};
 use crate::fp::Half;
 use crate::simd::{dispatch, x86_paths};
@@ -108,7 +105,7 @@ x86_paths! {
     }
 
     /// ggml's `quantize_row_q3_K_ref` with the sixteen sub-blocks' searches in lanes
-    /// ([`make_q3_quants_x16`]).
+    /// ([`make_q3_quants_x16`](crate::kquants::search::make_q3_quants_x16)).
     fn ref_row(src: &[f32], dst: &mut [u8]) {
         // Two super-blocks at a time (32 lanes: two independent chains per instruction).
         let blocks = crate::as_blocks_mut::<BlockQ3K>(dst);
@@ -116,7 +113,7 @@ x86_paths! {
         let (block_pairs, last) = blocks.split_at_mut(pairs.len() * 2);
         for (x, y) in pairs.iter().zip(block_pairs.chunks_exact_mut(2)) {
             let mut li = [0i8; 2 * QK_K];
-            let scales = make_q3_quants_lanes::<32>(x, &mut li);
+            let scales = crate::kquants::search::make_q3_quants_lanes::<32>(x, &mut li);
             for h in 0..2 {
                 let lh: &[i8; QK_K] = li[h * QK_K..].first_chunk().unwrap_or(&[0; QK_K]);
                 let sh: &[f32; 16] = scales[h * 16..].first_chunk().unwrap_or(&[0.0; 16]);
@@ -125,7 +122,7 @@ x86_paths! {
         }
         if let (Some(x), Some(y)) = (rest.first_chunk::<QK_K>(), last.first_mut()) {
             let mut li = [0i8; QK_K];
-            let scales = make_q3_quants_x16(x, &mut li);
+            let scales = crate::kquants::search::make_q3_quants_x16(x, &mut li);
             finish_block_ref(x, y, li, scales);
         }
     }
