@@ -4,9 +4,12 @@
 //!
 //!     cargo bench --bench kernels            # every format, with and without imatrix
 //!     cargo bench --bench kernels -- q4_K    # one format
+//!
+//! kiln runs at [`Simd::active`] (the best level, or `KILN_SIMD`); for formats with SIMD
+//! kernels the other levels this CPU supports are measured too (`kiln-1-thread-scalar`, ...).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use kiln::kernels::GgmlType;
+use kiln::kernels::{GgmlType, Simd};
 use kiln_fixtures::ggml;
 use kiln_fixtures::synth::{importance, Case};
 use std::hint::black_box;
@@ -40,9 +43,24 @@ fn quantize_throughput(c: &mut Criterion) {
             group.bench_function(BenchmarkId::from_parameter("ggml-1-thread"), |b| {
                 b.iter(|| black_box(ggml::quantize(ty, black_box(&x), COLS, qw)))
             });
+            // Inside the one-thread pool for the whole sample, as ggml runs on the calling
+            // thread: entering the pool per call would add a thread wake-up (tens of µs on a
+            // busy VM) to every iteration, a third of f32's time.
             group.bench_function(BenchmarkId::from_parameter("kiln-1-thread"), |b| {
-                b.iter(|| single.install(|| ty.quantize(black_box(&x), COLS, qw, &mut out)))
+                single.install(|| b.iter(|| ty.quantize(black_box(&x), COLS, qw, &mut out)))
             });
+            // The other SIMD levels this CPU supports, for the formats that have SIMD kernels.
+            for simd in Simd::available() {
+                if !ty.has_simd_paths() || simd == Simd::active() {
+                    continue;
+                }
+                let id = format!("kiln-1-thread-{simd}");
+                group.bench_function(BenchmarkId::from_parameter(id), |b| {
+                    single.install(|| {
+                        b.iter(|| ty.quantize_at(simd, black_box(&x), COLS, qw, &mut out))
+                    })
+                });
+            }
             group.bench_function(BenchmarkId::from_parameter("kiln-all-threads"), |b| {
                 b.iter(|| ty.quantize(black_box(&x), COLS, qw, &mut out))
             });

@@ -2,7 +2,7 @@
 //! through the llama.cpp bindings), for every format, with and without importance weights, on
 //! many seeds and on the inputs that break quantizers.
 
-use kiln::kernels::{GgmlType, KernelError};
+use kiln::kernels::{GgmlType, KernelError, Simd};
 use kiln_fixtures::ggml;
 use kiln_fixtures::synth::{importance, Case, SplitMix64};
 
@@ -25,6 +25,29 @@ fn kiln_quantize(ty: GgmlType, x: &[f32], cols: usize, qw: Option<&[f32]>) -> Ve
     out
 }
 
+/// The SIMD levels to compare with ggml for `ty`: every level this CPU supports when the
+/// format has SIMD kernels, else the default one.
+fn levels(ty: GgmlType) -> Vec<Simd> {
+    if ty.has_simd_paths() {
+        Simd::available()
+    } else {
+        vec![Simd::active()]
+    }
+}
+
+fn kiln_quantize_at(
+    simd: Simd,
+    ty: GgmlType,
+    x: &[f32],
+    cols: usize,
+    qw: Option<&[f32]>,
+) -> Vec<u8> {
+    let mut out = vec![0u8; x.len() / cols * ty.row_bytes(cols).unwrap()];
+    ty.quantize_at(simd, x, cols, qw, &mut out)
+        .unwrap_or_else(|e| panic!("{ty} at {simd}: kiln refused valid input: {e}"));
+    out
+}
+
 /// Number of blocks whose bytes differ.
 fn differing_blocks(ty: GgmlType, a: &[u8], b: &[u8]) -> usize {
     assert_eq!(a.len(), b.len());
@@ -43,18 +66,24 @@ fn bitwise_differences(a: &[f32], b: &[f32]) -> usize {
         .count()
 }
 
-/// Quantizes with both, expecting identical bytes; also checks the dequantized weights agree
-/// bit for bit. Returns a description of the mismatch, if any.
+/// Quantizes with both, expecting identical bytes from kiln at every SIMD level ([`levels`]);
+/// also checks the dequantized weights agree bit for bit. Returns a description of the
+/// mismatch, if any.
 fn compare(ty: GgmlType, x: &[f32], cols: usize, qw: Option<&[f32]>) -> Option<String> {
     let theirs = ggml::quantize(ty, x, cols, qw);
     if !ggml::validate_row_data(ty, &theirs) {
         return Some("ggml's own output fails its validation (input unsuitable)".into());
     }
-    let mine = kiln_quantize(ty, x, cols, qw);
-    let bad = differing_blocks(ty, &mine, &theirs);
-    if bad > 0 {
-        let blocks = mine.len() / ty.block_bytes();
-        return Some(format!("{bad} of {blocks} blocks differ"));
+    let mut mine = Vec::new();
+    for simd in levels(ty) {
+        mine = kiln_quantize_at(simd, ty, x, cols, qw);
+        let bad = differing_blocks(ty, &mine, &theirs);
+        if bad > 0 {
+            let blocks = mine.len() / ty.block_bytes();
+            return Some(format!(
+                "{bad} of {blocks} blocks differ at SIMD level {simd}"
+            ));
+        }
     }
     let mut back = vec![0f32; x.len()];
     ty.dequantize(&mine, cols, &mut back).unwrap();
@@ -110,6 +139,37 @@ fn every_format_matches_ggml_without_imatrix() {
 #[test]
 fn every_format_matches_ggml_with_imatrix() {
     run_cases(true);
+}
+
+/// The block statistics that SIMD reductions find differently from ggml's sequential loops
+/// unless they take care: signed zeros as a block's min or max (ggml keeps the first one, and
+/// its sign reaches the f16 min), and a largest magnitude present with both signs (ggml keeps
+/// the first). Every block mixes +0.0, -0.0 and one or two magnitudes, in random positions,
+/// and is compared with ggml at every SIMD level.
+#[test]
+fn signed_zeros_and_tied_extremes_match_at_every_simd_level() {
+    let mut rng = SplitMix64(23);
+    let cols = 1024;
+    let rows = 16;
+    let x: Vec<f32> = (0..rows * cols)
+        .map(|i| {
+            let r = rng.next_u64();
+            let block_kind = (i / 32) % 4;
+            match (block_kind, r % 4) {
+                (_, 0) => 0.0,
+                (_, 1) => -0.0,
+                (0, _) => 0.75,  // zeros and one positive value
+                (1, _) => -0.75, // zeros and one negative value
+                (2, _) => [0.5f32, -0.5][(r >> 8) as usize % 2], // a tied extreme
+                _ => ((r >> 16) % 7) as f32 - 3.0, // small integers, ties
+            }
+        })
+        .collect();
+    for ty in GgmlType::ALL.into_iter().filter(|t| t.has_simd_paths()) {
+        if let Some(why) = compare(ty, &x, cols, None) {
+            panic!("{ty}: {why}");
+        }
+    }
 }
 
 #[test]

@@ -8,9 +8,9 @@
 //! `iquants/mod.rs`, `ternary/mod.rs`, or `lib.rs`)
 //! and one line here.
 
-use crate::rows::{dequantize, quantize, KernelError};
-use crate::BlockFormat;
+use crate::rows::{dequantize, quantize, quantize_at, KernelError};
 use crate::{float, iquants, kquants, legacy, mxfp4, ternary};
+use crate::{BlockFormat, Simd};
 use std::fmt;
 
 /// Generates [`GgmlType`] and its dispatching methods from the table of formats.
@@ -89,6 +89,14 @@ macro_rules! formats {
                 }
             }
 
+            /// Whether the format has SIMD kernels, whose every [`Simd`] level the oracle
+            /// tests compare with ggml.
+            pub fn has_simd_paths(self) -> bool {
+                match self {
+                    $(GgmlType::$variant => <$format as BlockFormat>::SIMD_PATHS,)*
+                }
+            }
+
             /// Quantizes `src` (rows of `n_per_row` weights) into `dst`, rows in parallel. See
             /// [`quantize`].
             pub fn quantize(
@@ -100,6 +108,21 @@ macro_rules! formats {
             ) -> Result<usize, KernelError> {
                 match self {
                     $(GgmlType::$variant => quantize::<$format>(src, n_per_row, imatrix, dst),)*
+                }
+            }
+
+            /// [`GgmlType::quantize`] with the kernels of SIMD level `simd` (same bytes at
+            /// every level). See [`quantize_at`].
+            pub fn quantize_at(
+                self,
+                simd: Simd,
+                src: &[f32],
+                n_per_row: usize,
+                imatrix: Option<&[f32]>,
+                dst: &mut [u8],
+            ) -> Result<usize, KernelError> {
+                match self {
+                    $(GgmlType::$variant => quantize_at::<$format>(simd, src, n_per_row, imatrix, dst),)*
                 }
             }
 

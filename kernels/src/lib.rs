@@ -18,6 +18,8 @@
 //! - [`ternary`]: the ternary formats TQ1_0 and TQ2_0
 //! - [`mxfp4`]: the MXFP4 format, E2M1 codes under an E8M0 scale
 //! - [`rows`]: argument checks and the parallel row driver
+//! - [`simd`](mod@simd): the SIMD level chosen at run time ([`Simd`]: scalar, AVX2, AVX-512),
+//!   every level byte-identical
 //! - [`format`](mod@format): the registry of formats, one line each, which generates [`GgmlType`] (ggml's
 //!   type ids and names) and the dispatch to the formats at run time
 //!
@@ -36,10 +38,12 @@ pub mod kquants;
 pub mod legacy;
 pub mod mxfp4;
 pub mod rows;
+pub mod simd;
 pub mod ternary;
 
 pub use format::GgmlType;
-pub use rows::{dequantize, quantize, KernelError};
+pub use rows::{dequantize, quantize, quantize_at, KernelError};
+pub use simd::Simd;
 
 /// One ggml block format.
 ///
@@ -61,10 +65,21 @@ pub trait BlockFormat: Send + Sync + 'static {
     /// Whether ggml refuses to quantize without importance weights
     /// (`ggml_quantize_requires_imatrix`: IQ2_XXS, IQ2_XS, IQ1_S).
     const REQUIRES_IMATRIX: bool = false;
+    /// Whether the format has SIMD kernels ([`quantize_row_at`](Self::quantize_row_at) looks
+    /// at the level), so that tests run each level against ggml.
+    const SIMD_PATHS: bool = false;
 
     /// Quantizes one row. `imatrix`, when given, holds one importance weight per column and
     /// selects ggml's `quantize_<type>` path instead of `quantize_row_<type>_ref`.
     fn quantize_row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>);
+
+    /// [`quantize_row`](Self::quantize_row) with the kernels of SIMD level `simd` (a level
+    /// this CPU lacks runs the highest one it has below it). Every level writes the same
+    /// bytes; formats without SIMD kernels ignore the level.
+    fn quantize_row_at(simd: Simd, src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
+        let _ = simd;
+        Self::quantize_row(src, dst, imatrix)
+    }
 
     /// Dequantizes one row (`src` holds whole blocks, `dst` their weights).
     fn dequantize_row(src: &[u8], dst: &mut [f32]);

@@ -1,7 +1,7 @@
 //! The checked entry points: validate a call, then quantize or dequantize many rows in
 //! parallel with rayon. Rows are independent, so the bytes never depend on the thread count.
 
-use crate::BlockFormat;
+use crate::{BlockFormat, Simd};
 use rayon::prelude::*;
 use std::fmt;
 
@@ -122,8 +122,22 @@ fn first_non_finite(rows: &[f32], n_per_row: usize, first_row: usize) -> Option<
 /// Quantizes `src`, rows of `n_per_row` weights, into `dst` as format `F`; returns the bytes
 /// written. With `imatrix` (one importance weight per column) it follows ggml's
 /// importance-weighted path. Output is byte-identical to ggml's `ggml_quantize_chunk` on the
-/// same input, and independent of the number of rayon threads.
+/// same input, and independent of the number of rayon threads and of the SIMD level
+/// ([`Simd::active`]).
 pub fn quantize<F: BlockFormat>(
+    src: &[f32],
+    n_per_row: usize,
+    imatrix: Option<&[f32]>,
+    dst: &mut [u8],
+) -> Result<usize, KernelError> {
+    quantize_at::<F>(Simd::active(), src, n_per_row, imatrix, dst)
+}
+
+/// [`quantize`] with the kernels of SIMD level `simd` (a level this CPU lacks runs the
+/// highest one it has below it): the same bytes at every level, which is what the oracle
+/// tests check level by level.
+pub fn quantize_at<F: BlockFormat>(
+    simd: Simd,
     src: &[f32],
     n_per_row: usize,
     imatrix: Option<&[f32]>,
@@ -172,7 +186,7 @@ pub fn quantize<F: BlockFormat>(
                 .zip(y.chunks_exact_mut(row_bytes))
                 .enumerate()
             {
-                F::quantize_row(xr, yr, imatrix);
+                F::quantize_row_at(simd, xr, yr, imatrix);
                 if let Some(block) = F::first_invalid_block(yr) {
                     return Some(KernelError::Overflow {
                         format: F::TYPE.name(),

@@ -36,7 +36,7 @@ pub(crate) fn pack_2bit(l: &[u8; QK_K], qs: &mut [u8; QK_K / 4]) {
 
 /// Calls `f` on each super-block of a row with its output block and, when an importance
 /// matrix is given, its 256 importance weights.
-#[inline]
+#[inline(always)]
 pub(crate) fn for_each_superblock<B: bytemuck::Pod>(
     src: &[f32],
     dst: &mut [u8],

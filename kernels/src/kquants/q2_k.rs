@@ -1,10 +1,13 @@
 //! Q2_K: 84 bytes per 256 weights: a 4-bit scale and min per 16-weight sub-block, 2-bit
 //! levels, and the super-block's f16 `d` and `dmin`. Weight = d*sc*l - dmin*m.
 
-use super::search::{make_qkx2_quants, make_qkx3_quants, make_qp_quants, nearest_int, MinSearch};
-use super::{for_each_superblock, pack_2bit, sum_squares, QK_K};
+use super::search::{
+    make_qkx2_quants, make_qkx3_quants, make_qkx_lanes, make_qp_quants, nearest_int, MinSearch,
+};
+use super::{pack_2bit, sum_squares, QK_K};
 use crate::fp::Half;
-use crate::{as_blocks, BlockFormat, GgmlType};
+use crate::simd::{dispatch, x86_paths};
+use crate::{as_blocks, BlockFormat, GgmlType, Simd};
 use std::mem::size_of;
 
 /// The 2-bit K-quant.
@@ -40,6 +43,7 @@ const IMATRIX_SEARCH: MinSearch = MinSearch {
 };
 
 /// Re-derives the levels from the stored (rounded) scales, as ggml does after packing them.
+#[inline(always)]
 fn requantize(x: &[f32], y: &BlockQ2K, l: &mut [u8; QK_K]) {
     let (dm, mm) = (y.d.to_f32(), y.dmin.to_f32());
     for j in 0..QK_K / 16 {
@@ -54,20 +58,32 @@ fn requantize(x: &[f32], y: &BlockQ2K, l: &mut [u8; QK_K]) {
     }
 }
 
-fn quantize_block_ref(x: &[f32], y: &mut BlockQ2K) {
+/// ggml's `quantize_row_q2_K_ref` for one super-block; `LANES` runs the sixteen sub-blocks'
+/// searches side by side ([`make_qkx_lanes`]), else one after another.
+#[inline(always)]
+fn quantize_block_ref<const LANES: bool>(x: &[f32], y: &mut BlockQ2K) {
+    let x = &x[..QK_K];
     let mut l = [0u8; QK_K];
     let mut mins = [0.0f32; 16];
     let mut scales = [0.0f32; 16];
     let q4scale = 15.0f32;
     let mut max_scale = 0.0f32;
     let mut max_min = 0.0f32;
-    for j in 0..16 {
-        let xs = &x[16 * j..16 * j + 16];
-        let mut weights = [0.0f32; 16];
-        for (w, v) in weights.iter_mut().zip(xs) {
-            *w = v.abs();
+    if LANES {
+        let weights: [f32; QK_K] = std::array::from_fn(|i| x[i].abs());
+        scales = make_qkx_lanes::<16, 16, false>(3, x, &weights, &mut l, &mut mins, REF_SEARCH);
+    } else {
+        for j in 0..16 {
+            let xs = &x[16 * j..16 * j + 16];
+            let mut weights = [0.0f32; 16];
+            for (w, v) in weights.iter_mut().zip(xs) {
+                *w = v.abs();
+            }
+            scales[j] =
+                make_qkx2_quants(3, xs, &weights, &mut l[16 * j..], &mut mins[j], REF_SEARCH);
         }
-        scales[j] = make_qkx2_quants(3, xs, &weights, &mut l[16 * j..], &mut mins[j], REF_SEARCH);
+    }
+    for j in 0..16 {
         if scales[j] > max_scale {
             max_scale = scales[j];
         }
@@ -98,29 +114,32 @@ fn quantize_block_ref(x: &[f32], y: &mut BlockQ2K) {
     pack_2bit(&l, &mut y.qs);
 }
 
-fn quantize_block_imatrix(x: &[f32], y: &mut BlockQ2K, qw: &[f32]) {
+/// ggml's `quantize_row_q2_K_impl` for one super-block; `LANES` as in
+/// [`quantize_block_ref`].
+#[inline(always)]
+fn quantize_block_imatrix<const LANES: bool>(x: &[f32], y: &mut BlockQ2K, qw: &[f32]) {
+    let (x, qw) = (&x[..QK_K], &qw[..QK_K]);
     let mut l = [0u8; QK_K];
     let mut mins = [0.0f32; 16];
     let mut scales = [0.0f32; 16];
     let mut sw = [0.0f32; 16];
     let sigma2 = sum_squares(x) / QK_K as f32;
+    let mut weight = [0.0f32; QK_K];
+    for i in 0..QK_K {
+        weight[i] = qw[i] * (sigma2 + x[i] * x[i]).sqrt();
+    }
     for j in 0..16 {
-        let xs = &x[16 * j..16 * j + 16];
-        let mut weight = [0.0f32; 16];
-        for i in 0..16 {
-            weight[i] = qw[16 * j + i] * (sigma2 + xs[i] * xs[i]).sqrt();
-        }
-        for w in weight {
+        for &w in &weight[16 * j..16 * j + 16] {
             sw[j] += w;
         }
-        scales[j] = make_qkx3_quants(
-            3,
-            xs,
-            &weight,
-            &mut l[16 * j..],
-            &mut mins[j],
-            IMATRIX_SEARCH,
-        );
+    }
+    if LANES {
+        scales = make_qkx_lanes::<16, 16, true>(3, x, &weight, &mut l, &mut mins, IMATRIX_SEARCH);
+    } else {
+        for j in 0..16 {
+            let (xs, ws) = (&x[16 * j..16 * j + 16], &weight[16 * j..16 * j + 16]);
+            scales[j] = make_qkx3_quants(3, xs, ws, &mut l[16 * j..], &mut mins[j], IMATRIX_SEARCH);
+        }
     }
     let mut ls = [0u8; 16];
     let mut lm = [0u8; 16];
@@ -135,16 +154,42 @@ fn quantize_block_imatrix(x: &[f32], y: &mut BlockQ2K, qw: &[f32]) {
     pack_2bit(&l, &mut y.qs);
 }
 
+/// A row; `LANES` runs each super-block's sub-block searches side by side. A loop rather
+/// than a closure, so that the SIMD paths compile all of it for their target features.
+#[inline(always)]
+fn row<const LANES: bool>(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
+    let blocks = crate::as_blocks_mut::<BlockQ2K>(dst).iter_mut();
+    for (i, (x, y)) in src.chunks_exact(QK_K).zip(blocks).enumerate() {
+        match imatrix {
+            None => quantize_block_ref::<LANES>(x, y),
+            Some(q) => quantize_block_imatrix::<LANES>(x, y, &q[i * QK_K..(i + 1) * QK_K]),
+        }
+    }
+}
+
+x86_paths! {
+    /// [`row`] with the sub-block searches in lanes.
+    fn row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
+        super::row::<true>(src, dst, imatrix)
+    }
+}
+
 impl BlockFormat for Q2K {
     const TYPE: GgmlType = GgmlType::Q2_K;
     const BLOCK_WEIGHTS: usize = QK_K;
     const BLOCK_BYTES: usize = size_of::<BlockQ2K>();
+    const SIMD_PATHS: bool = true;
 
     fn quantize_row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
-        for_each_superblock(src, dst, imatrix, |x, y: &mut BlockQ2K, qw| match qw {
-            None => quantize_block_ref(x, y),
-            Some(qw) => quantize_block_imatrix(x, y, qw),
-        });
+        Self::quantize_row_at(Simd::active(), src, dst, imatrix)
+    }
+
+    fn quantize_row_at(simd: Simd, src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
+        dispatch!(simd,
+            avx512 => avx512::row(src, dst, imatrix),
+            avx2 => avx2::row(src, dst, imatrix),
+            scalar => row::<false>(src, dst, imatrix),
+        )
     }
 
     fn dequantize_row(src: &[u8], dst: &mut [f32]) {

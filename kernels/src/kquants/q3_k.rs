@@ -2,10 +2,11 @@
 //! signed scales (one per 16-weight sub-block) and the super-block's f16 `d`.
 //! Weight = d*(sc-32)*(l-4).
 
-use super::search::{make_q3_quants, make_qx_quants, nearest_int};
+use super::search::{make_q3_quants, make_qx_quants, make_qx_quants_lanes, nearest_int};
 use super::{for_each_superblock, pack_2bit, sum_squares, QK_K};
 use crate::fp::Half;
-use crate::{as_blocks, BlockFormat, GgmlType};
+use crate::simd::{dispatch, x86_paths};
+use crate::{as_blocks, BlockFormat, GgmlType, Simd};
 use std::mem::size_of;
 
 /// The 3-bit K-quant.
@@ -52,7 +53,12 @@ fn scale(s: &[u8; 12], j: usize) -> i32 {
 }
 
 /// Re-derives the levels from the stored scales, then writes hmask and the 2-bit levels.
+/// Inlined, so that the SIMD paths get it compiled for their instruction set (the loops are
+/// written to vectorize: 16 divisions by one `d`, then weight `w`'s high bit into bit
+/// `w / 32` of `hmask[w % 32]`, as ggml's running `m`/`hm` pair does).
+#[inline(always)]
 fn requantize_and_pack(x: &[f32], y: &mut BlockQ3K, l: &mut [u8; QK_K]) {
+    let x = &x[..QK_K];
     let d_all = y.d.to_f32();
     for j in 0..16 {
         let d = d_all * scale(&y.scales, j) as f32;
@@ -63,30 +69,71 @@ fn requantize_and_pack(x: &[f32], y: &mut BlockQ3K, l: &mut [u8; QK_K]) {
             l[16 * j + ii] = (nearest_int(x[16 * j + ii] / d).clamp(-4, 3) + 4) as u8;
         }
     }
-    y.hmask.fill(0);
-    let mut m = 0;
-    let mut hm = 1u8;
-    for v in l.iter_mut() {
-        if *v > 3 {
-            y.hmask[m] |= hm;
-            *v -= 4;
-        }
-        m += 1;
-        if m == QK_K / 8 {
-            m = 0;
-            hm <<= 1;
+    let mut hmask = [0u8; QK_K / 8];
+    for k in 0..8 {
+        for m in 0..QK_K / 8 {
+            let v = l[32 * k + m];
+            let hi = v > 3;
+            hmask[m] |= (hi as u8) << k;
+            l[32 * k + m] = if hi { v - 4 } else { v };
         }
     }
+    y.hmask = hmask;
     pack_2bit(l, &mut y.qs);
 }
 
+/// ggml's `quantize_row_q3_K_ref` for one super-block, the sub-blocks searched one after
+/// another.
 fn quantize_block_ref(x: &[f32], y: &mut BlockQ3K) {
     let mut li = [0i8; QK_K];
     let mut scales = [0.0f32; 16];
+    for j in 0..16 {
+        scales[j] = make_q3_quants(4, &x[16 * j..16 * j + 16], &mut li[16 * j..]);
+    }
+    finish_block_ref(x, y, li, scales);
+}
+
+x86_paths! {
+    /// ggml's `quantize_row_q3_K_impl` with the sub-blocks' searches in lanes.
+    fn imatrix_row(src: &[f32], dst: &mut [u8], imatrix: &[f32]) {
+        // A loop rather than a closure, so that all of it is compiled for this path's
+        // target features.
+        let blocks = crate::as_blocks_mut::<BlockQ3K>(dst).iter_mut();
+        for (i, (x, y)) in src.chunks_exact(QK_K).zip(blocks).enumerate() {
+            quantize_block_imatrix::<true>(x, y, &imatrix[i * QK_K..(i + 1) * QK_K]);
+        }
+    }
+
+    /// ggml's `quantize_row_q3_K_ref` with the sixteen sub-blocks' searches in lanes
+    /// ([`make_q3_quants_x16`](crate::kquants::search::make_q3_quants_x16)).
+    fn ref_row(src: &[f32], dst: &mut [u8]) {
+        // Two super-blocks at a time (32 lanes: two independent chains per instruction).
+        let blocks = crate::as_blocks_mut::<BlockQ3K>(dst);
+        let (pairs, rest) = src.as_chunks::<{ 2 * QK_K }>();
+        let (block_pairs, last) = blocks.split_at_mut(pairs.len() * 2);
+        for (x, y) in pairs.iter().zip(block_pairs.chunks_exact_mut(2)) {
+            let mut li = [0i8; 2 * QK_K];
+            let scales = crate::kquants::search::make_q3_quants_lanes::<32>(x, &mut li);
+            for h in 0..2 {
+                let lh: &[i8; QK_K] = li[h * QK_K..].first_chunk().unwrap_or(&[0; QK_K]);
+                let sh: &[f32; 16] = scales[h * 16..].first_chunk().unwrap_or(&[0.0; 16]);
+                finish_block_ref(&x[h * QK_K..(h + 1) * QK_K], &mut y[h], *lh, *sh);
+            }
+        }
+        if let (Some(x), Some(y)) = (rest.first_chunk::<QK_K>(), last.first_mut()) {
+            let mut li = [0i8; QK_K];
+            let scales = crate::kquants::search::make_q3_quants_x16(x, &mut li);
+            finish_block_ref(x, y, li, scales);
+        }
+    }
+}
+
+/// The rest of `quantize_row_q3_K_ref` once the sub-blocks' levels and scales are known.
+#[inline(always)]
+fn finish_block_ref(x: &[f32], y: &mut BlockQ3K, li: [i8; QK_K], scales: [f32; 16]) {
     let mut max_scale = 0.0f32;
     let mut amax = 0.0f32;
     for j in 0..16 {
-        scales[j] = make_q3_quants(4, &x[16 * j..16 * j + 16], &mut li[16 * j..]);
         let s = scales[j].abs();
         if s > amax {
             amax = s;
@@ -109,23 +156,33 @@ fn quantize_block_ref(x: &[f32], y: &mut BlockQ3K) {
     requantize_and_pack(x, y, &mut l);
 }
 
-fn quantize_block_imatrix(x: &[f32], y: &mut BlockQ3K, qw: &[f32]) {
+/// ggml's `quantize_row_q3_K_impl` for one super-block; `LANES` runs the sixteen
+/// sub-blocks' searches side by side ([`make_qx_quants_lanes`]), else one after another.
+#[inline(always)]
+fn quantize_block_imatrix<const LANES: bool>(x: &[f32], y: &mut BlockQ3K, qw: &[f32]) {
+    let (x, qw) = (&x[..QK_K], &qw[..QK_K]);
     let mut li = [0i8; QK_K];
     let mut scales = [0.0f32; 16];
     let mut sw = [0.0f32; 16];
     let sigma2 = 2.0 * sum_squares(x) / QK_K as f32;
+    let mut weight = [0.0f32; QK_K];
+    for i in 0..QK_K {
+        weight[i] = qw[i] * (sigma2 + x[i] * x[i]).sqrt();
+    }
     for j in 0..16 {
-        let xs = &x[16 * j..16 * j + 16];
-        let mut weight = [0.0f32; 16];
-        for i in 0..16 {
-            weight[i] = qw[16 * j + i] * (sigma2 + xs[i] * xs[i]).sqrt();
-        }
         let mut sumw = 0.0f32;
-        for w in weight {
+        for &w in &weight[16 * j..16 * j + 16] {
             sumw += w;
         }
         sw[j] = sumw;
-        scales[j] = make_qx_quants(4, xs, &mut li[16 * j..], Some(&weight));
+    }
+    if LANES {
+        scales = make_qx_quants_lanes::<16>(4, x, &mut li, Some(&weight));
+    } else {
+        for j in 0..16 {
+            let (xs, ws) = (&x[16 * j..16 * j + 16], &weight[16 * j..16 * j + 16]);
+            scales[j] = make_qx_quants(4, xs, &mut li[16 * j..], Some(ws));
+        }
     }
     let mut ls = [0i8; 16];
     let d_block = make_qx_quants(32, &scales, &mut ls, Some(&sw));
@@ -139,12 +196,31 @@ impl BlockFormat for Q3K {
     const TYPE: GgmlType = GgmlType::Q3_K;
     const BLOCK_WEIGHTS: usize = QK_K;
     const BLOCK_BYTES: usize = size_of::<BlockQ3K>();
+    const SIMD_PATHS: bool = true;
 
     fn quantize_row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
-        for_each_superblock(src, dst, imatrix, |x, y: &mut BlockQ3K, qw| match qw {
-            None => quantize_block_ref(x, y),
-            Some(qw) => quantize_block_imatrix(x, y, qw),
-        });
+        Self::quantize_row_at(Simd::active(), src, dst, imatrix)
+    }
+
+    fn quantize_row_at(simd: Simd, src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
+        match imatrix {
+            None => dispatch!(simd,
+                avx512 => avx512::ref_row(src, dst),
+                avx2 => avx2::ref_row(src, dst),
+                scalar => for_each_superblock(src, dst, None, |x, y: &mut BlockQ3K, _| {
+                    quantize_block_ref(x, y)
+                }),
+            ),
+            Some(imatrix) => dispatch!(simd,
+                avx512 => avx512::imatrix_row(src, dst, imatrix),
+                avx2 => avx2::imatrix_row(src, dst, imatrix),
+                scalar => for_each_superblock(src, dst, Some(imatrix), |x, y: &mut BlockQ3K, qw| {
+                    if let Some(qw) = qw {
+                        quantize_block_imatrix::<false>(x, y, qw)
+                    }
+                }),
+            ),
+        }
     }
 
     fn dequantize_row(src: &[u8], dst: &mut [f32]) {

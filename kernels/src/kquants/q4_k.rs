@@ -4,12 +4,13 @@
 //! The scale header ([`ScalesK4`]) and its searches are shared with Q5_K.
 
 use super::search::{
-    get_scale_min_k4, make_qkx2_quants, make_qkx3_quants, make_qp_quants, nearest_int,
-    pack_scale_min_k4, MinSearch,
+    get_scale_min_k4, make_qkx2_quants, make_qkx3_quants, make_qkx_lanes, make_qp_quants,
+    nearest_int, pack_scale_min_k4, MinSearch,
 };
-use super::{for_each_superblock, sum_squares, QK_K};
+use super::{sum_squares, QK_K};
 use crate::fp::Half;
-use crate::{as_blocks, BlockFormat, GgmlType};
+use crate::simd::{dispatch, x86_paths};
+use crate::{as_blocks, BlockFormat, GgmlType, Simd};
 use std::mem::size_of;
 
 /// The 4-bit K-quant.
@@ -67,7 +68,11 @@ pub(crate) fn ref_weights(xs: &[f32]) -> [f32; 32] {
 /// Sub-block scales and mins of a super-block for the reference path, already quantized to
 /// 6 bits and packed, with `d` and `dmin`. Shared with Q5_K, which differs only in `nmax` and
 /// its search settings.
-pub(crate) fn ref_scales(
+///
+/// `LANES` runs the eight sub-blocks' searches side by side ([`make_qkx_lanes`]), else one
+/// after another; the bytes are the same.
+#[inline(always)]
+pub(crate) fn ref_scales<const LANES: bool>(
     x: &[f32],
     y: &mut ScalesK4,
     l: &mut [u8; QK_K],
@@ -78,10 +83,29 @@ pub(crate) fn ref_scales(
     let mut scales = [0.0f32; 8];
     let mut max_scale = 0.0f32;
     let mut max_min = 0.0f32;
+    if LANES {
+        // ref_weights for the eight sub-blocks side by side (each sum in ggml's order).
+        let x = &x[..QK_K];
+        let mut ss = [0.0f32; 8];
+        for i in 0..32 {
+            ss = std::array::from_fn(|j| ss[j] + x[32 * j + i] * x[32 * j + i]);
+        }
+        let mut w = [0.0f32; QK_K];
+        for j in 0..8 {
+            let av_x = (ss[j] / 32.0).sqrt();
+            for i in 0..32 {
+                w[32 * j + i] = av_x + x[32 * j + i].abs();
+            }
+        }
+        scales = make_qkx_lanes::<32, 8, false>(nmax, x, &w, l, &mut mins, search);
+    } else {
+        for j in 0..8 {
+            let xs = &x[32 * j..32 * j + 32];
+            let w = ref_weights(xs);
+            scales[j] = make_qkx2_quants(nmax, xs, &w, &mut l[32 * j..], &mut mins[j], search);
+        }
+    }
     for j in 0..8 {
-        let xs = &x[32 * j..32 * j + 32];
-        let w = ref_weights(xs);
-        scales[j] = make_qkx2_quants(nmax, xs, &w, &mut l[32 * j..], &mut mins[j], search);
         if scales[j] > max_scale {
             max_scale = scales[j];
         }
@@ -110,7 +134,8 @@ pub(crate) fn ref_scales(
 ///
 /// `cap_levels` applies ggml's `MIN(63, ...)` to the scale levels, which Q5_K does and Q4_K
 /// does not (it matters only in degenerate blocks, but the bytes must match).
-pub(crate) fn imatrix_scales(
+#[inline(always)]
+pub(crate) fn imatrix_scales<const LANES: bool>(
     x: &[f32],
     y: &mut ScalesK4,
     l: &mut [u8; QK_K],
@@ -118,22 +143,30 @@ pub(crate) fn imatrix_scales(
     qw: &[f32],
     cap_levels: bool,
 ) {
+    let (x, qw) = (&x[..QK_K], &qw[..QK_K]);
     let mut mins = [0.0f32; 8];
     let mut scales = [0.0f32; 8];
     let mut sw = [0.0f32; 8];
     let sigma2 = 2.0 * sum_squares(x) / QK_K as f32;
+    let mut w = [0.0f32; QK_K];
+    for i in 0..QK_K {
+        w[i] = qw[i] * (sigma2 + x[i] * x[i]).sqrt();
+    }
     for j in 0..8 {
-        let xs = &x[32 * j..32 * j + 32];
-        let mut w = [0.0f32; 32];
-        for i in 0..32 {
-            w[i] = qw[32 * j + i] * (sigma2 + xs[i] * xs[i]).sqrt();
-        }
         let mut sumw = 0.0f32;
-        for v in w {
+        for &v in &w[32 * j..32 * j + 32] {
             sumw += v;
         }
         sw[j] = sumw;
-        scales[j] = make_qkx3_quants(nmax, xs, &w, &mut l[32 * j..], &mut mins[j], IMATRIX_SEARCH);
+    }
+    if LANES {
+        scales = make_qkx_lanes::<32, 8, true>(nmax, x, &w, l, &mut mins, IMATRIX_SEARCH);
+    } else {
+        for j in 0..8 {
+            let (xs, ws) = (&x[32 * j..32 * j + 32], &w[32 * j..32 * j + 32]);
+            scales[j] =
+                make_qkx3_quants(nmax, xs, ws, &mut l[32 * j..], &mut mins[j], IMATRIX_SEARCH);
+        }
     }
     let mut ls = [0u8; 8];
     let mut lm = [0u8; 8];
@@ -151,6 +184,7 @@ pub(crate) fn imatrix_scales(
 }
 
 /// Re-derives each sub-block's levels from the stored scales and mins.
+#[inline(always)]
 pub(crate) fn requantize(x: &[f32], y: &ScalesK4, l: &mut [u8; QK_K], nmax: i32) {
     let d_all = y.d.to_f32();
     let m_all = y.dmin.to_f32();
@@ -186,26 +220,52 @@ const REF_SEARCH: MinSearch = MinSearch {
     use_mad: false,
 };
 
+/// A row; `LANES` runs each super-block's sub-block searches side by side.
+#[inline(always)]
+fn row<const LANES: bool>(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
+    // A loop rather than a closure, so that the SIMD paths inline all of it (a closure
+    // defined here would be compiled without their target features).
+    let blocks = crate::as_blocks_mut::<BlockQ4K>(dst).iter_mut();
+    for (i, (x, y)) in src.chunks_exact(QK_K).zip(blocks).enumerate() {
+        let qw = imatrix.map(|q| &q[i * QK_K..(i + 1) * QK_K]);
+        let mut l = [0u8; QK_K];
+        match qw {
+            None => ref_scales::<LANES>(x, &mut y.head, &mut l, 15, REF_SEARCH),
+            Some(qw) => imatrix_scales::<LANES>(x, &mut y.head, &mut l, 15, qw, false),
+        }
+        requantize(x, &y.head, &mut l, 15);
+        let q = &mut y.qs;
+        for (n, j) in (0..QK_K).step_by(64).enumerate() {
+            for k in 0..32 {
+                q[32 * n + k] = l[j + k] | (l[j + k + 32] << 4);
+            }
+        }
+    }
+}
+
+x86_paths! {
+    /// [`row`] with the sub-block searches in lanes.
+    fn row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
+        super::row::<true>(src, dst, imatrix)
+    }
+}
+
 impl BlockFormat for Q4K {
     const TYPE: GgmlType = GgmlType::Q4_K;
     const BLOCK_WEIGHTS: usize = QK_K;
     const BLOCK_BYTES: usize = size_of::<BlockQ4K>();
+    const SIMD_PATHS: bool = true;
 
     fn quantize_row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
-        for_each_superblock(src, dst, imatrix, |x, y: &mut BlockQ4K, qw| {
-            let mut l = [0u8; QK_K];
-            match qw {
-                None => ref_scales(x, &mut y.head, &mut l, 15, REF_SEARCH),
-                Some(qw) => imatrix_scales(x, &mut y.head, &mut l, 15, qw, false),
-            }
-            requantize(x, &y.head, &mut l, 15);
-            let q = &mut y.qs;
-            for (n, j) in (0..QK_K).step_by(64).enumerate() {
-                for k in 0..32 {
-                    q[32 * n + k] = l[j + k] | (l[j + k + 32] << 4);
-                }
-            }
-        });
+        Self::quantize_row_at(Simd::active(), src, dst, imatrix)
+    }
+
+    fn quantize_row_at(simd: Simd, src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
+        dispatch!(simd,
+            avx512 => avx512::row(src, dst, imatrix),
+            avx2 => avx2::row(src, dst, imatrix),
+            scalar => row::<false>(src, dst, imatrix),
+        )
     }
 
     fn dequantize_row(src: &[u8], dst: &mut [f32]) {

@@ -3,8 +3,9 @@
 
 use super::q4_k::{imatrix_scales, ref_scales, requantize, sub_scales, ScalesK4};
 use super::search::MinSearch;
-use super::{for_each_superblock, QK_K};
-use crate::{as_blocks, BlockFormat, GgmlType};
+use super::QK_K;
+use crate::simd::{dispatch, x86_paths};
+use crate::{as_blocks, BlockFormat, GgmlType, Simd};
 use std::mem::size_of;
 
 /// The 5-bit K-quant.
@@ -30,40 +31,66 @@ const REF_SEARCH: MinSearch = MinSearch {
     use_mad: false,
 };
 
+/// A row; `LANES` runs each super-block's sub-block searches side by side.
+#[inline(always)]
+fn row<const LANES: bool>(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
+    // A loop rather than a closure, so that the SIMD paths inline all of it (a closure
+    // defined here would be compiled without their target features).
+    let blocks = crate::as_blocks_mut::<BlockQ5K>(dst).iter_mut();
+    for (i, (x, y)) in src.chunks_exact(QK_K).zip(blocks).enumerate() {
+        let qw = imatrix.map(|q| &q[i * QK_K..(i + 1) * QK_K]);
+        let mut l = [0u8; QK_K];
+        match qw {
+            None => ref_scales::<LANES>(x, &mut y.head, &mut l, 31, REF_SEARCH),
+            Some(qw) => imatrix_scales::<LANES>(x, &mut y.head, &mut l, 31, qw, true),
+        }
+        requantize(x, &y.head, &mut l, 31);
+        let (qh, ql) = (&mut y.qh, &mut y.qs);
+        qh.fill(0);
+        let (mut m1, mut m2) = (1u8, 2u8);
+        for (k, n) in (0..QK_K).step_by(64).enumerate() {
+            for j in 0..32 {
+                let mut l1 = l[n + j];
+                if l1 > 15 {
+                    l1 -= 16;
+                    qh[j] |= m1;
+                }
+                let mut l2 = l[n + j + 32];
+                if l2 > 15 {
+                    l2 -= 16;
+                    qh[j] |= m2;
+                }
+                ql[32 * k + j] = l1 | (l2 << 4);
+            }
+            m1 <<= 2;
+            m2 <<= 2;
+        }
+    }
+}
+
+x86_paths! {
+    /// [`row`] with the sub-block searches in lanes.
+    fn row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
+        super::row::<true>(src, dst, imatrix)
+    }
+}
+
 impl BlockFormat for Q5K {
     const TYPE: GgmlType = GgmlType::Q5_K;
     const BLOCK_WEIGHTS: usize = QK_K;
     const BLOCK_BYTES: usize = size_of::<BlockQ5K>();
+    const SIMD_PATHS: bool = true;
 
     fn quantize_row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
-        for_each_superblock(src, dst, imatrix, |x, y: &mut BlockQ5K, qw| {
-            let mut l = [0u8; QK_K];
-            match qw {
-                None => ref_scales(x, &mut y.head, &mut l, 31, REF_SEARCH),
-                Some(qw) => imatrix_scales(x, &mut y.head, &mut l, 31, qw, true),
-            }
-            requantize(x, &y.head, &mut l, 31);
-            let (qh, ql) = (&mut y.qh, &mut y.qs);
-            qh.fill(0);
-            let (mut m1, mut m2) = (1u8, 2u8);
-            for (k, n) in (0..QK_K).step_by(64).enumerate() {
-                for j in 0..32 {
-                    let mut l1 = l[n + j];
-                    if l1 > 15 {
-                        l1 -= 16;
-                        qh[j] |= m1;
-                    }
-                    let mut l2 = l[n + j + 32];
-                    if l2 > 15 {
-                        l2 -= 16;
-                        qh[j] |= m2;
-                    }
-                    ql[32 * k + j] = l1 | (l2 << 4);
-                }
-                m1 <<= 2;
-                m2 <<= 2;
-            }
-        });
+        Self::quantize_row_at(Simd::active(), src, dst, imatrix)
+    }
+
+    fn quantize_row_at(simd: Simd, src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
+        dispatch!(simd,
+            avx512 => avx512::row(src, dst, imatrix),
+            avx2 => avx2::row(src, dst, imatrix),
+            scalar => row::<false>(src, dst, imatrix),
+        )
     }
 
     fn dequantize_row(src: &[u8], dst: &mut [f32]) {

@@ -2,10 +2,11 @@
 //! 8-bit scales (one per 16-weight sub-block) and the super-block's f16 `d`.
 //! Weight = d*sc*(l-32).
 
-use super::search::{make_qx_quants, nearest_int, GROUP_MAX_EPS};
+use super::search::{make_qx_quants, make_qx_quants_lanes, nearest_int, GROUP_MAX_EPS};
 use super::{for_each_superblock, QK_K};
 use crate::fp::Half;
-use crate::{as_blocks, BlockFormat, GgmlType};
+use crate::simd::{dispatch, x86_paths};
+use crate::{as_blocks, BlockFormat, GgmlType, Simd};
 use std::mem::size_of;
 
 /// The 6-bit K-quant.
@@ -28,15 +29,40 @@ pub struct BlockQ6K {
 }
 const _: () = assert!(size_of::<BlockQ6K>() == 210);
 
+/// One super-block, the sixteen sub-blocks searched one after another.
 fn quantize_block(x: &[f32], y: &mut BlockQ6K, qw: Option<&[f32]>) {
     let mut li = [0i8; QK_K];
     let mut scales = [0.0f32; 16];
+    for ib in 0..16 {
+        let w = qw.map(|q| &q[16 * ib..16 * ib + 16]);
+        scales[ib] = make_qx_quants(32, &x[16 * ib..16 * ib + 16], &mut li[16 * ib..], w);
+    }
+    finish_block(x, y, li, scales);
+}
+
+x86_paths! {
+    /// The row with the sixteen sub-blocks' searches in lanes ([`make_qx_quants_lanes`]).
+    fn row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
+        // A loop rather than a closure, so that all of it is compiled for this path's
+        // target features.
+        let blocks = crate::as_blocks_mut::<BlockQ6K>(dst).iter_mut();
+        for (i, (x, y)) in src.chunks_exact(QK_K).zip(blocks).enumerate() {
+            let qw = imatrix.map(|q| &q[i * QK_K..(i + 1) * QK_K]);
+            let mut li = [0i8; QK_K];
+            let scales = make_qx_quants_lanes::<16>(32, x, &mut li, qw);
+            finish_block(x, y, li, scales);
+        }
+    }
+}
+
+/// The rest of ggml's Q6_K quantization once the sub-blocks' levels and scales are known.
+#[inline(always)]
+fn finish_block(x: &[f32], y: &mut BlockQ6K, mut li: [i8; QK_K], scales: [f32; 16]) {
+    let x = &x[..QK_K];
     let mut max_scale = 0.0f32;
     let mut max_abs_scale = 0.0f32;
     for ib in 0..16 {
-        let w = qw.map(|q| &q[16 * ib..16 * ib + 16]);
-        let scale = make_qx_quants(32, &x[16 * ib..16 * ib + 16], &mut li[16 * ib..], w);
-        scales[ib] = scale;
+        let scale = scales[ib];
         let abs_scale = scale.abs();
         if abs_scale > max_abs_scale {
             max_abs_scale = abs_scale;
@@ -84,11 +110,20 @@ impl BlockFormat for Q6K {
     const TYPE: GgmlType = GgmlType::Q6_K;
     const BLOCK_WEIGHTS: usize = QK_K;
     const BLOCK_BYTES: usize = size_of::<BlockQ6K>();
+    const SIMD_PATHS: bool = true;
 
     fn quantize_row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
-        for_each_superblock(src, dst, imatrix, |x, y: &mut BlockQ6K, qw| {
-            quantize_block(x, y, qw);
-        });
+        Self::quantize_row_at(Simd::active(), src, dst, imatrix)
+    }
+
+    fn quantize_row_at(simd: Simd, src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
+        dispatch!(simd,
+            avx512 => avx512::row(src, dst, imatrix),
+            avx2 => avx2::row(src, dst, imatrix),
+            scalar => for_each_superblock(src, dst, imatrix, |x, y: &mut BlockQ6K, qw| {
+                quantize_block(x, y, qw);
+            }),
+        )
     }
 
     fn dequantize_row(src: &[u8], dst: &mut [f32]) {

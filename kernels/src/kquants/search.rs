@@ -123,6 +123,116 @@ fn make_qx_quants_n<const N: usize>(
     }
     scale
 }
+/// [`make_qx_quants`] for `L` consecutive 16-weight groups at once (`x`, `out` and `qw`
+/// hold `16 * L` values), one group per lane: each lane runs exactly the scalar sequence of
+/// operations for its group (sums in ggml's order, the trial scales compared in ggml's
+/// order), selects standing in for the branches, so levels and scales are bit-identical.
+/// Returns the `L` scales. Each batch of trial scales accumulates side by side, which gives
+/// the CPU independent chains to overlap.
+#[inline(always)]
+pub fn make_qx_quants_lanes<const L: usize>(
+    nmax: i32,
+    x: &[f32],
+    out: &mut [i8],
+    qw: Option<&[f32]>,
+) -> [f32; L] {
+    const N: usize = 16;
+    const BATCH: usize = 6;
+    let (x, out) = (&x[..N * L], &mut out[..N * L]);
+    let mut xt = [[0.0f32; L]; N];
+    let mut wt = [[0.0f32; L]; N];
+    for k in 0..L {
+        for i in 0..N {
+            let v = x[N * k + i];
+            xt[i][k] = v;
+            wt[i][k] = match qw {
+                Some(q) => q[N * k + i],
+                None => v * v,
+            };
+        }
+    }
+    let mut amax = [0.0f32; L];
+    let mut max = [0.0f32; L];
+    for xi in &xt {
+        for k in 0..L {
+            let ax = xi[k].abs();
+            let gt = ax > amax[k];
+            amax[k] = if gt { ax } else { amax[k] };
+            max[k] = if gt { xi[k] } else { max[k] };
+        }
+    }
+    let nmaxf = nmax as f32;
+    let level = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1);
+    // Lanes of an all-zero group compute nonsense (infinite scales) that the end discards.
+    let mut win: [f32; L] = std::array::from_fn(|k| -nmaxf / max[k]);
+    let mut sumlx = [0.0f32; L];
+    let mut suml2 = [0.0f32; L];
+    for i in 0..N {
+        for k in 0..L {
+            let (xv, w) = (xt[i][k], wt[i][k]);
+            let lf = level(win[k], xv) as f32;
+            sumlx[k] += w * xv * lf;
+            suml2[k] += w * lf * lf;
+        }
+    }
+    let mut scale: [f32; L] = std::array::from_fn(|k| {
+        if suml2[k] != 0.0 {
+            sumlx[k] / suml2[k]
+        } else {
+            0.0
+        }
+    });
+    let mut best: [f32; L] = std::array::from_fn(|k| scale[k] * sumlx[k]);
+    // The 18 trial scales, is = -9..=-1, 1..=9, in ggml's order, in batches of BATCH.
+    for b in 0..18 / BATCH {
+        let mut iscale = [[0.0f32; L]; BATCH];
+        for t in 0..BATCH {
+            let kt = b * BATCH + t;
+            let is = if kt < 9 { kt as i32 - 9 } else { kt as i32 - 8 };
+            for k in 0..L {
+                iscale[t][k] = -(nmaxf + 0.1f32 * is as f32) / max[k];
+            }
+        }
+        let mut slx = [[0.0f32; L]; BATCH];
+        let mut sl2 = [[0.0f32; L]; BATCH];
+        for i in 0..N {
+            for t in 0..BATCH {
+                for k in 0..L {
+                    let (xv, w) = (xt[i][k], wt[i][k]);
+                    let lf = level(iscale[t][k], xv) as f32;
+                    slx[t][k] += w * xv * lf;
+                    sl2[t][k] += w * lf * lf;
+                }
+            }
+        }
+        for t in 0..BATCH {
+            for k in 0..L {
+                let take = sl2[t][k] > 0.0 && slx[t][k] * slx[t][k] > best[k] * sl2[t][k];
+                let s = slx[t][k] / sl2[t][k];
+                scale[k] = if take { s } else { scale[k] };
+                best[k] = if take { s * slx[t][k] } else { best[k] };
+                win[k] = if take { iscale[t][k] } else { win[k] };
+            }
+        }
+    }
+    // The levels of the winning scale (the first one's when no trial won, as ggml keeps
+    // them).
+    for k in 0..L {
+        let zero = amax[k] < GROUP_MAX_EPS;
+        for i in 0..N {
+            out[N * k + i] = if zero {
+                0
+            } else {
+                (nmax + level(win[k], xt[i][k])) as i8
+            };
+        }
+        if zero {
+            scale[k] = 0.0;
+        }
+    }
+    scale
+}
+
 /// Q3_K's symmetric search (`make_q3_quants` with `do_rmse`): start from the max-based scale
 /// and move single values while the weighted error falls. Writes `l + nmax` into `out`.
 /// Q3_K calls it on 16-weight sub-blocks only, which lets the compiler drop bounds checks.
@@ -188,6 +298,107 @@ pub fn make_q3_quants(nmax: i32, x: &[f32], out: &mut [i8]) -> f32 {
     } else {
         0.0
     }
+}
+
+/// [`make_q3_quants`] with `nmax == 4` for the sixteen 16-weight sub-blocks of a super-block
+/// at once, one sub-block per lane: each lane runs exactly the scalar sequence of operations
+/// for its sub-block (its sums in ggml's order), selects standing in for the branches, so the
+/// levels and scales are bit-identical. Returns the sixteen scales, writes `l + 4` (or 0 for
+/// an all-zero sub-block, as ggml leaves it) into `out`.
+///
+/// ggml stops a sub-block's refinement after a pass that changes nothing; here the passes go
+/// on while any lane changes, which leaves a converged lane as it is (a pass that changed
+/// nothing starts from the same state, so it changes nothing again).
+///
+/// [`make_q3_quants_lanes`] does the same for `L` sub-blocks of any number of super-blocks.
+#[inline(always)]
+pub fn make_q3_quants_x16(x: &[f32; 256], out: &mut [i8; 256]) -> [f32; 16] {
+    make_q3_quants_lanes::<16>(x, out)
+}
+
+/// [`make_q3_quants_x16`] for `L` consecutive 16-weight sub-blocks (`x` and `out` hold
+/// `16 * L` values): more lanes than a vector holds give the CPU independent chains of
+/// dependent operations to overlap (each pass is a chain through a division per weight).
+#[inline(always)]
+pub fn make_q3_quants_lanes<const L: usize>(x: &[f32], out: &mut [i8]) -> [f32; L] {
+    const NMAX: i32 = 4;
+    let (x, out) = (&x[..16 * L], &mut out[..16 * L]);
+    // xt[i][k]: weight i of sub-block k.
+    let mut xt = [[0.0f32; L]; 16];
+    for k in 0..L {
+        for i in 0..16 {
+            xt[i][k] = x[16 * k + i];
+        }
+    }
+    let mut amax = [0.0f32; L];
+    let mut max = [0.0f32; L];
+    for xi in &xt {
+        for k in 0..L {
+            let ax = xi[k].abs();
+            let gt = ax > amax[k];
+            amax[k] = if gt { ax } else { amax[k] };
+            max[k] = if gt { xi[k] } else { max[k] };
+        }
+    }
+    // Lanes of an all-zero sub-block compute nonsense (their scale is infinite) that the end
+    // discards; nothing here can trap or panic on it.
+    let iscale: [f32; L] = std::array::from_fn(|k| -(NMAX as f32) / max[k]);
+    let mut l = [[0.0f32; L]; 16];
+    let mut sumlx = [0.0f32; L];
+    let mut suml2 = [0.0f32; L];
+    for i in 0..16 {
+        for k in 0..L {
+            let xv = xt[i][k];
+            let lf = nearest_int(iscale[k] * xv).clamp(-NMAX, NMAX - 1) as f32;
+            l[i][k] = lf;
+            let w = xv * xv;
+            sumlx[k] += w * xv * lf;
+            suml2[k] += w * lf * lf;
+        }
+    }
+    for _ in 0..5 {
+        let mut changed = [false; L];
+        for i in 0..16 {
+            for k in 0..L {
+                let xv = xt[i][k];
+                let w = xv * xv;
+                let li = l[i][k];
+                let slx0 = sumlx[k] - w * xv * li;
+                let sl20 = suml2[k] - w * li * li;
+                let nl = nearest_int(xv * sl20 / slx0).clamp(-NMAX, NMAX - 1) as f32;
+                let slx = slx0 + w * xv * nl;
+                let sl2 = sl20 + w * nl * nl;
+                let take = slx0 > 0.0
+                    && nl != li
+                    && sl2 > 0.0
+                    && slx * slx * suml2[k] > sumlx[k] * sumlx[k] * sl2;
+                l[i][k] = if take { nl } else { li };
+                sumlx[k] = if take { slx } else { sumlx[k] };
+                suml2[k] = if take { sl2 } else { suml2[k] };
+                changed[k] |= take;
+            }
+        }
+        if !changed.iter().any(|&c| c) {
+            break;
+        }
+    }
+    let mut scales = [0.0f32; L];
+    for k in 0..L {
+        let zero = amax[k] < GROUP_MAX_EPS;
+        for i in 0..16 {
+            out[16 * k + i] = if zero {
+                0
+            } else {
+                (l[i][k] as i32 + NMAX) as i8
+            };
+        }
+        scales[k] = if !zero && suml2[k] > 0.0 {
+            sumlx[k] / suml2[k]
+        } else {
+            0.0
+        };
+    }
+    scales
 }
 
 /// Parameters of the scale-and-min grid searches.
@@ -370,6 +581,145 @@ fn make_qkx<const N: usize, const QKX3: bool>(
     *the_min = -min;
     scale
 }
+/// [`make_qkx2_quants`] (`QKX3 == false`) or [`make_qkx3_quants`] for `L` consecutive groups
+/// of `N` weights at once (`x`, `weights` and `out` hold `N * L` values), one group per lane.
+/// Each lane walks ggml's trial steps in ggml's order with its own current `min` (a winning
+/// step moves it for the lane's later steps), its sums in ggml's order, selects standing in
+/// for the branches: the levels, scales and mins are bit-identical to the scalar search's.
+/// Writes the (positive) mins into `the_min`, returns the scales.
+#[inline(always)]
+pub fn make_qkx_lanes<const N: usize, const L: usize, const QKX3: bool>(
+    nmax: i32,
+    x: &[f32],
+    weights: &[f32],
+    out: &mut [u8],
+    the_min: &mut [f32; L],
+    p: MinSearch,
+) -> [f32; L] {
+    let (x, weights, out) = (&x[..N * L], &weights[..N * L], &mut out[..N * L]);
+    let mut xt = [[0.0f32; L]; N];
+    let mut wt = [[0.0f32; L]; N];
+    for k in 0..L {
+        for i in 0..N {
+            xt[i][k] = x[N * k + i];
+            wt[i][k] = weights[N * k + i];
+        }
+    }
+    let mut min = xt[0];
+    let mut max = xt[0];
+    let mut sum_w = wt[0];
+    let mut sum_x: [f32; L] = std::array::from_fn(|k| sum_w[k] * xt[0][k]);
+    for i in 1..N {
+        for k in 0..L {
+            let (xv, w) = (xt[i][k], wt[i][k]);
+            min[k] = if xv < min[k] { xv } else { min[k] };
+            max[k] = if xv > max[k] { xv } else { max[k] };
+            sum_w[k] += w;
+            sum_x[k] += w * xv;
+        }
+    }
+    let mut degenerate = [false; L];
+    for k in 0..L {
+        min[k] = if min[k] > 0.0 { 0.0 } else { min[k] };
+        degenerate[k] = if QKX3 {
+            max[k] <= min[k]
+        } else {
+            max[k] == min[k]
+        };
+    }
+    let nmaxf = nmax as f32;
+    let err = |diff: f32| if p.use_mad { diff.abs() } else { diff * diff };
+    let init_level = |iscale: f32, xm: f32| nearest_int(iscale * xm).clamp(0, nmax);
+    let level = |iscale: f32, xm: f32| -> i32 {
+        if QKX3 {
+            let v = iscale * xm;
+            let r = nearest_int(if v < nmaxf { v } else { nmaxf });
+            if v > 0.0 {
+                r
+            } else {
+                0
+            }
+        } else {
+            nearest_int(iscale * xm).clamp(0, nmax)
+        }
+    };
+    // Degenerate lanes compute nonsense (an infinite scale) that the end discards.
+    let iscale0: [f32; L] = std::array::from_fn(|k| nmaxf / (max[k] - min[k]));
+    let min0 = min;
+    let mut scale: [f32; L] = std::array::from_fn(|k| 1.0 / iscale0[k]);
+    let mut best_error = [0.0f32; L];
+    for i in 0..N {
+        for k in 0..L {
+            let l = init_level(iscale0[k], xt[i][k] - min0[k]) as f32;
+            best_error[k] += wt[i][k] * err(scale[k] * l + min0[k] - xt[i][k]);
+        }
+    }
+    // The winning step's scale and min (the levels are recomputed from them at the end).
+    let mut won = [false; L];
+    let mut win_iscale = [0.0f32; L];
+    let mut win_min = [0.0f32; L];
+    let steps = if p.nstep < 1 { 0 } else { p.nstep + 1 };
+    for is in 0..steps {
+        let iscale: [f32; L] =
+            std::array::from_fn(|k| (p.rmin + p.rdelta * is as f32 + nmaxf) / (max[k] - min[k]));
+        let mut sum_l = [0.0f32; L];
+        let mut sum_l2 = [0.0f32; L];
+        let mut sum_xl = [0.0f32; L];
+        for i in 0..N {
+            for k in 0..L {
+                let (xv, w) = (xt[i][k], wt[i][k]);
+                let lf = level(iscale[k], xv - min[k]) as f32;
+                sum_l[k] += w * lf;
+                sum_l2[k] += w * lf * lf;
+                sum_xl[k] += w * lf * xv;
+            }
+        }
+        let mut this_scale = [0.0f32; L];
+        let mut this_min = [0.0f32; L];
+        let mut ok = [false; L];
+        for k in 0..L {
+            let d = sum_w[k] * sum_l2[k] - sum_l[k] * sum_l[k];
+            ok[k] = d > 0.0;
+            let s = (sum_w[k] * sum_xl[k] - sum_x[k] * sum_l[k]) / d;
+            let m = (sum_l2[k] * sum_x[k] - sum_l[k] * sum_xl[k]) / d;
+            let clamp = m > 0.0;
+            this_scale[k] = if clamp { sum_xl[k] / sum_l2[k] } else { s };
+            this_min[k] = if clamp { 0.0 } else { m };
+        }
+        let mut cur_error = [0.0f32; L];
+        for i in 0..N {
+            for k in 0..L {
+                let (xv, w) = (xt[i][k], wt[i][k]);
+                let lf = level(iscale[k], xv - min[k]) as f32;
+                cur_error[k] += w * err(this_scale[k] * lf + this_min[k] - xv);
+            }
+        }
+        for k in 0..L {
+            let take = ok[k] && cur_error[k] < best_error[k];
+            won[k] |= take;
+            win_iscale[k] = if take { iscale[k] } else { win_iscale[k] };
+            win_min[k] = if take { min[k] } else { win_min[k] };
+            best_error[k] = if take { cur_error[k] } else { best_error[k] };
+            scale[k] = if take { this_scale[k] } else { scale[k] };
+            min[k] = if take { this_min[k] } else { min[k] };
+        }
+    }
+    for k in 0..L {
+        for i in 0..N {
+            let xv = xt[i][k];
+            let l = if won[k] {
+                level(win_iscale[k], xv - win_min[k])
+            } else {
+                init_level(iscale0[k], xv - min0[k])
+            };
+            out[N * k + i] = if degenerate[k] { 0 } else { l as u8 };
+        }
+        the_min[k] = -(if degenerate[k] { min0[k] } else { min[k] });
+        scale[k] = if degenerate[k] { 0.0 } else { scale[k] };
+    }
+    scale
+}
+
 /// Quantizes non-negative values (sub-block scales or mins) to `[0, nmax]` with importance
 /// weights (ggml's `make_qp_quants`). Writes the levels into `out`, returns the scale.
 pub fn make_qp_quants(nmax: i32, x: &[f32], out: &mut [u8], quant_weights: &[f32]) -> f32 {

@@ -2,7 +2,8 @@
 
 use super::{asym_imatrix_block, asym_ref_header, row_sigma2, to_int, QK};
 use crate::fp::Half;
-use crate::{as_blocks, as_blocks_mut, BlockFormat, GgmlType};
+use crate::simd::{dispatch, x86_paths};
+use crate::{as_blocks, as_blocks_mut, BlockFormat, GgmlType, Simd};
 use std::mem::size_of;
 
 /// The 4-bit legacy format with a min.
@@ -31,27 +32,62 @@ fn pack<const FINITE: bool>(x: &[f32], min: f32, id: f32, qs: &mut [u8; QK / 2])
     }
 }
 
+/// ggml's `quantize_row_q4_1_ref`, portable.
+fn ref_row(src: &[f32], dst: &mut [u8]) {
+    for (x, b) in src
+        .chunks_exact(QK)
+        .zip(as_blocks_mut::<BlockQ4_1>(dst).iter_mut())
+    {
+        let (min, id) = asym_ref_header(15.0, x, &mut b.d, &mut b.m);
+        if id.is_finite() {
+            pack::<true>(x, min, id, &mut b.qs);
+        } else {
+            pack::<false>(x, min, id, &mut b.qs);
+        }
+    }
+}
+
+x86_paths! {
+    /// [`ref_row`] with SIMD: min and max by reductions (a zero extreme fixed up to ggml's
+    /// first zero), the 32 levels in lanes.
+    fn ref_row(src: &[f32], dst: &mut [u8]) {
+        for (x, b) in src
+            .as_chunks::<QK>()
+            .0
+            .iter()
+            .zip(as_blocks_mut::<BlockQ4_1>(dst).iter_mut())
+        {
+            let (min, max) = v::min_max(x);
+            let d = (max - min) / 15.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            b.d = v::f16(d);
+            b.m = v::f16(min);
+            b.qs = v::nibbles_capped(v::trunc_levels::<true>(x, min, id, 0.5), 15);
+        }
+    }
+}
+
 impl BlockFormat for Q4_1 {
     const TYPE: GgmlType = GgmlType::Q4_1;
     const BLOCK_WEIGHTS: usize = QK;
     const BLOCK_BYTES: usize = size_of::<BlockQ4_1>();
+    const SIMD_PATHS: bool = true;
 
     fn quantize_row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
-        let blocks = src
-            .chunks_exact(QK)
-            .zip(as_blocks_mut::<BlockQ4_1>(dst).iter_mut());
+        Self::quantize_row_at(Simd::active(), src, dst, imatrix)
+    }
+
+    fn quantize_row_at(simd: Simd, src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
         match imatrix {
-            None => {
-                for (x, b) in blocks {
-                    let (min, id) = asym_ref_header(15.0, x, &mut b.d, &mut b.m);
-                    if id.is_finite() {
-                        pack::<true>(x, min, id, &mut b.qs);
-                    } else {
-                        pack::<false>(x, min, id, &mut b.qs);
-                    }
-                }
-            }
+            None => dispatch!(simd,
+                avx512 => avx512::ref_row(src, dst),
+                avx2 => avx2::ref_row(src, dst),
+                scalar => ref_row(src, dst),
+            ),
             Some(qw) => {
+                let blocks = src
+                    .chunks_exact(QK)
+                    .zip(as_blocks_mut::<BlockQ4_1>(dst).iter_mut());
                 let sigma2 = row_sigma2(src);
                 for (ib, (x, b)) in blocks.enumerate() {
                     let (d, m, l) = asym_imatrix_block(15, x, &qw[ib * QK..], sigma2);

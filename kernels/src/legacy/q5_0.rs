@@ -3,7 +3,8 @@
 use super::{importance, pack_q5, q5_level, row_sigma2, signed_absmax, to_int, QK};
 use crate::fp::Half;
 use crate::kquants::search::make_qx_quants;
-use crate::{as_blocks, as_blocks_mut, BlockFormat, GgmlType};
+use crate::simd::{dispatch, x86_paths};
+use crate::{as_blocks, as_blocks_mut, BlockFormat, GgmlType, Simd};
 use std::mem::size_of;
 
 /// The 5-bit symmetric legacy format.
@@ -30,31 +31,64 @@ fn levels<const FINITE: bool>(x: &[f32], id: f32, l: &mut [u8; QK]) {
     }
 }
 
+/// ggml's `quantize_row_q5_0_ref`, portable.
+fn ref_row(src: &[f32], dst: &mut [u8]) {
+    for (x, b) in src
+        .chunks_exact(QK)
+        .zip(as_blocks_mut::<BlockQ5_0>(dst).iter_mut())
+    {
+        let d = signed_absmax(x) / -16.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        b.d = Half::from_f32(d);
+        let mut l = [0u8; QK];
+        if id.is_finite() {
+            levels::<true>(x, id, &mut l);
+        } else {
+            levels::<false>(x, id, &mut l);
+        }
+        pack_q5(|j| l[j], &mut b.qh, &mut b.qs);
+    }
+}
+
+x86_paths! {
+    /// [`ref_row`] with SIMD: the block's extreme by a reduction, its levels in lanes.
+    fn ref_row(src: &[f32], dst: &mut [u8]) {
+        for (x, b) in src
+            .as_chunks::<QK>()
+            .0
+            .iter()
+            .zip(as_blocks_mut::<BlockQ5_0>(dst).iter_mut())
+        {
+            let d = v::signed_absmax(x) / -16.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            b.d = v::f16(d);
+            let l = v::cap(v::trunc_levels::<false>(x, 0.0, id, 16.5), 31);
+            (b.qh, b.qs) = v::q5_pack(l);
+        }
+    }
+}
+
 impl BlockFormat for Q5_0 {
     const TYPE: GgmlType = GgmlType::Q5_0;
     const BLOCK_WEIGHTS: usize = QK;
     const BLOCK_BYTES: usize = size_of::<BlockQ5_0>();
+    const SIMD_PATHS: bool = true;
 
     fn quantize_row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
-        let blocks = src
-            .chunks_exact(QK)
-            .zip(as_blocks_mut::<BlockQ5_0>(dst).iter_mut());
+        Self::quantize_row_at(Simd::active(), src, dst, imatrix)
+    }
+
+    fn quantize_row_at(simd: Simd, src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
         match imatrix {
-            None => {
-                for (x, b) in blocks {
-                    let d = signed_absmax(x) / -16.0;
-                    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-                    b.d = Half::from_f32(d);
-                    let mut l = [0u8; QK];
-                    if id.is_finite() {
-                        levels::<true>(x, id, &mut l);
-                    } else {
-                        levels::<false>(x, id, &mut l);
-                    }
-                    pack_q5(|j| l[j], &mut b.qh, &mut b.qs);
-                }
-            }
+            None => dispatch!(simd,
+                avx512 => avx512::ref_row(src, dst),
+                avx2 => avx2::ref_row(src, dst),
+                scalar => ref_row(src, dst),
+            ),
             Some(qw) => {
+                let blocks = src
+                    .chunks_exact(QK)
+                    .zip(as_blocks_mut::<BlockQ5_0>(dst).iter_mut());
                 let sigma2 = row_sigma2(src);
                 for (ib, (x, b)) in blocks.enumerate() {
                     let w = importance(&qw[ib * QK..], x, sigma2);

@@ -2,7 +2,8 @@
 
 use super::{asym_imatrix_block, asym_ref_header, pack_q5, q5_level, row_sigma2, to_int, QK};
 use crate::fp::Half;
-use crate::{as_blocks, as_blocks_mut, BlockFormat, GgmlType};
+use crate::simd::{dispatch, x86_paths};
+use crate::{as_blocks, as_blocks_mut, BlockFormat, GgmlType, Simd};
 use std::mem::size_of;
 
 /// The 5-bit legacy format with a min.
@@ -31,29 +32,64 @@ fn levels<const FINITE: bool>(x: &[f32], min: f32, id: f32, l: &mut [u8; QK]) {
     }
 }
 
+/// ggml's `quantize_row_q5_1_ref`, portable.
+fn ref_row(src: &[f32], dst: &mut [u8]) {
+    for (x, b) in src
+        .chunks_exact(QK)
+        .zip(as_blocks_mut::<BlockQ5_1>(dst).iter_mut())
+    {
+        let (min, id) = asym_ref_header(31.0, x, &mut b.d, &mut b.m);
+        let mut l = [0u8; QK];
+        if id.is_finite() {
+            levels::<true>(x, min, id, &mut l);
+        } else {
+            levels::<false>(x, min, id, &mut l);
+        }
+        pack_q5(|j| l[j], &mut b.qh, &mut b.qs);
+    }
+}
+
+x86_paths! {
+    /// [`ref_row`] with SIMD: min and max by reductions (a zero extreme fixed up to ggml's
+    /// first zero), the levels in lanes.
+    fn ref_row(src: &[f32], dst: &mut [u8]) {
+        for (x, b) in src
+            .as_chunks::<QK>()
+            .0
+            .iter()
+            .zip(as_blocks_mut::<BlockQ5_1>(dst).iter_mut())
+        {
+            let (min, max) = v::min_max(x);
+            let d = (max - min) / 31.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            b.d = v::f16(d);
+            b.m = v::f16(min);
+            (b.qh, b.qs) = v::q5_pack(v::trunc_levels::<true>(x, min, id, 0.5));
+        }
+    }
+}
+
 impl BlockFormat for Q5_1 {
     const TYPE: GgmlType = GgmlType::Q5_1;
     const BLOCK_WEIGHTS: usize = QK;
     const BLOCK_BYTES: usize = size_of::<BlockQ5_1>();
+    const SIMD_PATHS: bool = true;
 
     fn quantize_row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
-        let blocks = src
-            .chunks_exact(QK)
-            .zip(as_blocks_mut::<BlockQ5_1>(dst).iter_mut());
+        Self::quantize_row_at(Simd::active(), src, dst, imatrix)
+    }
+
+    fn quantize_row_at(simd: Simd, src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
         match imatrix {
-            None => {
-                for (x, b) in blocks {
-                    let (min, id) = asym_ref_header(31.0, x, &mut b.d, &mut b.m);
-                    let mut l = [0u8; QK];
-                    if id.is_finite() {
-                        levels::<true>(x, min, id, &mut l);
-                    } else {
-                        levels::<false>(x, min, id, &mut l);
-                    }
-                    pack_q5(|j| l[j], &mut b.qh, &mut b.qs);
-                }
-            }
+            None => dispatch!(simd,
+                avx512 => avx512::ref_row(src, dst),
+                avx2 => avx2::ref_row(src, dst),
+                scalar => ref_row(src, dst),
+            ),
             Some(qw) => {
+                let blocks = src
+                    .chunks_exact(QK)
+                    .zip(as_blocks_mut::<BlockQ5_1>(dst).iter_mut());
                 let sigma2 = row_sigma2(src);
                 for (ib, (x, b)) in blocks.enumerate() {
                     let (d, m, l) = asym_imatrix_block(31, x, &qw[ib * QK..], sigma2);

@@ -2,7 +2,8 @@
 
 use super::{cvtt, QK};
 use crate::fp::Half;
-use crate::{as_blocks, as_blocks_mut, BlockFormat, GgmlType};
+use crate::simd::{dispatch, x86_paths};
+use crate::{as_blocks, as_blocks_mut, BlockFormat, GgmlType, Simd};
 use std::mem::size_of;
 
 /// The 8-bit legacy format.
@@ -47,32 +48,68 @@ fn levels<const FINITE: bool>(x: &[f32], id: f32, qs: &mut [i8; QK]) {
     }
 }
 
-impl BlockFormat for Q8_0 {
-    const TYPE: GgmlType = GgmlType::Q8_0;
-    const BLOCK_WEIGHTS: usize = QK;
-    const BLOCK_BYTES: usize = size_of::<BlockQ8_0>();
-    const USES_IMATRIX: bool = false;
+/// ggml's `quantize_row_q8_0_ref`, portable.
+fn ref_row(src: &[f32], dst: &mut [u8]) {
+    for (x, b) in src
+        .chunks_exact(QK)
+        .zip(as_blocks_mut::<BlockQ8_0>(dst).iter_mut())
+    {
+        let mut amax = 0.0f32;
+        for &v in x {
+            let a = v.abs();
+            amax = if amax > a { amax } else { a };
+        }
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        b.d = Half::from_f32(d);
+        if id.is_finite() {
+            levels::<true>(x, id, &mut b.qs);
+        } else {
+            levels::<false>(x, id, &mut b.qs);
+        }
+    }
+}
 
-    /// ggml ignores importance weights for Q8_0; so does kiln.
-    fn quantize_row(src: &[f32], dst: &mut [u8], _imatrix: Option<&[f32]>) {
+x86_paths! {
+    /// [`ref_row`] with SIMD: the largest magnitude by a reduction, the levels in lanes
+    /// (a block of subnormals, whose reciprocal scale is infinite, the portable way).
+    fn ref_row(src: &[f32], dst: &mut [u8]) {
         for (x, b) in src
-            .chunks_exact(QK)
+            .as_chunks::<QK>()
+            .0
+            .iter()
             .zip(as_blocks_mut::<BlockQ8_0>(dst).iter_mut())
         {
-            let mut amax = 0.0f32;
-            for &v in x {
-                let a = v.abs();
-                amax = if amax > a { amax } else { a };
-            }
-            let d = amax / 127.0;
+            let d = v::amax(x) / 127.0;
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            b.d = Half::from_f32(d);
+            b.d = v::f16(d);
             if id.is_finite() {
-                levels::<true>(x, id, &mut b.qs);
+                v::store32(v::round_levels(x, id), bytemuck::cast_mut(&mut b.qs));
             } else {
                 levels::<false>(x, id, &mut b.qs);
             }
         }
+    }
+}
+
+impl BlockFormat for Q8_0 {
+    const TYPE: GgmlType = GgmlType::Q8_0;
+    const BLOCK_WEIGHTS: usize = QK;
+    const BLOCK_BYTES: usize = size_of::<BlockQ8_0>();
+    const SIMD_PATHS: bool = true;
+    const USES_IMATRIX: bool = false;
+
+    /// ggml ignores importance weights for Q8_0; so does kiln.
+    fn quantize_row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
+        Self::quantize_row_at(Simd::active(), src, dst, imatrix)
+    }
+
+    fn quantize_row_at(simd: Simd, src: &[f32], dst: &mut [u8], _imatrix: Option<&[f32]>) {
+        dispatch!(simd,
+            avx512 => avx512::ref_row(src, dst),
+            avx2 => avx2::ref_row(src, dst),
+            scalar => ref_row(src, dst),
+        )
     }
 
     fn dequantize_row(src: &[u8], dst: &mut [f32]) {
