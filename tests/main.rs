@@ -9,6 +9,7 @@ mod cli;
 mod convert_vs_llama;
 mod converter_only;
 mod eval;
+mod gptoss;
 mod imatrix;
 mod kernels_match_ggml;
 mod moe;
