@@ -121,3 +121,85 @@ fn malformed_mxfp4_blocks_are_one_error_line_and_no_output() {
         "an unknown quantization method",
     );
 }
+
+/// The MXFP4 path under seeded structural mutation: a blocks or scales tensor with a dimension
+/// changed (bytes resized to match, so the file itself stays valid), another dtype, a
+/// dimension added or dropped, or the tensor removed. Each conversion must give Ok (and a
+/// complete file) or an error, never a panic.
+#[test]
+fn mutated_mxfp4_tensors_never_panic() {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    let base = case("gptoss-mutations-base", &spec());
+    let names = [
+        "model.layers.0.mlp.experts.gate_up_proj_blocks",
+        "model.layers.0.mlp.experts.gate_up_proj_scales",
+        "model.layers.1.mlp.experts.down_proj_blocks",
+        "model.layers.1.mlp.experts.down_proj_scales",
+    ];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let dir = base.parent().unwrap().join("mutant");
+    for i in 0..40 {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for e in std::fs::read_dir(&base).unwrap() {
+            let p = e.unwrap().path();
+            std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+        }
+        let target = names[(next() % 4) as usize];
+        let op = next() % 5;
+        let r1 = next();
+        let r2 = next();
+        rewrite(&dir, |v| {
+            let Some(k) = v.iter().position(|t| t.0 == target) else {
+                return;
+            };
+            let t = &mut v[k];
+            match op {
+                0 => {
+                    let d = (r1 % t.2.len() as u64) as usize;
+                    let old = t.2[d];
+                    t.2[d] = [0, 1, old.saturating_sub(1), old + 1, 2 * old][(r2 % 5) as usize];
+                }
+                1 => {
+                    t.1 = [
+                        safetensors::Dtype::BF16,
+                        safetensors::Dtype::F32,
+                        safetensors::Dtype::I8,
+                    ][(r1 % 3) as usize];
+                }
+                2 => t.2.push(1 + (r1 % 3) as usize),
+                3 => {
+                    t.2.pop();
+                }
+                _ => {
+                    v.remove(k);
+                    return;
+                }
+            }
+            let n: usize = t.2.iter().product::<usize>() * t.1.size();
+            t.3.resize(n, 0x77);
+        });
+        let out = dir.join("out.gguf");
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            let mut o = kiln::quantize::Options::new(kiln::plan::FileType::F16);
+            o.output = Some(out.clone());
+            o.force = true;
+            let r = kiln::quantize::prepare(&dir, &o)
+                .and_then(|p| kiln::quantize::execute(&p, true, false).map(|_| ()));
+            r.is_ok()
+        }));
+        match result {
+            Ok(true) => {
+                kiln::gguf::GgufFile::open(&out).unwrap();
+            }
+            Ok(false) => assert!(!out.exists(), "mutation {i}: output after an error"),
+            Err(_) => panic!("mutation {i} ({target}, op {op}) panicked"),
+        }
+    }
+}
