@@ -67,7 +67,7 @@ mod tests {
     /// conversion/gpt_oss.py's `transform_nibble_layout`, step by step as its torch code does
     /// it (swap nibbles, interleave the two halves, swap back), on one block.
     fn convert_py(t: &[u8; 16]) -> [u8; 16] {
-        let t: Vec<u8> = t.iter().map(|&x| (x << 4) | (x >> 4)).collect();
+        let t: Vec<u8> = t.iter().map(|&x| x.rotate_right(4)).collect(); // swap nibbles
         let (a, b) = t.split_at(8);
         let mut out = [0u8; 16];
         for k in 0..8 {
@@ -75,7 +75,7 @@ mod tests {
             let blk_b = [b[k] >> 4, b[k] & 0x0F];
             for m in 0..2 {
                 let o = blk_a[m] | blk_b[m];
-                out[2 * k + m] = (o >> 4) | (o << 4);
+                out[2 * k + m] = o.rotate_left(4);
             }
         }
         out
