@@ -872,7 +872,11 @@ fn parse_config(j: &Value) -> Result<Config> {
         .filter(|v| !v.is_null())
         .or(global_params);
     let yarn = match scaling {
-        Some(p) if p.get("rope_type").and_then(Value::as_str) == Some("yarn") => {
+        // YaRN is modelled for gpt-oss only (other families: an error below).
+        Some(p)
+            if family == Family::GptOss
+                && p.get("rope_type").and_then(Value::as_str) == Some("yarn") =>
+        {
             let g = |k: &str| p.get(k).and_then(Value::as_f64);
             let factor = g("factor").context("yarn without a factor")?;
             let orig = g("original_max_position_embeddings")
