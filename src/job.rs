@@ -81,6 +81,60 @@ pub enum TensorSource {
     /// gate_up tensor). Read a slab at a time like any input, so stacking never holds more
     /// than a slab of the layer.
     Gather(Vec<Piece>),
+    /// Elements picked from one input tensor with strides (gpt-oss's fused experts, stored
+    /// [E, in, out] with gate and up interleaved: transposed and split on the way). See
+    /// [`Strided`].
+    Strided(Strided),
+    /// ggml MXFP4 rows repacked from an MX checkpoint's `*_blocks` and `*_scales` (gpt-oss's
+    /// experts as released). See [`Mxfp4Rows`].
+    Mxfp4(Mxfp4Rows),
+}
+
+/// Output row `r` is group `g = r / rows_per_group`, row `j = r % rows_per_group` of it; its
+/// element `k` is input element `g * group_stride + j * row_stride + k * elem_stride + offset`
+/// (flat index into input tensor `index`, whose innermost dimension is `src_row_len`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Strided {
+    pub index: usize,
+    pub src_row_len: usize,
+    pub rows_per_group: usize,
+    pub group_stride: usize,
+    pub row_stride: usize,
+    pub elem_stride: usize,
+    pub offset: usize,
+}
+
+impl Strided {
+    /// The flat input index of element `k` of output row `r`.
+    pub fn element(&self, r: usize, k: usize) -> usize {
+        let (g, j) = (r / self.rows_per_group, r % self.rows_per_group);
+        g * self.group_stride + j * self.row_stride + k * self.elem_stride + self.offset
+    }
+}
+
+/// MXFP4 rows from an MX checkpoint: `blocks` (u8, [.., R, nb, 16]) and `scales` (u8,
+/// [.., R, nb], E8M0) are input tensors `blocks` and `scales`, seen as `n_groups` groups
+/// (experts) of `src_rows` rows of `nb` blocks. Output row `r` is source row
+/// `(r / rows_per_group) * src_rows + (r % rows_per_group) * step + offset` (gpt-oss's gate rows
+/// are the even rows of gate_up, its up rows the odd ones).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mxfp4Rows {
+    pub blocks: usize,
+    pub scales: usize,
+    pub nb: usize,
+    pub src_rows: usize,
+    pub rows_per_group: usize,
+    pub step: usize,
+    pub offset: usize,
+}
+
+impl Mxfp4Rows {
+    /// The source row of output row `r`.
+    pub fn source_row(&self, r: usize) -> usize {
+        (r / self.rows_per_group) * self.src_rows
+            + (r % self.rows_per_group) * self.step
+            + self.offset
+    }
 }
 
 /// `n_rows` rows of input tensor `index`, from row `first_row` (rows of the output's row
@@ -114,6 +168,8 @@ impl TensorSource {
             TensorSource::Input { index, .. } => vec![*index],
             TensorSource::Values(_) => Vec::new(),
             TensorSource::Gather(pieces) => pieces.iter().map(|p| p.index).collect(),
+            TensorSource::Strided(s) => vec![s.index],
+            TensorSource::Mxfp4(m) => vec![m.blocks, m.scales],
         }
     }
 }

@@ -6,7 +6,7 @@
 
 use crate::gguf::writer::{GgufWriter, TensorEntry};
 use crate::gguf::Metadata;
-use crate::job::{Job, TensorSource, Transform};
+use crate::job::{Job, Mxfp4Rows, Strided, TensorSource, Transform};
 use crate::source::Source;
 use anyhow::{anyhow, bail, Context, Result};
 use kiln_kernels::{GgmlType, KernelError};
@@ -255,7 +255,89 @@ fn read_rows(
             }
             Ok(())
         }
+        TensorSource::Strided(s) => read_strided(input, s, n_per_row, first, out),
+        TensorSource::Mxfp4(m) => {
+            // Repacked, then widened by the MXFP4 dequantizer (what llama-quantize's
+            // requantization of the converted file reads).
+            let n = out.len() / n_per_row;
+            let row_bytes = GgmlType::MXFP4.row_bytes(n_per_row).context("MXFP4 rows")?;
+            let mut q = vec![0u8; n * row_bytes];
+            mxfp4_rows(input, m, first, n, &mut q)?;
+            GgmlType::MXFP4
+                .dequantize(&q, n_per_row, out)
+                .map_err(|e| anyhow!("dequantizing MXFP4: {e}"))?;
+            Ok(())
+        }
     }
+}
+
+/// Output rows `first..` of an MX checkpoint's experts as ggml MXFP4 bytes.
+fn mxfp4_rows(
+    input: &dyn Source,
+    rows: &Mxfp4Rows,
+    first: usize,
+    n: usize,
+    out: &mut [u8],
+) -> Result<()> {
+    let (Some(blocks), Some(scales)) = (input.stored(rows.blocks), input.stored(rows.scales))
+    else {
+        bail!("internal: MXFP4 blocks from an input without stored bytes");
+    };
+    crate::source::mx::repack_rows(rows, blocks, scales, first, n, out).with_context(|| {
+        let (file, name) = input.describe(rows.blocks);
+        format!("{file}: tensor {name}")
+    })
+}
+
+/// f32 input elements read per chunk when picking strided elements.
+const STRIDED_CHUNK: usize = 4 << 20;
+
+/// Output rows `first..` of a [`Strided`] source: the input rows that hold them are read a
+/// chunk at a time and the elements picked out, so memory stays bounded whatever the strides.
+fn read_strided(
+    input: &dyn Source,
+    s: &Strided,
+    n_per_row: usize,
+    first: usize,
+    out: &mut [f32],
+) -> Result<()> {
+    let n = out.len() / n_per_row;
+    let l = s.src_row_len.max(1);
+    let es = s.elem_stride.max(1);
+    let last = |r: usize| s.element(r, n_per_row - 1);
+    let lo = (first..first + n)
+        .map(|r| s.element(r, 0))
+        .min()
+        .unwrap_or(0);
+    let hi = (first..first + n).map(last).max().unwrap_or(0);
+    let (r0, r1) = (lo / l, hi / l + 1);
+    let rows_per_chunk = (STRIDED_CHUNK / l).max(1);
+    let mut buf = vec![0f32; rows_per_chunk.min(r1 - r0) * l];
+    let mut c0 = r0;
+    while c0 < r1 {
+        let c1 = (c0 + rows_per_chunk).min(r1);
+        let b = &mut buf[..(c1 - c0) * l];
+        input.read_rows(s.index, Transform::None, l, c0, b)?;
+        let (e0, e1) = (c0 * l, c1 * l);
+        for (i, row) in out.chunks_mut(n_per_row).enumerate() {
+            let r = first + i;
+            let base = s.element(r, 0);
+            if base >= e1 || last(r) < e0 {
+                continue;
+            }
+            let k0 = if base >= e0 {
+                0
+            } else {
+                (e0 - base).div_ceil(es)
+            };
+            let k1 = ((e1 - 1 - base) / es + 1).min(n_per_row);
+            for k in k0..k1 {
+                row[k] = b[base + k * es - e0];
+            }
+        }
+        c0 = c1;
+    }
+    Ok(())
 }
 
 fn kernel_error(
@@ -291,6 +373,8 @@ enum Step<'a> {
         row_bytes: usize,
         qw: Option<&'a [f32]>,
     },
+    /// An MX checkpoint's blocks repacked into ggml MXFP4 (kept at their type).
+    Mxfp4 { rows: Mxfp4Rows, row_bytes: usize },
 }
 
 fn produce(
@@ -309,6 +393,16 @@ fn produce(
         let mut plans = Vec::with_capacity(outputs.len());
         for o in outputs {
             let job = &o.jobs[i];
+            if let TensorSource::Mxfp4(rows) = &job.source {
+                if job.out_type == job.input_type {
+                    let row_bytes = GgmlType::MXFP4.row_bytes(n_per_row).context("MXFP4 rows")?;
+                    plans.push(Step::Mxfp4 {
+                        rows: *rows,
+                        row_bytes,
+                    });
+                    continue;
+                }
+            }
             let raw = match &job.source {
                 TensorSource::Input { index, .. } if job.out_type == job.input_type => {
                     input.raw(*index)
@@ -362,6 +456,11 @@ fn produce(
                 let chunk = match *step {
                     Step::Copy { raw, row_bytes } => {
                         raw[first * row_bytes..(first + n) * row_bytes].to_vec()
+                    }
+                    Step::Mxfp4 { rows, row_bytes } => {
+                        let mut dst = vec![0u8; n * row_bytes];
+                        mxfp4_rows(input, &rows, first, n, &mut dst)?;
+                        dst
                     }
                     Step::Quantize { ty, row_bytes, qw } => {
                         let mut dst = vec![0u8; n * row_bytes];

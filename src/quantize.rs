@@ -348,6 +348,12 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
     for (j, c) in jobs.iter_mut().zip(choices) {
         j.out_type = c.ty;
         j.fallback_from = c.fallback_from;
+        if matches!(j.source, TensorSource::Mxfp4(_)) && !opts.ftype.default_type().is_quantized() {
+            // convert_hf_to_gguf.py writes an MX checkpoint's experts as MXFP4 whatever the
+            // float output type (changing them is llama-quantize's requantization).
+            j.out_type = j.input_type;
+            j.fallback_from = None;
+        }
         if j.out_type != j.input_type && j.out_type.row_bytes(j.dims[0]).is_none() {
             // llama.cpp: "no tensor type fallback is defined for type q1_0" (or an abort, for
             // an explicit --output-tensor-type that does not fit).
@@ -427,7 +433,17 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
         keys::QUANTIZATION_VERSION,
         Value::U32(keys::GGML_QNT_VERSION),
     );
-    metadata.set_last(keys::FILE_TYPE, Value::U32(opts.ftype.id()));
+    // convert_hf_to_gguf.py calls a float conversion of an MXFP4 checkpoint MOSTLY_MXFP4_MOE.
+    let mx_float = !opts.ftype.default_type().is_quantized()
+        && jobs
+            .iter()
+            .any(|j| matches!(j.source, TensorSource::Mxfp4(_)));
+    let file_type = if mx_float {
+        FileType::MXFP4_MOE.id()
+    } else {
+        opts.ftype.id()
+    };
+    metadata.set_last(keys::FILE_TYPE, Value::U32(file_type));
     // llama_model_quantize sets each override (moving an existing key to the end), then the
     // block count of a pruned model.
     for o in opts.kv_overrides.iter().chain(&imatrix_keys) {

@@ -1036,3 +1036,160 @@ fn low_bit_mixes_plan_and_refuse_like_llama_quantize() {
         );
     }
 }
+
+/// gpt-oss as transformers' dequantized parameters (bf16 `gate_up_proj` [E, D, 2F] with gate
+/// and up interleaved, `down_proj` [E, F, D]): transposed and split as convert does, biases,
+/// sinks, YaRN, the alternating sliding window; llama.cpp's logits against the reference, and
+/// q4_K_M, q2_K, q8_0 against llama-quantize of kiln's f32 file.
+#[test]
+fn gpt_oss_bf16_matches_reference_and_llama_quantize() {
+    use kiln_fixtures::checkpoint::{default_for, Arch, Vocab};
+    check_arch(
+        "gpt-oss-bf16",
+        kiln_fixtures::checkpoint::FixtureSpec {
+            fused_experts: true,
+            ..default_for(Arch::GptOss, Vocab::TrainedBpe { size: 1024 })
+        },
+    );
+}
+
+/// The f32 values of a GGUF tensor, through ggml's own dequantizer for quantized types.
+fn gguf_values(path: &Path, name: &str) -> Vec<f32> {
+    let g = GgufFile::open(path).unwrap();
+    let t = g
+        .tensors()
+        .iter()
+        .find(|t| t.name == name)
+        .unwrap_or_else(|| panic!("{}: no {name}", path.display()));
+    let ty = t.ty.kiln().unwrap();
+    kiln_fixtures::ggml::dequantize(ty, g.data(t))
+}
+
+/// gpt-oss as OpenAI releases it: MXFP4 expert blocks and E8M0 scales repacked into ggml
+/// MXFP4 tensors (file type MOSTLY_MXFP4_MOE at f32, as convert writes it). ggml's
+/// dequantization of kiln's repacked experts equals transformers' dequantization of the same
+/// blocks (the bf16 form of the same fixture), every other tensor is the same; llama.cpp's
+/// logits agree with the reference forward pass; MXFP4_MOE equals llama-quantize's, and the
+/// K-quant mixes need --allow-requantize as llama-quantize does, then equal its requantization.
+#[test]
+fn gpt_oss_mxfp4_blocks_repack_like_convert_and_match_llama_quantize() {
+    use kiln::llama::ReferenceOptions;
+    use kiln_fixtures::checkpoint::{default_for, write_checkpoint, Arch, FixtureSpec, Vocab};
+    let mx_spec = default_for(Arch::GptOss, Vocab::TrainedBpe { size: 1024 });
+    let bf16_spec = FixtureSpec {
+        fused_experts: true,
+        ..mx_spec.clone()
+    };
+    let mx = tmp().join("gpt-oss-mx");
+    let dense = tmp().join("gpt-oss-dense");
+    for (spec, dir) in [(&mx_spec, &mx), (&bf16_spec, &dense)] {
+        let _ = std::fs::remove_dir_all(dir);
+        write_checkpoint(spec, dir).unwrap();
+    }
+    let mx_f32 = tmp().join("gpt-oss-mx-F32.gguf");
+    let dense_f32 = tmp().join("gpt-oss-dense-F32.gguf");
+    convert(&mx, FileType::F32, &mx_f32);
+    convert(&dense, FileType::F32, &dense_f32);
+    let g = GgufFile::open(&mx_f32).unwrap();
+    assert_eq!(
+        g.metadata().get("general.file_type"),
+        Some(&Value::U32(FileType::MXFP4_MOE.id()))
+    );
+    // Same tensors; the experts' MXFP4 dequantizes to the bf16 form's values exactly.
+    let a = tensors_of(&mx_f32);
+    let b = tensors_of(&dense_f32);
+    assert_eq!(a.len(), b.len());
+    let mut n_mx = 0;
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!((&x.0, &x.1), (&y.0, &y.1));
+        let is_expert_weight = x.0.contains("_exps.weight");
+        if is_expert_weight {
+            assert!(x.2.eq_ignore_ascii_case("mxfp4"), "{}: {}", x.0, x.2);
+            assert!(y.2.eq_ignore_ascii_case("f32"), "{}: {}", y.0, y.2);
+            let got = gguf_values(&mx_f32, &x.0);
+            let want = gguf_values(&dense_f32, &y.0);
+            assert!(want.iter().any(|v| *v != 0.0));
+            // Equal values (FP4's -0 code dequantizes to +0 in ggml, -0 in transformers).
+            assert_eq!(got.len(), want.len());
+            if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
+                panic!(
+                    "{}: value {i} is {} in MXFP4, {} in bf16",
+                    x.0, got[i], want[i]
+                );
+            }
+            n_mx += 1;
+        } else {
+            assert_eq!(x.2, y.2, "{}", x.0);
+            assert!(x.3 == y.3, "{}: bytes differ", x.0);
+        }
+    }
+    assert_eq!(n_mx, 3 * mx_spec.layers);
+
+    // The reference reads the blocks itself (transformers' dequantization) and computes what
+    // it computes on the bf16 form, which llama.cpp matches (gpt_oss_bf16_... test). llama.cpp's
+    // logits on the MXFP4 file are not compared at that tolerance: ggml multiplies MXFP4
+    // weights with activations quantized to q8_0 (MXFP4's vec_dot type), about 1% off here,
+    // although the weights are the same values (checked above).
+    let model = kiln::llama::load(&mx_f32).unwrap();
+    let text =
+        "Once upon a time there was a small model that learned to count: one, two, three, four.";
+    let tokens = kiln::llama::tokenize(&model, text, true);
+    assert!(tokens.len() > 12);
+    let from_blocks = crate::common::reference::reference_logits(&mx, &tokens).unwrap();
+    let from_bf16 = crate::common::reference::reference_logits(&dense, &tokens).unwrap();
+    assert!(
+        from_blocks == from_bf16,
+        "reference: MXFP4 blocks != bf16 form"
+    );
+    assert_eq!(
+        kiln::llama::generate(&model, &tokens[..4], 4)
+            .unwrap()
+            .len(),
+        4
+    );
+
+    // MXFP4_MOE: the experts copied, the rest q8_0.
+    let ours = tmp().join("gpt-oss-kiln-MXFP4_MOE.gguf");
+    let theirs = tmp().join("gpt-oss-llama-MXFP4_MOE.gguf");
+    convert(&mx, FileType::MXFP4_MOE, &ours);
+    kiln::llama::reference_quantize(
+        &mx_f32,
+        &theirs,
+        FileType::MXFP4_MOE.id(),
+        &Default::default(),
+    )
+    .unwrap();
+    assert_same(&ours, &theirs, "gpt-oss MXFP4_MOE");
+
+    // The K-quant mixes change the MXFP4 experts: refused without --allow-requantize (as
+    // llama-quantize refuses), and with it equal to llama-quantize's requantization.
+    let mut o = kiln::quantize::Options::new(FileType::Q4_K_M);
+    o.output = Some(tmp().join("gpt-oss-refused.gguf"));
+    o.force = true;
+    let e = match kiln::quantize::prepare(&mx, &o) {
+        Ok(_) => panic!("q4_K_M from MXFP4 experts without --allow-requantize"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        e.contains("--allow-requantize") && e.contains("_exps.weight"),
+        "{e}"
+    );
+    for ftype in [FileType::Q4_K_M, FileType::Q2_K, FileType::Q8_0] {
+        let ours = tmp().join(format!("gpt-oss-kiln-{}.gguf", ftype.name()));
+        let theirs = tmp().join(format!("gpt-oss-llama-{}.gguf", ftype.name()));
+        let mut o = kiln::quantize::Options::new(ftype);
+        o.output = Some(ours.clone());
+        o.force = true;
+        o.allow_requantize = true;
+        let p = kiln::quantize::prepare(&mx, &o).unwrap();
+        kiln::quantize::execute(&p, true, false).unwrap();
+        let ro = ReferenceOptions {
+            allow_requantize: true,
+            ..Default::default()
+        };
+        kiln::llama::reference_quantize(&mx_f32, &theirs, ftype.id(), &ro).unwrap();
+        assert_same(&ours, &theirs, &format!("gpt-oss {ftype}"));
+        let m = kiln::llama::load(&ours).unwrap();
+        assert_eq!(kiln::llama::generate(&m, &tokens[..4], 4).unwrap().len(), 4);
+    }
+}

@@ -11,6 +11,7 @@ mod convert_vs_llama;
 mod converter_only;
 mod eval;
 mod fp8;
+mod gptoss;
 mod imatrix;
 mod kernels_match_ggml;
 mod moe;

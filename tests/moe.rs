@@ -223,7 +223,7 @@ fn transformers5_fused_experts_convert_to_the_same_tensors() {
 // ---- bad input ----
 
 /// Every tensor of a checkpoint folder's safetensors files: (file, name, dtype, shape, bytes).
-type Entry = (String, safetensors::Dtype, Vec<usize>, Vec<u8>);
+pub(crate) type Entry = (String, safetensors::Dtype, Vec<usize>, Vec<u8>);
 
 fn read_all(dir: &Path) -> Vec<(PathBuf, Vec<Entry>)> {
     let mut files = Vec::new();
@@ -247,7 +247,7 @@ fn read_all(dir: &Path) -> Vec<(PathBuf, Vec<Entry>)> {
 }
 
 /// Rewrites a checkpoint's safetensors files after `edit` (and the index, if any, to match).
-fn rewrite(dir: &Path, edit: impl Fn(&mut Vec<Entry>)) {
+pub(crate) fn rewrite(dir: &Path, edit: impl Fn(&mut Vec<Entry>)) {
     let mut weight_map = serde_json::Map::new();
     for (p, mut entries) in read_all(dir) {
         edit(&mut entries);
@@ -274,7 +274,7 @@ fn rewrite(dir: &Path, edit: impl Fn(&mut Vec<Entry>)) {
     }
 }
 
-fn edit_config(dir: &Path, edit: impl Fn(&mut serde_json::Value)) {
+pub(crate) fn edit_config(dir: &Path, edit: impl Fn(&mut serde_json::Value)) {
     let p = dir.join("config.json");
     let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
     edit(&mut c);
@@ -283,7 +283,7 @@ fn edit_config(dir: &Path, edit: impl Fn(&mut serde_json::Value)) {
 
 /// `kiln quantize -t q4_K_M CK -o OUT/out.gguf` fails with one error line holding every
 /// needle, no panic, and leaves OUT empty.
-fn fails(ck: &Path, needles: &[&str], what: &str) {
+pub(crate) fn fails(ck: &Path, needles: &[&str], what: &str) {
     let out = ck.parent().unwrap().join("out");
     std::fs::create_dir_all(&out).unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
@@ -309,7 +309,7 @@ fn fails(ck: &Path, needles: &[&str], what: &str) {
     eprintln!("{what}: {}", lines[0]);
 }
 
-fn case(name: &str, spec: &FixtureSpec) -> PathBuf {
+pub(crate) fn case(name: &str, spec: &FixtureSpec) -> PathBuf {
     let ck = tmp(name).join("ck");
     write_checkpoint(spec, &ck).unwrap();
     ck

@@ -29,6 +29,7 @@ mod deepseek2;
 mod gemma2;
 mod gemma3;
 pub mod general;
+mod gptoss;
 mod llama;
 mod mixtral;
 pub mod moe;
@@ -60,6 +61,7 @@ pub static FAMILIES: &[&dyn Family] = &[
     &qwen3moe::Qwen3Moe,
     &mixtral::Mixtral,
     &deepseek2::Deepseek2,
+    &gptoss::GptOss,
 ];
 
 /// One model family: what differs from the base conversion. Only the first four methods are
@@ -115,6 +117,17 @@ pub trait Family: Sync {
     fn first_moe_layer(&self, hp: &Hparams) -> Result<u32> {
         let _ = hp;
         Ok(0)
+    }
+    /// Whether the family converts this checkpoint tensor itself, outside the name table
+    /// (gpt-oss's fused experts and MXFP4 blocks); see [`Family::claimed_jobs`].
+    fn claims(&self, hf_name: &str) -> bool {
+        let _ = hf_name;
+        false
+    }
+    /// The jobs for the tensors [`Family::claims`] took (indices into the checkpoint's table).
+    fn claimed_jobs(&self, ck: &Checkpoint, hp: &Hparams, claimed: &[usize]) -> Result<Vec<Job>> {
+        let _ = (ck, hp, claimed);
+        Ok(Vec::new())
     }
     /// Whether key_length/value_length are written even when config.json has no head_dim.
     fn always_writes_head_dim(&self) -> bool {
@@ -495,8 +508,13 @@ pub fn prepare(ck: &Checkpoint, ftype: FileType) -> Result<Converted> {
     };
     let mut expert_tensors = moe::Collected::default();
     let mut jobs = Vec::new();
+    let mut claimed = Vec::new();
     for (index, t) in ck.tensors.iter().enumerate() {
         if is_other_modality(&t.name) || family.skips(&t.name, &cfg) {
+            continue;
+        }
+        if family.claims(&t.name) {
+            claimed.push(index);
             continue;
         }
         if let Some(l) = &layout {
@@ -555,6 +573,9 @@ pub fn prepare(ck: &Checkpoint, ftype: FileType) -> Result<Converted> {
             "{} experts per layer ({} used per token), each {} wide, stacked into ffn_*_exps",
             x.n_expert, x.n_used, x.n_ff
         ));
+    }
+    if !claimed.is_empty() {
+        jobs.extend(family.claimed_jobs(ck, &hp, &claimed)?);
     }
     family.finish(&hp, &md, &mut jobs, &mut notes)?;
     if !jobs.iter().any(|j| j.name == "token_embd.weight") {

@@ -132,6 +132,10 @@ impl Source for Checkpoint {
         None
     }
 
+    fn stored(&self, index: usize) -> Option<&[u8]> {
+        self.tensors.get(index).map(|t| self.bytes(t))
+    }
+
     fn release_rows(&self, index: usize, n_per_row: usize, first: usize, n: usize) {
         let t = &self.tensors[index];
         if let Ok(dtype) = t.dtype {

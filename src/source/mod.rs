@@ -4,6 +4,7 @@
 pub mod fp8;
 pub mod gguf;
 pub mod hf;
+pub mod mx;
 pub mod safetensors;
 
 pub use self::safetensors::{to_f32, Checkpoint, SrcDtype, SrcTensor};
@@ -28,6 +29,13 @@ pub trait Source: Send + Sync {
     /// The tensor's stored bytes, when the input holds them in the output's layout (a GGUF
     /// tensor copied unchanged).
     fn raw(&self, index: usize) -> Option<&[u8]>;
+
+    /// A tensor's stored bytes whatever its dtype (an MX checkpoint's u8 blocks and scales);
+    /// None where the input cannot give them.
+    fn stored(&self, index: usize) -> Option<&[u8]> {
+        let _ = index;
+        None
+    }
 
     /// Drops the input pages of rows already read, where rows are stored in order.
     fn release_rows(&self, index: usize, n_per_row: usize, first: usize, n: usize);

@@ -1,7 +1,7 @@
 //! An independent reference forward pass of a Hugging Face causal LM, read directly from its
 //! checkpoint folder (config.json + safetensors), written from HF transformers' modeling files
 //! (`modeling_llama.py`, `modeling_qwen2.py`, `modeling_qwen3.py`, `modeling_gemma2.py`,
-//! `modeling_gemma3.py`, `modeling_qwen3_moe.py`, `modeling_mixtral.py`). It shares no code with kiln: it is the oracle that llama.cpp's
+//! `modeling_gemma3.py`, `modeling_qwen3_moe.py`, `modeling_mixtral.py`, `modeling_gpt_oss.py`). It shares no code with kiln: it is the oracle that llama.cpp's
 //! logits on a converted GGUF are compared with.
 //!
 //! Arithmetic: the stored weights (f32, f16 or bf16) are widened to f32; every dot product,
@@ -12,8 +12,8 @@
 //! against HF in f32, for logits of magnitude 8 to 21.
 //!
 //! Supported: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM,
-//! Gemma3ForCausalLM (text), Qwen3MoeForCausalLM and MixtralForCausalLM, with default or linear
-//! RoPE scaling. Anything else (other RoPE
+//! Gemma3ForCausalLM (text), Qwen3MoeForCausalLM, MixtralForCausalLM and GptOssForCausalLM,
+//! with default or linear RoPE scaling (YaRN for gpt-oss). Anything else (other RoPE
 //! scalings, unknown activations, unexpected or missing tensors) is an error, not a guess.
 //!
 //! The facts it encodes, per family:
@@ -58,6 +58,24 @@
 //!   `(nope + rope)^-0.5 * mscale(factor, mscale_all_dim)^2`), dense MLPs in the first
 //!   `first_k_dense_replace` layers, then sigmoid routing with the score bias and group limits,
 //!   renormalised and scaled weights, and a shared expert.
+//! - gpt-oss (`modeling_gpt_oss.py`): Llama-style pre-norm layers (`input_layernorm`,
+//!   `post_attention_layernorm`), q/k/v/o with biases, scaling `head_dim^-0.5`, and per head a
+//!   learned sink logit (`self_attn.sinks`) joined to each query's scores before the softmax
+//!   (`cat([scores, sink])`, max subtracted, softmax, the sink's column dropped: the
+//!   probabilities sum to less than 1); `layer_types` sliding/full with `sliding_window`. RoPE is
+//!   YaRN (`_compute_yarn_parameters`): `inv_freq = interp * (1 - m) + extrap * m` with
+//!   `extrap = theta^(-2j/d)`, `interp = extrap / factor`, `m = 1 - clamp((j - low) / (high -
+//!   low), 0, 1)`, `low`/`high` the correction dims of `beta_fast`/`beta_slow` over
+//!   `original_max_position_embeddings` (floor/ceil only when `truncate`, default true), and
+//!   cos/sin times `attention_factor` (default `0.1 ln(factor) + 1`). MoE (`GptOssMLP`): router
+//!   logits `W x + b`, the `num_experts_per_tok` largest logits, softmax over those; expert `e`:
+//!   `gate_up = x @ gate_up_proj[e] + b` ([E, D, 2F], gate = even columns, up = odd ones),
+//!   `gate = min(gate, limit)`, `up = clamp(up, -limit, limit)`, `glu = gate * sigmoid(1.702 *
+//!   gate)`, `out = ((up + 1) * glu) @ down_proj[e] + b` ([E, F, D]); limit = `swiglu_limit`
+//!   (7). Experts as released (MXFP4 `*_blocks` u8 [E, R, C/32, 16] and E8M0 `*_scales`
+//!   [E, R, C/32]) are dequantized as transformers' `convert_moe_packed_tensors` does: byte `i`
+//!   of a block gives element `2i` (low nibble) and `2i + 1` (high nibble) of the OCP FP4 table
+//!   times `2^(scale - 127)`, then transposed to the parameters' [E, C, R].
 //! - Sliding window of `W`: query `i` sees key `j` when `j <= i` and `i - j < W` (HF's
 //!   `kv_idx > q_idx - sliding_window`).
 
@@ -124,6 +142,7 @@ pub enum Family {
     Qwen3Moe,
     Mixtral,
     Deepseek2,
+    GptOss,
 }
 
 /// DeepSeek V3's attention and MoE parameters (`modeling_deepseek_v3.py`).
@@ -151,6 +170,18 @@ pub struct Deepseek {
     /// cos/sin are multiplied by (yarn's attention_factor).
     pub inv_freq: Vec<f64>,
     pub rope_attention_factor: f64,
+}
+
+/// YaRN RoPE parameters (the same on every layer).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Yarn {
+    pub theta: f64,
+    pub factor: f64,
+    pub original_context: f64,
+    pub beta_fast: f64,
+    pub beta_slow: f64,
+    pub truncate: bool,
+    pub attention_factor: f64,
 }
 
 /// A sparse mixture-of-experts MLP's parameters.
@@ -206,6 +237,10 @@ pub struct Config {
     pub moe: Option<Moe>,
     /// DeepSeek's MLA and MoE (Family::Deepseek2).
     pub deepseek: Option<Deepseek>,
+    /// YaRN RoPE (gpt-oss), replacing `rope`.
+    pub yarn: Option<Yarn>,
+    /// gpt-oss's swiglu clamp.
+    pub swiglu_limit: f64,
 }
 
 /// A loaded checkpoint: config and f32 weights by HF name.
@@ -223,7 +258,9 @@ impl ReferenceModel {
             .with_context(|| format!("parsing {}", config_path.display()))?;
         let config = parse_config(&json).with_context(|| format!("{}", config_path.display()))?;
         let mut tensors = load_safetensors(dir)?;
-        if config.moe.is_some() {
+        if config.family == Family::GptOss {
+            dequantize_mx_experts(&config, &mut tensors)?;
+        } else if config.moe.is_some() {
             unfuse_experts(&config, &mut tensors)?;
         }
         let weights = check_tensors(&config, tensors)?;
@@ -292,6 +329,7 @@ impl ReferenceModel {
                 let x = self.norm(hi, &p(pre));
                 let m = match (&c.deepseek, c.moe) {
                     (Some(ds), _) if l >= ds.dense_layers => self.deepseek_moe(l, &x, ds),
+                    (_, Some(moe)) if c.family == Family::GptOss => self.gpt_oss_moe(l, &x, moe),
                     (_, Some(moe)) => self.moe(l, &x, moe),
                     _ => self.mlp(l, &x),
                 };
@@ -372,7 +410,10 @@ impl ReferenceModel {
                         head.copy_from_slice(&normed);
                     }
                     if options.rope {
-                        apply_rope(head, pos, rope);
+                        match c.yarn {
+                            Some(y) => apply_yarn_rope(head, pos, y),
+                            None => apply_rope(head, pos, rope),
+                        }
                     }
                 }
             }
@@ -404,9 +445,18 @@ impl ReferenceModel {
                         }
                     })
                     .collect();
-                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                // gpt-oss: the head's sink logit joins the softmax, and is then dropped.
+                let sink = self
+                    .opt(&p("sinks"))
+                    .map(|s| s[head] as f64)
+                    .filter(|_| c.family == Family::GptOss);
+                let max = scores
+                    .iter()
+                    .cloned()
+                    .chain(sink)
+                    .fold(f64::NEG_INFINITY, f64::max);
                 let exps: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-                let sum: f64 = exps.iter().sum();
+                let sum: f64 = exps.iter().sum::<f64>() + sink.map_or(0.0, |s| (s - max).exp());
                 for d in 0..hd {
                     let acc: f64 = visible
                         .iter()
@@ -655,7 +705,7 @@ impl ReferenceModel {
 /// (floor/ceil of the dims where `beta_fast` / `beta_slow` rotations fit the original
 /// context), and the attention factor `get_mscale(factor, mscale) / get_mscale(factor,
 /// mscale_all_dim)` (or `get_mscale(factor)` without them).
-fn yarn(dim: usize, theta: f64, p: &Value) -> Result<(Vec<f64>, f64)> {
+fn deepseek_yarn(dim: usize, theta: f64, p: &Value) -> Result<(Vec<f64>, f64)> {
     let f = |k: &str| p.get(k).and_then(Value::as_f64);
     let factor = f("factor").context("yarn without factor")?;
     let orig = f("original_max_position_embeddings")
@@ -694,6 +744,138 @@ fn yarn(dim: usize, theta: f64, p: &Value) -> Result<(Vec<f64>, f64)> {
         })
         .collect();
     Ok((inv_freq, attention_factor))
+}
+
+impl ReferenceModel {
+    /// gpt-oss's MoE block (`GptOssMLP`) of layer `l` on one position.
+    fn gpt_oss_moe(&self, l: usize, x: &[f32], moe: Moe) -> Vec<f32> {
+        let c = &self.config;
+        let (d, f) = (c.hidden, moe.width);
+        let p = |s: &str| format!("model.layers.{l}.mlp.{s}");
+        let logits = self.linear(&p("router"), moe.experts, d, x);
+        // topk of the logits (largest first, ties to the lower index), softmax over them.
+        let mut order: Vec<usize> = (0..moe.experts).collect();
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        let chosen = &order[..moe.top_k];
+        let max = chosen
+            .iter()
+            .fold(f64::NEG_INFINITY, |m, &e| m.max(logits[e] as f64));
+        let exps: Vec<f64> = chosen
+            .iter()
+            .map(|&e| (logits[e] as f64 - max).exp())
+            .collect();
+        let sum: f64 = exps.iter().sum();
+        let weights: Vec<f32> = exps.iter().map(|v| (v / sum) as f32).collect();
+        let gate_up = self.w(&p("experts.gate_up_proj"));
+        let gate_up_b = self.w(&p("experts.gate_up_proj_bias"));
+        let down = self.w(&p("experts.down_proj"));
+        let down_b = self.w(&p("experts.down_proj_bias"));
+        let limit = c.swiglu_limit;
+        let mut out = vec![0f32; d];
+        for (&e, &w) in chosen.iter().zip(&weights) {
+            // x @ gate_up_proj[e]: [D] x [D, 2F].
+            let gu: Vec<f32> = (0..2 * f)
+                .map(|j| {
+                    let acc: f64 = (0..d)
+                        .map(|k| x[k] as f64 * gate_up[(e * d + k) * 2 * f + j] as f64)
+                        .sum();
+                    (acc + gate_up_b[e * 2 * f + j] as f64) as f32
+                })
+                .collect();
+            let act: Vec<f32> = (0..f)
+                .map(|j| {
+                    let gate = (gu[2 * j] as f64).min(limit);
+                    let up = (gu[2 * j + 1] as f64).clamp(-limit, limit);
+                    let glu = gate / (1.0 + (-gate * 1.702).exp());
+                    ((up + 1.0) * glu) as f32
+                })
+                .collect();
+            for (o, dd) in out.iter_mut().zip(0..d) {
+                let acc: f64 = (0..f)
+                    .map(|j| act[j] as f64 * down[(e * f + j) * d + dd] as f64)
+                    .sum();
+                let y = (acc + down_b[e * d + dd] as f64) as f32;
+                *o = (*o as f64 + w as f64 * y as f64) as f32;
+            }
+        }
+        out
+    }
+}
+
+/// gpt-oss experts as released (MXFP4 blocks and scales) -> transformers' dequantized
+/// parameters `gate_up_proj` [E, D, 2F] and `down_proj` [E, F, D].
+fn dequantize_mx_experts(c: &Config, tensors: &mut Tensors) -> Result<()> {
+    const FP4: [f32; 16] = [
+        0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0,
+    ];
+    for l in 0..c.layers {
+        for proj in ["gate_up_proj", "down_proj"] {
+            let base = format!("model.layers.{l}.mlp.experts.{proj}");
+            let (Some((bs, b)), Some((ss, sc))) = (
+                tensors.remove(&format!("{base}_blocks")),
+                tensors.remove(&format!("{base}_scales")),
+            ) else {
+                continue;
+            };
+            ensure!(
+                bs.len() == 4 && bs[3] == 16 && ss == bs[..3],
+                "{base}: blocks {bs:?} and scales {ss:?} do not match"
+            );
+            let (e, rows, nb) = (bs[0], bs[1], bs[2]);
+            let cols = nb * 32;
+            let mut out = vec![0f32; e * rows * cols];
+            for (blk, &scale) in sc.iter().enumerate() {
+                let (er, j) = (blk / nb, blk % nb);
+                let (ex, r) = (er / rows, er % rows);
+                let mul = 2f64.powi(scale as i32 - 127);
+                for i in 0..16 {
+                    let byte = b[blk * 16 + i] as u8;
+                    for (half, code) in [(0, byte & 0x0F), (1, byte >> 4)] {
+                        let col = j * 32 + 2 * i + half;
+                        out[(ex * cols + col) * rows + r] =
+                            (FP4[code as usize] as f64 * mul) as f32;
+                    }
+                }
+            }
+            tensors.insert(base, (vec![e, cols, rows], out));
+        }
+    }
+    Ok(())
+}
+
+/// HF's YaRN rotation (`_compute_yarn_parameters`, then `x * cos + rotate_half(x) * sin` with
+/// cos/sin scaled by the attention factor).
+pub fn apply_yarn_rope(x: &mut [f32], pos: usize, y: Yarn) {
+    let d = x.len();
+    let half = d / 2;
+    let corr = |rot: f64| {
+        d as f64 * (y.original_context / (rot * 2.0 * std::f64::consts::PI)).ln()
+            / (2.0 * y.theta.ln())
+    };
+    let (mut low, mut high) = (corr(y.beta_fast), corr(y.beta_slow));
+    if y.truncate {
+        low = low.floor();
+        high = high.ceil();
+    }
+    let low = low.max(0.0);
+    let mut high = high.min(d as f64 - 1.0);
+    if low == high {
+        high += 0.001;
+    }
+    for j in 0..half {
+        let pos_freq = y.theta.powf((2 * j) as f64 / d as f64);
+        let extrap = 1.0 / pos_freq;
+        let interp = 1.0 / (y.factor * pos_freq);
+        let ramp = ((j as f64 - low) / (high - low)).clamp(0.0, 1.0);
+        let extrap_factor = 1.0 - ramp;
+        let inv_freq = interp * (1.0 - extrap_factor) + extrap * extrap_factor;
+        let angle = pos as f64 * inv_freq;
+        let (sin, cos) = angle.sin_cos();
+        let (sin, cos) = (sin * y.attention_factor, cos * y.attention_factor);
+        let (a, b) = (x[j] as f64, x[j + half] as f64);
+        x[j] = (a * cos - b * sin) as f32;
+        x[j + half] = (b * cos + a * sin) as f32;
+    }
 }
 
 /// The module of a MoE family's router and per-expert tensors.
@@ -854,6 +1036,7 @@ fn parse_config(j: &Value) -> Result<Config> {
         "Qwen3MoeForCausalLM" => Family::Qwen3Moe,
         "MixtralForCausalLM" => Family::Mixtral,
         "DeepseekV3ForCausalLM" => Family::Deepseek2,
+        "GptOssForCausalLM" => Family::GptOss,
         other => bail!("architecture {other} is not supported by the reference"),
     };
     let gemma = family.is_gemma();
@@ -938,10 +1121,33 @@ fn parse_config(j: &Value) -> Result<Config> {
         .get("rope_scaling")
         .filter(|v| !v.is_null())
         .or(global_params);
+    let yarn = match scaling {
+        // YaRN is modelled for gpt-oss only (other families: an error below).
+        Some(p)
+            if family == Family::GptOss
+                && p.get("rope_type").and_then(Value::as_str) == Some("yarn") =>
+        {
+            let g = |k: &str| p.get(k).and_then(Value::as_f64);
+            let factor = g("factor").context("yarn without a factor")?;
+            let orig = g("original_max_position_embeddings")
+                .or(j.get("max_position_embeddings").and_then(Value::as_f64))
+                .context("yarn without a context length")?;
+            Some(Yarn {
+                theta: global_theta,
+                factor,
+                original_context: orig,
+                beta_fast: g("beta_fast").unwrap_or(32.0),
+                beta_slow: g("beta_slow").unwrap_or(1.0),
+                truncate: p.get("truncate").and_then(Value::as_bool).unwrap_or(true),
+                attention_factor: g("attention_factor").unwrap_or(0.1 * factor.ln() + 1.0),
+            })
+        }
+        _ => None,
+    };
     let global = Rope {
         theta: global_theta,
-        // DeepSeek's yarn is handled by its own config below.
-        factor: if family == Family::Deepseek2 {
+        // DeepSeek's yarn is handled by its own config below; gpt-oss's by `yarn`.
+        factor: if family == Family::Deepseek2 || yarn.is_some() {
             1.0
         } else {
             rope_factor(scaling)?
@@ -994,7 +1200,7 @@ fn parse_config(j: &Value) -> Result<Config> {
                 .and_then(Value::as_u64)
                 .unwrap_or(4096) as usize,
         ),
-        Family::Mixtral => j
+        Family::Mixtral | Family::GptOss => j
             .get("sliding_window")
             .and_then(Value::as_u64)
             .map(|w| w as usize),
@@ -1021,6 +1227,7 @@ fn parse_config(j: &Value) -> Result<Config> {
                 !(i + 1).is_multiple_of(pattern)
             }
             Family::Mixtral => true,
+            Family::GptOss => i.is_multiple_of(2),
             Family::Qwen2 | Family::Qwen3 | Family::Qwen3Moe => {
                 let max_window_layers = j
                     .get("max_window_layers")
@@ -1097,6 +1304,12 @@ fn parse_config(j: &Value) -> Result<Config> {
             norm_topk: true,
             width: usize_of("intermediate_size")?,
         }),
+        Family::GptOss => Some(Moe {
+            experts: usize_of("num_local_experts")?,
+            top_k: usize_of("num_experts_per_tok")?,
+            norm_topk: true,
+            width: usize_of("intermediate_size")?,
+        }),
         _ => None,
     };
     if let Some(m) = moe {
@@ -1114,7 +1327,7 @@ fn parse_config(j: &Value) -> Result<Config> {
             Some(p)
                 if p.get("rope_type").or(p.get("type")).and_then(Value::as_str) == Some("yarn") =>
             {
-                yarn(rope, global_theta, p)?
+                deepseek_yarn(rope, global_theta, p)?
             }
             Some(p) if rope_factor(Some(p))? != 1.0 => bail!("DeepSeek with non-yarn rope scaling"),
             _ => (
@@ -1209,6 +1422,8 @@ fn parse_config(j: &Value) -> Result<Config> {
         torch_dtype,
         moe,
         deepseek,
+        yarn,
+        swiglu_limit: f64_or("swiglu_limit", 7.0)?,
     })
 }
 
@@ -1289,6 +1504,7 @@ fn load_safetensors(dir: &Path) -> Result<Tensors> {
                     .chunks_exact(2)
                     .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
                     .collect(),
+                safetensors::Dtype::U8 => data.iter().map(|&b| b as f32).collect(),
                 other => bail!("{}: {name} has dtype {other:?}", file.display()),
             };
             let prev = out.insert(name.clone(), (view.shape().to_vec(), values));
@@ -1368,7 +1584,7 @@ fn check_tensors(c: &Config, mut tensors: Tensors) -> Result<HashMap<String, Vec
     let generic_layers = if c.deepseek.is_some() { 0 } else { c.layers };
     for l in 0..generic_layers {
         let p = |s: &str| format!("model.layers.{l}.{s}");
-        let qkv_bias = c.family == Family::Qwen2;
+        let qkv_bias = matches!(c.family, Family::Qwen2 | Family::GptOss);
         for (name, shape, bias_required) in [
             ("self_attn.q_proj", vec![q, h], qkv_bias),
             ("self_attn.k_proj", vec![kv, h], qkv_bias),
@@ -1383,7 +1599,19 @@ fn check_tensors(c: &Config, mut tensors: Tensors) -> Result<HashMap<String, Vec
                 want.push((p(&format!("{name}.bias")), vec![rows], bias_required));
             }
         }
+        if c.family == Family::GptOss {
+            want.push((p("self_attn.sinks"), vec![c.heads], true));
+        }
         match c.moe {
+            Some(moe) if c.family == Family::GptOss => {
+                let (e, w) = (moe.experts, moe.width);
+                want.push((p("mlp.router.weight"), vec![e, h], true));
+                want.push((p("mlp.router.bias"), vec![e], true));
+                want.push((p("mlp.experts.gate_up_proj"), vec![e, h, 2 * w], true));
+                want.push((p("mlp.experts.gate_up_proj_bias"), vec![e, 2 * w], true));
+                want.push((p("mlp.experts.down_proj"), vec![e, w, h], true));
+                want.push((p("mlp.experts.down_proj_bias"), vec![e, h], true));
+            }
             None => {
                 want.push((p("mlp.gate_proj.weight"), vec![f, h], true));
                 want.push((p("mlp.up_proj.weight"), vec![f, h], true));
