@@ -30,7 +30,9 @@ pub fn stop_on_signals() {
     });
 }
 
-fn check_interrupted() -> Result<()> {
+/// An error once Ctrl-C or SIGTERM has been received (after [`stop_on_signals`]), for long
+/// loops to stop at.
+pub fn check_interrupted() -> Result<()> {
     if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
         bail!("interrupted; nothing was written");
     }

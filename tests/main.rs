@@ -5,6 +5,7 @@ mod common;
 
 mod bad_input;
 mod bench;
+mod calibrate;
 mod cli;
 mod convert_vs_llama;
 mod converter_only;
@@ -16,3 +17,4 @@ mod mutations;
 mod quantize_options;
 mod reference_forward;
 mod sweep;
+mod sweep_jobs;
