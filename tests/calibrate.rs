@@ -85,8 +85,26 @@ fn calibrate_equals_imatrix_then_quantize_by_hand() {
         "{:?}",
         listing(&d)
     );
-    let g = kiln::llama::raw::read_imatrix_with_ggml(&imatrix).unwrap();
-    let chunks = g.chunk_count.unwrap();
+    // "TEXT: N tokens, N / 512 chunks of 512 tokens used (...)"
+    let n_tokens: usize = line
+        .split(": ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no token count in {line}"));
+    // By hand: the checkpoint (BF16) at BF16 ...
+    let bf16 = d.join("hand-BF16.gguf");
+    ok(
+        &kiln(&[&"quantize", &"-t", &"bf16", &ck, &"-o", &bf16]),
+        "convert",
+    );
+    let tokens = kiln::llama::tokenize(
+        &kiln::llama::load(&bf16).unwrap(),
+        &kiln::runner::imatrix::read_text(&text()).unwrap(),
+        true,
+    );
+    assert_eq!(n_tokens, tokens.len(), "{line}");
+    let chunks = n_tokens / 512;
     assert!(
         line.contains(&format!(
             "{chunks} chunks of 512 tokens used ({} tokens)",
@@ -94,17 +112,13 @@ fn calibrate_equals_imatrix_then_quantize_by_hand() {
         )),
         "{line}"
     );
+    let g = kiln::llama::raw::read_imatrix_with_ggml(&imatrix).unwrap();
     assert_eq!(g.chunk_size, Some(512));
     let kept_im = std::fs::read(&imatrix).unwrap();
     let kept = std::fs::read(&out).unwrap();
 
-    // By hand: the checkpoint (BF16) at BF16, kiln imatrix on it with llama-imatrix's defaults
-    // into the same path (the quantized file records it), then kiln quantize --imatrix.
-    let bf16 = d.join("hand-BF16.gguf");
-    ok(
-        &kiln(&[&"quantize", &"-t", &"bf16", &ck, &"-o", &bf16]),
-        "convert",
-    );
+    // ... kiln imatrix on it with llama-imatrix's defaults into the same path (the quantized
+    // file records it), then kiln quantize --imatrix.
     ok(
         &kiln(&[
             &"imatrix",
@@ -156,7 +170,7 @@ fn calibrate_equals_imatrix_then_quantize_by_hand() {
     );
     assert_eq!(
         md.get("quantize.imatrix.chunks_count"),
-        Some(&kiln::gguf::Value::U32(chunks))
+        Some(&kiln::gguf::Value::U32(g.chunk_count.unwrap()))
     );
 }
 
