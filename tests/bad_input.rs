@@ -1461,6 +1461,9 @@ fn bad_quantize_options() {
     let dir = out.parent().unwrap().to_path_buf();
     let rules = dir.join("rules.txt");
     std::fs::write(&rules, "attn_q=q8_0\n  ffn_up=q4_K\tffn_down=q7_X\n").unwrap();
+    let rules_re_path = dir.join("rules_re.txt");
+    std::fs::write(&rules_re_path, "attn_q=q8_0\nffn_(up=q6_K\n").unwrap();
+    let rules_re = rules_re_path.to_str().unwrap();
     let imatrix = dir.join("im.dat");
     std::fs::write(
         &imatrix,
@@ -1503,6 +1506,11 @@ fn bad_quantize_options() {
             &["--tensor-type-file", rules],
             &["rules.txt", "q7_X"],
             "bad rule in a file",
+        ),
+        (
+            &["--tensor-type-file", rules_re],
+            &["rules_re.txt", "bad regex", "ffn_(up"],
+            "bad regex in a file",
         ),
         (
             &["--tensor-type-file", "/nonexistent/rules.txt"],
