@@ -82,6 +82,18 @@ fn load_gguf(path: &Path) -> Result<Imatrix> {
         }
         out.insert(base.to_string(), e);
     }
+    // llama.cpp refuses counts without sums too ("mismatched sums and counts").
+    if let Some(t) = g.tensors().iter().find(|t| {
+        t.name
+            .strip_suffix(".counts")
+            .is_some_and(|base| !out.contains_key(base))
+    }) {
+        bail!(
+            "{}: {} has no matching .in_sum2 (mismatched sums and counts)",
+            path.display(),
+            t.name
+        );
+    }
     if out.is_empty() {
         bail!(
             "{}: no importance data (no *.in_sum2 tensors)",

@@ -36,8 +36,9 @@ enum Command {
     /// against the highest-precision one, and write a report folder (markdown, JSON, CSV, chart).
     Sweep(Box<SweepArgs>),
     #[cfg(feature = "llama")]
-    /// Write a sweep's report files (report.md, report.csv, chart.svg, chart.png) again from
-    /// its report.json.
+    /// Write a sweep's report files (report.md, report.json, report.csv, chart.svg, chart.png):
+    /// for a sweep planned with `kiln sweep --plan`, from the results of the jobs that have
+    /// run; otherwise again from its report.json.
     Report { dir: PathBuf },
     #[cfg(feature = "llama")]
     /// Internal: measure one file for bench, eval or sweep (a JSON job on stdin, the result as

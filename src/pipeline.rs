@@ -30,6 +30,8 @@ pub fn stop_on_signals() {
     });
 }
 
+/// An error once Ctrl-C or SIGTERM has been received (after [`stop_on_signals`]), for long
+/// loops to stop at.
 pub fn check_interrupted() -> Result<()> {
     if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
         bail!("interrupted; nothing was written");

@@ -734,6 +734,172 @@ fn imatrix_for_another_model_or_truncated() {
     }
 }
 
+/// An importance matrix in llama-imatrix's GGUF format with these tensors (name, dims, type,
+/// little-endian data).
+fn imatrix_gguf(path: &Path, tensors: &[(&str, Vec<u64>, kiln::kernels::GgmlType, Vec<u8>)]) {
+    use kiln::gguf::writer::{GgufWriter, TensorEntry};
+    let mut md = kiln::gguf::Metadata::new();
+    md.set_str("general.type", "imatrix");
+    md.set_u32("imatrix.chunk_count", 1);
+    md.set_u32("imatrix.chunk_size", 512);
+    let entries = tensors
+        .iter()
+        .map(|(n, dims, ty, data)| TensorEntry {
+            name: n.to_string(),
+            dims: dims.clone(),
+            ty: kiln::gguf::TypeId::of(*ty),
+            bytes: data.len() as u64,
+        })
+        .collect();
+    let mut w = GgufWriter::create(path, true, &md, entries).unwrap();
+    for (_, _, _, data) in tensors {
+        w.write(data).unwrap();
+        w.end_tensor().unwrap();
+    }
+    w.finish().unwrap();
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Malformed importance matrices in llama-imatrix's GGUF format: cut short, sums of the wrong
+/// length for the tensor, sums that do not split into the counts' matrices, matrices where
+/// the tensor has one, sums without counts and counts without sums, a type other than f32, a
+/// non-finite sum. Each is one error line naming the file, before any output.
+#[test]
+fn malformed_gguf_imatrix_files() {
+    use kiln::kernels::GgmlType::{F16, F32};
+    let (ck, out) = case("imatrix_gguf");
+    let dir = out.parent().unwrap().to_path_buf();
+    const Q: &str = "blk.0.attn_q.weight";
+    let sums = |n: usize| f32_bytes(&vec![2.0; n]);
+    let counts = |n: usize| f32_bytes(&vec![4.0; n]);
+    let good = vec![
+        ("blk.0.attn_q.weight.in_sum2", vec![64], F32, sums(64)),
+        ("blk.0.attn_q.weight.counts", vec![1], F32, counts(1)),
+    ];
+    // The well-formed file is accepted (the cases below fail for their defect alone).
+    let p = dir.join("good.gguf");
+    imatrix_gguf(&p, &good);
+    let o = kiln()
+        .args(["quantize", "-t", "q4_0"])
+        .arg(&ck)
+        .arg("-o")
+        .arg(dir.join("good-out.gguf"))
+        .args(["--imatrix", p.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bytes = std::fs::read(&p).unwrap();
+    let cut = dir.join("cut.gguf");
+    for at in [3, 20, 60, bytes.len() - 300, bytes.len() - 31] {
+        std::fs::write(&cut, &bytes[..at]).unwrap();
+        quantize_fails(
+            "q4_0",
+            &ck,
+            &out,
+            &["--imatrix", cut.to_str().unwrap()],
+            &["cut.gguf"],
+            &[],
+            &format!("GGUF imatrix cut at {at}"),
+        );
+    }
+    let sum_name = format!("{Q}.in_sum2");
+    let count_name = format!("{Q}.counts");
+    #[allow(clippy::type_complexity)]
+    let cases: Vec<(
+        &str,
+        Vec<(&str, Vec<u64>, kiln::kernels::GgmlType, Vec<u8>)>,
+        &[&str],
+    )> = vec![
+        (
+            "short_sums",
+            vec![
+                (&sum_name, vec![48], F32, sums(48)),
+                (&count_name, vec![1], F32, counts(1)),
+            ],
+            &["48 values", Q, "another model"],
+        ),
+        (
+            "uneven",
+            vec![
+                (&sum_name, vec![64], F32, sums(64)),
+                (&count_name, vec![3], F32, counts(3)),
+            ],
+            &["64 sums do not split into 3 matrices"],
+        ),
+        (
+            "two_matrices",
+            vec![
+                (&sum_name, vec![64, 2], F32, sums(128)),
+                (&count_name, vec![1, 2], F32, counts(2)),
+            ],
+            &["128 values", Q],
+        ),
+        (
+            "no_counts",
+            vec![(&sum_name, vec![64], F32, sums(64))],
+            &["sums but no counts"],
+        ),
+        (
+            "no_sums",
+            vec![
+                (&sum_name, vec![64], F32, sums(64)),
+                (&count_name, vec![1], F32, counts(1)),
+                ("blk.0.attn_k.weight.counts", vec![1], F32, counts(1)),
+            ],
+            &["blk.0.attn_k.weight.counts", "no matching .in_sum2"],
+        ),
+        (
+            "f16",
+            vec![
+                (&sum_name, vec![64], F16, vec![0u8; 128]),
+                (&count_name, vec![1], F32, counts(1)),
+            ],
+            &["not f32"],
+        ),
+        (
+            "nan",
+            vec![
+                (&sum_name, vec![64], F32, {
+                    let mut v = vec![2.0f32; 64];
+                    v[7] = f32::NAN;
+                    f32_bytes(&v)
+                }),
+                (&count_name, vec![1], F32, counts(1)),
+            ],
+            &["non-finite", "column 7"],
+        ),
+    ];
+    for (label, tensors, needles) in cases {
+        let p = dir.join(format!("{label}.gguf"));
+        imatrix_gguf(&p, &tensors);
+        let mut n = needles.to_vec();
+        let file = format!("{label}.gguf");
+        n.push(&file);
+        quantize_fails(
+            "q4_0",
+            &ck,
+            &out,
+            &["--imatrix", p.to_str().unwrap()],
+            &n,
+            &[],
+            label,
+        );
+        let o = kiln()
+            .args(["quantize", "-t", "q4_0"])
+            .arg(&ck)
+            .arg("-o")
+            .arg(out.join("out.gguf"))
+            .args(["--imatrix", p.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let errors = stderr(&o).lines().filter(|l| l.contains("error")).count();
+        assert_eq!(errors, 1, "{label}: one error line: {}", stderr(&o));
+    }
+}
+
 // ---- output safety ----
 
 #[test]
@@ -1296,6 +1462,9 @@ fn bad_quantize_options() {
     let dir = out.parent().unwrap().to_path_buf();
     let rules = dir.join("rules.txt");
     std::fs::write(&rules, "attn_q=q8_0\n  ffn_up=q4_K\tffn_down=q7_X\n").unwrap();
+    let rules_re_path = dir.join("rules_re.txt");
+    std::fs::write(&rules_re_path, "attn_q=q8_0\nffn_(up=q6_K\n").unwrap();
+    let rules_re = rules_re_path.to_str().unwrap();
     let imatrix = dir.join("im.dat");
     std::fs::write(
         &imatrix,
@@ -1338,6 +1507,11 @@ fn bad_quantize_options() {
             &["--tensor-type-file", rules],
             &["rules.txt", "q7_X"],
             "bad rule in a file",
+        ),
+        (
+            &["--tensor-type-file", rules_re],
+            &["rules_re.txt", "bad regex", "ffn_(up"],
+            "bad regex in a file",
         ),
         (
             &["--tensor-type-file", "/nonexistent/rules.txt"],

@@ -309,3 +309,69 @@ fn bad_text_is_one_clear_error_and_no_file() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// The hidden temporary folders `kiln imatrix` and `--calibrate` convert a checkpoint into.
+fn temporaries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".kiln-"))
+        .collect()
+}
+
+/// `kiln imatrix CHECKPOINT`: the checkpoint (BF16) is converted to a temporary BF16 GGUF
+/// beside the output and removed; the matrix is byte for byte the one computed on the same
+/// conversion done by hand. On an error (a text shorter than a chunk, found only after the
+/// conversion) the temporary file goes too.
+#[test]
+fn imatrix_of_a_checkpoint_equals_converting_first() {
+    let d = tmp().join("checkpoint");
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    let ck = d.join("ck");
+    llama_checkpoint(&ck);
+    let run = |model: &Path, text: &Path, out: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .arg("imatrix")
+            .arg(model)
+            .arg("--text")
+            .arg(text)
+            .args(["-c", "128", "--chunks", "3", "--threads", "2", "-o"])
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    let direct = d.join("direct.gguf");
+    let o = run(&ck, &text(), &direct);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("temporary BF16 GGUF"), "{err}");
+    assert!(temporaries(&d).is_empty(), "{:?}", temporaries(&d));
+
+    let bf16 = d.join("by-hand-BF16.gguf");
+    convert(&ck, FileType::BF16, &bf16);
+    let by_hand = d.join("by-hand.gguf");
+    let o = run(&bf16, &text(), &by_hand);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (a, b) = (
+        std::fs::read(&direct).unwrap(),
+        std::fs::read(&by_hand).unwrap(),
+    );
+    assert!(a == b, "the two importance matrices differ");
+    // and they are real ones: every block matrix of the model
+    let g = kiln::llama::raw::read_imatrix_with_ggml(&direct).unwrap();
+    assert_eq!(g.entries.len(), block_matrices(&bf16).len());
+
+    let short = d.join("short.txt");
+    std::fs::write(&short, "Far fewer words than one chunk of 128 tokens.").unwrap();
+    let out = d.join("short.gguf");
+    let o = run(&ck, &short, &out);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("shorter than one chunk") && err.contains("short.txt"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    assert!(temporaries(&d).is_empty(), "{:?}", temporaries(&d));
+}

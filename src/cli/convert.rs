@@ -33,6 +33,12 @@ pub struct QuantizeArgs {
     /// Importance matrix from llama-imatrix (GGUF or legacy .dat).
     #[arg(long)]
     pub imatrix: Option<PathBuf>,
+    /// Compute the importance matrix first, from this text (UTF-8, at least one chunk of 512
+    /// tokens), as `kiln imatrix` does with llama-imatrix's defaults (a checkpoint is converted
+    /// to a temporary GGUF at its own precision for it, and removed), keep it beside the output
+    /// as <output name>.imatrix.gguf, and quantize with it. Needs llama.cpp.
+    #[arg(long, value_name = "TEXT", conflicts_with = "imatrix")]
+    pub calibrate: Option<PathBuf>,
     /// Type for output.weight.
     #[arg(long)]
     pub output_tensor_type: Option<String>,
@@ -175,6 +181,16 @@ pub fn quantize(a: QuantizeArgs) -> anyhow::Result<()> {
     opts.dry_run = a.dry_run;
     let start = std::time::Instant::now();
     kiln::pipeline::stop_on_signals();
+    if let Some(text) = &a.calibrate {
+        if a.dry_run {
+            eprintln!(
+                "kiln: --dry-run: not calibrating on {} (the plan below is without an importance matrix)",
+                text.display()
+            );
+        } else {
+            opts.imatrix = Some(calibrate(&a.input, a.threads, text, &opts)?);
+        }
+    }
     if let Some(target) = target {
         return quantize_budget(&a.input, &opts, target, start);
     }
@@ -259,6 +275,66 @@ fn quantize_budget(
         start.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// `--calibrate TEXT`: checks the conversion's plan and the output as a run would (so a bad
+/// option or an existing output is refused before minutes of calibration), then computes the
+/// importance matrix; its path.
+#[cfg(feature = "llama")]
+fn calibrate(
+    input: &std::path::Path,
+    threads: Option<usize>,
+    text: &std::path::Path,
+    opts: &kiln::quantize::Options,
+) -> anyhow::Result<PathBuf> {
+    let mut check = opts.clone();
+    check.dry_run = true;
+    // --include/--exclude-weights select entries of the matrix still to be made.
+    if check.include_weights.is_empty() || check.exclude_weights.is_empty() {
+        check.include_weights.clear();
+        check.exclude_weights.clear();
+    }
+    let p = kiln::quantize::prepare(input, &check)?;
+    kiln::gguf::writer::check_target(&p.target, opts.force)?;
+    let target = p.target.clone();
+    drop(p);
+    let c = kiln::runner::calibrate::calibrate(
+        input,
+        text,
+        &target,
+        opts.force,
+        threads.map(|n| n as u32),
+        &mut |l| eprintln!("kiln: {l}"),
+    )?;
+    let s = &c.summary;
+    println!(
+        "calibration text {}: {} tokens, {} chunks of {} tokens used ({} tokens){}; importance matrix {} ({} weights)",
+        text.display(),
+        s.text_tokens,
+        s.n_chunks,
+        kiln::runner::imatrix::ImatrixOptions::default().n_ctx,
+        s.n_tokens,
+        c.converted
+            .map(|t| format!(", on a temporary {t} conversion"))
+            .unwrap_or_default(),
+        c.imatrix.display(),
+        s.n_entries
+    );
+    Ok(c.imatrix)
+}
+
+/// Without llama.cpp there is nothing to run the model on.
+#[cfg(not(feature = "llama"))]
+fn calibrate(
+    _: &std::path::Path,
+    _: Option<usize>,
+    _: &std::path::Path,
+    _: &kiln::quantize::Options,
+) -> anyhow::Result<PathBuf> {
+    anyhow::bail!(
+        "--calibrate runs the model on llama.cpp, and this kiln was built without it \
+         (--no-default-features); compute the importance matrix elsewhere and pass --imatrix"
+    )
 }
 
 pub fn inspect(file: &std::path::Path, json: bool, verify: bool) -> anyhow::Result<()> {

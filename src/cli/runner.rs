@@ -217,7 +217,9 @@ pub struct EvalArgs {
 
 #[derive(clap::Args)]
 pub struct ImatrixArgs {
-    /// The model (GGUF), usually at the highest precision available.
+    /// The model: a GGUF, usually at the highest precision available, or a checkpoint folder
+    /// (or .safetensors file), converted to a temporary GGUF at the precision of its weights
+    /// (f32, bf16 or f16) beside the output and removed afterwards.
     pub model: PathBuf,
     /// The calibration text (UTF-8), as llama-imatrix -f.
     #[arg(long = "text", short = 'f')]
@@ -249,7 +251,8 @@ pub fn imatrix(a: ImatrixArgs) -> anyhow::Result<()> {
         threads: a.threads.unwrap_or(d.threads),
         process_output: a.process_output,
     };
-    let s = kiln::runner::imatrix::run(&a.model, &a.text, &a.output, &o, &mut p)?;
+    kiln::pipeline::stop_on_signals();
+    let (s, _) = kiln::runner::calibrate::imatrix_of(&a.model, &a.text, &a.output, &o, &mut p)?;
     eprintln!(
         "kiln: {}: {} weights, {} chunks of {} tokens ({} tokens), final PPL {:.4}, {:.1}s",
         a.output.display(),
@@ -265,8 +268,20 @@ pub fn imatrix(a: ImatrixArgs) -> anyhow::Result<()> {
 
 #[derive(clap::Args)]
 pub struct SweepArgs {
-    /// Checkpoint folder, .safetensors file, or .gguf file.
+    /// Checkpoint folder, .safetensors file, or .gguf file (with --job: the planned sweep's
+    /// folder).
     pub input: PathBuf,
+    /// Do not measure: write the sweep into the -o folder as independent jobs (plan.json,
+    /// jobs/N.json, one per variant) after converting the variants every job needs (the
+    /// reference, the draft), for `kiln sweep --job N DIR` on any machine and then `kiln report
+    /// DIR`.
+    #[arg(long, requires = "out", conflicts_with = "job")]
+    pub plan: bool,
+    /// Run job N of the sweep planned in the folder INPUT: convert its variant, measure it and
+    /// write results/N.json (skipped when there already; --force runs it again). The settings
+    /// are the plan's.
+    #[arg(long, value_name = "N", conflicts_with_all = ["types", "out", "reference", "imatrix", "extra", "draft"])]
+    pub job: Option<usize>,
     /// Types to produce and measure, comma-separated.
     #[arg(
         long,
@@ -419,6 +434,9 @@ fn any_failed(failed: &[&str], n_files: usize) -> anyhow::Result<()> {
 pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
     use kiln::plan::FileType;
     kiln::pipeline::stop_on_signals();
+    if let Some(n) = a.job {
+        return sweep_job(&a.input, n, a.force);
+    }
     let types: Vec<FileType> = a
         .types
         .iter()
@@ -456,10 +474,59 @@ pub fn sweep(a: SweepArgs) -> anyhow::Result<()> {
         target_bpw: a.target_bpw,
     };
     let mut p = progress_line();
+    if a.plan {
+        return sweep_plan(&a.input, &opts);
+    }
     let rep = kiln::sweep::run(&a.input, &opts, &mut p)?;
     kiln::report::write(&rep, &out)?;
     print!("{}", kiln::report::markdown(&rep));
     println!("\nreport: {}", out.join("report.md").display());
+    Ok(())
+}
+
+/// `kiln sweep --plan -o DIR INPUT ...`: the jobs, and how to run them.
+fn sweep_plan(input: &Path, opts: &kiln::sweep::SweepOptions) -> anyhow::Result<()> {
+    let mut p = progress_line();
+    let planned = kiln::sweep::jobs::plan(input, opts, &mut p)?;
+    let dir = opts.out_dir.display();
+    println!(
+        "{dir}: {} jobs planned (reference {}):",
+        planned.n_jobs, planned.plan.reference
+    );
+    for (n, v) in planned.plan.variants.iter().enumerate() {
+        println!("  job {n}: {}", v.label);
+    }
+    println!(
+        "run each with `kiln sweep --job N {dir}` (N = 0 to {}), then `kiln report {dir}`",
+        planned.n_jobs - 1
+    );
+    Ok(())
+}
+
+/// `kiln sweep --job N DIR`.
+fn sweep_job(dir: &Path, n: usize, force: bool) -> anyhow::Result<()> {
+    use kiln::sweep::jobs::{self, JobOutcome};
+    let mut p = progress_line();
+    let (r, ran) = match jobs::run_job(dir, n, force, &mut p)? {
+        JobOutcome::Skipped(r) => (r, false),
+        JobOutcome::Ran(r) => (r, true),
+    };
+    let path = jobs::result_path(dir, n);
+    match (&r.row.error, ran) {
+        (_, false) => println!(
+            "job {n} ({}): already done, {} (--force runs it again)",
+            r.row.r#type,
+            path.display()
+        ),
+        (None, true) => println!("job {n} ({}): done, {}", r.row.r#type, path.display()),
+        (Some(e), true) => {
+            anyhow::bail!(
+                "job {n} ({}): not measured ({}): {e}",
+                r.row.r#type,
+                path.display()
+            )
+        }
+    }
     Ok(())
 }
 
@@ -468,6 +535,17 @@ pub fn measure_worker() -> anyhow::Result<()> {
 }
 
 pub fn report(dir: &Path) -> anyhow::Result<()> {
+    if kiln::sweep::jobs::is_planned(dir) {
+        let (rep, done) = kiln::sweep::jobs::merge(dir)?;
+        kiln::report::write(&rep, dir)?;
+        print!("{}", kiln::report::markdown(&rep));
+        println!(
+            "\nreport: {} ({done} of {} jobs have results)",
+            dir.join("report.md").display(),
+            rep.rows.len()
+        );
+        return Ok(());
+    }
     let p = dir.join("report.json");
     let text = std::fs::read_to_string(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
     let rep: kiln::sweep::SweepReport = serde_json::from_str(&text)

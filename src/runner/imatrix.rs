@@ -74,6 +74,9 @@ pub struct ImatrixSummary {
     pub n_chunks: usize,
     /// Tokens decoded (`n_chunks * n_ctx`): each dense weight's count.
     pub n_tokens: usize,
+    /// Tokens of the whole text (the tail past the last whole chunk, and chunks past
+    /// `--chunks`, are not used).
+    pub text_tokens: usize,
     /// Perplexity over the chunks' second halves.
     pub ppl: f64,
     /// Weights in the file.
@@ -256,6 +259,23 @@ pub fn read_text(path: &Path) -> Result<String> {
     Ok(text)
 }
 
+/// The options' own checks (a chunk of at least 16 tokens, a thread, a chunk).
+pub fn check_options(opts: &ImatrixOptions) -> Result<()> {
+    if opts.n_ctx < 16 {
+        bail!(
+            "a chunk of {} tokens is too small (at least 16)",
+            opts.n_ctx
+        );
+    }
+    if opts.threads == 0 {
+        bail!("threads must be at least 1");
+    }
+    if opts.max_chunks == Some(0) {
+        bail!("--chunks must be at least 1");
+    }
+    Ok(())
+}
+
 /// `-log p(tok)` from a row of logits, as llama-perplexity's `log_softmax` computes it.
 fn nll(logits: &[f32], tok: usize) -> f64 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -274,15 +294,7 @@ pub fn run(
 ) -> Result<ImatrixSummary> {
     let t0 = Instant::now();
     let n_ctx = opts.n_ctx as usize;
-    if n_ctx < 16 {
-        bail!("a chunk of {n_ctx} tokens is too small (at least 16)");
-    }
-    if opts.threads == 0 {
-        bail!("threads must be at least 1");
-    }
-    if opts.max_chunks == Some(0) {
-        bail!("--chunks must be at least 1");
-    }
+    check_options(opts)?;
     let out_dir = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -356,6 +368,7 @@ pub fn run(
     let mut batch = crate::llama::raw::BatchExt::new(&ctx)?;
     let mut owned: Vec<f32> = Vec::new();
     for i in (0..n_chunk).step_by(n_seq) {
+        crate::pipeline::check_interrupted()?;
         let n_seq_batch = n_seq.min(n_chunk - i);
         let start = i * n_ctx;
         ctx.clear();
@@ -434,6 +447,7 @@ pub fn run(
     Ok(ImatrixSummary {
         n_chunks: n_chunk,
         n_tokens: n_chunk * n_ctx,
+        text_tokens: tokens.len(),
         ppl: (nll_sum / count.max(1) as f64).exp(),
         n_entries,
         seconds: t0.elapsed().as_secs_f64(),

@@ -5,6 +5,7 @@
 //! for quantization).
 
 pub mod bench;
+pub mod calibrate;
 pub mod eval;
 pub mod imatrix;
 pub mod worker;

@@ -14,6 +14,8 @@ use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+pub mod jobs;
+
 /// What `kiln sweep` takes.
 #[derive(Clone, Debug)]
 pub struct SweepOptions {
@@ -111,7 +113,7 @@ fn precision_rank(f: FileType) -> usize {
 
 /// The row of a GGUF made elsewhere, labelled with its file name; sizes come from its header,
 /// and a file kiln cannot read is a row with that error.
-fn extra_row(file: &Path) -> SweepRow {
+pub fn extra_row(file: &Path) -> SweepRow {
     let label = file
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -136,12 +138,9 @@ fn extra_row(file: &Path) -> SweepRow {
     row
 }
 
-/// Runs the sweep. `progress` gets one line per step.
-pub fn run(
-    input: &Path,
-    opts: &SweepOptions,
-    progress: &mut dyn FnMut(&str),
-) -> Result<SweepReport> {
+/// The types a sweep makes (those asked for, the reference and the draft type, highest
+/// precision first) and its reference.
+pub fn resolve_types(opts: &SweepOptions) -> Result<(Vec<FileType>, FileType)> {
     if opts.types.is_empty() {
         bail!("--types names no type");
     }
@@ -159,31 +158,48 @@ pub fn run(
     }
     types.sort_by_key(|&t| precision_rank(t));
     let reference = opts.reference.unwrap_or(types[0]);
-    std::fs::create_dir_all(&opts.out_dir)?;
+    Ok((types, reference))
+}
 
-    // Convert every type in one pass.
+/// The model's name in the report and in its files' names: the input's name without a type
+/// suffix ("Llama-3.2-1B").
+pub fn model_name(input: &Path) -> String {
     let stem = quantize::default_output(input, FileType::F32);
     let stem = stem
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let model = stem.trim_end_matches("-F32.gguf").to_string();
-    let mut prepared: Vec<Prepared> = Vec::new();
-    for &t in &types {
-        let mut o = Options::new(t);
-        o.output = Some(opts.out_dir.join(format!("{model}-{}.gguf", t.name())));
-        o.force = opts.force;
-        o.allow_requantize = opts.allow_requantize;
-        o.imatrix = opts.imatrix.clone();
-        let p = quantize::prepare(input, &o)?;
-        crate::gguf::writer::check_target(&p.target, opts.force)?;
-        prepared.push(p);
-    }
-    progress(&format!(
-        "converting {} to {} types in one pass",
-        input.display(),
-        types.len()
-    ));
+    stem.trim_end_matches("-F32.gguf").to_string()
+}
+
+/// The file name of the type-`t` variant in the report folder.
+pub fn variant_file_name(model: &str, t: FileType) -> String {
+    format!("{model}-{}.gguf", t.name())
+}
+
+/// Plans the conversion of `input` to the type-`t` variant in the report folder (refused when
+/// the file exists, without `force`).
+pub fn prepare_variant(
+    input: &Path,
+    opts: &SweepOptions,
+    model: &str,
+    t: FileType,
+) -> Result<Prepared> {
+    let mut o = Options::new(t);
+    o.output = Some(opts.out_dir.join(variant_file_name(model, t)));
+    o.force = opts.force;
+    o.allow_requantize = opts.allow_requantize;
+    o.imatrix = opts.imatrix.clone();
+    let p = quantize::prepare(input, &o)?;
+    crate::gguf::writer::check_target(&p.target, opts.force)?;
+    Ok(p)
+}
+
+/// Writes prepared variants in one pass over the input; the seconds it took.
+pub fn convert_all(prepared: &[Prepared], force: bool) -> Result<f64> {
+    let Some(first) = prepared.first() else {
+        return Ok(0.0);
+    };
     let t0 = Instant::now();
     let outputs: Vec<Output> = prepared
         .iter()
@@ -194,9 +210,118 @@ pub fn run(
             imatrix: p.imatrix.as_ref(),
         })
         .collect();
-    pipeline::run_many(prepared[0].input.as_ref(), &outputs, opts.force, false)?;
+    pipeline::run_many(first.input.as_ref(), &outputs, force, false)?;
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+/// A converted variant's row, not measured yet: sizes from the plan and the written file.
+pub fn variant_row(t: FileType, p: &Prepared, is_reference: bool) -> SweepRow {
+    let n_params = p.n_elements();
+    let data = p.data_bytes().unwrap_or(0);
+    SweepRow {
+        r#type: t.name().to_string(),
+        file: p.target.display().to_string(),
+        is_reference,
+        file_size: std::fs::metadata(&p.target).map(|m| m.len()).unwrap_or(0),
+        bits_per_weight: data as f64 * 8.0 / n_params.max(1) as f64,
+        n_params,
+        bench: Vec::new(),
+        batched: Vec::new(),
+        eval: None,
+        draft: None,
+        error: None,
+    }
+}
+
+/// Benches and evaluates one row's file against the reference (in a worker process when
+/// `opts.worker` is set) and fills in its figures or its error.
+pub fn measure_row(
+    mut row: SweepRow,
+    opts: &SweepOptions,
+    ref_path: &Path,
+    draft: Option<&DraftJob>,
+    progress: &mut dyn FnMut(&str),
+) -> SweepRow {
+    let label = row.r#type.clone();
+    if row.error.is_none() && !(opts.skip_bench && opts.skip_eval) {
+        let job = MeasureJob {
+            reference: Some(ref_path.to_path_buf()),
+            bench: (!opts.skip_bench).then(|| opts.bench.clone()),
+            batched: (!opts.skip_bench && !opts.bench.parallel.is_empty())
+                .then(|| opts.bench.clone()),
+            eval: (!opts.skip_eval).then(|| opts.eval.clone()),
+            // the draft's own row has nothing to gain from itself
+            draft: draft
+                .cloned()
+                .filter(|d| d.draft != Path::new(&row.file) && !opts.skip_bench),
+            ..MeasureJob::new(Path::new(&row.file))
+        };
+        let m = match &opts.worker {
+            Some(exe) => measure_isolated(exe, &job, progress),
+            None => measure(&job, progress),
+        };
+        row.bench = m.bench;
+        row.batched = m.batched;
+        row.eval = m.eval;
+        row.draft = m.draft;
+        row.error = m.error;
+    }
+    if let Some(e) = &row.error {
+        progress(&format!("{label}: not measured: {e}"));
+    }
+    row
+}
+
+/// The report of a sweep's rows.
+pub fn assemble(
+    input: &Path,
+    model: String,
+    reference: FileType,
+    opts: &SweepOptions,
+    machine: Machine,
+    convert_seconds: f64,
+    rows: Vec<SweepRow>,
+) -> SweepReport {
+    SweepReport {
+        input: input.display().to_string(),
+        model,
+        reference: reference.name().to_string(),
+        machine,
+        convert_seconds,
+        bench_settings: opts.bench.clone(),
+        eval_n_ctx: opts.eval.n_ctx,
+        eval_text: opts
+            .eval
+            .text
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "bundled default text (fixtures/eval/text.txt)".into()),
+        rows,
+    }
+}
+
+/// Runs the sweep. `progress` gets one line per step.
+pub fn run(
+    input: &Path,
+    opts: &SweepOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<SweepReport> {
+    let (types, reference) = resolve_types(opts)?;
+    std::fs::create_dir_all(&opts.out_dir)?;
+
+    // Convert every type in one pass.
+    let model = model_name(input);
+    let prepared: Vec<Prepared> = types
+        .iter()
+        .map(|&t| prepare_variant(input, opts, &model, t))
+        .collect::<Result<_>>()?;
+    progress(&format!(
+        "converting {} to {} types in one pass",
+        input.display(),
+        types.len()
+    ));
+    let convert_seconds = convert_all(&prepared, opts.force)?;
     let budget_rows = budget_variants(input, opts, &model, progress)?;
-    let convert_seconds = t0.elapsed().as_secs_f64();
     progress(&format!("converted in {convert_seconds:.1} s"));
 
     let ref_path = prepared[types.iter().position(|&t| t == reference).unwrap_or(0)]
@@ -208,74 +333,24 @@ pub fn run(
             .clone(),
         options: o.clone(),
     });
-    let mut rows = Vec::new();
     let mut variants: Vec<SweepRow> = types
         .iter()
         .zip(&prepared)
-        .map(|(t, p)| {
-            let n_params = p.n_elements();
-            let data = p.data_bytes().unwrap_or(0);
-            SweepRow {
-                r#type: t.name().to_string(),
-                file: p.target.display().to_string(),
-                is_reference: *t == reference,
-                file_size: std::fs::metadata(&p.target).map(|m| m.len()).unwrap_or(0),
-                bits_per_weight: data as f64 * 8.0 / n_params.max(1) as f64,
-                n_params,
-                bench: Vec::new(),
-                batched: Vec::new(),
-                eval: None,
-                draft: None,
-                error: None,
-            }
-        })
+        .map(|(&t, p)| variant_row(t, p, t == reference))
         .collect();
     variants.extend(budget_rows);
     variants.extend(opts.extra.iter().map(|f| extra_row(f)));
-    for mut row in variants {
-        let label = row.r#type.clone();
-        if row.error.is_none() && !(opts.skip_bench && opts.skip_eval) {
-            let job = MeasureJob {
-                reference: Some(ref_path.clone()),
-                bench: (!opts.skip_bench).then(|| opts.bench.clone()),
-                batched: (!opts.skip_bench && !opts.bench.parallel.is_empty())
-                    .then(|| opts.bench.clone()),
-                eval: (!opts.skip_eval).then(|| opts.eval.clone()),
-                // the draft's own row has nothing to gain from itself
-                draft: draft
-                    .clone()
-                    .filter(|d| d.draft != Path::new(&row.file) && !opts.skip_bench),
-                ..MeasureJob::new(Path::new(&row.file))
-            };
-            let m = match &opts.worker {
-                Some(exe) => measure_isolated(exe, &job, progress),
-                None => measure(&job, progress),
-            };
-            row.bench = m.bench;
-            row.batched = m.batched;
-            row.eval = m.eval;
-            row.draft = m.draft;
-            row.error = m.error;
-        }
-        if let Some(e) = &row.error {
-            progress(&format!("{label}: not measured: {e}"));
-        }
-        rows.push(row);
-    }
-    Ok(SweepReport {
-        input: input.display().to_string(),
+    let rows = variants
+        .into_iter()
+        .map(|row| measure_row(row, opts, &ref_path, draft.as_ref(), progress))
+        .collect();
+    Ok(assemble(
+        input,
         model,
-        reference: reference.name().to_string(),
-        machine: Machine::this(),
+        reference,
+        opts,
+        Machine::this(),
         convert_seconds,
-        bench_settings: opts.bench.clone(),
-        eval_n_ctx: opts.eval.n_ctx,
-        eval_text: opts
-            .eval
-            .text
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "bundled default text (fixtures/eval/text.txt)".into()),
         rows,
-    })
+    ))
 }
