@@ -116,7 +116,11 @@ pub fn run(
         o.force = opts.force;
         o.allow_requantize = opts.allow_requantize;
         o.imatrix = opts.imatrix.clone();
-        let p = quantize::prepare(input, &o)?;
+        let mut p = quantize::prepare(input, &o)?;
+        // One pass writes every file in one tensor order: llama-quantize's (a checkpoint's
+        // own precision alone is written in convert_hf_to_gguf.py's order by `kiln quantize`).
+        p.jobs
+            .sort_by(|a, b| crate::plan::llama_order(&a.name, &b.name));
         crate::gguf::writer::check_target(&p.target, opts.force)?;
         prepared.push(p);
     }
@@ -133,6 +137,7 @@ pub fn run(
             metadata: &p.metadata,
             target: &p.target,
             imatrix: p.imatrix.as_ref(),
+            shards: None,
         })
         .collect();
     pipeline::run_many(prepared[0].input.as_ref(), &outputs, opts.force, false)?;
