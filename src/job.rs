@@ -220,6 +220,70 @@ impl Job {
     }
 }
 
+/// Where convert_hf_to_gguf.py writes a tensor: its extra tensors first
+/// (`generate_extra_tensors`, Llama 3's rope_freqs), then each tensor as its source arrives in
+/// `get_tensors` (the checkpoint's files in name order, each file's tensors in name order);
+/// a stacked expert tensor arrives with the last expert tensor of its layer, and tensors
+/// yielded from one arrival keep the order the family emits them in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ConvertOrder {
+    /// 0: generated, 1: from the checkpoint.
+    class: u8,
+    /// The rank of the source tensor whose arrival yields it.
+    arrival: usize,
+    /// The family's emission order among tensors of one arrival.
+    emitted: usize,
+}
+
+/// The [`ConvertOrder`] of each job (in the order the family emitted them), given the rank
+/// of each input tensor in convert's iteration (`rank[index]`).
+pub fn convert_order(jobs: &[Job], rank: &[usize]) -> Vec<ConvertOrder> {
+    let r = |i: usize| rank.get(i).copied().unwrap_or(usize::MAX);
+    // Per-expert tensors stacked in one layer: all of a layer's stacks are yielded when the
+    // layer's last expert tensor arrives (convert buffers the layer's experts until then).
+    let mut layer_last: std::collections::HashMap<String, usize> = Default::default();
+    let stacked_layer = |j: &Job| -> Option<String> {
+        let TensorSource::Gather(pieces) = &j.source else {
+            return None;
+        };
+        let first = pieces.first()?.index;
+        if pieces.iter().all(|p| p.index == first) || !j.name.contains("_exps.") {
+            return None;
+        }
+        let layer = j.name.strip_prefix("blk.")?.split('.').next()?;
+        Some(layer.to_string())
+    };
+    for j in jobs {
+        if let Some(l) = stacked_layer(j) {
+            let last = j.source.inputs().into_iter().map(r).max().unwrap_or(0);
+            let e = layer_last.entry(l).or_insert(0);
+            *e = (*e).max(last);
+        }
+    }
+    jobs.iter()
+        .enumerate()
+        .map(|(emitted, j)| {
+            let (class, arrival) = match &j.source {
+                TensorSource::Values(_) => (0, 0),
+                // gpt-oss's MXFP4 experts: convert's generate_extra_tensors writes them before
+                // every other tensor, each pair when its scales arrive.
+                TensorSource::Mxfp4(m) => (0, r(m.scales)),
+                TensorSource::Strided(s) => (1, r(s.index)),
+                TensorSource::Input { index, .. } => (1, r(*index)),
+                TensorSource::Gather(_) => match stacked_layer(j) {
+                    Some(l) => (1, layer_last.get(&l).copied().unwrap_or(0)),
+                    None => (1, j.source.inputs().into_iter().map(r).max().unwrap_or(0)),
+                },
+            };
+            ConvertOrder {
+                class,
+                arrival,
+                emitted,
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,8 @@
 //! a writer thread that streams it into the temporary output file while the next slab is
 //! quantized.
 
-use crate::gguf::writer::{GgufWriter, TensorEntry};
+use crate::gguf::split::{ShardedWriter, Shards};
+use crate::gguf::writer::TensorEntry;
 use crate::gguf::Metadata;
 use crate::job::{Job, Mxfp4Rows, Strided, TensorSource, Transform};
 use crate::source::Source;
@@ -63,6 +64,8 @@ pub struct Output<'a> {
     pub metadata: &'a Metadata,
     pub target: &'a Path,
     pub imatrix: Option<&'a HashMap<String, Vec<f32>>>,
+    /// Written as a split GGUF: the shard of each tensor (see [`crate::gguf::split`]).
+    pub shards: Option<&'a Shards>,
 }
 
 /// Converts: writes `jobs` (in order) under `md` to `target` via a temporary file.
@@ -80,6 +83,7 @@ pub fn run(
         metadata: md,
         target,
         imatrix,
+        shards: None,
     };
     Ok(run_many(input, &[out], force, progress)?.remove(0))
 }
@@ -111,7 +115,9 @@ pub fn run_many(
     for o in outputs {
         let entries: Vec<TensorEntry> = o.jobs.iter().map(|j| j.entry()).collect::<Result<_>>()?;
         total += entries.iter().map(|e| e.bytes).sum::<u64>();
-        writers.push(GgufWriter::create(o.target, force, o.metadata, entries)?);
+        writers.push(ShardedWriter::create(
+            o.target, force, o.metadata, entries, o.shards,
+        )?);
     }
     let bar = if progress {
         let b = indicatif::ProgressBar::new(total);
@@ -133,7 +139,7 @@ pub fn run_many(
             let (tx, rx) = sync_channel::<Chunk>(2);
             senders.push(tx);
             let bar_w = bar.clone();
-            threads.push(s.spawn(move || -> Result<GgufWriter> {
+            threads.push(s.spawn(move || -> Result<ShardedWriter> {
                 let mut done = 0usize;
                 for c in rx {
                     match c {
@@ -186,7 +192,14 @@ pub fn run_many(
         .map(|o| Summary {
             tensors: o.jobs.len(),
             bytes_written: o.jobs.iter().filter_map(|j| j.out_bytes().ok()).sum(),
-            file_size: std::fs::metadata(o.target).map(|m| m.len()).unwrap_or(0),
+            file_size: match o.shards {
+                Some(s) => s
+                    .paths(o.target)
+                    .iter()
+                    .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+                    .sum(),
+                None => std::fs::metadata(o.target).map(|m| m.len()).unwrap_or(0),
+            },
             n_elements: o.jobs.iter().map(|j| j.n_elements()).sum(),
         })
         .collect())

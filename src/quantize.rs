@@ -2,13 +2,15 @@
 //! size, the output metadata) and then to a written file.
 
 use crate::arch;
+use crate::gguf::split::{self, Shards, SplitLimit};
 use crate::gguf::writer::{file_size, TensorEntry};
 use crate::gguf::{checksum, keys, GgufFile, Metadata, Value};
 use crate::imatrix::{self, Imatrix};
-use crate::job::{Job, TensorSource, Transform};
+use crate::job::{self, ConvertOrder, Job, TensorSource, Transform};
 use crate::overrides::{self, KvOverride, KvValue, TensorTypeRule};
 use crate::pipeline::{self, Summary};
 use crate::plan::{self, FileType, ModelFacts, PlanOptions, PlanTensor};
+use crate::source::gguf::SplitGguf;
 use crate::source::{Checkpoint, Source};
 use anyhow::{bail, Context, Result};
 use kiln_kernels::GgmlType;
@@ -38,6 +40,10 @@ pub struct Options {
     pub prune_layers: Vec<u32>,
     /// Write kiln's integrity check (see [`crate::gguf::checksum`]).
     pub checksum: bool,
+    /// `--split-max-size` / `--split-max-tensors`: write a split GGUF.
+    pub split: Option<SplitLimit>,
+    /// `--keep-split`: a split GGUF input's output in the input's shards.
+    pub keep_split: bool,
     /// Only the plan is wanted (`--dry-run`): what would refuse the conversion (a type kiln does
     /// not write, a missing importance matrix) becomes a note, as llama-quantize's dry run
     /// warns instead of failing.
@@ -62,6 +68,8 @@ impl Options {
             kv_overrides: Vec::new(),
             prune_layers: Vec::new(),
             checksum: true,
+            split: None,
+            keep_split: false,
             dry_run: false,
         }
     }
@@ -75,6 +83,8 @@ pub struct Prepared {
     pub target: PathBuf,
     pub imatrix: Option<Imatrix>,
     pub notes: Vec<String>,
+    /// A split output: the shard of each job (files from [`Shards::paths`] of `target`).
+    pub shards: Option<Shards>,
 }
 
 impl Prepared {
@@ -244,8 +254,24 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
             opts.ftype
         ));
     }
+    // Where convert_hf_to_gguf.py would write each tensor of a checkpoint (by output name).
+    let mut convert_order: Option<std::collections::HashMap<String, ConvertOrder>> = None;
+    // A split GGUF input: the shard of each input tensor (for --keep-split).
+    let mut input_shards: Option<Vec<usize>> = None;
     let (input, mut metadata, mut jobs, facts) = if is_gguf(input_path) {
-        let g = GgufFile::open(input_path)?;
+        let mut shards = split::open_shards(input_path)?;
+        let g = if shards.len() == 1 {
+            GgufInput::One(shards.remove(0))
+        } else {
+            notes.push(format!(
+                "split GGUF input: {} shards, {} tensors",
+                shards.len(),
+                shards.iter().map(|s| s.tensors().len()).sum::<usize>()
+            ));
+            let s = SplitGguf::new(shards);
+            input_shards = Some(s.shard_of());
+            GgufInput::Split(s)
+        };
         let facts = facts_from_gguf(g.metadata(), input_path)?;
         if let Some(family) = arch::by_gguf_name(&facts.arch) {
             // The file's own keys against its tensors, as llama.cpp's loader will see them.
@@ -256,7 +282,6 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
             };
             let tensors: Vec<(String, Vec<u64>)> = g
                 .tensors()
-                .iter()
                 .map(|t| (t.name.clone(), t.dims.clone()))
                 .collect();
             arch::shapes::check(family, g.metadata(), &labels, &tensors)?;
@@ -267,7 +292,6 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
         }
         let jobs: Vec<Job> = g
             .tensors()
-            .iter()
             .enumerate()
             .map(|(i, t)| Job {
                 name: t.name.clone(),
@@ -281,11 +305,13 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
                 },
             })
             .collect();
-        (Box::new(g) as Box<dyn Source>, md, jobs, facts)
+        (g.into_source(), md, jobs, facts)
     } else {
         let ck = Checkpoint::open(input_path)?;
         let conv = arch::prepare(&ck, opts.ftype)?;
         notes.extend(conv.notes);
+        let keys = job::convert_order(&conv.jobs, &ck.convert_ranks());
+        convert_order = Some(conv.jobs.iter().map(|j| j.name.clone()).zip(keys).collect());
         (
             Box::new(ck) as Box<dyn Source>,
             conv.metadata,
@@ -293,7 +319,14 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
             conv.facts,
         )
     };
-    jobs.sort_by(|a, b| plan::llama_order(&a.name, &b.name));
+    if opts.keep_split && opts.split.is_some() {
+        bail!("--keep-split writes the input's shards; it cannot be combined with --split-max-size or --split-max-tensors");
+    }
+    // llama-quantize's order: its loader's (`weights_map`), or with --keep-split the input's
+    // (shard by shard, in file order), in which it also chooses the types.
+    if !(opts.keep_split && input_shards.is_some()) {
+        jobs.sort_by(|a, b| plan::llama_order(&a.name, &b.name));
+    }
     let mut pruner = overrides::Pruner::new(&opts.prune_layers);
     if !opts.prune_layers.is_empty() {
         let n = facts.n_layer;
@@ -313,6 +346,11 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
         let mut kept = Vec::with_capacity(jobs.len());
         for mut j in jobs {
             if let Some(name) = pruner.rename(&j.name) {
+                if let Some(m) = &mut convert_order {
+                    if let Some(k) = m.remove(&j.name) {
+                        m.insert(name.clone(), k);
+                    }
+                }
                 j.name = name;
                 kept.push(j);
             }
@@ -384,6 +422,13 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
                 );
             }
         }
+    }
+    // The types are chosen in llama.cpp's loader order (the mixes count tensors as they come).
+    // A file at a checkpoint's own precision is what convert_hf_to_gguf.py writes, in its
+    // order; a quantized file is what llama-quantize writes, in the loader's order (its
+    // `weights_map`), as it stands.
+    if let Some(m) = convert_order.filter(|_| !opts.ftype.default_type().is_quantized()) {
+        jobs.sort_by_key(|j| m.get(&j.name).copied());
     }
     let problems = refusals(&jobs, opts.ftype, imatrix.as_ref());
     if opts.dry_run {
@@ -460,6 +505,39 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
     } else {
         checksum::remove(&mut metadata);
     }
+    let shards = match (&input_shards, opts.split) {
+        (Some(of), _) if opts.keep_split => Some(Shards {
+            of: jobs
+                .iter()
+                .map(|j| match j.source {
+                    TensorSource::Input { index, .. } => of.get(index).copied().unwrap_or(0),
+                    _ => 0,
+                })
+                .collect(),
+        }),
+        (None, _) if opts.keep_split => {
+            notes.push("--keep-split: the input is one file, and so is the output".into());
+            None
+        }
+        (_, Some(limit)) => {
+            let entries: Vec<TensorEntry> =
+                jobs.iter().map(|j| j.entry()).collect::<Result<_>>()?;
+            Some(Shards {
+                of: split::assign(&entries, limit)?,
+            })
+        }
+        _ => None,
+    };
+    if let Some(s) = &shards {
+        let paths = s.paths(&target);
+        notes.push(format!(
+            "split GGUF output: {} shard{} ({}{})",
+            paths.len(),
+            if paths.len() == 1 { "" } else { "s" },
+            paths[0].display(),
+            if paths.len() > 1 { " ..." } else { "" }
+        ));
+    }
     let n_fallback = jobs.iter().filter(|j| j.fallback_from.is_some()).count();
     if n_fallback > 0 {
         notes.push(format!(
@@ -474,6 +552,7 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
         target,
         imatrix,
         notes,
+        shards,
     })
 }
 
@@ -517,15 +596,22 @@ fn refusals(jobs: &[Job], ftype: FileType, imatrix: Option<&Imatrix>) -> Vec<Str
 
 /// Writes a prepared conversion.
 pub fn execute(p: &Prepared, force: bool, progress: bool) -> Result<Summary> {
-    pipeline::run(
-        p.input.as_ref(),
-        &p.jobs,
-        &p.metadata,
-        &p.target,
-        force,
-        p.imatrix.as_ref(),
-        progress,
-    )
+    let out = pipeline::Output {
+        jobs: &p.jobs,
+        metadata: &p.metadata,
+        target: &p.target,
+        imatrix: p.imatrix.as_ref(),
+        shards: p.shards.as_ref(),
+    };
+    Ok(pipeline::run_many(p.input.as_ref(), &[out], force, progress)?.remove(0))
+}
+
+/// The files a prepared conversion writes: the target, or a split output's shards.
+pub fn output_files(p: &Prepared) -> Vec<PathBuf> {
+    match &p.shards {
+        Some(s) => s.paths(&p.target),
+        None => vec![p.target.clone()],
+    }
 }
 
 /// Shape as llama.cpp prints it (ne, innermost first).
@@ -591,6 +677,33 @@ pub fn parse_ggml_type(s: &str) -> Result<GgmlType> {
             names.join(", ")
         )
     })
+}
+
+/// A GGUF input: one file, or the shards of a split one.
+enum GgufInput {
+    One(GgufFile),
+    Split(crate::source::gguf::SplitGguf),
+}
+
+impl GgufInput {
+    fn metadata(&self) -> &Metadata {
+        match self {
+            GgufInput::One(g) => g.metadata(),
+            GgufInput::Split(s) => s.shards[0].metadata(),
+        }
+    }
+    fn tensors(&self) -> Box<dyn Iterator<Item = &crate::gguf::TensorInfo> + '_> {
+        match self {
+            GgufInput::One(g) => Box::new(g.tensors().iter()),
+            GgufInput::Split(s) => Box::new(s.tensors()),
+        }
+    }
+    fn into_source(self) -> Box<dyn Source> {
+        match self {
+            GgufInput::One(g) => Box::new(g),
+            GgufInput::Split(s) => Box::new(s),
+        }
+    }
 }
 
 #[cfg(test)]

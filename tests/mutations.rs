@@ -1,6 +1,7 @@
 //! The parsers under seeded random mutation, on stable Rust in every CI run: the GGUF reader
 //! (and `kiln inspect`'s renderers on what it accepts), the safetensors header parser, the
-//! SentencePiece protobuf reader, the legacy imatrix reader and the tokenizer.json path. Each
+//! SentencePiece protobuf reader, the legacy imatrix reader, the tokenizer.json path and the
+//! split GGUF reader (a shard set opened from its first shard). Each
 //! mutated input must give Ok or Err, never a panic. (The cargo-fuzz targets in fuzz/ explore
 //! the same entry points with coverage guidance; this keeps a cheap guard in the test suite.)
 
@@ -157,6 +158,57 @@ fn gguf_reader_never_panics() {
             }
         }
     });
+}
+
+/// Three shards of a split GGUF (one tensor each), as kiln's split writer lays them out.
+fn split_shards() -> Vec<Vec<u8>> {
+    let mut md = Metadata::new();
+    md.set_str("general.architecture", "llama");
+    md.set_u32("llama.block_count", 1);
+    let names = [
+        "token_embd.weight",
+        "blk.0.attn_norm.weight",
+        "output.weight",
+    ];
+    (0..3)
+        .map(|i| {
+            let m = kiln::gguf::split::shard_metadata(&md, i, 3, 3, 1);
+            let t = TensorEntry {
+                name: names[i].into(),
+                dims: vec![8],
+                ty: TypeId::of(GgmlType::F32),
+                bytes: 32,
+            };
+            let (mut out, _) = header_bytes(&m, std::slice::from_ref(&t));
+            out.extend(std::iter::repeat_n(0x22u8, 32));
+            out
+        })
+        .collect()
+}
+
+#[test]
+fn split_gguf_reader_never_panics() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mutation-split");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let seeds = split_shards();
+    let path = |i: usize| dir.join(format!("m-{:05}-of-00003.gguf", i + 1));
+    let write_all = || {
+        for (i, s) in seeds.iter().enumerate() {
+            std::fs::write(path(i), s).unwrap();
+        }
+    };
+    write_all();
+    let shards = kiln::gguf::split::open_shards(&path(0)).expect("the seed set is valid");
+    assert_eq!(shards.len(), 3);
+    // Each shard in turn mutated (the others intact), opened from the first.
+    for k in 0..3 {
+        write_all();
+        no_panics("split", &seeds[k..k + 1], 300, 300, |b| {
+            std::fs::write(path(k), b).unwrap();
+            let _ = kiln::gguf::split::open_shards(&path(0));
+        });
+    }
 }
 
 fn safetensors_file(tensors: &[(&str, &str, &[usize])]) -> Vec<u8> {

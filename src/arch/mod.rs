@@ -604,17 +604,28 @@ pub fn prepare(ck: &Checkpoint, ftype: FileType) -> Result<Converted> {
             }
         }
     }
-    if md.get("general.size_label").is_none() {
-        // Placed after general.name, where gguf-py writes it.
-        let mut with_label = Metadata::new();
-        for (k, v) in md.iter() {
-            with_label.set(k, v.clone());
-            if k == "general.name" {
-                with_label.set("general.size_label", Value::Str(size_label_of(&jobs)));
+    // The model card's keys (general.name through general.languages) where gguf-py writes
+    // them, in place of general.name.
+    let total_params = jobs.iter().map(|j| j.n_elements()).sum();
+    let card = general::model_card_keys(
+        &ck.dir,
+        &ck.config,
+        &name,
+        total_params,
+        size_label_of(&jobs),
+        &mut notes,
+    );
+    let mut with_card = Metadata::new();
+    for (k, v) in md.iter() {
+        if k == "general.name" {
+            for (ck, cv) in &card {
+                with_card.set(ck.clone(), cv.clone());
             }
+        } else if !card.iter().any(|(ck, _)| ck == k) {
+            with_card.set(k, v.clone());
         }
-        md = with_label;
     }
+    md = with_card;
     let facts = ModelFacts {
         arch: a.to_string(),
         n_layer,

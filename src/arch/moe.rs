@@ -40,8 +40,6 @@ pub enum Role {
 }
 
 impl Role {
-    const ALL: [Role; 3] = [Role::Gate, Role::Up, Role::Down];
-
     /// The stacked tensor's GGUF name in block `layer`.
     pub fn gguf_name(self, layer: u32) -> String {
         let t = match self {
@@ -72,6 +70,16 @@ impl Layout {
             .find(|p| p.1 == role)
             .map(|p| p.0)
             .unwrap_or("?")
+    }
+
+    /// The roles in the order convert_hf_to_gguf.py yields a layer's stacked experts: its
+    /// families loop over the projection names sorted (`["down_proj", "gate_proj", "up_proj"]`,
+    /// `["w1", "w2", "w3"]`), which is the order kiln writes them in at a checkpoint's own
+    /// precision.
+    pub fn yield_order(&self) -> [Role; 3] {
+        let mut p = self.projections;
+        p.sort_by_key(|x| x.0);
+        p.map(|x| x.1)
     }
 
     /// The Hugging Face name of expert `e`'s projection in layer `layer`.
@@ -275,7 +283,9 @@ pub fn stack(
     for layer in x.first_layer..hp.n_layer {
         let fused_gate_up = found.gate_up.get(&layer).copied();
         let fused_down = found.down.get(&layer).copied();
-        for role in Role::ALL {
+        // Checked gate, up, down; emitted in convert's order (see [`Layout::yield_order`]).
+        let mut layer_jobs: Vec<(Role, Job)> = Vec::with_capacity(3);
+        for role in [Role::Gate, Role::Up, Role::Down] {
             let name = role.gguf_name(layer);
             // [rows, cols] of one expert's matrix, PyTorch order.
             let (rows, cols) = match role {
@@ -388,15 +398,21 @@ pub fn stack(
                 ),
             };
             let input_type = input_type(&name, &dims, dtype);
-            jobs.push(Job {
-                name,
-                dims,
-                input_type,
-                out_type: input_type,
-                fallback_from: None,
-                source,
-            });
+            layer_jobs.push((
+                role,
+                Job {
+                    name,
+                    dims,
+                    input_type,
+                    out_type: input_type,
+                    fallback_from: None,
+                    source,
+                },
+            ));
         }
+        let order = layout.yield_order();
+        layer_jobs.sort_by_key(|(r, _)| order.iter().position(|o| o == r));
+        jobs.extend(layer_jobs.into_iter().map(|(_, j)| j));
     }
     Ok(jobs)
 }

@@ -81,6 +81,17 @@ pub struct QuantizeArgs {
     /// checks), for a file byte-identical to llama-quantize's.
     #[arg(long)]
     pub no_checksum: bool,
+    /// Write a split GGUF (llama-gguf-split's format: NAME-00001-of-0000N.gguf ...), each shard
+    /// holding at most SIZE of tensor data: a whole number and M (10^6 bytes) or G (10^9).
+    #[arg(long, value_name = "SIZE", conflicts_with_all = ["split_max_tensors", "keep_split"])]
+    pub split_max_size: Option<String>,
+    /// Write a split GGUF of at most N tensors per shard.
+    #[arg(long, value_name = "N", conflicts_with = "keep_split")]
+    pub split_max_tensors: Option<usize>,
+    /// For a split GGUF input (given by its first shard): write the output in the same
+    /// shards, as llama-quantize --keep-split does.
+    #[arg(long)]
+    pub keep_split: bool,
     /// Print the plan (tensors, types, sizes) without writing.
     #[arg(long)]
     pub dry_run: bool,
@@ -178,6 +189,15 @@ pub fn quantize(a: QuantizeArgs) -> anyhow::Result<()> {
         .transpose()?;
     opts.leave_output_tensor = a.leave_output_tensor;
     opts.checksum = !a.no_checksum;
+    opts.split = match (&a.split_max_size, a.split_max_tensors) {
+        (Some(s), _) => Some(kiln::gguf::split::SplitLimit::Bytes(
+            kiln::gguf::split::parse_size(s)?,
+        )),
+        (None, Some(0)) => anyhow::bail!("--split-max-tensors must be at least 1"),
+        (None, Some(n)) => Some(kiln::gguf::split::SplitLimit::Tensors(n)),
+        (None, None) => None,
+    };
+    opts.keep_split = a.keep_split;
     opts.dry_run = a.dry_run;
     let start = std::time::Instant::now();
     kiln::pipeline::stop_on_signals();
@@ -207,9 +227,19 @@ pub fn quantize(a: QuantizeArgs) -> anyhow::Result<()> {
         opts.force,
         std::io::IsTerminal::is_terminal(&std::io::stderr()),
     )?;
+    let files = q::output_files(&p);
+    if files.len() > 1 || p.shards.is_some() {
+        for f in &files {
+            println!("{}", f.display());
+        }
+    }
     println!(
         "{}: {} tensors, {} bytes ({:.2} MiB), {:.3} bits per weight, {:.1} s",
-        p.target.display(),
+        if files.len() == 1 {
+            files[0].display().to_string()
+        } else {
+            format!("{} shards", files.len())
+        },
         s.tensors,
         s.file_size,
         s.file_size as f64 / 1048576.0,

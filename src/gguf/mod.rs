@@ -3,6 +3,7 @@
 pub mod checksum;
 pub mod keys;
 pub mod reader;
+pub mod split;
 pub mod types;
 pub mod value;
 pub mod writer;

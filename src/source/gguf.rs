@@ -93,3 +93,72 @@ impl Source for GgufFile {
         crate::gguf::checksum::verify(self).map(|_| ())
     }
 }
+
+/// A split GGUF (`NAME-00001-of-0000N.gguf` ...) as one [`Source`]: the shards' tensors in
+/// shard order, as llama.cpp's loader and llama-quantize see them.
+pub struct SplitGguf {
+    pub shards: Vec<GgufFile>,
+    /// (shard, index in the shard) of each tensor.
+    table: Vec<(usize, usize)>,
+}
+
+impl SplitGguf {
+    pub fn new(shards: Vec<GgufFile>) -> Self {
+        let table = shards
+            .iter()
+            .enumerate()
+            .flat_map(|(s, g)| (0..g.tensors().len()).map(move |i| (s, i)))
+            .collect();
+        SplitGguf { shards, table }
+    }
+
+    /// The shard of each tensor, by index.
+    pub fn shard_of(&self) -> Vec<usize> {
+        self.table.iter().map(|&(s, _)| s).collect()
+    }
+
+    /// Every tensor, in order.
+    pub fn tensors(&self) -> impl Iterator<Item = &crate::gguf::TensorInfo> {
+        self.table
+            .iter()
+            .map(|&(s, i)| &self.shards[s].tensors()[i])
+    }
+}
+
+impl Source for SplitGguf {
+    fn read_rows(
+        &self,
+        index: usize,
+        transform: Transform,
+        n_per_row: usize,
+        first: usize,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let (s, i) = self.table[index];
+        self.shards[s].read_rows(i, transform, n_per_row, first, out)
+    }
+
+    fn raw(&self, index: usize) -> Option<&[u8]> {
+        let (s, i) = self.table[index];
+        self.shards[s].raw(i)
+    }
+
+    fn release_rows(&self, index: usize, n_per_row: usize, first: usize, n: usize) {
+        let (s, i) = self.table[index];
+        self.shards[s].release_rows(i, n_per_row, first, n)
+    }
+
+    fn release(&self, index: usize) {
+        let (s, i) = self.table[index];
+        Source::release(&self.shards[s], i)
+    }
+
+    fn describe(&self, index: usize) -> (String, &str) {
+        let (s, i) = self.table[index];
+        self.shards[s].describe(i)
+    }
+
+    fn verify(&self) -> Result<()> {
+        self.shards.iter().try_for_each(|g| g.verify())
+    }
+}

@@ -385,6 +385,22 @@ impl Checkpoint {
         Ok(())
     }
 
+    /// Each tensor's position (by index) in convert_hf_to_gguf.py's iteration: the files in
+    /// name order (as kiln lists them), each file's tensors sorted by name (gguf-py's
+    /// `SafetensorsLocal` sorts them, as the safetensors library does), not by offset.
+    pub fn convert_ranks(&self) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.tensors.len()).collect();
+        order.sort_by(|&a, &b| {
+            let (ta, tb) = (&self.tensors[a], &self.tensors[b]);
+            ta.file.cmp(&tb.file).then_with(|| ta.name.cmp(&tb.name))
+        });
+        let mut rank = vec![0; order.len()];
+        for (r, i) in order.into_iter().enumerate() {
+            rank[i] = r;
+        }
+        rank
+    }
+
     pub fn get(&self, name: &str) -> Option<&SrcTensor> {
         self.by_name.get(name).map(|&i| &self.tensors[i])
     }

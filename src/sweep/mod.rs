@@ -190,7 +190,11 @@ pub fn prepare_variant(
     o.force = opts.force;
     o.allow_requantize = opts.allow_requantize;
     o.imatrix = opts.imatrix.clone();
-    let p = quantize::prepare(input, &o)?;
+    let mut p = quantize::prepare(input, &o)?;
+    // Every variant in one tensor order: llama-quantize's (a checkpoint's own precision alone is
+    // written in convert_hf_to_gguf.py's order by `kiln quantize`), so one pass writes them all.
+    p.jobs
+        .sort_by(|a, b| crate::plan::llama_order(&a.name, &b.name));
     crate::gguf::writer::check_target(&p.target, opts.force)?;
     Ok(p)
 }
@@ -208,6 +212,7 @@ pub fn convert_all(prepared: &[Prepared], force: bool) -> Result<f64> {
             metadata: &p.metadata,
             target: &p.target,
             imatrix: p.imatrix.as_ref(),
+            shards: None,
         })
         .collect();
     pipeline::run_many(first.input.as_ref(), &outputs, force, false)?;
