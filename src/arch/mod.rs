@@ -28,13 +28,18 @@ mod config;
 mod gemma2;
 mod gemma3;
 pub mod general;
+mod granite;
 mod llama;
+mod mistral3;
 mod mixtral;
 pub mod moe;
+mod olmo2;
+mod phi3;
 mod qwen2;
 mod qwen3;
 mod qwen3moe;
 pub mod shapes;
+mod smollm3;
 
 pub use config::Config;
 pub use general::size_label;
@@ -58,6 +63,11 @@ pub static FAMILIES: &[&dyn Family] = &[
     &gemma3::Gemma3,
     &qwen3moe::Qwen3Moe,
     &mixtral::Mixtral,
+    &phi3::Phi3,
+    &smollm3::SmolLm3,
+    &granite::Granite,
+    &olmo2::Olmo2,
+    &mistral3::Mistral3,
 ];
 
 /// One model family: what differs from the base conversion. Only the first four methods are
