@@ -438,7 +438,9 @@ fn phi3_matches_reference_and_llama_quantize() {
     ] {
         assert!(names.iter().any(|x| x == n), "{n} in {names:?}");
     }
-    assert!(!names.iter().any(|x| x.contains("ffn_gate") || x.contains("attn_q.")));
+    assert!(!names
+        .iter()
+        .any(|x| x.contains("ffn_gate") || x.contains("attn_q.")));
 }
 
 /// SmolLM3: Llama with a NoPE layer (the fourth), byte-level BPE.
@@ -493,8 +495,14 @@ fn mistral3_matches_reference_and_llama_quantize() {
     );
     let g = GgufFile::open(&tmp().join("arch-mistral3-F32.gguf")).unwrap();
     let md = &g.header.metadata;
-    assert_eq!(md.get("mistral3.attention.key_length"), Some(&Value::U32(24)));
-    assert_eq!(md.get("mistral3.rope.dimension_count"), Some(&Value::U32(24)));
+    assert_eq!(
+        md.get("mistral3.attention.key_length"),
+        Some(&Value::U32(24))
+    );
+    assert_eq!(
+        md.get("mistral3.rope.dimension_count"),
+        Some(&Value::U32(24))
+    );
     assert!(g
         .tensors()
         .iter()

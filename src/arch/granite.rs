@@ -37,7 +37,9 @@ impl Family for Granite {
             "max_position_embeddings" => Json::from(2048),
             "rms_norm_eps" => Json::from(1e-6),
             "rope_theta" => Json::from(10_000.0),
-            "embedding_multiplier" | "logits_scaling" | "residual_multiplier"
+            "embedding_multiplier"
+            | "logits_scaling"
+            | "residual_multiplier"
             | "attention_multiplier" => Json::from(1.0),
             _ => return None,
         })

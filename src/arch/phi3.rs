@@ -280,8 +280,14 @@ mod tests {
             m("model.layers.2.self_attn.qkv_proj.weight"),
             "blk.2.attn_qkv.weight"
         );
-        assert_eq!(m("model.layers.2.mlp.gate_up_proj.weight"), "blk.2.ffn_up.weight");
-        assert_eq!(m("model.layers.2.mlp.down_proj.weight"), "blk.2.ffn_down.weight");
+        assert_eq!(
+            m("model.layers.2.mlp.gate_up_proj.weight"),
+            "blk.2.ffn_up.weight"
+        );
+        assert_eq!(
+            m("model.layers.2.mlp.down_proj.weight"),
+            "blk.2.ffn_down.weight"
+        );
         assert_eq!(
             m("model.layers.2.post_attention_layernorm.weight"),
             "blk.2.ffn_norm.weight"

@@ -338,11 +338,7 @@ pub fn check(
         let expected: Vec<Option<u64>> = s.dims.iter().map(|d| hyper.dim(d, layer)).collect();
         let Some(have) = by_name.get(name) else {
             if s.required {
-                let keys: BTreeSet<&str> = s
-                    .dims
-                    .iter()
-                    .flat_map(|d| d.keys())
-                    .collect();
+                let keys: BTreeSet<&str> = s.dims.iter().flat_map(|d| d.keys()).collect();
                 let from: Vec<String> = keys
                     .iter()
                     .map(|k| labels.label(&hyper, k, layer))
@@ -371,11 +367,7 @@ pub fn check(
             }
         }
         if keys.is_empty() {
-            keys = s
-                .dims
-                .iter()
-                .flat_map(|d| d.keys())
-                .collect();
+            keys = s.dims.iter().flat_map(|d| d.keys()).collect();
         }
         // Keys the file sets first: they are the likelier culprits.
         keys.sort_by_key(|k| !labels.is_explicit(&hyper, k));

@@ -534,14 +534,12 @@ pub fn create_vocab_phi3(dir: &Path, vocab_size: Option<usize>) -> Result<SpmVoc
             .map(Vec::as_slice)
             .unwrap_or_default()
         {
-            let id = data.get("id").and_then(Json::as_u64).ok_or_else(|| {
-                anyhow!("{}: an added token without an id", json_path.display())
-            })? as usize;
+            let id =
+                data.get("id").and_then(Json::as_u64).ok_or_else(|| {
+                    anyhow!("{}: an added token without an id", json_path.display())
+                })? as usize;
             let content = data.get("content").and_then(Json::as_str).ok_or_else(|| {
-                anyhow!(
-                    "{}: added token {id} has no content",
-                    json_path.display()
-                )
+                anyhow!("{}: added token {id} has no content", json_path.display())
             })?;
             let special = data.get("special").is_some_and(special::truthy);
             list.push((id, content.to_string(), special));

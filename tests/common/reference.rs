@@ -12,8 +12,9 @@
 //! against HF in f32, for logits of magnitude 8 to 21.
 //!
 //! Supported: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM,
-//! Gemma3ForCausalLM (text), Qwen3MoeForCausalLM and MixtralForCausalLM, with default or linear
-//! RoPE scaling. Anything else (other RoPE
+//! Gemma3ForCausalLM (text), Qwen3MoeForCausalLM, MixtralForCausalLM, Phi3ForCausalLM (with
+//! LongRoPE), SmolLM3ForCausalLM, GraniteForCausalLM, Olmo2ForCausalLM and the Mistral text
+//! model of Mistral3ForConditionalGeneration, with default or linear RoPE scaling. Anything else (other RoPE
 //! scalings, unknown activations, unexpected or missing tensors) is an error, not a guess.
 //!
 //! The facts it encodes, per family:
@@ -690,7 +691,10 @@ fn unfuse_phi3(c: &Config, tensors: &mut Tensors) -> Result<()> {
         let (shape, v) = tensors
             .remove(&p("mlp.gate_up_proj.weight"))
             .with_context(|| format!("missing tensor {}", p("mlp.gate_up_proj.weight")))?;
-        ensure!(shape == [2 * f, h], "layer {l}: gate_up_proj has shape {shape:?}");
+        ensure!(
+            shape == [2 * f, h],
+            "layer {l}: gate_up_proj has shape {shape:?}"
+        );
         tensors.insert(p("mlp.gate_proj.weight"), (vec![f, h], v[..f * h].to_vec()));
         tensors.insert(p("mlp.up_proj.weight"), (vec![f, h], v[f * h..].to_vec()));
     }
@@ -1095,7 +1099,10 @@ fn smollm3_use_rope(j: &Value, layers: usize) -> Result<Vec<bool>> {
 /// A Mistral3ForConditionalGeneration config as its text model's: `text_config` over the top
 /// level, architectures `MistralForCausalLM`.
 fn mistral3_text_config(j: &Value) -> Result<Value> {
-    let mut out = j.as_object().context("config.json is not an object")?.clone();
+    let mut out = j
+        .as_object()
+        .context("config.json is not an object")?
+        .clone();
     let text = j["text_config"]
         .as_object()
         .context("Mistral3ForConditionalGeneration without text_config")?;
@@ -1107,7 +1114,10 @@ fn mistral3_text_config(j: &Value) -> Result<Value> {
     for (k, v) in text {
         out.insert(k.clone(), v.clone());
     }
-    out.insert("architectures".into(), serde_json::json!(["MistralForCausalLM"]));
+    out.insert(
+        "architectures".into(),
+        serde_json::json!(["MistralForCausalLM"]),
+    );
     Ok(Value::Object(out))
 }
 
@@ -1133,7 +1143,9 @@ fn mistral3_text_tensors(tensors: Tensors) -> Tensors {
 fn phi3_rope(j: &Value, scaling: Option<&Value>, head_dim: usize) -> Result<RopeExt> {
     let partial = match j.get("partial_rotary_factor") {
         None | Some(Value::Null) => 1.0,
-        Some(v) => v.as_f64().context("partial_rotary_factor is not a number")?,
+        Some(v) => v
+            .as_f64()
+            .context("partial_rotary_factor is not a number")?,
     };
     let dims = (head_dim as f64 * partial) as usize;
     ensure!(dims % 2 == 0 && dims > 0, "{dims} rotary dimensions");
@@ -1172,7 +1184,12 @@ fn phi3_rope(j: &Value, scaling: Option<&Value>, head_dim: usize) -> Result<Rope
             .iter()
             .map(|x| x.as_f64().context("a rope factor is not a number"))
             .collect::<Result<_>>()?;
-        ensure!(v.len() == dims / 2, "{k} has {} entries, not {}", v.len(), dims / 2);
+        ensure!(
+            v.len() == dims / 2,
+            "{k} has {} entries, not {}",
+            v.len(),
+            dims / 2
+        );
         Ok(v)
     };
     let factor = max_pos / orig;
