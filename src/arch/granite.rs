@@ -80,7 +80,4 @@ impl Family for Granite {
     fn loader_tensors(&self, hyper: &Hyper) -> LoaderTensors {
         base::loader_tensors(hyper)
     }
-    fn is_70b(&self, _n_layer: u32, _n_head: u32, _n_head_kv: u32) -> bool {
-        false
-    }
 }

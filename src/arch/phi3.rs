@@ -64,9 +64,12 @@ fn rope_of(hp: &Hparams) -> Result<Rope> {
     })
 }
 
+/// LongRoPE's long and short factors and its attention factor.
+type LongRope = (Vec<f32>, Vec<f32>, f32);
+
 /// The long and short rope factors and the attention factor, when the checkpoint has
 /// LongRoPE factors (`generate_extra_tensors`), with convert's checks.
-fn long_rope(hp: &Hparams, r: &Rope) -> Result<Option<(Vec<f32>, Vec<f32>, f32)>> {
+fn long_rope(hp: &Hparams, r: &Rope) -> Result<Option<LongRope>> {
     let path = &hp.cfg.path;
     let rope = hp.cfg.rope();
     let factors = |key: &str| -> Result<Option<Vec<f32>>> {

@@ -57,7 +57,7 @@ impl Family for SmolLm3 {
         _jobs: &mut Vec<Job>,
         notes: &mut Vec<String>,
     ) -> Result<()> {
-        let llama_cpp = |il: u32| (il + 1) % NO_ROPE_LAYER_STEP != 0;
+        let llama_cpp = |il: u32| !(il + 1).is_multiple_of(NO_ROPE_LAYER_STEP);
         let Some(list) = hp.cfg.get("no_rope_layers").and_then(Json::as_array) else {
             return Ok(());
         };

@@ -499,7 +499,8 @@ pub fn create_vocab_phi3(dir: &Path, vocab_size: Option<usize>) -> Result<SpmVoc
     }
 
     // (file, its added tokens as (id, content, special)).
-    let mut sources: Vec<(PathBuf, Vec<(usize, String, bool)>)> = Vec::new();
+    type Added = Vec<(usize, String, bool)>;
+    let mut sources: Vec<(PathBuf, Added)> = Vec::new();
     let config_path = dir.join("tokenizer_config.json");
     if config_path.is_file() {
         let json = read_json(&config_path)?;

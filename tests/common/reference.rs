@@ -1148,7 +1148,10 @@ fn phi3_rope(j: &Value, scaling: Option<&Value>, head_dim: usize) -> Result<Rope
             .context("partial_rotary_factor is not a number")?,
     };
     let dims = (head_dim as f64 * partial) as usize;
-    ensure!(dims % 2 == 0 && dims > 0, "{dims} rotary dimensions");
+    ensure!(
+        dims.is_multiple_of(2) && dims > 0,
+        "{dims} rotary dimensions"
+    );
     let max_pos = j
         .get("max_position_embeddings")
         .and_then(Value::as_f64)
