@@ -521,6 +521,114 @@ fn deepseek2_keys_and_kv_b_split_follow_convert() {
     }
 }
 
+/// Phi-3 / Phi-4: fused attn_qkv and ffn_up (gate + up), 24 rotary dimensions of 32,
+/// LongRoPE factors and attention factor, tied output, Phi-3's SentencePiece vocabulary.
+#[test]
+fn phi3_matches_reference_and_llama_quantize() {
+    use kiln_fixtures::checkpoint::{default_for, Arch, Vocab};
+    check_arch(
+        "phi3",
+        default_for(Arch::Phi3, Vocab::LlamaSpm(tokenizer_model())),
+    );
+    let g = GgufFile::open(&tmp().join("arch-phi3-F32.gguf")).unwrap();
+    let md = &g.header.metadata;
+    assert_eq!(md.get("phi3.rope.dimension_count"), Some(&Value::U32(24)));
+    assert_eq!(
+        md.get("phi3.rope.scaling.original_context_length"),
+        Some(&Value::U32(4096))
+    );
+    // sqrt(1 + ln(131072 / 4096) / ln(4096)), as conversion/phi.py computes it.
+    let want = (1.0f64 + 32f64.ln() / 4096f64.ln()).sqrt() as f32;
+    assert_eq!(
+        md.get("phi3.rope.scaling.attn_factor"),
+        Some(&Value::F32(want))
+    );
+    let keys: Vec<&str> = md.iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        &keys[..2],
+        ["general.architecture", "phi3.rope.scaling.attn_factor"],
+        "generate_extra_tensors' key comes before the general keys"
+    );
+    let names: Vec<String> = g.tensors().iter().map(|t| t.name.clone()).collect();
+    for n in [
+        "rope_factors_long.weight",
+        "rope_factors_short.weight",
+        "blk.1.attn_qkv.weight",
+        "blk.1.ffn_up.weight",
+    ] {
+        assert!(names.iter().any(|x| x == n), "{n} in {names:?}");
+    }
+    assert!(!names
+        .iter()
+        .any(|x| x.contains("ffn_gate") || x.contains("attn_q.")));
+}
+
+/// SmolLM3: Llama with a NoPE layer (the fourth), byte-level BPE.
+#[test]
+fn smollm3_matches_reference_and_llama_quantize() {
+    use kiln_fixtures::checkpoint::{default_for, Arch, Vocab};
+    check_arch(
+        "smollm3",
+        default_for(Arch::SmolLm3, Vocab::TrainedBpe { size: 1024 }),
+    );
+}
+
+/// Granite 3.x: the four multipliers as keys (attention scale 1/64, not head_dim^-0.5).
+#[test]
+fn granite_matches_reference_and_llama_quantize() {
+    use kiln_fixtures::checkpoint::{default_for, Arch, Vocab};
+    check_arch(
+        "granite",
+        default_for(Arch::Granite, Vocab::TrainedBpe { size: 1024 }),
+    );
+    let g = GgufFile::open(&tmp().join("arch-granite-F32.gguf")).unwrap();
+    let md = &g.header.metadata;
+    for (k, v) in [
+        ("granite.attention.scale", 0.015625f32),
+        ("granite.embedding_scale", 12.0),
+        ("granite.residual_scale", 0.22),
+        ("granite.logit_scale", 8.0),
+    ] {
+        assert_eq!(md.get(k), Some(&Value::F32(v)), "{k}");
+    }
+    assert_eq!(md.get("granite.attention.key_length"), None);
+}
+
+/// OLMo 2: post-norms only, q/k norms over the whole projection, NeoX RoPE, GPT-2 BPE.
+#[test]
+fn olmo2_matches_reference_and_llama_quantize() {
+    use kiln_fixtures::checkpoint::{default_for, Arch, Vocab};
+    check_arch(
+        "olmo2",
+        default_for(Arch::Olmo2, Vocab::TrainedBpe { size: 1024 }),
+    );
+}
+
+/// Mistral Small 3.x: the text model of a multimodal checkpoint (text_config, language_model.
+/// names, the vision tower dropped), converted as GGUF `mistral3`; q narrower than hidden.
+#[test]
+fn mistral3_matches_reference_and_llama_quantize() {
+    use kiln_fixtures::checkpoint::{default_for, Arch, Vocab};
+    check_arch(
+        "mistral3",
+        default_for(Arch::Mistral3, Vocab::TrainedBpe { size: 1024 }),
+    );
+    let g = GgufFile::open(&tmp().join("arch-mistral3-F32.gguf")).unwrap();
+    let md = &g.header.metadata;
+    assert_eq!(
+        md.get("mistral3.attention.key_length"),
+        Some(&Value::U32(24))
+    );
+    assert_eq!(
+        md.get("mistral3.rope.dimension_count"),
+        Some(&Value::U32(24))
+    );
+    assert!(g
+        .tensors()
+        .iter()
+        .all(|t| !t.name.contains("vision") && !t.name.contains("mm")));
+}
+
 /// Importance data for every matrix of the Llama fixture, deterministic.
 pub(crate) fn fixture_imatrix() -> Vec<(String, Vec<f32>)> {
     imatrix_for(llama_f32())

@@ -30,13 +30,18 @@ mod gemma2;
 mod gemma3;
 pub mod general;
 mod gptoss;
+mod granite;
 mod llama;
+mod mistral3;
 mod mixtral;
 pub mod moe;
+mod olmo2;
+mod phi3;
 mod qwen2;
 mod qwen3;
 mod qwen3moe;
 pub mod shapes;
+mod smollm3;
 
 pub use config::Config;
 pub use general::size_label;
@@ -62,6 +67,11 @@ pub static FAMILIES: &[&dyn Family] = &[
     &mixtral::Mixtral,
     &deepseek2::Deepseek2,
     &gptoss::GptOss,
+    &phi3::Phi3,
+    &smollm3::SmolLm3,
+    &granite::Granite,
+    &olmo2::Olmo2,
+    &mistral3::Mistral3,
 ];
 
 /// One model family: what differs from the base conversion. Only the first four methods are

@@ -26,12 +26,15 @@ pub const MAX_LAYERS: u64 = 512;
 /// `tokenizer.ggml.tokens`).
 pub const VOCAB: &str = "vocab";
 
-/// One dimension: the product of hyperparameters (keys after `<arch>.`, or [`VOCAB`]), divided
-/// by `div`.
+/// One dimension: the product of hyperparameters (keys after `<arch>.`, or [`VOCAB`]), times
+/// `mul`, divided by `div`, plus `plus_mul` times the product of `plus` (a fused tensor's width).
 #[derive(Clone, Copy, Debug)]
 pub struct Dim {
     pub factors: &'static [&'static str],
     pub div: u64,
+    pub mul: u64,
+    pub plus: &'static [&'static str],
+    pub plus_mul: u64,
 }
 
 impl Dim {
@@ -40,14 +43,36 @@ impl Dim {
         Dim {
             factors: key,
             div: 1,
+            mul: 1,
+            plus: &[],
+            plus_mul: 0,
         }
     }
     /// Half of a product (rope_freqs is `{n_rot / 2}`).
     pub const fn half(key: &'static [&'static str]) -> Dim {
         Dim {
-            factors: key,
             div: 2,
+            ..Dim::of(key)
         }
+    }
+    /// Twice a product (a fused gate + up projection is `{n_embd, 2 n_ff}`).
+    pub const fn double(key: &'static [&'static str]) -> Dim {
+        Dim {
+            mul: 2,
+            ..Dim::of(key)
+        }
+    }
+    /// `key + 2 other` (a fused q + k + v projection is `n_embd + 2 n_embd_gqa` wide).
+    pub const fn plus_twice(key: &'static [&'static str], other: &'static [&'static str]) -> Dim {
+        Dim {
+            plus: other,
+            plus_mul: 2,
+            ..Dim::of(key)
+        }
+    }
+    /// Every key the dimension depends on.
+    pub fn keys(&self) -> impl Iterator<Item = &'static str> {
+        self.factors.iter().chain(self.plus.iter()).copied()
     }
 }
 
@@ -173,11 +198,18 @@ impl<'a> Hyper<'a> {
         }
     }
     fn dim(&self, d: &Dim, layer: u64) -> Option<u64> {
-        let mut n: u64 = 1;
-        for f in d.factors {
-            n = n.checked_mul(self.get(f, layer))?;
+        let product = |keys: &[&str]| -> Option<u64> {
+            let mut n: u64 = 1;
+            for f in keys {
+                n = n.checked_mul(self.get(f, layer))?;
+            }
+            Some(n)
+        };
+        let main = product(d.factors)?.checked_mul(d.mul)? / d.div.max(1);
+        if d.plus_mul == 0 {
+            return Some(main);
         }
-        Some(n / d.div.max(1))
+        main.checked_add(product(d.plus)?.checked_mul(d.plus_mul)?)
     }
 }
 
@@ -314,11 +346,7 @@ pub fn check(
         let expected: Vec<Option<u64>> = s.dims.iter().map(|d| hyper.dim(d, layer)).collect();
         let Some(have) = by_name.get(name) else {
             if s.required {
-                let keys: BTreeSet<&str> = s
-                    .dims
-                    .iter()
-                    .flat_map(|d| d.factors.iter().copied())
-                    .collect();
+                let keys: BTreeSet<&str> = s.dims.iter().flat_map(|d| d.keys()).collect();
                 let from: Vec<String> = keys
                     .iter()
                     .map(|k| labels.label(&hyper, k, layer))
@@ -339,19 +367,15 @@ pub fn check(
         let mut keys: Vec<&str> = Vec::new();
         for (i, d) in s.dims.iter().enumerate() {
             if have.get(i).copied().unwrap_or(1) != want[i] {
-                for f in d.factors {
-                    if !keys.contains(f) {
+                for f in d.keys() {
+                    if !keys.contains(&f) {
                         keys.push(f);
                     }
                 }
             }
         }
         if keys.is_empty() {
-            keys = s
-                .dims
-                .iter()
-                .flat_map(|d| d.factors.iter().copied())
-                .collect();
+            keys = s.dims.iter().flat_map(|d| d.keys()).collect();
         }
         // Keys the file sets first: they are the likelier culprits.
         keys.sort_by_key(|k| !labels.is_explicit(&hyper, k));

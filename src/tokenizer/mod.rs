@@ -187,6 +187,10 @@ pub enum VocabRecipe {
     SentencePieceCodeInfill,
     /// `_set_vocab_gpt2`: byte-level BPE from tokenizer.json only (`TextModel.set_vocab`).
     Gpt2,
+    /// `Phi3MiniModel.set_vocab`: `_set_vocab_gpt2` when tokenizer_config.json's
+    /// `tokenizer_class` is `GPT2Tokenizer` (Phi-4), else tokenizer.model with Phi-3's own
+    /// added-token handling ([`spm::set_vocab_phi3`]).
+    Phi3,
 }
 
 /// Reads the tokenizer of the checkpoint folder `dir` (tokenizer.model and/or tokenizer.json,
@@ -209,6 +213,17 @@ pub fn write_vocab(
         VocabRecipe::LlamaSetVocab => llama_vocab(dir, vocab_size, md),
         VocabRecipe::SentencePieceElseBpe => spm_else_gpt2(dir, vocab_size, md),
         VocabRecipe::Gpt2 => Ok(bpe_info("gpt2", bpe::set_vocab_gpt2(dir, vocab_size, md)?)),
+        VocabRecipe::Phi3 => {
+            let tc_path = dir.join("tokenizer_config.json");
+            if tc_path.is_file() {
+                let tc = special::read_json(&tc_path)?;
+                if tc.get("tokenizer_class").and_then(|c| c.as_str()) == Some("GPT2Tokenizer") {
+                    return Ok(bpe_info("gpt2", bpe::set_vocab_gpt2(dir, vocab_size, md)?));
+                }
+            }
+            require_spm(dir)?;
+            Ok(spm_info(spm::set_vocab_phi3(dir, vocab_size, md)?))
+        }
         VocabRecipe::SentencePieceCodeInfill => {
             require_spm(dir)?;
             let mut info = spm_info(spm::set_vocab_sentencepiece(dir, vocab_size, md)?);

@@ -436,6 +436,174 @@ pub fn set_vocab_sentencepiece(
     })
 }
 
+/// `Phi3MiniModel.set_vocab`'s SentencePiece path: the pieces padded to `vocab_size` as
+/// [`create_vocab`] does, then `added_tokens.json`, tokenizer_config.json's
+/// `added_tokens_decoder` and tokenizer.json's `added_tokens`, each token taken as written
+/// (no space pre-normalization, no "looks special" rule: `special` makes it CONTROL, else
+/// USER_DEFINED, score -1000). Where convert fails with an IndexError (a piece or added token
+/// past `vocab_size`), this is an error naming the file.
+pub fn create_vocab_phi3(dir: &Path, vocab_size: Option<usize>) -> Result<SpmVocab> {
+    let model_path = dir.join("tokenizer.model");
+    let model = load_model(&model_path)?;
+    let mut warnings = Vec::new();
+    let vocab_size = vocab_size.filter(|&v| v > 0).unwrap_or(model.pieces.len());
+    if model.pieces.len() > vocab_size {
+        bail!(
+            "{}: {} pieces, more than config.json's vocab_size = {vocab_size}",
+            model_path.display(),
+            model.pieces.len()
+        );
+    }
+    let mut tokens: Vec<String> = (0..vocab_size).map(|i| format!("[PAD{i}]")).collect();
+    let mut scores = vec![-10000.0f32; vocab_size];
+    let mut types = vec![token_type::UNUSED; vocab_size];
+    for (id, p) in model.pieces.iter().enumerate() {
+        tokens[id] = p.piece.clone();
+        scores[id] = p.score;
+        types[id] = match p.kind {
+            PieceType::Unknown => token_type::UNKNOWN,
+            PieceType::Control => token_type::CONTROL,
+            PieceType::Unused => token_type::UNUSED,
+            PieceType::Byte => token_type::BYTE,
+            PieceType::Normal | PieceType::UserDefined => token_type::NORMAL,
+        };
+    }
+
+    let added_path = dir.join("added_tokens.json");
+    if added_path.is_file() {
+        let json = read_json(&added_path)?;
+        let obj = json.as_object().ok_or_else(|| {
+            anyhow!(
+                "{}: expected a JSON object of token -> id",
+                added_path.display()
+            )
+        })?;
+        for (key, id) in obj {
+            let id = id.as_u64().ok_or_else(|| {
+                anyhow!(
+                    "{}: id of {key:?} is not a non-negative integer",
+                    added_path.display()
+                )
+            })? as usize;
+            if id >= vocab_size {
+                warnings.push(format!(
+                    "ignore token {id}: id is out of range, max={}",
+                    vocab_size - 1
+                ));
+                continue;
+            }
+            tokens[id] = key.clone();
+            scores[id] = -1000.0;
+            types[id] = token_type::USER_DEFINED;
+        }
+    }
+
+    // (file, its added tokens as (id, content, special)).
+    type Added = Vec<(usize, String, bool)>;
+    let mut sources: Vec<(PathBuf, Added)> = Vec::new();
+    let config_path = dir.join("tokenizer_config.json");
+    if config_path.is_file() {
+        let json = read_json(&config_path)?;
+        let mut list = Vec::new();
+        if let Some(decoder) = json.get("added_tokens_decoder").and_then(Json::as_object) {
+            for (key, data) in decoder {
+                let id: usize = key.trim().parse().map_err(|_| {
+                    anyhow!(
+                        "{}: added_tokens_decoder key {key:?} is not an id",
+                        config_path.display()
+                    )
+                })?;
+                let content = data.get("content").and_then(Json::as_str).ok_or_else(|| {
+                    anyhow!(
+                        "{}: added_tokens_decoder[{key}] has no content",
+                        config_path.display()
+                    )
+                })?;
+                let special = data.get("special").is_some_and(special::truthy);
+                list.push((id, content.to_string(), special));
+            }
+        }
+        sources.push((config_path, list));
+    }
+    let json_path = dir.join("tokenizer.json");
+    if json_path.is_file() {
+        let json = read_json(&json_path)?;
+        let mut list = Vec::new();
+        for data in json
+            .get("added_tokens")
+            .and_then(Json::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            let id =
+                data.get("id").and_then(Json::as_u64).ok_or_else(|| {
+                    anyhow!("{}: an added token without an id", json_path.display())
+                })? as usize;
+            let content = data.get("content").and_then(Json::as_str).ok_or_else(|| {
+                anyhow!("{}: added token {id} has no content", json_path.display())
+            })?;
+            let special = data.get("special").is_some_and(special::truthy);
+            list.push((id, content.to_string(), special));
+        }
+        sources.push((json_path, list));
+    }
+    for (path, list) in sources {
+        for (id, token, special) in list {
+            if id >= vocab_size {
+                bail!(
+                    "{}: added token {token:?} has id {id}, past config.json's vocab_size = {vocab_size}",
+                    path.display()
+                );
+            }
+            if types[id] != token_type::UNUSED && tokens[id] != token {
+                warnings.push(format!(
+                    "replacing token {id}: {:?} -> {token:?}",
+                    tokens[id]
+                ));
+            }
+            tokens[id] = token;
+            scores[id] = -1000.0;
+            types[id] = if special {
+                token_type::CONTROL
+            } else {
+                token_type::USER_DEFINED
+            };
+        }
+    }
+    Ok(SpmVocab {
+        tokens,
+        scores,
+        types,
+        model,
+        warnings,
+    })
+}
+
+/// `Phi3MiniModel.set_vocab` with a tokenizer.model: [`create_vocab_phi3`], then the keys in
+/// [`set_vocab_sentencepiece`]'s order.
+pub fn set_vocab_phi3(
+    dir: &Path,
+    vocab_size: Option<usize>,
+    md: &mut Metadata,
+) -> Result<SpmWritten> {
+    let v = create_vocab_phi3(dir, vocab_size)?;
+    let n = v.tokens.len();
+    md.set_str("tokenizer.ggml.model", "llama");
+    md.set_str("tokenizer.ggml.pre", "default");
+    super::set_array(md, "tokenizer.ggml.tokens", Array::Str(v.tokens));
+    super::set_array(md, "tokenizer.ggml.scores", Array::F32(v.scores));
+    super::set_array(md, "tokenizer.ggml.token_type", Array::I32(v.types));
+    let mut warnings = v.warnings;
+    let sv = SpecialVocab::load(dir, false, None, Some(n))?;
+    sv.add_to(md, &mut warnings);
+    Ok(SpmWritten {
+        n_tokens: n,
+        path: dir.join("tokenizer.model"),
+        model: v.model,
+        warnings,
+    })
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

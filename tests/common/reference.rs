@@ -12,8 +12,11 @@
 //! against HF in f32, for logits of magnitude 8 to 21.
 //!
 //! Supported: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM,
-//! Gemma3ForCausalLM (text), Qwen3MoeForCausalLM, MixtralForCausalLM and GptOssForCausalLM,
-//! with default or linear RoPE scaling (YaRN for gpt-oss). Anything else (other RoPE
+//! Gemma3ForCausalLM (text), Qwen3MoeForCausalLM, MixtralForCausalLM, GptOssForCausalLM,
+//! DeepseekV3ForCausalLM, Phi3ForCausalLM (with LongRoPE), SmolLM3ForCausalLM,
+//! GraniteForCausalLM, Olmo2ForCausalLM and the Mistral text model of
+//! Mistral3ForConditionalGeneration, with default or linear RoPE scaling (YaRN for gpt-oss and
+//! DeepSeek). Anything else (other RoPE
 //! scalings, unknown activations, unexpected or missing tensors) is an error, not a guess.
 //!
 //! The facts it encodes, per family:
@@ -76,6 +79,30 @@
 //!   [E, R, C/32]) are dequantized as transformers' `convert_moe_packed_tensors` does: byte `i`
 //!   of a block gives element `2i` (low nibble) and `2i + 1` (high nibble) of the OCP FP4 table
 //!   times `2^(scale - 127)`, then transposed to the parameters' [E, C, R].
+//! - Phi-3 / Phi-4 (`modeling_phi3.py`): Llama's blocks with the fused `qkv_proj` (q rows, then
+//!   k, then v) and `gate_up_proj` (gate rows, then up: `up * silu(gate)`), no biases, head_dim
+//!   `hidden / heads`; RoPE on the first `partial_rotary_factor * head_dim` dimensions of each
+//!   head only (rotate_half within them, the rest passed through); LongRoPE
+//!   (`rope_scaling.type` "longrope"/"su"): `inv_freq[j] = 1 / (ext[j] * theta^(2j/rot))` with
+//!   `ext` the short factors, or the long ones when the sequence is longer than
+//!   `original_max_position_embeddings`, and cos/sin times the attention factor
+//!   (`rope_scaling.attention_factor`, else `sqrt(1 + ln(s) / ln(orig))` for
+//!   `s = max_position_embeddings / orig` > 1); `sliding_window` on every layer when set.
+//! - SmolLM3 (`modeling_smollm3.py`): Llama, except that layer `i` applies RoPE only when
+//!   `no_rope_layers[i]` is 1 (default: `(i + 1) % no_rope_layer_interval != 0`, interval 4).
+//! - Granite (`modeling_granite.py`): Llama with the embeddings times `embedding_multiplier`,
+//!   scores scaled by `attention_multiplier` (instead of `head_dim^-0.5`), each block's output
+//!   times `residual_multiplier` before its residual add, and the logits divided by
+//!   `logits_scaling`.
+//! - OLMo 2 (`modeling_olmo2.py`): no pre-norms; `h += post_attention_layernorm(attn(h))`,
+//!   `h += post_feedforward_layernorm(mlp(h))`; q and k RMS-normed over the whole projection
+//!   (`q_norm` of `heads * head_dim`, `k_norm` of `kv_heads * head_dim`) before the split into
+//!   heads and RoPE; no biases; untied output.
+//! - Mistral3ForConditionalGeneration's text model (`modeling_mistral3.py` around
+//!   `modeling_mistral.py`): `text_config` merged over the top level, the tensors under
+//!   `language_model.` (or transformers 5's `model.language_model.`) read as the Mistral model
+//!   they are (Llama's blocks, a sliding window when `sliding_window` is set), the vision tower
+//!   and projector ignored.
 //! - Sliding window of `W`: query `i` sees key `j` when `j <= i` and `i - j < W` (HF's
 //!   `kv_idx > q_idx - sliding_window`).
 
@@ -143,6 +170,12 @@ pub enum Family {
     Mixtral,
     Deepseek2,
     GptOss,
+    Phi3,
+    SmolLm3,
+    Granite,
+    Olmo2,
+    /// Mistral (the text model of Mistral3ForConditionalGeneration).
+    Mistral,
 }
 
 /// DeepSeek V3's attention and MoE parameters (`modeling_deepseek_v3.py`).
@@ -182,6 +215,18 @@ pub struct Yarn {
     pub beta_slow: f64,
     pub truncate: bool,
     pub attention_factor: f64,
+}
+
+/// Partial-rotary and LongRoPE parameters (Phi-3): RoPE turns only the first `dims` of each
+/// head, each frequency divided by its factor, cos and sin times `mscale`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RopeExt {
+    pub dims: usize,
+    /// Per frequency (dims / 2): the factors for sequences up to `original_max`, and past it.
+    pub short: Vec<f64>,
+    pub long: Vec<f64>,
+    pub original_max: usize,
+    pub mscale: f64,
 }
 
 /// A sparse mixture-of-experts MLP's parameters.
@@ -241,6 +286,15 @@ pub struct Config {
     pub yarn: Option<Yarn>,
     /// gpt-oss's swiglu clamp.
     pub swiglu_limit: f64,
+    /// Partial rotary / LongRoPE (Phi-3), or None: RoPE over the whole head.
+    pub rope_ext: Option<RopeExt>,
+    /// Per layer: whether it applies RoPE (false on SmolLM3's NoPE layers).
+    pub use_rope: Vec<bool>,
+    /// Granite's multipliers (1, 1, 1 elsewhere): embeddings times the first, each block's
+    /// output times the second before the residual add, logits divided by the third.
+    pub embedding_multiplier: f64,
+    pub residual_multiplier: f64,
+    pub logits_scaling: f64,
 }
 
 /// A loaded checkpoint: config and f32 weights by HF name.
@@ -254,14 +308,25 @@ impl ReferenceModel {
         let config_path = dir.join("config.json");
         let text = fs::read_to_string(&config_path)
             .with_context(|| format!("reading {}", config_path.display()))?;
-        let json: Value = serde_json::from_str(&text)
+        let mut json: Value = serde_json::from_str(&text)
             .with_context(|| format!("parsing {}", config_path.display()))?;
+        let multimodal = json["architectures"].get(0).and_then(Value::as_str)
+            == Some("Mistral3ForConditionalGeneration");
+        if multimodal {
+            json = mistral3_text_config(&json)?;
+        }
         let config = parse_config(&json).with_context(|| format!("{}", config_path.display()))?;
         let mut tensors = load_safetensors(dir)?;
+        if multimodal {
+            tensors = mistral3_text_tensors(tensors);
+        }
         if config.family == Family::GptOss {
             dequantize_mx_experts(&config, &mut tensors)?;
         } else if config.moe.is_some() {
             unfuse_experts(&config, &mut tensors)?;
+        }
+        if config.family == Family::Phi3 {
+            unfuse_phi3(&config, &mut tensors)?;
         }
         let weights = check_tensors(&config, tensors)?;
         Ok(ReferenceModel { config, weights })
@@ -285,7 +350,7 @@ impl ReferenceModel {
                 s
             }
         } else {
-            1.0
+            c.embedding_multiplier as f32
         };
         let mut h: Vec<Vec<f32>> = tokens
             .iter()
@@ -302,20 +367,24 @@ impl ReferenceModel {
         for l in 0..c.layers {
             let p = |s: &str| format!("model.layers.{l}.{s}");
             // Attention block.
-            let x: Vec<Vec<f32>> = h
-                .iter()
-                .map(|r| self.norm(r, &p("input_layernorm.weight")))
-                .collect();
+            let olmo2 = c.family == Family::Olmo2;
+            let x: Vec<Vec<f32>> = if olmo2 {
+                h.clone()
+            } else {
+                h.iter()
+                    .map(|r| self.norm(r, &p("input_layernorm.weight")))
+                    .collect()
+            };
             let attn = if c.deepseek.is_some() {
                 self.mla_attention(l, &x, options)
             } else {
                 self.attention(l, &x, options)
             };
             for (hi, a) in h.iter_mut().zip(attn) {
-                let a = if gemma {
+                let a = if gemma || olmo2 {
                     self.norm(&a, &p("post_attention_layernorm.weight"))
                 } else {
-                    a
+                    self.residual_scaled(a)
                 };
                 add_in_place(hi, &a);
             }
@@ -326,17 +395,21 @@ impl ReferenceModel {
                 "post_attention_layernorm.weight"
             };
             for hi in h.iter_mut() {
-                let x = self.norm(hi, &p(pre));
+                let x = if olmo2 {
+                    hi.clone()
+                } else {
+                    self.norm(hi, &p(pre))
+                };
                 let m = match (&c.deepseek, c.moe) {
                     (Some(ds), _) if l >= ds.dense_layers => self.deepseek_moe(l, &x, ds),
                     (_, Some(moe)) if c.family == Family::GptOss => self.gpt_oss_moe(l, &x, moe),
                     (_, Some(moe)) => self.moe(l, &x, moe),
                     _ => self.mlp(l, &x),
                 };
-                let m = if gemma {
+                let m = if gemma || olmo2 {
                     self.norm(&m, &p("post_feedforward_layernorm.weight"))
                 } else {
-                    m
+                    self.residual_scaled(m)
                 };
                 add_in_place(hi, &m);
             }
@@ -351,6 +424,11 @@ impl ReferenceModel {
             .map(|r| {
                 let x = self.norm(r, "model.norm.weight");
                 let mut logits = matvec(self.w(head), c.vocab, c.hidden, &x, None);
+                if c.logits_scaling != 1.0 {
+                    for v in logits.iter_mut() {
+                        *v /= c.logits_scaling as f32;
+                    }
+                }
                 if let Some(cap) = c.final_softcap {
                     for v in logits.iter_mut() {
                         *v = softcap(*v as f64, cap) as f32;
@@ -359,6 +437,17 @@ impl ReferenceModel {
                 logits
             })
             .collect())
+    }
+
+    /// Granite's `x * residual_multiplier` (in f32, as torch); unchanged elsewhere.
+    fn residual_scaled(&self, mut x: Vec<f32>) -> Vec<f32> {
+        let m = self.config.residual_multiplier;
+        if m != 1.0 {
+            for v in x.iter_mut() {
+                *v *= m as f32;
+            }
+        }
+        x
     }
 
     fn w(&self, name: &str) -> &[f32] {
@@ -393,6 +482,11 @@ impl ReferenceModel {
         let qk_norm = matches!(c.family, Family::Qwen3 | Family::Gemma3 | Family::Qwen3Moe);
         let gemma = c.family.is_gemma();
         let rope = c.rope[l];
+        // LongRoPE's factors by the sequence's length (HF's longrope_frequency_update).
+        let ext = c.rope_ext.as_ref().map(|e| {
+            let long = options.position_offset + x.len() > e.original_max;
+            (e, if long { &e.long } else { &e.short })
+        });
 
         // Project, split into heads, q/k norm, RoPE.
         let mut qs = Vec::with_capacity(x.len()); // [pos][head * hd]
@@ -403,16 +497,27 @@ impl ReferenceModel {
             let mut q = self.linear(&p("q_proj"), nh * hd, c.hidden, xi);
             let mut k = self.linear(&p("k_proj"), nkv * hd, c.hidden, xi);
             let v = self.linear(&p("v_proj"), nkv * hd, c.hidden, xi);
+            if c.family == Family::Olmo2 {
+                q = rms_norm(&q, self.w(&p("q_norm.weight")), c.eps, false);
+                k = rms_norm(&k, self.w(&p("k_norm.weight")), c.eps, false);
+            }
             for (vec, norm) in [(&mut q, "q_norm.weight"), (&mut k, "k_norm.weight")] {
                 for head in vec.chunks_mut(hd) {
                     if qk_norm {
                         let normed = rms_norm(head, self.w(&p(norm)), c.eps, gemma);
                         head.copy_from_slice(&normed);
                     }
-                    if options.rope {
-                        match c.yarn {
-                            Some(y) => apply_yarn_rope(head, pos, y),
-                            None => apply_rope(head, pos, rope),
+                    if options.rope && c.use_rope[l] {
+                        match (c.yarn, ext) {
+                            (Some(y), _) => apply_yarn_rope(head, pos, y),
+                            (None, Some((e, factors))) => apply_rope_ext(
+                                &mut head[..e.dims],
+                                pos,
+                                rope.theta,
+                                factors,
+                                e.mscale,
+                            ),
+                            (None, None) => apply_rope(head, pos, rope),
                         }
                     }
                 }
@@ -973,6 +1078,60 @@ pub fn apply_rope(x: &mut [f32], pos: usize, rope: Rope) {
     }
 }
 
+/// Phi-3's RoPE on the rotary part of one head: [`apply_rope`] with
+/// `inv_freq[j] = 1 / (factors[j] * theta^(2j/d))` and cos/sin times `mscale`.
+pub fn apply_rope_ext(x: &mut [f32], pos: usize, theta: f64, factors: &[f64], mscale: f64) {
+    let d = x.len();
+    let half = d / 2;
+    for j in 0..half {
+        let inv_freq = 1.0 / (factors[j] * theta.powf((2 * j) as f64 / d as f64));
+        let angle = pos as f64 * inv_freq;
+        let (sin, cos) = angle.sin_cos();
+        let (sin, cos) = (sin * mscale, cos * mscale);
+        let (a, b) = (x[j] as f64, x[j + half] as f64);
+        x[j] = (a * cos - b * sin) as f32;
+        x[j + half] = (b * cos + a * sin) as f32;
+    }
+}
+
+/// Phi-3's fused projections -> the separate q/k/v and gate/up names the forward pass reads.
+fn unfuse_phi3(c: &Config, tensors: &mut Tensors) -> Result<()> {
+    let (h, f) = (c.hidden, c.intermediate);
+    let (q, kv) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
+    for l in 0..c.layers {
+        let p = |s: &str| format!("model.layers.{l}.{s}");
+        let (shape, v) = tensors
+            .remove(&p("self_attn.qkv_proj.weight"))
+            .with_context(|| format!("missing tensor {}", p("self_attn.qkv_proj.weight")))?;
+        ensure!(
+            shape == [q + 2 * kv, h],
+            "layer {l}: qkv_proj has shape {shape:?}"
+        );
+        tensors.insert(
+            p("self_attn.q_proj.weight"),
+            (vec![q, h], v[..q * h].to_vec()),
+        );
+        tensors.insert(
+            p("self_attn.k_proj.weight"),
+            (vec![kv, h], v[q * h..(q + kv) * h].to_vec()),
+        );
+        tensors.insert(
+            p("self_attn.v_proj.weight"),
+            (vec![kv, h], v[(q + kv) * h..].to_vec()),
+        );
+        let (shape, v) = tensors
+            .remove(&p("mlp.gate_up_proj.weight"))
+            .with_context(|| format!("missing tensor {}", p("mlp.gate_up_proj.weight")))?;
+        ensure!(
+            shape == [2 * f, h],
+            "layer {l}: gate_up_proj has shape {shape:?}"
+        );
+        tensors.insert(p("mlp.gate_proj.weight"), (vec![f, h], v[..f * h].to_vec()));
+        tensors.insert(p("mlp.up_proj.weight"), (vec![f, h], v[f * h..].to_vec()));
+    }
+    Ok(())
+}
+
 /// `y = W x (+ b)` for a row-major `[rows, cols]` W, each row summed in f64.
 fn matvec(w: &[f32], rows: usize, cols: usize, x: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     assert_eq!(w.len(), rows * cols);
@@ -1037,6 +1196,11 @@ fn parse_config(j: &Value) -> Result<Config> {
         "MixtralForCausalLM" => Family::Mixtral,
         "DeepseekV3ForCausalLM" => Family::Deepseek2,
         "GptOssForCausalLM" => Family::GptOss,
+        "MistralForCausalLM" => Family::Mistral,
+        "Phi3ForCausalLM" => Family::Phi3,
+        "SmolLM3ForCausalLM" => Family::SmolLm3,
+        "GraniteForCausalLM" => Family::Granite,
+        "Olmo2ForCausalLM" => Family::Olmo2,
         other => bail!("architecture {other} is not supported by the reference"),
     };
     let gemma = family.is_gemma();
@@ -1121,6 +1285,11 @@ fn parse_config(j: &Value) -> Result<Config> {
         .get("rope_scaling")
         .filter(|v| !v.is_null())
         .or(global_params);
+    let rope_ext = if family == Family::Phi3 {
+        Some(phi3_rope(j, scaling, head_dim)?)
+    } else {
+        None
+    };
     let yarn = match scaling {
         // YaRN is modelled for gpt-oss only (other families: an error below).
         Some(p)
@@ -1146,8 +1315,9 @@ fn parse_config(j: &Value) -> Result<Config> {
     };
     let global = Rope {
         theta: global_theta,
-        // DeepSeek's yarn is handled by its own config below; gpt-oss's by `yarn`.
-        factor: if family == Family::Deepseek2 || yarn.is_some() {
+        // DeepSeek's yarn is handled by its own config below; gpt-oss's by `yarn`; Phi-3's
+        // LongRoPE by `rope_ext`.
+        factor: if family == Family::Deepseek2 || family == Family::Phi3 || yarn.is_some() {
             1.0
         } else {
             rope_factor(scaling)?
@@ -1200,7 +1370,7 @@ fn parse_config(j: &Value) -> Result<Config> {
                 .and_then(Value::as_u64)
                 .unwrap_or(4096) as usize,
         ),
-        Family::Mixtral | Family::GptOss => j
+        Family::Mixtral | Family::GptOss | Family::Phi3 | Family::Mistral => j
             .get("sliding_window")
             .and_then(Value::as_u64)
             .map(|w| w as usize),
@@ -1226,7 +1396,7 @@ fn parse_config(j: &Value) -> Result<Config> {
                     .unwrap_or(6) as usize;
                 !(i + 1).is_multiple_of(pattern)
             }
-            Family::Mixtral => true,
+            Family::Mixtral | Family::Phi3 => true,
             Family::GptOss => i.is_multiple_of(2),
             Family::Qwen2 | Family::Qwen3 | Family::Qwen3Moe => {
                 let max_window_layers = j
@@ -1235,7 +1405,12 @@ fn parse_config(j: &Value) -> Result<Config> {
                     .unwrap_or(28) as usize;
                 i >= max_window_layers
             }
-            Family::Llama | Family::Deepseek2 => false,
+            Family::Llama
+            | Family::Deepseek2
+            | Family::SmolLm3
+            | Family::Granite
+            | Family::Olmo2 => false,
+            Family::Mistral => true,
         }
     };
     let window: Vec<Option<usize>> = (0..layers)
@@ -1256,6 +1431,8 @@ fn parse_config(j: &Value) -> Result<Config> {
 
     let scaling = if gemma {
         f64_or("query_pre_attn_scalar", 256.0)?.powf(-0.5)
+    } else if family == Family::Granite {
+        f64_or("attention_multiplier", 1.0)?
     } else {
         (head_dim as f64).powf(-0.5)
     };
@@ -1269,6 +1446,13 @@ fn parse_config(j: &Value) -> Result<Config> {
             opt_f64("final_logit_softcapping", None)?,
         ),
         _ => (None, None),
+    };
+    let granite = |k: &str| -> Result<f64> {
+        if family == Family::Granite {
+            f64_or(k, 1.0)
+        } else {
+            Ok(1.0)
+        }
     };
     let torch_dtype = j
         .get("torch_dtype")
@@ -1424,6 +1608,158 @@ fn parse_config(j: &Value) -> Result<Config> {
         deepseek,
         yarn,
         swiglu_limit: f64_or("swiglu_limit", 7.0)?,
+        rope_ext,
+        use_rope: if family == Family::SmolLm3 {
+            smollm3_use_rope(j, layers)?
+        } else {
+            vec![true; layers]
+        },
+        embedding_multiplier: granite("embedding_multiplier")?,
+        residual_multiplier: granite("residual_multiplier")?,
+        logits_scaling: granite("logits_scaling")?,
+    })
+}
+
+/// SmolLM3's per-layer RoPE switch: `no_rope_layers` (1 = RoPE), else every layer but each
+/// `no_rope_layer_interval`th (default 4).
+fn smollm3_use_rope(j: &Value, layers: usize) -> Result<Vec<bool>> {
+    match j.get("no_rope_layers").filter(|v| !v.is_null()) {
+        Some(v) => {
+            let list = v.as_array().context("no_rope_layers is not a list")?;
+            ensure!(
+                list.len() == layers,
+                "no_rope_layers has {} entries for {layers} layers",
+                list.len()
+            );
+            list.iter()
+                .map(|x| {
+                    x.as_i64()
+                        .map(|i| i != 0)
+                        .context("no_rope_layers entry is not an integer")
+                })
+                .collect()
+        }
+        None => {
+            let interval = j
+                .get("no_rope_layer_interval")
+                .and_then(Value::as_u64)
+                .unwrap_or(4) as usize;
+            Ok((0..layers).map(|i| (i + 1) % interval != 0).collect())
+        }
+    }
+}
+
+/// A Mistral3ForConditionalGeneration config as its text model's: `text_config` over the top
+/// level, architectures `MistralForCausalLM`.
+fn mistral3_text_config(j: &Value) -> Result<Value> {
+    let mut out = j
+        .as_object()
+        .context("config.json is not an object")?
+        .clone();
+    let text = j["text_config"]
+        .as_object()
+        .context("Mistral3ForConditionalGeneration without text_config")?;
+    ensure!(
+        text.get("model_type").and_then(Value::as_str) == Some("mistral"),
+        "text_config.model_type {:?} is not supported by the reference",
+        text.get("model_type")
+    );
+    for (k, v) in text {
+        out.insert(k.clone(), v.clone());
+    }
+    out.insert(
+        "architectures".into(),
+        serde_json::json!(["MistralForCausalLM"]),
+    );
+    Ok(Value::Object(out))
+}
+
+/// The language model's tensors under their text-model names; the vision tower and projector
+/// dropped.
+fn mistral3_text_tensors(tensors: Tensors) -> Tensors {
+    tensors
+        .into_iter()
+        .filter_map(|(name, t)| {
+            let text = name
+                .strip_prefix("language_model.")
+                .map(String::from)
+                .or_else(|| {
+                    name.strip_prefix("model.language_model.")
+                        .map(|r| format!("model.{r}"))
+                })?;
+            Some((text, t))
+        })
+        .collect()
+}
+
+/// Phi-3's rotary part and LongRoPE (transformers' `_compute_longrope_parameters`).
+fn phi3_rope(j: &Value, scaling: Option<&Value>, head_dim: usize) -> Result<RopeExt> {
+    let partial = match j.get("partial_rotary_factor") {
+        None | Some(Value::Null) => 1.0,
+        Some(v) => v
+            .as_f64()
+            .context("partial_rotary_factor is not a number")?,
+    };
+    let dims = (head_dim as f64 * partial) as usize;
+    ensure!(
+        dims.is_multiple_of(2) && dims > 0,
+        "{dims} rotary dimensions"
+    );
+    let max_pos = j
+        .get("max_position_embeddings")
+        .and_then(Value::as_f64)
+        .unwrap_or(4096.0);
+    let orig = j
+        .get("original_max_position_embeddings")
+        .and_then(Value::as_f64)
+        .unwrap_or(4096.0);
+    let ones = vec![1.0; dims / 2];
+    let Some(s) = scaling.filter(|v| !v.is_null()) else {
+        return Ok(RopeExt {
+            dims,
+            short: ones.clone(),
+            long: ones,
+            original_max: orig as usize,
+            mscale: 1.0,
+        });
+    };
+    let ty = s
+        .get("rope_type")
+        .or(s.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    ensure!(
+        ty == "longrope" || ty == "su",
+        "Phi-3 rope scaling {ty} is not supported by the reference"
+    );
+    let list = |k: &str| -> Result<Vec<f64>> {
+        let v: Vec<f64> = s
+            .get(k)
+            .and_then(Value::as_array)
+            .with_context(|| format!("rope_scaling has no {k}"))?
+            .iter()
+            .map(|x| x.as_f64().context("a rope factor is not a number"))
+            .collect::<Result<_>>()?;
+        ensure!(
+            v.len() == dims / 2,
+            "{k} has {} entries, not {}",
+            v.len(),
+            dims / 2
+        );
+        Ok(v)
+    };
+    let factor = max_pos / orig;
+    let mscale = match s.get("attention_factor").and_then(Value::as_f64) {
+        Some(a) => a,
+        None if factor <= 1.0 => 1.0,
+        None => (1.0 + factor.ln() / orig.ln()).sqrt(),
+    };
+    Ok(RopeExt {
+        dims,
+        short: list("short_factor")?,
+        long: list("long_factor")?,
+        original_max: orig as usize,
+        mscale,
     })
 }
 
@@ -1636,7 +1972,13 @@ fn check_tensors(c: &Config, mut tensors: Tensors) -> Result<HashMap<String, Vec
             want.push((p("self_attn.q_norm.weight"), vec![hd], true));
             want.push((p("self_attn.k_norm.weight"), vec![hd], true));
         }
-        want.push((p("input_layernorm.weight"), vec![h], true));
+        if c.family == Family::Olmo2 {
+            want.push((p("self_attn.q_norm.weight"), vec![q], true));
+            want.push((p("self_attn.k_norm.weight"), vec![kv], true));
+            want.push((p("post_feedforward_layernorm.weight"), vec![h], true));
+        } else {
+            want.push((p("input_layernorm.weight"), vec![h], true));
+        }
         want.push((p("post_attention_layernorm.weight"), vec![h], true));
         if gemma {
             want.push((p("pre_feedforward_layernorm.weight"), vec![h], true));
