@@ -89,9 +89,14 @@ pub fn quantization(config: &Json) -> Result<Quantization, String> {
             ))
         }
     };
+    // gpt-oss's released MXFP4 experts: its family reads the `*_blocks`/`*_scales` tensors
+    // itself (src/arch/gptoss.rs checks the method and the tensors); nothing to pair here.
+    if method == "mxfp4" {
+        return Ok(Quantization::None);
+    }
     if method != "fp8" {
         return Err(format!(
-            "quantization_config.quant_method = {method:?}: kiln converts fp8 checkpoints (quant_method \"fp8\") and unquantized F32/F16/BF16 ones, not {method:?}"
+            "quantization_config.quant_method = {method:?}: kiln converts fp8 checkpoints (quant_method \"fp8\"), gpt-oss's MXFP4 release (\"mxfp4\") and unquantized F32/F16/BF16 ones, not {method:?}"
         ));
     }
     let block = match obj.get("weight_block_size") {
