@@ -315,34 +315,14 @@ pub fn create_vocab(dir: &Path, vocab_size: Option<usize>) -> Result<SpmVocab> {
         types[id] = t;
     }
 
-    let added_path = dir.join("added_tokens.json");
-    if added_path.is_file() {
-        let json = read_json(&added_path)?;
-        let obj = json.as_object().ok_or_else(|| {
-            anyhow!(
-                "{}: expected a JSON object of token -> id",
-                added_path.display()
-            )
-        })?;
-        for (key, id) in obj {
-            let id = id.as_u64().ok_or_else(|| {
-                anyhow!(
-                    "{}: id of {key:?} is not a non-negative integer",
-                    added_path.display()
-                )
-            })? as usize;
-            if id >= vocab_size {
-                warnings.push(format!(
-                    "ignore token {id}: id is out of range, max={}",
-                    vocab_size - 1
-                ));
-                continue;
-            }
-            tokens[id] = key.clone();
-            scores[id] = -1000.0;
-            types[id] = token_type::USER_DEFINED;
-        }
-    }
+    added_tokens_json(
+        dir,
+        vocab_size,
+        &mut tokens,
+        &mut scores,
+        &mut types,
+        &mut warnings,
+    )?;
 
     let config_path = dir.join("tokenizer_config.json");
     if config_path.is_file() {
@@ -469,34 +449,14 @@ pub fn create_vocab_phi3(dir: &Path, vocab_size: Option<usize>) -> Result<SpmVoc
         };
     }
 
-    let added_path = dir.join("added_tokens.json");
-    if added_path.is_file() {
-        let json = read_json(&added_path)?;
-        let obj = json.as_object().ok_or_else(|| {
-            anyhow!(
-                "{}: expected a JSON object of token -> id",
-                added_path.display()
-            )
-        })?;
-        for (key, id) in obj {
-            let id = id.as_u64().ok_or_else(|| {
-                anyhow!(
-                    "{}: id of {key:?} is not a non-negative integer",
-                    added_path.display()
-                )
-            })? as usize;
-            if id >= vocab_size {
-                warnings.push(format!(
-                    "ignore token {id}: id is out of range, max={}",
-                    vocab_size - 1
-                ));
-                continue;
-            }
-            tokens[id] = key.clone();
-            scores[id] = -1000.0;
-            types[id] = token_type::USER_DEFINED;
-        }
-    }
+    added_tokens_json(
+        dir,
+        vocab_size,
+        &mut tokens,
+        &mut scores,
+        &mut types,
+        &mut warnings,
+    )?;
 
     // (file, its added tokens as (id, content, special)).
     type Added = Vec<(usize, String, bool)>;
@@ -914,4 +874,45 @@ pub(crate) mod tests {
         assert_eq!(differ, 0, "scores differ bitwise at {differ} ids");
         eprintln!("llama-spm: 32000 tokens, scores and types equal to ggml-vocab-llama-spm.gguf");
     }
+}
+
+/// added_tokens.json (token -> id), as convert's SentencePiece vocabularies read it: each id in
+/// range becomes that token, score -1000, USER_DEFINED; an id out of range is a warning.
+fn added_tokens_json(
+    dir: &Path,
+    vocab_size: usize,
+    tokens: &mut [String],
+    scores: &mut [f32],
+    types: &mut [i32],
+    warnings: &mut Vec<String>,
+) -> Result<()> {
+    let added_path = dir.join("added_tokens.json");
+    if added_path.is_file() {
+        let json = read_json(&added_path)?;
+        let obj = json.as_object().ok_or_else(|| {
+            anyhow!(
+                "{}: expected a JSON object of token -> id",
+                added_path.display()
+            )
+        })?;
+        for (key, id) in obj {
+            let id = id.as_u64().ok_or_else(|| {
+                anyhow!(
+                    "{}: id of {key:?} is not a non-negative integer",
+                    added_path.display()
+                )
+            })? as usize;
+            if id >= vocab_size {
+                warnings.push(format!(
+                    "ignore token {id}: id is out of range, max={}",
+                    vocab_size - 1
+                ));
+                continue;
+            }
+            tokens[id] = key.clone();
+            scores[id] = -1000.0;
+            types[id] = token_type::USER_DEFINED;
+        }
+    }
+    Ok(())
 }
