@@ -398,22 +398,7 @@ pub fn set_vocab_sentencepiece(
     vocab_size: Option<usize>,
     md: &mut Metadata,
 ) -> Result<SpmWritten> {
-    let v = create_vocab(dir, vocab_size)?;
-    let n = v.tokens.len();
-    md.set_str("tokenizer.ggml.model", "llama");
-    md.set_str("tokenizer.ggml.pre", "default");
-    super::set_array(md, "tokenizer.ggml.tokens", Array::Str(v.tokens));
-    super::set_array(md, "tokenizer.ggml.scores", Array::F32(v.scores));
-    super::set_array(md, "tokenizer.ggml.token_type", Array::I32(v.types));
-    let mut warnings = v.warnings;
-    let sv = SpecialVocab::load(dir, false, None, Some(n))?;
-    sv.add_to(md, &mut warnings);
-    Ok(SpmWritten {
-        n_tokens: n,
-        path: dir.join("tokenizer.model"),
-        model: v.model,
-        warnings,
-    })
+    write_vocab(dir, create_vocab(dir, vocab_size)?, md)
 }
 
 /// `Phi3MiniModel.set_vocab`'s SentencePiece path: the pieces padded to `vocab_size` as
@@ -546,22 +531,7 @@ pub fn set_vocab_phi3(
     vocab_size: Option<usize>,
     md: &mut Metadata,
 ) -> Result<SpmWritten> {
-    let v = create_vocab_phi3(dir, vocab_size)?;
-    let n = v.tokens.len();
-    md.set_str("tokenizer.ggml.model", "llama");
-    md.set_str("tokenizer.ggml.pre", "default");
-    super::set_array(md, "tokenizer.ggml.tokens", Array::Str(v.tokens));
-    super::set_array(md, "tokenizer.ggml.scores", Array::F32(v.scores));
-    super::set_array(md, "tokenizer.ggml.token_type", Array::I32(v.types));
-    let mut warnings = v.warnings;
-    let sv = SpecialVocab::load(dir, false, None, Some(n))?;
-    sv.add_to(md, &mut warnings);
-    Ok(SpmWritten {
-        n_tokens: n,
-        path: dir.join("tokenizer.model"),
-        model: v.model,
-        warnings,
-    })
+    write_vocab(dir, create_vocab_phi3(dir, vocab_size)?, md)
 }
 
 #[cfg(test)]
@@ -915,4 +885,24 @@ fn added_tokens_json(
         }
     }
     Ok(())
+}
+
+/// The keys both SentencePiece recipes write, in `_set_vocab_sentencepiece`'s order:
+/// tokenizer.ggml.{model,pre,tokens,scores,token_type}, then the SpecialVocab keys.
+fn write_vocab(dir: &Path, v: SpmVocab, md: &mut Metadata) -> Result<SpmWritten> {
+    let n = v.tokens.len();
+    md.set_str("tokenizer.ggml.model", "llama");
+    md.set_str("tokenizer.ggml.pre", "default");
+    super::set_array(md, "tokenizer.ggml.tokens", Array::Str(v.tokens));
+    super::set_array(md, "tokenizer.ggml.scores", Array::F32(v.scores));
+    super::set_array(md, "tokenizer.ggml.token_type", Array::I32(v.types));
+    let mut warnings = v.warnings;
+    let sv = SpecialVocab::load(dir, false, None, Some(n))?;
+    sv.add_to(md, &mut warnings);
+    Ok(SpmWritten {
+        n_tokens: n,
+        path: dir.join("tokenizer.model"),
+        model: v.model,
+        warnings,
+    })
 }
