@@ -534,6 +534,67 @@ pub fn set_vocab_phi3(
     write_vocab(dir, create_vocab_phi3(dir, vocab_size)?, md)
 }
 
+/// added_tokens.json (token -> id), as convert's SentencePiece vocabularies read it: each id in
+/// range becomes that token, score -1000, USER_DEFINED; an id out of range is a warning.
+fn added_tokens_json(
+    dir: &Path,
+    vocab_size: usize,
+    tokens: &mut [String],
+    scores: &mut [f32],
+    types: &mut [i32],
+    warnings: &mut Vec<String>,
+) -> Result<()> {
+    let added_path = dir.join("added_tokens.json");
+    if added_path.is_file() {
+        let json = read_json(&added_path)?;
+        let obj = json.as_object().ok_or_else(|| {
+            anyhow!(
+                "{}: expected a JSON object of token -> id",
+                added_path.display()
+            )
+        })?;
+        for (key, id) in obj {
+            let id = id.as_u64().ok_or_else(|| {
+                anyhow!(
+                    "{}: id of {key:?} is not a non-negative integer",
+                    added_path.display()
+                )
+            })? as usize;
+            if id >= vocab_size {
+                warnings.push(format!(
+                    "ignore token {id}: id is out of range, max={}",
+                    vocab_size - 1
+                ));
+                continue;
+            }
+            tokens[id] = key.clone();
+            scores[id] = -1000.0;
+            types[id] = token_type::USER_DEFINED;
+        }
+    }
+    Ok(())
+}
+
+/// The keys both SentencePiece recipes write, in `_set_vocab_sentencepiece`'s order:
+/// tokenizer.ggml.{model,pre,tokens,scores,token_type}, then the SpecialVocab keys.
+fn write_vocab(dir: &Path, v: SpmVocab, md: &mut Metadata) -> Result<SpmWritten> {
+    let n = v.tokens.len();
+    md.set_str("tokenizer.ggml.model", "llama");
+    md.set_str("tokenizer.ggml.pre", "default");
+    super::set_array(md, "tokenizer.ggml.tokens", Array::Str(v.tokens));
+    super::set_array(md, "tokenizer.ggml.scores", Array::F32(v.scores));
+    super::set_array(md, "tokenizer.ggml.token_type", Array::I32(v.types));
+    let mut warnings = v.warnings;
+    let sv = SpecialVocab::load(dir, false, None, Some(n))?;
+    sv.add_to(md, &mut warnings);
+    Ok(SpmWritten {
+        n_tokens: n,
+        path: dir.join("tokenizer.model"),
+        model: v.model,
+        warnings,
+    })
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -825,65 +886,4 @@ pub(crate) mod tests {
         assert_eq!(differ, 0, "scores differ bitwise at {differ} ids");
         eprintln!("llama-spm: 32000 tokens, scores and types equal to ggml-vocab-llama-spm.gguf");
     }
-}
-
-/// added_tokens.json (token -> id), as convert's SentencePiece vocabularies read it: each id in
-/// range becomes that token, score -1000, USER_DEFINED; an id out of range is a warning.
-fn added_tokens_json(
-    dir: &Path,
-    vocab_size: usize,
-    tokens: &mut [String],
-    scores: &mut [f32],
-    types: &mut [i32],
-    warnings: &mut Vec<String>,
-) -> Result<()> {
-    let added_path = dir.join("added_tokens.json");
-    if added_path.is_file() {
-        let json = read_json(&added_path)?;
-        let obj = json.as_object().ok_or_else(|| {
-            anyhow!(
-                "{}: expected a JSON object of token -> id",
-                added_path.display()
-            )
-        })?;
-        for (key, id) in obj {
-            let id = id.as_u64().ok_or_else(|| {
-                anyhow!(
-                    "{}: id of {key:?} is not a non-negative integer",
-                    added_path.display()
-                )
-            })? as usize;
-            if id >= vocab_size {
-                warnings.push(format!(
-                    "ignore token {id}: id is out of range, max={}",
-                    vocab_size - 1
-                ));
-                continue;
-            }
-            tokens[id] = key.clone();
-            scores[id] = -1000.0;
-            types[id] = token_type::USER_DEFINED;
-        }
-    }
-    Ok(())
-}
-
-/// The keys both SentencePiece recipes write, in `_set_vocab_sentencepiece`'s order:
-/// tokenizer.ggml.{model,pre,tokens,scores,token_type}, then the SpecialVocab keys.
-fn write_vocab(dir: &Path, v: SpmVocab, md: &mut Metadata) -> Result<SpmWritten> {
-    let n = v.tokens.len();
-    md.set_str("tokenizer.ggml.model", "llama");
-    md.set_str("tokenizer.ggml.pre", "default");
-    super::set_array(md, "tokenizer.ggml.tokens", Array::Str(v.tokens));
-    super::set_array(md, "tokenizer.ggml.scores", Array::F32(v.scores));
-    super::set_array(md, "tokenizer.ggml.token_type", Array::I32(v.types));
-    let mut warnings = v.warnings;
-    let sv = SpecialVocab::load(dir, false, None, Some(n))?;
-    sv.add_to(md, &mut warnings);
-    Ok(SpmWritten {
-        n_tokens: n,
-        path: dir.join("tokenizer.model"),
-        model: v.model,
-        warnings,
-    })
 }

@@ -6,7 +6,6 @@ use super::*;
 use crate::gguf::Value;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use std::path::PathBuf;
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::models::TrainerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
