@@ -955,6 +955,26 @@ mod tests {
     }
 
     #[test]
+    fn budget_types_parse_names_and_groups() {
+        use GgmlType as T;
+        assert_eq!(parse_types("q4_K").unwrap(), vec![T::F32, T::Q4_K]);
+        assert_eq!(
+            parse_types("IQ2_xs, ternary").unwrap(),
+            vec![T::F32, T::IQ2_XS, T::TQ2_0, T::TQ1_0]
+        );
+        let k = parse_types("k").unwrap();
+        assert_eq!(k, vec![T::F32, T::Q6_K, T::Q5_K, T::Q4_K, T::Q3_K, T::Q2_K]);
+        let i = parse_types("i").unwrap();
+        assert_eq!(i.len(), 1 + 9);
+        assert!(i[1..].iter().all(|t| t.name().starts_with("iq")));
+        assert_eq!(parse_types("all").unwrap(), CANDIDATES.to_vec());
+        let e = |s: &str| format!("{:#}", parse_types(s).unwrap_err());
+        assert!(e("q4_K,q9_K").contains("unknown type \"q9_K\""));
+        assert!(e("q1_0").contains("not a budget candidate"));
+        assert!(e("q4_K,,k").contains("empty item"));
+    }
+
+    #[test]
     fn hull_drops_dominated_and_concave_points() {
         // (bytes, loss): (3, 5) is dominated by (2, 4); (4, 2.9) lies above the chord from
         // (2, 4) to (6, 0.5).
