@@ -566,7 +566,7 @@ fn malformed_moe_imatrices_are_clear_errors() {
         }
         w.finish().unwrap();
     }
-    let e = kiln::imatrix::load(&bad).err().expect("refused");
+    let e = kiln::imatrix::load(&bad).expect_err("refused");
     let e = format!("{e:#}");
     assert!(
         e.contains(bad_name) && e.contains("bad-counts.gguf") && e.contains("2 counts"),
