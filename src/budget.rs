@@ -1,9 +1,11 @@
 //! `kiln quantize --target-bpw X` / `--target-size SIZE`: every tensor's type chosen to minimise
 //! the predicted loss of the whole model within a size budget.
 //!
-//! 1. **Measure.** For every quantizable tensor and every type kiln writes whose blocks fit the
-//!    tensor's rows (types llama.cpp refuses without importance data only where the importance
-//!    matrix has the tensor), the tensor is quantized and dequantized with kiln's kernels, with
+//! 1. **Measure.** For every quantizable tensor and every candidate type ([`CANDIDATES`]: the
+//!    float types, legacy formats, K-quants, i-quants, ternary types and MXFP4) that llama.cpp
+//!    accepts for it ([`eligible`]: blocks that fit the tensor's rows, the types llama.cpp
+//!    refuses without importance data only where the importance matrix has the tensor, MXFP4
+//!    only for expert tensors), the tensor is quantized and dequantized with kiln's kernels, with
 //!    the importance matrix exactly as the written file will be. Its error is the squared error
 //!    weighted per column by the importance matrix (the mean squared activation that column
 //!    meets), relative to the weighted energy of the weights: the relative noise the type adds
@@ -94,12 +96,15 @@ pub fn parse_size(s: &str) -> Result<u64> {
     Ok(bytes as u64)
 }
 
-/// The types the solver considers, most bits first. The ternary formats (for ternary-trained
-/// models), Q2_0/Q1_0, MXFP4 and the 1-bit i-quants are left out: they are not general-purpose
-/// choices for a trained float model.
-pub const CANDIDATES: [GgmlType; 19] = [
+/// The types the solver considers, most bits first: every type kiln writes that stock
+/// llama.cpp reads, except Q1_0/Q2_0 (newer than the llama.cpp, ollama and LM Studio releases
+/// users have). Which of
+/// them a tensor may take is [`eligible`]'s rule: rows a whole number of blocks, importance data
+/// for the types llama.cpp refuses without it, MXFP4 only for expert tensors.
+pub const CANDIDATES: [GgmlType; 25] = [
     GgmlType::F32,
     GgmlType::F16,
+    GgmlType::BF16,
     GgmlType::Q8_0,
     GgmlType::Q6_K,
     GgmlType::Q5_K,
@@ -109,6 +114,7 @@ pub const CANDIDATES: [GgmlType; 19] = [
     GgmlType::Q4_1,
     GgmlType::IQ4_NL,
     GgmlType::Q4_0,
+    GgmlType::MXFP4,
     GgmlType::IQ4_XS,
     GgmlType::Q3_K,
     GgmlType::IQ3_S,
@@ -117,7 +123,84 @@ pub const CANDIDATES: [GgmlType; 19] = [
     GgmlType::IQ2_S,
     GgmlType::IQ2_XS,
     GgmlType::IQ2_XXS,
+    GgmlType::TQ2_0,
+    GgmlType::IQ1_M,
+    GgmlType::TQ1_0,
+    GgmlType::IQ1_S,
 ];
+
+/// Whether tensor `j` may take type `ty` in a budget mix (`has_entry`: the importance matrix
+/// has the tensor):
+/// - its rows are a whole number of the type's blocks (llama.cpp's quantizer and its CPU
+///   matmul need that; llama.cpp's mixes fall back to another type, the budget simply does not
+///   offer it);
+/// - the types ggml cannot quantize without importance data (IQ2_XXS, IQ2_XS, IQ1_S),
+///   and those llama.cpp refuses without it for this tensor (`tensor_requires_imatrix`: also
+///   IQ3_XXS and IQ2_S, except for the token embedding and the output), only with an entry;
+/// - MXFP4 only for a 3-D tensor of several matrices (the experts), where llama.cpp's
+///   MXFP4_MOE puts it (`tensor->ne[2] > 1`; every other tensor is Q8_0 there).
+pub fn eligible(ty: GgmlType, j: &Job, has_entry: bool) -> bool {
+    if ty.row_bytes(j.n_per_row()).is_none() {
+        return false;
+    }
+    let needs =
+        ty.requires_imatrix() || plan::requires_imatrix(&j.name, TypeId::of(ty), FileType::Q8_0);
+    if needs && !has_entry {
+        return false;
+    }
+    if ty == GgmlType::MXFP4 && j.dims.get(2).copied().unwrap_or(1) <= 1 {
+        return false;
+    }
+    true
+}
+
+/// Parses `--budget-types`: comma-separated type names (llama.cpp's, case-insensitive), or the
+/// groups `float` (F32, F16, BF16), `legacy` (Q8_0, Q5_1, Q5_0, Q4_1, Q4_0), `k` (the K-quants),
+/// `i` (the i-quants), `ternary` (TQ2_0, TQ1_0) and `all`. Each must be one of [`CANDIDATES`];
+/// F32 is always added (the type every tensor can take, so that a plan exists). The order is
+/// [`CANDIDATES`]'s.
+pub fn parse_types(list: &str) -> Result<Vec<GgmlType>> {
+    let mut want: Vec<GgmlType> = vec![GgmlType::F32];
+    for item in list.split(',').map(str::trim) {
+        let group: Vec<GgmlType> = match item.to_ascii_lowercase().as_str() {
+            "" => bail!("--budget-types {list:?}: an empty item"),
+            "all" => CANDIDATES.to_vec(),
+            "float" => vec![GgmlType::F32, GgmlType::F16, GgmlType::BF16],
+            "legacy" => vec![
+                GgmlType::Q8_0,
+                GgmlType::Q5_1,
+                GgmlType::Q5_0,
+                GgmlType::Q4_1,
+                GgmlType::Q4_0,
+            ],
+            "k" => CANDIDATES
+                .into_iter()
+                .filter(|t| t.name().ends_with("_K"))
+                .collect(),
+            "i" => CANDIDATES
+                .into_iter()
+                .filter(|t| t.name().starts_with("iq"))
+                .collect(),
+            "ternary" => vec![GgmlType::TQ2_0, GgmlType::TQ1_0],
+            _ => {
+                let t = GgmlType::from_name(item)
+                    .with_context(|| format!("--budget-types: unknown type {item:?}"))?;
+                if !CANDIDATES.contains(&t) {
+                    bail!(
+                        "--budget-types: {t} is not a budget candidate (the candidates: {})",
+                        CANDIDATES.map(|t| t.name()).join(", ")
+                    );
+                }
+                vec![t]
+            }
+        };
+        want.extend(group);
+    }
+    Ok(CANDIDATES
+        .into_iter()
+        .filter(|t| want.contains(t))
+        .collect())
+}
 
 /// How the measurement runs.
 #[derive(Clone, Debug)]
@@ -125,12 +208,15 @@ pub struct MeasureOptions {
     /// Tensors with more weights than this are measured on evenly spaced rows of about this
     /// many weights in all.
     pub sample_weights: usize,
+    /// The types measured (`--budget-types`); None: all of [`CANDIDATES`].
+    pub types: Option<Vec<GgmlType>>,
 }
 
 impl Default for MeasureOptions {
     fn default() -> Self {
         MeasureOptions {
             sample_weights: 1 << 19,
+            types: None,
         }
     }
 }
@@ -312,6 +398,22 @@ pub fn activation_noise(path: ActivationPath, act_ms: &[f32], col_energy: &[f64]
 /// Measures every candidate type of every tensor the budget chooses for.
 pub fn measure(p: &Prepared, mopts: &MeasureOptions) -> Result<Vec<TensorChoices>> {
     let tied = !p.jobs.iter().any(|j| j.name == "output.weight");
+    // Importance data of the wrong size is refused before anything is measured.
+    if let Some(m) = &p.imatrix {
+        for j in p.jobs.iter().filter(|j| chosen_by_budget(j)) {
+            let Some(q) = m.get(&j.name) else { continue };
+            let n_per_row = j.n_per_row();
+            let n_expert = j.dims.get(2).copied().unwrap_or(1) as usize;
+            if q.len() != n_per_row && q.len() != n_per_row * n_expert {
+                bail!(
+                    "importance data for {} has {} values, the tensor's rows have {n_per_row}{} (an imatrix for another model?)",
+                    j.name,
+                    q.len(),
+                    if n_expert > 1 { format!(" in each of {n_expert} experts") } else { String::new() }
+                );
+            }
+        }
+    }
     let mut out = Vec::new();
     for (ji, j) in p.jobs.iter().enumerate() {
         if !chosen_by_budget(j) {
@@ -325,16 +427,6 @@ pub fn measure(p: &Prepared, mopts: &MeasureOptions) -> Result<Vec<TensorChoices
             .as_ref()
             .and_then(|m| m.get(&j.name))
             .map(Vec::as_slice);
-        if let Some(q) = qw {
-            let n_expert = j.dims.get(2).copied().unwrap_or(1) as usize;
-            if q.len() != n_per_row && q.len() != n_per_row * n_expert {
-                bail!(
-                    "importance data for {} has {} values, the tensor's rows have {n_per_row} (an imatrix for another model?)",
-                    j.name,
-                    q.len()
-                );
-            }
-        }
         // Evenly spaced rows when the tensor is large.
         let k = if n_rows * n_per_row <= mopts.sample_weights {
             n_rows
@@ -367,14 +459,13 @@ pub fn measure(p: &Prepared, mopts: &MeasureOptions) -> Result<Vec<TensorChoices
             );
         }
         let has_entry = qw.is_some();
-        let types: Vec<GgmlType> = CANDIDATES
-            .into_iter()
-            .filter(|t| t.row_bytes(n_per_row).is_some())
-            .filter(|&t| {
-                let needs = t.requires_imatrix()
-                    || plan::requires_imatrix(&j.name, TypeId::of(t), FileType::Q8_0);
-                !needs || has_entry
-            })
+        let types: Vec<GgmlType> = mopts
+            .types
+            .as_deref()
+            .unwrap_or(&CANDIDATES)
+            .iter()
+            .copied()
+            .filter(|&t| eligible(t, j, has_entry))
             .collect();
         // The weighted energy of the sampled rows.
         let energy: f64 = rows
@@ -408,38 +499,47 @@ pub fn measure(p: &Prepared, mopts: &MeasureOptions) -> Result<Vec<TensorChoices
         } else {
             1.0
         };
+        // Every (type, row) pair in parallel: the slow i-quant searches and the fast formats
+        // share the cores. Each type's rows are summed in row order (deterministic).
+        let row_errs: Vec<Vec<Option<f64>>> = types
+            .par_iter()
+            .map(|&ty| {
+                let Some(row_bytes) = ty.row_bytes(n_per_row) else {
+                    return vec![None];
+                };
+                let qw_for = |r: usize| {
+                    if ty.uses_imatrix() {
+                        row_importance(j, qw, r)
+                    } else {
+                        None
+                    }
+                };
+                rows.par_iter()
+                    .enumerate()
+                    .map(|(i, &r)| {
+                        let xr = &x[i * n_per_row..(i + 1) * n_per_row];
+                        let mut q = vec![0u8; row_bytes];
+                        ty.quantize(xr, n_per_row, qw_for(r), &mut q).ok()?;
+                        let mut y = vec![0f32; n_per_row];
+                        ty.dequantize(&q, n_per_row, &mut y).ok()?;
+                        let w = row_importance(j, qw, r);
+                        Some(
+                            xr.iter()
+                                .zip(&y)
+                                .enumerate()
+                                .map(|(c, (&a, &b))| {
+                                    let d = a as f64 - b as f64;
+                                    w.map_or(1.0, |w| w[c] as f64) * d * d
+                                })
+                                .sum::<f64>(),
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
         let mut candidates = Vec::new();
-        for ty in types {
+        for (ty, errs) in types.into_iter().zip(row_errs) {
             let row_bytes = ty.row_bytes(n_per_row).context("row size")?;
-            let qw_for = |r: usize| {
-                if ty.uses_imatrix() {
-                    row_importance(j, qw, r)
-                } else {
-                    None
-                }
-            };
-            let errs: Vec<Option<f64>> = rows
-                .par_iter()
-                .enumerate()
-                .map(|(i, &r)| {
-                    let xr = &x[i * n_per_row..(i + 1) * n_per_row];
-                    let mut q = vec![0u8; row_bytes];
-                    ty.quantize(xr, n_per_row, qw_for(r), &mut q).ok()?;
-                    let mut y = vec![0f32; n_per_row];
-                    ty.dequantize(&q, n_per_row, &mut y).ok()?;
-                    let w = row_importance(j, qw, r);
-                    Some(
-                        xr.iter()
-                            .zip(&y)
-                            .enumerate()
-                            .map(|(c, (&a, &b))| {
-                                let d = a as f64 - b as f64;
-                                w.map_or(1.0, |w| w[c] as f64) * d * d
-                            })
-                            .sum::<f64>(),
-                    )
-                })
-                .collect();
             // A type whose scales overflow on these weights is no candidate.
             let Some(err) = errs.into_iter().sum::<Option<f64>>() else {
                 continue;
@@ -852,6 +952,26 @@ mod tests {
         assert!(parse_size("GiB").is_err());
         assert!(parse_size("0").is_err());
         assert!(parse_size("1.2.3MB").is_err());
+    }
+
+    #[test]
+    fn budget_types_parse_names_and_groups() {
+        use GgmlType as T;
+        assert_eq!(parse_types("q4_K").unwrap(), vec![T::F32, T::Q4_K]);
+        assert_eq!(
+            parse_types("IQ2_xs, ternary").unwrap(),
+            vec![T::F32, T::IQ2_XS, T::TQ2_0, T::TQ1_0]
+        );
+        let k = parse_types("k").unwrap();
+        assert_eq!(k, vec![T::F32, T::Q6_K, T::Q5_K, T::Q4_K, T::Q3_K, T::Q2_K]);
+        let i = parse_types("i").unwrap();
+        assert_eq!(i.len(), 1 + 9);
+        assert!(i[1..].iter().all(|t| t.name().starts_with("iq")));
+        assert_eq!(parse_types("all").unwrap(), CANDIDATES.to_vec());
+        let e = |s: &str| format!("{:#}", parse_types(s).unwrap_err());
+        assert!(e("q4_K,q9_K").contains("unknown type \"q9_K\""));
+        assert!(e("q1_0").contains("not a budget candidate"));
+        assert!(e("q4_K,,k").contains("empty item"));
     }
 
     #[test]

@@ -68,6 +68,18 @@ fn load_gguf(path: &Path) -> Result<Imatrix> {
                 counts.len()
             );
         }
+        // llama-imatrix writes in_sum2 as [n, matrices] (1-D for one matrix) and counts as [1,
+        // matrices]: sums shaped for another number of matrices (experts) than there are
+        // counts are a damaged file, not something to reinterpret.
+        let n_mat = t.dims.get(1).copied().unwrap_or(1);
+        if t.dims.len() <= 2 && n_mat != counts.len() as u64 {
+            bail!(
+                "{}: {base}: in_sum2 holds sums for {n_mat} matrices (experts) of {} columns, but there are {} counts",
+                path.display(),
+                t.dims[0],
+                counts.len()
+            );
+        }
         let ne0 = sums.len() / counts.len();
         let mut e = vec![0f32; sums.len()];
         for (j, c) in counts.iter().enumerate() {

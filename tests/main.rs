@@ -14,6 +14,7 @@ mod eval;
 mod fp8;
 mod gptoss;
 mod imatrix;
+mod imatrix_moe;
 mod kernels_match_ggml;
 mod model_card;
 mod moe;

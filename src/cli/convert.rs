@@ -16,6 +16,11 @@ pub struct QuantizeArgs {
     /// byte count).
     #[arg(long, value_name = "SIZE", conflicts_with = "ty")]
     pub target_size: Option<String>,
+    /// With --target-bpw/--target-size: the types the budget may choose, comma-separated
+    /// (q4_K,iq3_S,...) or groups: float, legacy, k, i, ternary, all (default: all; f32 is
+    /// always allowed).
+    #[arg(long, value_name = "LIST")]
+    pub budget_types: Option<String>,
     /// Checkpoint folder, .safetensors file, or .gguf file.
     pub input: PathBuf,
     /// Output file (default: <name>-<TYPE>.gguf beside the input).
@@ -152,6 +157,10 @@ pub fn quantize(a: QuantizeArgs) -> anyhow::Result<()> {
         (None, Some(s)) => Some(kiln::budget::Target::Bytes(kiln::budget::parse_size(s)?)),
         (None, None) => None,
     };
+    anyhow::ensure!(
+        a.budget_types.is_none() || target.is_some(),
+        "--budget-types chooses among types for --target-bpw/--target-size; give one of them"
+    );
     let ftype = match (&a.ty, target) {
         (Some(t), _) => kiln::plan::FileType::parse(t)?,
         (None, Some(_)) => kiln::plan::FileType::Q8_0,
@@ -212,7 +221,15 @@ pub fn quantize(a: QuantizeArgs) -> anyhow::Result<()> {
         }
     }
     if let Some(target) = target {
-        return quantize_budget(&a.input, &opts, target, start);
+        let mopts = kiln::budget::MeasureOptions {
+            types: a
+                .budget_types
+                .as_deref()
+                .map(kiln::budget::parse_types)
+                .transpose()?,
+            ..Default::default()
+        };
+        return quantize_budget(&a.input, &opts, target, &mopts, start);
     }
     let p = q::prepare(&a.input, &opts)?;
     for n in &p.notes {
@@ -254,6 +271,7 @@ fn quantize_budget(
     input: &std::path::Path,
     opts: &kiln::quantize::Options,
     target: kiln::budget::Target,
+    mopts: &kiln::budget::MeasureOptions,
     start: std::time::Instant,
 ) -> anyhow::Result<()> {
     use kiln::budget;
@@ -262,7 +280,7 @@ fn quantize_budget(
             kiln::gguf::writer::check_target(o, opts.force)?;
         }
     }
-    let (p, plan) = budget::prepare(input, opts, target, &budget::MeasureOptions::default())?;
+    let (p, plan) = budget::prepare(input, opts, target, mopts)?;
     for n in &p.notes {
         eprintln!("kiln: {n}");
     }
@@ -274,7 +292,7 @@ fn quantize_budget(
     if sampled > 0 {
         eprintln!(
             "kiln: {sampled} large tensors measured on evenly spaced rows (about {} weights each)",
-            budget::MeasureOptions::default().sample_weights
+            mopts.sample_weights
         );
     }
     if opts.dry_run {

@@ -132,6 +132,10 @@ impl Collector {
                     ));
                 }
                 let e = self.stats.entry(m.weight.clone()).or_default();
+                if e.counts.len() == 1 && n_as > 1 {
+                    // a weight first seen in a dense multiplication: one count per expert
+                    e.counts = vec![e.counts[0]; n_as as usize];
+                }
                 if e.values.is_empty() {
                     e.values = vec![0.0; n * n_as as usize];
                     e.counts = vec![0; n_as as usize];
@@ -177,6 +181,10 @@ impl Collector {
             MatMulOp::Dense => {
                 let n_mat = (m.weight_ne[2] * m.weight_ne[3]).max(1);
                 let e = self.stats.entry(m.weight.clone()).or_default();
+                // a single count per dense weight (llama-imatrix folds equal per-expert counts)
+                if e.counts.len() > 1 && e.counts.iter().all(|&c| c == e.counts[0]) {
+                    e.counts.truncate(1);
+                }
                 if e.values.is_empty() {
                     e.values = vec![0.0; n * n_mat as usize];
                     e.counts = vec![0];

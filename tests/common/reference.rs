@@ -147,6 +147,24 @@ pub struct Options {
     /// Apply RoPE. Default true; false exists only to let tests show that RoPE is what makes the
     /// model position-dependent.
     pub rope: bool,
+    /// When set, every token's pass through a softmax-routed mixture of experts (Qwen3 MoE,
+    /// Mixtral) is recorded here: what the router saw and chose, and what each chosen expert
+    /// multiplied (what an importance matrix sums per expert).
+    pub routed: Option<std::sync::Arc<std::sync::Mutex<Vec<Routed>>>>,
+}
+
+/// One token through one layer's mixture of experts (see [`Options::routed`]).
+#[derive(Clone, Debug)]
+pub struct Routed {
+    pub layer: usize,
+    /// The MLP's input (normed): what the router and every chosen expert's gate and up
+    /// projections multiply.
+    pub input: Vec<f32>,
+    /// The router's probabilities, one per expert.
+    pub probs: Vec<f32>,
+    /// The chosen experts, most probable first, and each one's down-projection input
+    /// (`silu(gate x) * up x`).
+    pub chosen: Vec<(usize, Vec<f32>)>,
 }
 
 impl Default for Options {
@@ -155,6 +173,7 @@ impl Default for Options {
             embed_scale_in_model_dtype: false,
             position_offset: 0,
             rope: true,
+            routed: None,
         }
     }
 }
@@ -403,7 +422,7 @@ impl ReferenceModel {
                 let m = match (&c.deepseek, c.moe) {
                     (Some(ds), _) if l >= ds.dense_layers => self.deepseek_moe(l, &x, ds),
                     (_, Some(moe)) if c.family == Family::GptOss => self.gpt_oss_moe(l, &x, moe),
-                    (_, Some(moe)) => self.moe(l, &x, moe),
+                    (_, Some(moe)) => self.moe(l, &x, moe, options),
                     _ => self.mlp(l, &x),
                 };
                 let m = if gemma || olmo2 {
@@ -594,7 +613,7 @@ impl ReferenceModel {
     }
 
     /// The sparse MoE block of layer `l` on one position.
-    fn moe(&self, l: usize, x: &[f32], moe: Moe) -> Vec<f32> {
+    fn moe(&self, l: usize, x: &[f32], moe: Moe, options: &Options) -> Vec<f32> {
         let c = &self.config;
         let p = |s: &str| format!("model.layers.{l}.{}", s);
         let module = moe_module(c.family);
@@ -624,6 +643,7 @@ impl ReferenceModel {
             }
         }
         let mut out = vec![0f32; c.hidden];
+        let mut record = Vec::new();
         for (&e, &w) in chosen.iter().zip(&weights) {
             let [g, u, d] = expert_names(c.family, l, e);
             let gate = matvec(self.w(&g), moe.width, c.hidden, x, None);
@@ -634,8 +654,21 @@ impl ReferenceModel {
                 .map(|(&g, &u)| (silu(g as f64) * u as f64) as f32)
                 .collect();
             let y = matvec(self.w(&d), c.hidden, moe.width, &act, None);
+            if options.routed.is_some() {
+                record.push((e, act));
+            }
             for (o, v) in out.iter_mut().zip(y) {
                 *o = (*o as f64 + w as f64 * v as f64) as f32;
+            }
+        }
+        if let Some(r) = &options.routed {
+            if let Ok(mut r) = r.lock() {
+                r.push(Routed {
+                    layer: l,
+                    input: x.to_vec(),
+                    probs,
+                    chosen: record,
+                });
             }
         }
         out
