@@ -10,7 +10,7 @@
 
 use super::lattice::nearest_neighbour;
 use crate::kquants::search::nearest_int;
-use crate::simd::iq::{grid_nearest, Lanes};
+use crate::simd::iq::{grid_nearest, Lanes, CODES_PAD};
 use std::sync::OnceLock;
 
 const fn entries<const N: usize>(bytes: &[u8]) -> [[u8; 4]; N] {
@@ -70,6 +70,8 @@ pub struct Lattice {
 #[derive(Clone, Copy)]
 struct Neighbours<'a> {
     index: &'a [u16],
+    /// Each one's code, followed by [`CODES_PAD`] more entries, so that SIMD loads of whole
+    /// vectors stay inside.
     codes: &'a [u16],
 }
 
@@ -125,7 +127,7 @@ impl Lattice {
             neighbours[offset] = (neighbours.len() - offset - 1) as u16;
         }
         // Each point's lattice point beside its entry (count slots hold no point).
-        let mut codes = vec![0u16; neighbours.len()];
+        let mut codes = vec![0u16; neighbours.len() + CODES_PAD];
         let mut k = 0;
         while k < neighbours.len() {
             let n = neighbours[k] as usize;
@@ -156,7 +158,7 @@ impl Lattice {
             let at = offset + 1..offset + 1 + n;
             Err(Neighbours {
                 index: &self.neighbours[at.clone()],
-                codes: &self.codes[at],
+                codes: &self.codes[at.start..at.end + CODES_PAD],
             })
         }
     }
@@ -197,7 +199,15 @@ fn find_best_neighbour(
     let g = match lanes {
         None => nearest_neighbour(&lat.grid, neighbours.index, xval, weight, scale)?,
         Some(lanes) => {
-            let p = grid_nearest::<4, 3>(lanes, &LEVELS, neighbours.codes, xval, weight, scale)?;
+            let p = grid_nearest::<4, 3>(
+                lanes,
+                &LEVELS,
+                neighbours.index.len(),
+                neighbours.codes,
+                xval,
+                weight,
+                scale,
+            )?;
             neighbours.index[p] as usize
         }
     };

@@ -399,16 +399,20 @@ fn search_boundaries_chunked(
         let mut i2 = i1;
         while i2 <= BLOCK {
             let mut sums = [[(0.0f32, 0.0f32); 4]; CHUNK];
-            let mut pass = [false; CHUNK];
             for j in 0..CHUNK {
                 let at = i2 + j;
                 sums[j] = c.sums(x1, w1, [ppx[0][at], ppx[1][at]], [ppw[0][at], ppw[1][at]]);
+            }
+            // Without short-circuits, so that the test runs in lanes.
+            let score = best.score;
+            let mut pass = 0u32;
+            for j in 0..CHUNK {
                 for k in 0..4 {
                     let (qx, q2) = sums[j][k];
-                    pass[j] |= q2 > 0.0 && qx * qx > best.score * q2;
+                    pass |= (((q2 > 0.0) & (qx * qx > score * q2)) as u32) << j;
                 }
             }
-            if pass.iter().any(|&p| p) {
+            if pass != 0 {
                 for j in 0..CHUNK.min(BLOCK + 1 - i2) {
                     for k in 0..4 {
                         best.offer(sums[j][k], i1, i2 + j, k);

@@ -287,7 +287,6 @@ fn search_boundaries_chunked(
             let mut q2 = [[0.0f32; CHUNK]; 2];
             let cx: &[f32; CHUNK] = px[i2..i2 + CHUNK].try_into().unwrap_or(&[0.0; CHUNK]);
             let cw: &[f32; CHUNK] = pw[i2..i2 + CHUNK].try_into().unwrap_or(&[0.0; CHUNK]);
-            let mut pass = [false; CHUNK];
             for s in 0..2 {
                 let x = xs[s];
                 for k in 0..CHUNK {
@@ -295,10 +294,18 @@ fn search_boundaries_chunked(
                     q2[s][k] = aw[s]
                         + (cw[k] - sumw[i1]) * x[1] * x[1]
                         + (sumw[BLOCK] - cw[k]) * x[2] * x[2];
-                    pass[k] |= q2[s][k] > 0.0 && qx[s][k] * qx[s][k] > best.score * q2[s][k];
                 }
             }
-            if pass.iter().any(|&p| p) {
+            // Without short-circuits, so that the test runs in lanes.
+            let score = best.score;
+            let mut pass = 0u32;
+            for s in 0..2 {
+                for k in 0..CHUNK {
+                    let p = (q2[s][k] > 0.0) & (qx[s][k] * qx[s][k] > score * q2[s][k]);
+                    pass |= (p as u32) << k;
+                }
+            }
+            if pass != 0 {
                 for k in 0..CHUNK.min(BLOCK + 1 - i2) {
                     for s in 0..2 {
                         best.offer(qx[s][k], q2[s][k], i1, i2 + k, shifts[s]);

@@ -8,7 +8,7 @@
 //! `ggml-common.h` instead: the same points as 8 bytes (IQ2: 0x08, 0x19, 0x2b; IQ1: -1, 0, 1).
 
 use crate::kquants::search::nearest_int;
-use crate::simd::iq::{grid_nearest, Lanes};
+use crate::simd::iq::{grid_nearest, Lanes, CODES_PAD};
 use std::sync::OnceLock;
 
 /// Reads `N` little-endian `u64`s at compile time; the file must hold exactly that many.
@@ -132,7 +132,8 @@ pub struct Lattice {
 pub struct Neighbours<'a> {
     /// Grid indices, nearest first.
     pub index: &'a [u16],
-    /// Each one's packed levels (2 bits per weight, weight 0 lowest).
+    /// Each one's packed levels (2 bits per weight, weight 0 lowest), followed by
+    /// [`CODES_PAD`] more entries, so that SIMD loads of whole vectors stay inside.
     pub codes: &'a [u16],
 }
 
@@ -210,7 +211,7 @@ impl Lattice {
             neighbours[count_at] = (neighbours.len() - count_at - 1) as u16;
         }
         // Each point's packed levels beside its entry (count slots hold no point).
-        let mut codes = vec![0u16; neighbours.len()];
+        let mut codes = vec![0u16; neighbours.len() + CODES_PAD];
         let mut k = 0;
         while k < neighbours.len() {
             let n = neighbours[k] as usize;
@@ -256,7 +257,7 @@ impl Lattice {
             let at = start + 1..start + 1 + n;
             Lookup::Off(Neighbours {
                 index: &self.neighbours[at.clone()],
-                codes: &self.codes[at],
+                codes: &self.codes[at.start..at.end + CODES_PAD],
             })
         }
     }
@@ -288,6 +289,7 @@ impl Lattice {
                 let p = grid_nearest::<8, 2>(
                     lanes,
                     &IQ2_LEVELS,
+                    neighbours.index.len(),
                     neighbours.codes,
                     xval,
                     weight,
@@ -348,7 +350,15 @@ impl Lattice {
     ) -> Option<usize> {
         if let Some(lanes) = lanes {
             let levels: [f32; 16] = std::array::from_fn(|k| xg.get(k & 3).copied().unwrap_or(0.0));
-            let p = grid_nearest::<8, 2>(lanes, &levels, neighbours.codes, xval, weight, scale)?;
+            let p = grid_nearest::<8, 2>(
+                lanes,
+                &levels,
+                neighbours.index.len(),
+                neighbours.codes,
+                xval,
+                weight,
+                scale,
+            )?;
             let g = neighbours.index[p] as usize;
             for i in 0..8 {
                 l[i] = (self.grid[g][i] - 1) / 2;

@@ -75,7 +75,11 @@ pub(crate) fn iq4_indices(lanes: Lanes, x: &[f32; 32], id: f32) -> [u8; 32] {
     }
 }
 
-/// The position in `codes` of the lattice point nearest `xval` at `scale`, as ggml's
+/// Entries that the code lists of [`grid_nearest`] hold past their `n` points, so that the
+/// kernels load whole vectors.
+pub(crate) const CODES_PAD: usize = 16;
+
+/// The position in `codes[..n]` of the lattice point nearest `xval` at `scale`, as ggml's
 /// `iq2_find_best_neighbour`, `iq3_find_best_neighbour` and `iq1_find_best_neighbour2` find
 /// it: the first of the least errors `sum_i w[i]*diff*diff` (`diff = scale*q - x[i]`, summed
 /// in order) that are below `f32::MAX`; `None` when there is none. Each code packs a point's
@@ -85,22 +89,25 @@ pub(crate) fn iq4_indices(lanes: Lanes, x: &[f32; 32], id: f32) -> [u8; 32] {
 pub(crate) fn grid_nearest<const D: usize, const BITS: u32>(
     lanes: Lanes,
     levels: &[f32; 16],
+    n: usize,
     codes: &[u16],
     xval: &[f32],
     weight: &[f32],
     scale: f32,
 ) -> Option<usize> {
     let (xval, weight) = (&xval[..D], &weight[..D]);
+    // The kernels read whole vectors of codes; a short list is a bug, caught here.
+    let codes = &codes[..n + CODES_PAD];
     match lanes.0 {
         // SAFETY: `Lanes` holds a level this CPU supports (checked in `Lanes::of`).
         #[cfg(target_arch = "x86_64")]
         Level::Avx2 => unsafe {
-            super::iq_x86::avx2_grid::nearest::<D, BITS>(levels, codes, xval, weight, scale)
+            super::iq_x86::avx2_grid::nearest::<D, BITS>(levels, n, codes, xval, weight, scale)
         },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
         Level::Avx512 => unsafe {
-            super::iq_x86::avx512_grid::nearest::<D, BITS>(levels, codes, xval, weight, scale)
+            super::iq_x86::avx512_grid::nearest::<D, BITS>(levels, n, codes, xval, weight, scale)
         },
     }
 }

@@ -225,12 +225,12 @@ pub(crate) mod avx512 {
 pub(crate) mod avx2_grid {
     use std::arch::x86_64::*;
 
-    /// The first lane holding the least of `best` (each lane's least error, or `f32::MAX`
-    /// where none was below it) at the smallest position `pos`; `None` when every lane is
-    /// `f32::MAX`.
+    /// The smallest position `pos` among the lanes holding the least of `best` (each lane's
+    /// least error, or `f32::MAX` where none was below it); `None` when every lane is
+    /// `f32::MAX`. With `one_vector`, lane `k` holds position `k`.
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn first_min(best: __m256, pos: __m256i) -> Option<usize> {
+    fn first_min(best: __m256, pos: __m256i, one_vector: bool) -> Option<usize> {
         let m = _mm_min_ps(
             _mm256_castps256_ps128(best),
             _mm256_extractf128_ps::<1>(best),
@@ -242,6 +242,11 @@ pub(crate) mod avx2_grid {
             return None;
         }
         let at_min = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_EQ_OQ>(best, _mm256_set1_ps(min)));
+        if one_vector {
+            // Lane k holds position k.
+            let m = _mm256_movemask_ps(_mm256_castsi256_ps(at_min)) as u32;
+            return Some(m.trailing_zeros() as usize);
+        }
         let p = _mm256_blendv_epi8(_mm256_set1_epi32(i32::MAX), pos, at_min);
         let p = _mm_min_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256::<1>(p));
         let p = _mm_min_epi32(p, _mm_shuffle_epi32::<0b01_00_11_10>(p));
@@ -249,11 +254,13 @@ pub(crate) mod avx2_grid {
         Some(_mm_cvtsi128_si32(p) as usize)
     }
 
-    /// The position in `codes` of the point nearest `xval` at `scale` (see the comment above
-    /// the module). `levels[k]` is the value of level `k & (2^BITS - 1)`.
+    /// The position in `codes[..n]` of the point nearest `xval` at `scale` (see the comment
+    /// above the module). `levels[k]` is the value of level `k & (2^BITS - 1)`; `codes` holds
+    /// at least `n` rounded up to 8 entries (those past `n` are never chosen).
     #[target_feature(enable = "avx2")]
     pub(crate) fn nearest<const D: usize, const BITS: u32>(
         levels: &[f32; 16],
+        n: usize,
         codes: &[u16],
         xval: &[f32],
         weight: &[f32],
@@ -268,18 +275,15 @@ pub(crate) mod avx2_grid {
             let diff = _mm256_sub_ps(q, _mm256_set1_ps(xval[i]));
             terms[i] = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(weight[i]), diff), diff);
         }
-        let n = codes.len();
         let mut best = _mm256_set1_ps(f32::MAX);
         let mut best_pos = _mm256_set1_epi32(-1);
         let mut pos = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         let limit = _mm256_set1_epi32(n as i32);
         let mut start = 0;
         while start < n {
-            let mut buf = [0u16; 8];
-            let chunk = &codes[start..n.min(start + 8)];
-            buf[..chunk.len()].copy_from_slice(chunk);
-            // SAFETY: `buf` holds 8 u16; unaligned load.
-            let c = _mm256_cvtepu16_epi32(unsafe { _mm_loadu_si128(buf.as_ptr().cast()) });
+            let chunk = &codes[start..start + 8];
+            // SAFETY: `chunk` holds 8 u16; unaligned load.
+            let c = _mm256_cvtepu16_epi32(unsafe { _mm_loadu_si128(chunk.as_ptr().cast()) });
             let mut d2 = _mm256_setzero_ps();
             for i in 0..D {
                 let idx = _mm256_srlv_epi32(c, _mm256_set1_epi32((BITS as usize * i) as i32));
@@ -293,7 +297,7 @@ pub(crate) mod avx2_grid {
             pos = _mm256_add_epi32(pos, _mm256_set1_epi32(8));
             start += 8;
         }
-        first_min(best, best_pos)
+        first_min(best, best_pos, n <= 8)
     }
 }
 
@@ -305,6 +309,7 @@ pub(crate) mod avx512_grid {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub(crate) fn nearest<const D: usize, const BITS: u32>(
         levels: &[f32; 16],
+        n: usize,
         codes: &[u16],
         xval: &[f32],
         weight: &[f32],
@@ -319,18 +324,15 @@ pub(crate) mod avx512_grid {
             let diff = _mm512_sub_ps(q, _mm512_set1_ps(xval[i]));
             terms[i] = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(weight[i]), diff), diff);
         }
-        let n = codes.len();
         let mut best = _mm512_set1_ps(f32::MAX);
         let mut best_pos = _mm512_set1_epi32(-1);
         let mut pos = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         let limit = _mm512_set1_epi32(n as i32);
         let mut start = 0;
         while start < n {
-            let mut buf = [0u16; 16];
-            let chunk = &codes[start..n.min(start + 16)];
-            buf[..chunk.len()].copy_from_slice(chunk);
-            // SAFETY: `buf` holds 16 u16; unaligned load.
-            let c = _mm512_cvtepu16_epi32(unsafe { _mm256_loadu_si256(buf.as_ptr().cast()) });
+            let chunk = &codes[start..start + 16];
+            // SAFETY: `chunk` holds 16 u16; unaligned load.
+            let c = _mm512_cvtepu16_epi32(unsafe { _mm256_loadu_si256(chunk.as_ptr().cast()) });
             let mut d2 = _mm512_setzero_ps();
             for i in 0..D {
                 let idx = _mm512_srlv_epi32(c, _mm512_set1_epi32((BITS as usize * i) as i32));
@@ -348,6 +350,10 @@ pub(crate) mod avx512_grid {
             return None;
         }
         let at_min = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(best, _mm512_set1_ps(min));
+        if n <= 16 {
+            // One vector: lane k holds position k.
+            return Some(at_min.trailing_zeros() as usize);
+        }
         Some(_mm512_mask_reduce_min_epi32(at_min, best_pos) as usize)
     }
 }
