@@ -10,6 +10,7 @@
 
 use super::lattice::nearest_neighbour;
 use crate::kquants::search::nearest_int;
+use crate::simd::iq::{grid_nearest, Lanes, CODES_PAD};
 use std::sync::OnceLock;
 
 const fn entries<const N: usize>(bytes: &[u8]) -> [[u8; 4]; N] {
@@ -59,7 +60,25 @@ pub struct Lattice {
     /// For each off-grid point: a count `n`, then `n` grid indices (the nearest points, up to
     /// `nwant` distinct distances, sorted by distance and then index).
     neighbours: Vec<u16>,
+    /// Beside each entry of `neighbours`, that grid point's lattice point (its levels packed 3
+    /// bits each), for the SIMD searches.
+    codes: Vec<u16>,
 }
+
+/// The nearest grid points of an off-grid lattice point: grid indices, nearest first, and
+/// beside each its packed levels.
+#[derive(Clone, Copy)]
+struct Neighbours<'a> {
+    index: &'a [u16],
+    /// Each one's code, followed by [`CODES_PAD`] more entries, so that SIMD loads of whole
+    /// vectors stay inside.
+    codes: &'a [u16],
+}
+
+/// Level values `2*l + 1`, indexed by `k & 7`.
+const LEVELS: [f32; 16] = [
+    1.0, 3.0, 5.0, 7.0, 9.0, 11.0, 13.0, 15.0, 1.0, 3.0, 5.0, 7.0, 9.0, 11.0, 13.0, 15.0,
+];
 
 impl Lattice {
     fn build(levels: &[[u8; 4]], nwant: usize) -> Lattice {
@@ -107,23 +126,40 @@ impl Lattice {
             }
             neighbours[offset] = (neighbours.len() - offset - 1) as u16;
         }
+        // Each point's lattice point beside its entry (count slots hold no point).
+        let mut codes = vec![0u16; neighbours.len() + CODES_PAD];
+        let mut k = 0;
+        while k < neighbours.len() {
+            let n = neighbours[k] as usize;
+            for e in k + 1..k + 1 + n {
+                let p = &levels[neighbours[e] as usize];
+                codes[e] =
+                    p[0] as u16 | (p[1] as u16) << 3 | (p[2] as u16) << 6 | (p[3] as u16) << 9;
+            }
+            k += n + 1;
+        }
         Lattice {
             grid,
             map,
             neighbours,
+            codes,
         }
     }
 
     /// The grid index of lattice point `u`, or the list of its nearest grid points.
     #[inline]
-    fn lookup(&self, u: usize) -> Result<usize, &[u16]> {
+    fn lookup(&self, u: usize) -> Result<usize, Neighbours<'_>> {
         let m = self.map[u];
         if m >= 0 {
             Ok(m as usize)
         } else {
             let offset = (-m - 1) as usize;
             let n = self.neighbours[offset] as usize;
-            Err(&self.neighbours[offset + 1..offset + 1 + n])
+            let at = offset + 1..offset + 1 + n;
+            Err(Neighbours {
+                index: &self.neighbours[at.clone()],
+                codes: &self.codes[at.start..at.end + CODES_PAD],
+            })
         }
     }
 
@@ -148,17 +184,33 @@ pub fn iq3s_lattice() -> &'static Lattice {
 
 /// ggml's `iq3_find_best_neighbour`: the neighbour with the least weighted error at `scale`;
 /// writes its levels into `l`. `None` where ggml would abort (every error NaN or infinite,
-/// which only overflowing weights cause).
+/// which only overflowing weights cause). With `lanes`, the search runs in SIMD lanes (same
+/// answer).
 #[inline]
 fn find_best_neighbour(
+    lanes: Option<Lanes>,
     lat: &Lattice,
-    neighbours: &[u16],
+    neighbours: Neighbours<'_>,
     xval: &[f32],
     weight: &[f32],
     scale: f32,
     l: &mut [u8],
 ) -> Option<usize> {
-    let g = nearest_neighbour(&lat.grid, neighbours, xval, weight, scale)?;
+    let g = match lanes {
+        None => nearest_neighbour(&lat.grid, neighbours.index, xval, weight, scale)?,
+        Some(lanes) => {
+            let p = grid_nearest::<4, 3>(
+                lanes,
+                &LEVELS,
+                neighbours.index.len(),
+                neighbours.codes,
+                xval,
+                weight,
+                scale,
+            )?;
+            neighbours.index[p] as usize
+        }
+    };
     l[..4].copy_from_slice(&lat.levels(g));
     Some(g)
 }
@@ -179,6 +231,7 @@ pub(crate) struct SearchParams {
 /// the winning scale. `xval` are the magnitudes, `max` their largest; returns the scale and the
 /// 8 grid indices, or `None` where ggml would abort (overflowing weights).
 pub(crate) fn search_sub_block(
+    lanes: Option<Lanes>,
     lat: &Lattice,
     p: &SearchParams,
     xval: &[f32; 32],
@@ -208,6 +261,7 @@ pub(crate) fn search_sub_block(
             if let Err(nb) = lat.lookup(pack(&laux[4 * k..])) {
                 on_grid_aux[k] = false;
                 find_best_neighbour(
+                    lanes,
                     lat,
                     nb,
                     &xval[4 * k..],
@@ -238,6 +292,7 @@ pub(crate) fn search_sub_block(
             let g = match lat.lookup(pack(&u)) {
                 Ok(g) => g,
                 Err(nb) => find_best_neighbour(
+                    lanes,
                     lat,
                     nb,
                     &xval[4 * k..],
@@ -297,7 +352,15 @@ mod tests {
             assert_eq!(on, n, "every grid point has its own lattice point");
             for u in 0..KMAP_SIZE {
                 if let Err(nb) = lat.lookup(u) {
-                    assert!(!nb.is_empty());
+                    assert!(!nb.index.is_empty());
+                    for (&j, &c) in nb.index.iter().zip(nb.codes) {
+                        let p = lat.levels(j as usize);
+                        let code = p[0] as u16
+                            | (p[1] as u16) << 3
+                            | (p[2] as u16) << 6
+                            | (p[3] as u16) << 9;
+                        assert_eq!(c, code);
+                    }
                 }
             }
         }

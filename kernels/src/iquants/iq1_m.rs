@@ -13,7 +13,8 @@ use super::lattice::{
 use crate::fp::Half;
 use crate::kquants::search::nearest_int;
 use crate::kquants::{for_each_superblock, QK_K};
-use crate::{as_blocks, BlockFormat, GgmlType};
+use crate::simd::iq::{compiled_for, Lanes};
+use crate::{as_blocks, BlockFormat, GgmlType, Simd};
 use std::mem::size_of;
 
 /// ggml's `GROUP_MAX_EPS_IQ1_M`.
@@ -64,9 +65,9 @@ fn put_scale_bits(sc: &mut [u16; 4], s: u16) {
     sc[3] |= s & 0xf000;
 }
 
-fn quantize_block(xbl: &[f32], y: &mut BlockIq1M, qw: Option<&[f32]>) {
+fn quantize_block(lanes: Option<Lanes>, xbl: &[f32], y: &mut BlockIq1M, qw: Option<&[f32]>) {
     let lat = Lattice::get(Kind::Iq1);
-    if quantize_block_impl(lat, xbl, y, qw).is_err() {
+    if quantize_block_impl(lanes, lat, xbl, y, qw).is_err() {
         *y = bytemuck::Zeroable::zeroed();
         let mut sc = [0u16; 4];
         put_scale_bits(&mut sc, 0x7e00);
@@ -75,6 +76,7 @@ fn quantize_block(xbl: &[f32], y: &mut BlockIq1M, qw: Option<&[f32]>) {
 }
 
 fn quantize_block_impl(
+    lanes: Option<Lanes>,
     lat: &Lattice,
     xbl: &[f32],
     y: &mut BlockIq1M,
@@ -124,7 +126,7 @@ fn quantize_block_impl(
             continue;
         }
         let idx: [usize; BLOCK] = sorted_order(xb);
-        let mut best_score = -f32::MAX;
+        let best_score = -f32::MAX;
         let mut scale = max;
         let mut besti1 = -1i32;
         let mut besti2 = -1i32;
@@ -149,42 +151,30 @@ fn quantize_block_impl(
             let cp2 = x_p[1] * x_p[1] - x_p[2] * x_p[2];
             let cm1 = x_m[0] * x_m[0] - x_m[1] * x_m[1];
             let cm2 = x_m[1] * x_m[1] - x_m[2] * x_m[2];
-            for i1 in 0..=BLOCK {
-                for i2 in i1..=BLOCK {
-                    let mut qx_p = [0.0f32; 2];
-                    let mut qx_m = [0.0f32; 2];
-                    let mut q2_p = [0.0f32; 2];
-                    let mut q2_m = [0.0f32; 2];
-                    for h in 0..2 {
-                        let sx = px[h][i1] + px[h][i2];
-                        qx_p[h] = txs[h] * p2 - sx;
-                        qx_m[h] = txs[h] * m2 - sx;
-                        q2_p[h] = tws[h] * p2 * p2 + pw[h][i1] * cp1 + pw[h][i2] * cp2;
-                        q2_m[h] = tws[h] * m2 * m2 + pw[h][i1] * cm1 + pw[h][i2] * cm2;
-                    }
-                    let sumqx = [
-                        qx_p[0] + qx_p[1],
-                        qx_p[0] + qx_m[1],
-                        qx_m[0] + qx_p[1],
-                        qx_m[0] + qx_m[1],
-                    ];
-                    let sumq2 = [
-                        q2_p[0] + q2_p[1],
-                        q2_p[0] + q2_m[1],
-                        q2_m[0] + q2_p[1],
-                        q2_m[0] + q2_m[1],
-                    ];
-                    for k in 0..4 {
-                        if sumq2[k] > 0.0 && sumqx[k] * sumqx[k] > best_score * sumq2[k] {
-                            scale = sumqx[k] / sumq2[k];
-                            best_score = scale * sumqx[k];
-                            besti1 = i1 as i32;
-                            besti2 = i2 as i32;
-                            best_k = k as i32;
-                        }
-                    }
+            let c = Coefficients {
+                txs,
+                tws,
+                p2,
+                m2,
+                cp1,
+                cp2,
+                cm1,
+                cm2,
+            };
+            let mut best = Best {
+                score: best_score,
+                scale,
+                i1: besti1,
+                i2: besti2,
+                k: best_k,
+            };
+            match lanes {
+                None => search_boundaries(&px, &pw, &c, &mut best),
+                Some(lanes) => {
+                    compiled_for(lanes, || search_boundaries_chunked(&px, &pw, &c, &mut best))
                 }
             }
+            (scale, besti1, besti2, best_k) = (best.scale, best.i1, best.i2, best.k);
         }
         if besti1 < 0 || besti2 < 0 || best_k < 0 {
             scales[ib] = 0.0;
@@ -219,6 +209,7 @@ fn quantize_block_impl(
                 Lookup::Off(nb) => {
                     all_on_grid = false;
                     lat.best_neighbour_iq1(
+                        lanes,
                         nb,
                         &xb[8 * k..],
                         &weight[8 * k..],
@@ -297,13 +288,158 @@ fn quantize_block_impl(
     Ok(())
 }
 
+/// The constants of the boundary search's sums.
+struct Coefficients {
+    txs: [f32; 2],
+    tws: [f32; 2],
+    p2: f32,
+    m2: f32,
+    cp1: f32,
+    cp2: f32,
+    cm1: f32,
+    cm2: f32,
+}
+
+/// The best fit so far of the boundary search.
+struct Best {
+    score: f32,
+    scale: f32,
+    i1: i32,
+    i2: i32,
+    k: i32,
+}
+
+impl Coefficients {
+    /// The four candidates' `(sumqx, sumq2)` at boundaries `i1`, `i2` (the two halves' shifts
+    /// `++`, `+-`, `-+`, `--`), from the prefix sums `px[h][i]`, `pw[h][i]` (`x1`, `w1` at
+    /// `i1`; `x2`, `w2` at `i2`), as ggml computes them.
+    #[inline(always)]
+    fn sums(&self, x1: [f32; 2], w1: [f32; 2], x2: [f32; 2], w2: [f32; 2]) -> [(f32, f32); 4] {
+        let mut qx_p = [0.0f32; 2];
+        let mut qx_m = [0.0f32; 2];
+        let mut q2_p = [0.0f32; 2];
+        let mut q2_m = [0.0f32; 2];
+        for h in 0..2 {
+            let sx = x1[h] + x2[h];
+            qx_p[h] = self.txs[h] * self.p2 - sx;
+            qx_m[h] = self.txs[h] * self.m2 - sx;
+            q2_p[h] = self.tws[h] * self.p2 * self.p2 + w1[h] * self.cp1 + w2[h] * self.cp2;
+            q2_m[h] = self.tws[h] * self.m2 * self.m2 + w1[h] * self.cm1 + w2[h] * self.cm2;
+        }
+        [
+            (qx_p[0] + qx_p[1], q2_p[0] + q2_p[1]),
+            (qx_p[0] + qx_m[1], q2_p[0] + q2_m[1]),
+            (qx_m[0] + qx_p[1], q2_m[0] + q2_p[1]),
+            (qx_m[0] + qx_m[1], q2_m[0] + q2_m[1]),
+        ]
+    }
+}
+
+impl Best {
+    /// ggml's `if (sumq2 > 0 && sumqx*sumqx > best_score*sumq2)` update.
+    #[inline(always)]
+    fn offer(&mut self, (sumqx, sumq2): (f32, f32), i1: usize, i2: usize, k: usize) {
+        if sumq2 > 0.0 && sumqx * sumqx > self.score * sumq2 {
+            self.scale = sumqx / sumq2;
+            self.score = self.scale * sumqx;
+            self.i1 = i1 as i32;
+            self.i2 = i2 as i32;
+            self.k = k as i32;
+        }
+    }
+}
+
+/// ggml's search of the boundaries `i1 <= i2` between the levels of the sorted weights, for
+/// the four combinations of the halves' shifts.
+fn search_boundaries(
+    px: &[[f32; BLOCK + 1]; 2],
+    pw: &[[f32; BLOCK + 1]; 2],
+    c: &Coefficients,
+    best: &mut Best,
+) {
+    for i1 in 0..=BLOCK {
+        for i2 in i1..=BLOCK {
+            let sums = c.sums(
+                [px[0][i1], px[1][i1]],
+                [pw[0][i1], pw[1][i1]],
+                [px[0][i2], px[1][i2]],
+                [pw[0][i2], pw[1][i2]],
+            );
+            for k in 0..4 {
+                best.offer(sums[k], i1, i2, k);
+            }
+        }
+    }
+}
+
+/// Candidates `i2` side by side in [`search_boundaries_chunked`].
+const CHUNK: usize = 8;
+
+/// [`search_boundaries`] with the sums of `CHUNK` consecutive `i2` computed side by side and
+/// tested in lanes against the best score at the start of the chunk: the best changes only
+/// where a candidate passes that test, so a chunk where none passes holds no winner, and the
+/// others are offered one by one in ggml's order.
+#[inline(always)]
+fn search_boundaries_chunked(
+    px: &[[f32; BLOCK + 1]; 2],
+    pw: &[[f32; BLOCK + 1]; 2],
+    c: &Coefficients,
+    best: &mut Best,
+) {
+    // Padded so that every chunk reads whole arrays; lanes past BLOCK are never offered.
+    let mut ppx = [[0.0f32; BLOCK + 1 + CHUNK]; 2];
+    let mut ppw = [[0.0f32; BLOCK + 1 + CHUNK]; 2];
+    for h in 0..2 {
+        ppx[h][..BLOCK + 1].copy_from_slice(&px[h]);
+        ppw[h][..BLOCK + 1].copy_from_slice(&pw[h]);
+    }
+    for i1 in 0..=BLOCK {
+        let x1 = [px[0][i1], px[1][i1]];
+        let w1 = [pw[0][i1], pw[1][i1]];
+        let mut i2 = i1;
+        while i2 <= BLOCK {
+            let mut sums = [[(0.0f32, 0.0f32); 4]; CHUNK];
+            for j in 0..CHUNK {
+                let at = i2 + j;
+                sums[j] = c.sums(x1, w1, [ppx[0][at], ppx[1][at]], [ppw[0][at], ppw[1][at]]);
+            }
+            // Without short-circuits, so that the test runs in lanes.
+            let score = best.score;
+            let mut pass = 0u32;
+            for j in 0..CHUNK {
+                for k in 0..4 {
+                    let (qx, q2) = sums[j][k];
+                    pass |= (((q2 > 0.0) & (qx * qx > score * q2)) as u32) << j;
+                }
+            }
+            if pass != 0 {
+                for j in 0..CHUNK.min(BLOCK + 1 - i2) {
+                    for k in 0..4 {
+                        best.offer(sums[j][k], i1, i2 + j, k);
+                    }
+                }
+            }
+            i2 += CHUNK;
+        }
+    }
+}
+
 impl BlockFormat for Iq1M {
     const TYPE: GgmlType = GgmlType::IQ1_M;
     const BLOCK_WEIGHTS: usize = QK_K;
     const BLOCK_BYTES: usize = size_of::<BlockIq1M>();
 
+    const SIMD_PATHS: bool = true;
+
     fn quantize_row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
-        for_each_superblock(src, dst, imatrix, quantize_block);
+        Self::quantize_row_at(Simd::active(), src, dst, imatrix)
+    }
+
+    fn quantize_row_at(simd: Simd, src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
+        let lanes = Lanes::of(simd);
+        for_each_superblock(src, dst, imatrix, |x, y, qw| {
+            quantize_block(lanes, x, y, qw)
+        });
     }
 
     fn dequantize_row(src: &[u8], dst: &mut [f32]) {

@@ -11,7 +11,8 @@ use super::lattice::{
 use crate::fp::Half;
 use crate::kquants::search::nearest_int;
 use crate::kquants::{for_each_superblock, QK_K};
-use crate::{as_blocks, BlockFormat, GgmlType};
+use crate::simd::iq::{compiled_for, Lanes};
+use crate::{as_blocks, BlockFormat, GgmlType, Simd};
 use std::mem::size_of;
 
 /// ggml's `IQ1S_DELTA` (and `IQ1M_DELTA`).
@@ -38,15 +39,16 @@ pub struct BlockIq1S {
 }
 const _: () = assert!(size_of::<BlockIq1S>() == 50);
 
-fn quantize_block(xbl: &[f32], y: &mut BlockIq1S, qw: &[f32]) {
+fn quantize_block(lanes: Option<Lanes>, xbl: &[f32], y: &mut BlockIq1S, qw: &[f32]) {
     let lat = Lattice::get(Kind::Iq1);
-    if quantize_block_impl(lat, xbl, y, qw).is_err() {
+    if quantize_block_impl(lanes, lat, xbl, y, qw).is_err() {
         *y = bytemuck::Zeroable::zeroed();
         y.d = NAN_HALF;
     }
 }
 
 fn quantize_block_impl(
+    lanes: Option<Lanes>,
     lat: &Lattice,
     xbl: &[f32],
     y: &mut BlockIq1S,
@@ -94,30 +96,26 @@ fn quantize_block_impl(
             sumx[j + 1] = sumx[j] + weight[i] * xb[i];
             sumw[j + 1] = sumw[j] + weight[i];
         }
-        let mut best_score = -f32::MAX;
-        let mut scale = max;
-        let mut besti1 = -1i32;
-        let mut besti2 = -1i32;
-        let mut best_shift = 0i8;
-        for i1 in 0..=BLOCK {
-            for i2 in i1..=BLOCK {
-                for (xs, shift) in [(&x_p, 1i8), (&x_m, -1)] {
-                    let sumqx = (sumx[i1] - sumx[0]) * xs[0]
-                        + (sumx[i2] - sumx[i1]) * xs[1]
-                        + (sumx[BLOCK] - sumx[i2]) * xs[2];
-                    let sumq2 = (sumw[i1] - sumw[0]) * xs[0] * xs[0]
-                        + (sumw[i2] - sumw[i1]) * xs[1] * xs[1]
-                        + (sumw[BLOCK] - sumw[i2]) * xs[2] * xs[2];
-                    if sumq2 > 0.0 && sumqx * sumqx > best_score * sumq2 {
-                        scale = sumqx / sumq2;
-                        best_score = scale * sumqx;
-                        besti1 = i1 as i32;
-                        besti2 = i2 as i32;
-                        best_shift = shift;
-                    }
-                }
-            }
+        let mut best = Best {
+            score: -f32::MAX,
+            scale: max,
+            i1: -1,
+            i2: -1,
+            shift: 0,
+        };
+        match lanes {
+            None => search_boundaries(&sumx, &sumw, &x_p, &x_m, &mut best),
+            Some(lanes) => compiled_for(lanes, || {
+                search_boundaries_chunked(&sumx, &sumw, &x_p, &x_m, &mut best)
+            }),
         }
+        let Best {
+            mut scale,
+            i1: besti1,
+            i2: besti2,
+            shift: mut best_shift,
+            ..
+        } = best;
         if besti1 < 0 || besti2 < 0 || best_shift == 0 {
             scales[ib] = 0.0;
             shifts[ib] = 1;
@@ -150,6 +148,7 @@ fn quantize_block_impl(
                 Lookup::Off(nb) => {
                     all_on_grid = false;
                     lat.best_neighbour_iq1(
+                        lanes,
                         nb,
                         &xb[8 * k..],
                         &weight[8 * k..],
@@ -210,13 +209,127 @@ fn quantize_block_impl(
     Ok(())
 }
 
+/// The best fit so far of the boundary search.
+struct Best {
+    score: f32,
+    scale: f32,
+    i1: i32,
+    i2: i32,
+    shift: i8,
+}
+
+impl Best {
+    /// ggml's `if (sumq2 > 0 && sumqx*sumqx > best_score*sumq2)` update.
+    #[inline(always)]
+    fn offer(&mut self, sumqx: f32, sumq2: f32, i1: usize, i2: usize, shift: i8) {
+        if sumq2 > 0.0 && sumqx * sumqx > self.score * sumq2 {
+            self.scale = sumqx / sumq2;
+            self.score = self.scale * sumqx;
+            self.i1 = i1 as i32;
+            self.i2 = i2 as i32;
+            self.shift = shift;
+        }
+    }
+}
+
+/// ggml's search of the two boundaries `i1 <= i2` that split the sorted weights into the
+/// levels `xs[0]`, `xs[1]`, `xs[2]`, for both shifts, from prefix sums in sorted order.
+fn search_boundaries(
+    sumx: &[f32; BLOCK + 1],
+    sumw: &[f32; BLOCK + 1],
+    x_p: &[f32; 3],
+    x_m: &[f32; 3],
+    best: &mut Best,
+) {
+    for i1 in 0..=BLOCK {
+        for i2 in i1..=BLOCK {
+            for (xs, shift) in [(x_p, 1i8), (x_m, -1)] {
+                let sumqx = (sumx[i1] - sumx[0]) * xs[0]
+                    + (sumx[i2] - sumx[i1]) * xs[1]
+                    + (sumx[BLOCK] - sumx[i2]) * xs[2];
+                let sumq2 = (sumw[i1] - sumw[0]) * xs[0] * xs[0]
+                    + (sumw[i2] - sumw[i1]) * xs[1] * xs[1]
+                    + (sumw[BLOCK] - sumw[i2]) * xs[2] * xs[2];
+                best.offer(sumqx, sumq2, i1, i2, shift);
+            }
+        }
+    }
+}
+
+/// Candidates `i2` side by side in [`search_boundaries_chunked`].
+const CHUNK: usize = 8;
+
+/// [`search_boundaries`] with the sums of `CHUNK` consecutive `i2` computed side by side (each
+/// as ggml computes it) and tested in lanes against the best score at the start of the chunk:
+/// the best changes only where a candidate passes that test, so a chunk where none passes
+/// holds no winner, and the others are offered one by one in ggml's order.
+#[inline(always)]
+fn search_boundaries_chunked(
+    sumx: &[f32; BLOCK + 1],
+    sumw: &[f32; BLOCK + 1],
+    x_p: &[f32; 3],
+    x_m: &[f32; 3],
+    best: &mut Best,
+) {
+    // Padded so that every chunk reads whole arrays; lanes past BLOCK are never offered.
+    let mut px = [0.0f32; BLOCK + 1 + CHUNK];
+    let mut pw = [0.0f32; BLOCK + 1 + CHUNK];
+    px[..BLOCK + 1].copy_from_slice(sumx);
+    pw[..BLOCK + 1].copy_from_slice(sumw);
+    let xs = [x_p, x_m];
+    let shifts = [1i8, -1];
+    for i1 in 0..=BLOCK {
+        let a: [f32; 2] = std::array::from_fn(|s| (sumx[i1] - sumx[0]) * xs[s][0]);
+        let aw: [f32; 2] = std::array::from_fn(|s| (sumw[i1] - sumw[0]) * xs[s][0] * xs[s][0]);
+        let mut i2 = i1;
+        while i2 <= BLOCK {
+            let mut qx = [[0.0f32; CHUNK]; 2];
+            let mut q2 = [[0.0f32; CHUNK]; 2];
+            let cx: &[f32; CHUNK] = px[i2..i2 + CHUNK].try_into().unwrap_or(&[0.0; CHUNK]);
+            let cw: &[f32; CHUNK] = pw[i2..i2 + CHUNK].try_into().unwrap_or(&[0.0; CHUNK]);
+            for s in 0..2 {
+                let x = xs[s];
+                for k in 0..CHUNK {
+                    qx[s][k] = a[s] + (cx[k] - sumx[i1]) * x[1] + (sumx[BLOCK] - cx[k]) * x[2];
+                    q2[s][k] = aw[s]
+                        + (cw[k] - sumw[i1]) * x[1] * x[1]
+                        + (sumw[BLOCK] - cw[k]) * x[2] * x[2];
+                }
+            }
+            // Without short-circuits, so that the test runs in lanes.
+            let score = best.score;
+            let mut pass = 0u32;
+            for s in 0..2 {
+                for k in 0..CHUNK {
+                    let p = (q2[s][k] > 0.0) & (qx[s][k] * qx[s][k] > score * q2[s][k]);
+                    pass |= (p as u32) << k;
+                }
+            }
+            if pass != 0 {
+                for k in 0..CHUNK.min(BLOCK + 1 - i2) {
+                    for s in 0..2 {
+                        best.offer(qx[s][k], q2[s][k], i1, i2 + k, shifts[s]);
+                    }
+                }
+            }
+            i2 += CHUNK;
+        }
+    }
+}
+
 impl BlockFormat for Iq1S {
     const TYPE: GgmlType = GgmlType::IQ1_S;
     const BLOCK_WEIGHTS: usize = QK_K;
     const BLOCK_BYTES: usize = size_of::<BlockIq1S>();
     const REQUIRES_IMATRIX: bool = true;
+    const SIMD_PATHS: bool = true;
 
     fn quantize_row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
+        Self::quantize_row_at(Simd::active(), src, dst, imatrix)
+    }
+
+    fn quantize_row_at(simd: Simd, src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
+        let lanes = Lanes::of(simd);
         // ggml refuses to run without importance weights; the checked entry points refuse
         // first, so the unchecked call writes zero blocks.
         let Some(imatrix) = imatrix else {
@@ -225,7 +338,7 @@ impl BlockFormat for Iq1S {
         };
         for_each_superblock(src, dst, Some(imatrix), |x, y: &mut BlockIq1S, qw| {
             if let Some(qw) = qw {
-                quantize_block(x, y, qw)
+                quantize_block(lanes, x, y, qw)
             }
         });
     }

@@ -11,7 +11,8 @@ use super::lattice::{
 use crate::fp::Half;
 use crate::kquants::search::nearest_int;
 use crate::kquants::{for_each_superblock, QK_K};
-use crate::{as_blocks, BlockFormat, GgmlType};
+use crate::simd::iq::Lanes;
+use crate::{as_blocks, BlockFormat, GgmlType, Simd};
 use std::mem::size_of;
 
 /// ggml's `GROUP_MAX_EPS_IQ2_S`.
@@ -36,15 +37,16 @@ pub struct BlockIq2S {
 }
 const _: () = assert!(size_of::<BlockIq2S>() == 82);
 
-fn quantize_block(xbl: &[f32], y: &mut BlockIq2S, qw: Option<&[f32]>) {
+fn quantize_block(lanes: Option<Lanes>, xbl: &[f32], y: &mut BlockIq2S, qw: Option<&[f32]>) {
     let lat = Lattice::get(Kind::Iq2S);
-    if quantize_block_impl(lat, xbl, y, qw).is_err() {
+    if quantize_block_impl(lanes, lat, xbl, y, qw).is_err() {
         *y = bytemuck::Zeroable::zeroed();
         y.d = NAN_HALF;
     }
 }
 
 fn quantize_block_impl(
+    lanes: Option<Lanes>,
     lat: &Lattice,
     xbl: &[f32],
     y: &mut BlockIq2S,
@@ -100,7 +102,7 @@ fn quantize_block_impl(
             scales[ib] = 0.0;
             continue;
         }
-        let mut scale = search_16(lat, &xval, &weight, &waux, max, &mut l)?;
+        let mut scale = search_16(lanes, lat, &xval, &weight, &waux, max, &mut l)?;
         if scale < 0.0 {
             scale = -scale;
             for s in &mut block_signs {
@@ -144,8 +146,17 @@ impl BlockFormat for Iq2S {
     const BLOCK_WEIGHTS: usize = QK_K;
     const BLOCK_BYTES: usize = size_of::<BlockIq2S>();
 
+    const SIMD_PATHS: bool = true;
+
     fn quantize_row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
-        for_each_superblock(src, dst, imatrix, quantize_block);
+        Self::quantize_row_at(Simd::active(), src, dst, imatrix)
+    }
+
+    fn quantize_row_at(simd: Simd, src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
+        let lanes = Lanes::of(simd);
+        for_each_superblock(src, dst, imatrix, |x, y, qw| {
+            quantize_block(lanes, x, y, qw)
+        });
     }
 
     fn dequantize_row(src: &[u8], dst: &mut [f32]) {

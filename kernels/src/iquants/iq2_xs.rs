@@ -12,7 +12,8 @@ use super::lattice::{
 use crate::fp::Half;
 use crate::kquants::search::{nearest_int, GROUP_MAX_EPS};
 use crate::kquants::{for_each_superblock, QK_K};
-use crate::{as_blocks, BlockFormat, GgmlType};
+use crate::simd::iq::Lanes;
+use crate::{as_blocks, BlockFormat, GgmlType, Simd};
 use std::mem::size_of;
 
 /// The 2.31-bit lattice i-quant.
@@ -31,15 +32,16 @@ pub struct BlockIq2Xs {
 }
 const _: () = assert!(size_of::<BlockIq2Xs>() == 74);
 
-fn quantize_block(xbl: &[f32], y: &mut BlockIq2Xs, qw: &[f32]) {
+fn quantize_block(lanes: Option<Lanes>, xbl: &[f32], y: &mut BlockIq2Xs, qw: &[f32]) {
     let lat = Lattice::get(Kind::Iq2Xs);
-    if quantize_block_impl(lat, xbl, y, qw).is_err() {
+    if quantize_block_impl(lanes, lat, xbl, y, qw).is_err() {
         *y = bytemuck::Zeroable::zeroed();
         y.d = NAN_HALF;
     }
 }
 
 fn quantize_block_impl(
+    lanes: Option<Lanes>,
     lat: &Lattice,
     xbl: &[f32],
     y: &mut BlockIq2Xs,
@@ -102,7 +104,7 @@ fn quantize_block_impl(
             scales[ib] = 0.0;
             continue;
         }
-        let mut scale = search_16(lat, &xval, &weight, &waux, max, &mut l)?;
+        let mut scale = search_16(lanes, lat, &xval, &weight, &waux, max, &mut l)?;
         if scale < 0.0 {
             scale = -scale;
             for s in &mut block_signs {
@@ -147,8 +149,14 @@ impl BlockFormat for Iq2Xs {
     const BLOCK_WEIGHTS: usize = QK_K;
     const BLOCK_BYTES: usize = size_of::<BlockIq2Xs>();
     const REQUIRES_IMATRIX: bool = true;
+    const SIMD_PATHS: bool = true;
 
     fn quantize_row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
+        Self::quantize_row_at(Simd::active(), src, dst, imatrix)
+    }
+
+    fn quantize_row_at(simd: Simd, src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
+        let lanes = Lanes::of(simd);
         // ggml refuses to run without importance weights; the checked entry points refuse
         // first, so the unchecked call writes zero blocks.
         let Some(imatrix) = imatrix else {
@@ -157,7 +165,7 @@ impl BlockFormat for Iq2Xs {
         };
         for_each_superblock(src, dst, Some(imatrix), |x, y: &mut BlockIq2Xs, qw| {
             if let Some(qw) = qw {
-                quantize_block(x, y, qw)
+                quantize_block(lanes, x, y, qw)
             }
         });
     }

@@ -11,7 +11,8 @@ use super::lattice::{
 use crate::fp::Half;
 use crate::kquants::search::{make_qp_quants, nearest_int, GROUP_MAX_EPS};
 use crate::kquants::{for_each_superblock, QK_K};
-use crate::{as_blocks, BlockFormat, GgmlType};
+use crate::simd::iq::Lanes;
+use crate::{as_blocks, BlockFormat, GgmlType, Simd};
 use std::mem::size_of;
 
 /// The 2.06-bit lattice i-quant.
@@ -34,15 +35,16 @@ const KMAX_Q: i32 = 3;
 /// A NaN scale: where ggml aborts, kiln writes a block its validation rejects.
 pub(crate) const NAN_HALF: Half = Half([0x00, 0x7e]);
 
-fn quantize_block(xbl: &[f32], y: &mut BlockIq2Xxs, qw: &[f32]) {
+fn quantize_block(lanes: Option<Lanes>, xbl: &[f32], y: &mut BlockIq2Xxs, qw: &[f32]) {
     let lat = Lattice::get(Kind::Iq2Xxs);
-    if quantize_block_impl(lat, xbl, y, qw).is_err() {
+    if quantize_block_impl(lanes, lat, xbl, y, qw).is_err() {
         *y = bytemuck::Zeroable::zeroed();
         y.d = NAN_HALF;
     }
 }
 
 fn quantize_block_impl(
+    lanes: Option<Lanes>,
     lat: &Lattice,
     xbl: &[f32],
     y: &mut BlockIq2Xxs,
@@ -124,6 +126,7 @@ fn quantize_block_impl(
             for k in 0..4 {
                 let g = 8 * k..8 * k + 8;
                 lat.snap_group(
+                    lanes,
                     id,
                     this_scale,
                     &xval[g.clone()],
@@ -142,7 +145,14 @@ fn quantize_block_impl(
             let id = 1.0 / scale;
             for k in 0..4 {
                 let g = 8 * k..8 * k + 8;
-                lat.snap_group(id, scale, &xval[g.clone()], &waux[g.clone()], &mut l[g])?;
+                lat.snap_group(
+                    lanes,
+                    id,
+                    scale,
+                    &xval[g.clone()],
+                    &waux[g.clone()],
+                    &mut l[g],
+                )?;
             }
             let (sumqx, sumq2) = weighted_sums(&weight, &xval, &l);
             if sumq2 > 0.0 {
@@ -190,8 +200,14 @@ impl BlockFormat for Iq2Xxs {
     const BLOCK_WEIGHTS: usize = QK_K;
     const BLOCK_BYTES: usize = size_of::<BlockIq2Xxs>();
     const REQUIRES_IMATRIX: bool = true;
+    const SIMD_PATHS: bool = true;
 
     fn quantize_row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
+        Self::quantize_row_at(Simd::active(), src, dst, imatrix)
+    }
+
+    fn quantize_row_at(simd: Simd, src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
+        let lanes = Lanes::of(simd);
         // ggml refuses to run without importance weights; the checked entry points refuse
         // first, so the unchecked call writes zero blocks.
         let Some(imatrix) = imatrix else {
@@ -200,7 +216,7 @@ impl BlockFormat for Iq2Xxs {
         };
         for_each_superblock(src, dst, Some(imatrix), |x, y: &mut BlockIq2Xxs, qw| {
             if let Some(qw) = qw {
-                quantize_block(x, y, qw)
+                quantize_block(lanes, x, y, qw)
             }
         });
     }

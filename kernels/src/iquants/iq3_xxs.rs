@@ -11,7 +11,8 @@ use super::grid3::{c_max, iq3xxs_lattice, search_sub_block, SearchParams, IQ3XXS
 use crate::fp::Half;
 use crate::kquants::search::nearest_int;
 use crate::kquants::{for_each_superblock, QK_K};
-use crate::{as_blocks, BlockFormat, GgmlType};
+use crate::simd::iq::Lanes;
+use crate::{as_blocks, BlockFormat, GgmlType, Simd};
 use std::mem::size_of;
 
 /// The 3.06-bit i-quant.
@@ -43,7 +44,12 @@ const PARAMS: SearchParams = SearchParams {
 
 /// Quantizes one super-block; `false` where ggml would abort (weights so large that the
 /// search's errors overflow), leaving the block to be marked invalid.
-fn quantize_block(x: &[f32], y: &mut BlockIq3Xxs, qw: Option<&[f32]>) -> bool {
+fn quantize_block(
+    lanes: Option<Lanes>,
+    x: &[f32],
+    y: &mut BlockIq3Xxs,
+    qw: Option<&[f32]>,
+) -> bool {
     let lat = iq3xxs_lattice();
     y.d = Half::from_f32(0.0);
     let mut qs = [0u8; QK_K / 4];
@@ -98,7 +104,8 @@ fn quantize_block(x: &[f32], y: &mut BlockIq3Xxs, qw: Option<&[f32]>) -> bool {
             scales[ib] = 0.0;
             continue;
         }
-        let Some((mut scale, indices)) = search_sub_block(lat, &PARAMS, &xval, &weight, &waux, max)
+        let Some((mut scale, indices)) =
+            search_sub_block(lanes, lat, &PARAMS, &xval, &weight, &waux, max)
         else {
             return false;
         };
@@ -145,9 +152,16 @@ impl BlockFormat for Iq3Xxs {
     const BLOCK_WEIGHTS: usize = QK_K;
     const BLOCK_BYTES: usize = size_of::<BlockIq3Xxs>();
 
+    const SIMD_PATHS: bool = true;
+
     fn quantize_row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
+        Self::quantize_row_at(Simd::active(), src, dst, imatrix)
+    }
+
+    fn quantize_row_at(simd: Simd, src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
+        let lanes = Lanes::of(simd);
         for_each_superblock(src, dst, imatrix, |x, y: &mut BlockIq3Xxs, qw| {
-            if !quantize_block(x, y, qw) {
+            if !quantize_block(lanes, x, y, qw) {
                 y.d = Half(0x7c00u16.to_le_bytes()); // refused by first_invalid_block
             }
         });

@@ -5,7 +5,8 @@
 use super::block_weights;
 use crate::fp::Half;
 use crate::kquants::search::GROUP_MAX_EPS;
-use crate::{as_blocks, as_blocks_mut, BlockFormat, GgmlType};
+use crate::simd::iq::{iq4_indices, iq4_trial_sums, Lanes};
+use crate::{as_blocks, as_blocks_mut, BlockFormat, GgmlType, Simd};
 use std::mem::size_of;
 
 /// Weights per IQ4_NL block (and per IQ4_XS sub-block).
@@ -77,15 +78,7 @@ pub(crate) fn sigma2(x: &[f32]) -> f32 {
 /// whose largest magnitude is below `GROUP_MAX_EPS`.
 pub(crate) fn block_scale(xb: &[f32], weight: &[f32; QK4_NL]) -> f32 {
     let xb = &xb[..QK4_NL];
-    let mut amax = 0.0f32;
-    let mut max = 0.0f32;
-    for &v in xb {
-        let ax = v.abs();
-        if ax > amax {
-            amax = ax;
-            max = v;
-        }
-    }
+    let (amax, max) = signed_amax(xb);
     if amax < GROUP_MAX_EPS {
         return 0.0;
     }
@@ -116,6 +109,65 @@ pub(crate) fn block_scale(xb: &[f32], weight: &[f32; QK4_NL]) -> f32 {
     d
 }
 
+/// The largest magnitude and the first weight that has it (ggml's `if (ax > amax)` loop).
+#[inline]
+fn signed_amax(xb: &[f32]) -> (f32, f32) {
+    let mut amax = 0.0f32;
+    let mut max = 0.0f32;
+    for &v in xb {
+        let ax = v.abs();
+        if ax > amax {
+            amax = ax;
+            max = v;
+        }
+    }
+    (amax, max)
+}
+
+/// [`block_scale`] with the 16 trial scales (the first guess and `itry = -7..=7`) computed side
+/// by side in SIMD lanes, then compared in ggml's order.
+pub(crate) fn block_scale_lanes(lanes: Lanes, xb: &[f32; QK4_NL], weight: &[f32; QK4_NL]) -> f32 {
+    let (amax, max) = signed_amax(xb);
+    if amax < GROUP_MAX_EPS {
+        return 0.0;
+    }
+    let v0 = KVALUES_IQ4NL[0] as f32;
+    let d = -max / v0;
+    let mut ids = [0.0f32; 16];
+    ids[0] = 1.0 / d;
+    for (t, itry) in (-NTRY..=NTRY).enumerate() {
+        ids[t + 1] = (itry + KVALUES_IQ4NL[0] as i32) as f32 / max;
+    }
+    let (sqx, sq2) = iq4_trial_sums(lanes, xb, weight, &ids);
+    let mut d = if sq2[0] > 0.0 { sqx[0] / sq2[0] } else { 0.0 };
+    let mut best = d * sqx[0];
+    for t in 1..16 {
+        if sq2[t] > 0.0 && sqx[t] * sqx[t] > best * sq2[t] {
+            d = sqx[t] / sq2[t];
+            best = d * sqx[t];
+        }
+    }
+    d
+}
+
+/// A block's scale and its 32 indices: the scalar search, or the SIMD one at `lanes`.
+#[inline]
+pub(crate) fn scale_at(lanes: Option<Lanes>, xb: &[f32; QK4_NL], weight: &[f32; QK4_NL]) -> f32 {
+    match lanes {
+        Some(lanes) => block_scale_lanes(lanes, xb, weight),
+        None => block_scale(xb, weight),
+    }
+}
+
+/// `best_index(id * xb[j])` for a block's 32 weights, in lanes at `lanes`.
+#[inline]
+pub(crate) fn indices_at(lanes: Option<Lanes>, xb: &[f32; QK4_NL], id: f32) -> [u8; QK4_NL] {
+    match lanes {
+        Some(lanes) => iq4_indices(lanes, xb, id),
+        None => xb.map(|v| best_index(id * v)),
+    }
+}
+
 /// Packs 32 indices as IQ4_NL and IQ4_XS store them.
 #[inline]
 pub(crate) fn pack(l: &[u8], q4: &mut [u8]) {
@@ -128,23 +180,26 @@ impl BlockFormat for IQ4NL {
     const TYPE: GgmlType = GgmlType::IQ4_NL;
     const BLOCK_WEIGHTS: usize = QK4_NL;
     const BLOCK_BYTES: usize = size_of::<BlockIQ4NL>();
+    const SIMD_PATHS: bool = true;
 
     fn quantize_row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
-        for (ib, (x, b)) in src
-            .chunks_exact(QK4_NL)
+        Self::quantize_row_at(Simd::active(), src, dst, imatrix)
+    }
+
+    fn quantize_row_at(simd: Simd, src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
+        let lanes = Lanes::of(simd);
+        let (blocks, _) = src.as_chunks::<QK4_NL>();
+        for (ib, (x, b)) in blocks
+            .iter()
             .zip(as_blocks_mut::<BlockIQ4NL>(dst).iter_mut())
             .enumerate()
         {
             let qw = imatrix.map(|q| &q[ib * QK4_NL..(ib + 1) * QK4_NL]);
             let w = block_weights::<QK4_NL>(x, qw, sigma2(x));
-            let scale = block_scale(x, &w);
+            let scale = scale_at(lanes, x, &w);
             b.d = Half::from_f32(scale);
             let id = if scale != 0.0 { 1.0 / scale } else { 0.0 };
-            let mut l = [0u8; QK4_NL];
-            for j in 0..QK4_NL {
-                l[j] = best_index(id * x[j]);
-            }
-            pack(&l, &mut b.qs);
+            pack(&indices_at(lanes, x, id), &mut b.qs);
         }
     }
 

@@ -3,11 +3,12 @@
 //! super-block's f16 `d`. Weight = d*(ls-32)*kvalues_iq4nl[index].
 
 use super::block_weights;
-use super::iq4_nl::{best_index, block_scale, pack, sigma2, KVALUES_IQ4NL, QK4_NL};
+use super::iq4_nl::{indices_at, pack, scale_at, sigma2, KVALUES_IQ4NL, QK4_NL};
 use crate::fp::Half;
 use crate::kquants::search::nearest_int;
 use crate::kquants::QK_K;
-use crate::{as_blocks, as_blocks_mut, BlockFormat, GgmlType};
+use crate::simd::iq::Lanes;
+use crate::{as_blocks, as_blocks_mut, BlockFormat, GgmlType, Simd};
 use std::mem::size_of;
 
 /// The 4-bit non-linear super-block format.
@@ -30,15 +31,16 @@ const _: () = assert!(size_of::<BlockIQ4XS>() == 136);
 
 const NB: usize = QK_K / QK4_NL;
 
-fn quantize_block(x: &[f32], y: &mut BlockIQ4XS, qw: Option<&[f32]>) {
+fn quantize_block(lanes: Option<Lanes>, x: &[f32; QK_K], y: &mut BlockIQ4XS, qw: Option<&[f32]>) {
+    let (xbs, _) = x.as_chunks::<QK4_NL>();
     let sigma2 = sigma2(x);
     let mut scales = [0.0f32; NB];
     let mut max_scale = 0.0f32;
     let mut amax_scale = 0.0f32;
     for ib in 0..NB {
-        let xb = &x[ib * QK4_NL..(ib + 1) * QK4_NL];
+        let xb = &xbs[ib];
         let w = block_weights::<QK4_NL>(xb, qw.map(|q| &q[ib * QK4_NL..(ib + 1) * QK4_NL]), sigma2);
-        let d = block_scale(xb, &w);
+        let d = scale_at(lanes, xb, &w);
         scales[ib] = d;
         let abs_d = d.abs();
         if abs_d > amax_scale {
@@ -56,10 +58,7 @@ fn quantize_block(x: &[f32], y: &mut BlockIQ4XS, qw: Option<&[f32]>) {
         let ls = nearest_int(id * scales[ib]).clamp(-32, 31);
         let dl = d * ls as f32;
         let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
-        let xb = &x[ib * QK4_NL..(ib + 1) * QK4_NL];
-        for j in 0..QK4_NL {
-            l[ib * QK4_NL + j] = best_index(idl * xb[j]);
-        }
+        l[ib * QK4_NL..(ib + 1) * QK4_NL].copy_from_slice(&indices_at(lanes, &xbs[ib], idl));
         let ls = (ls + 32) as u8;
         y.scales_l[ib / 2] |= (ls & 0xf) << (4 * (ib % 2));
         scales_h |= ((ls >> 4) as u16) << (2 * (ib % 8));
@@ -74,14 +73,21 @@ impl BlockFormat for IQ4XS {
     const TYPE: GgmlType = GgmlType::IQ4_XS;
     const BLOCK_WEIGHTS: usize = QK_K;
     const BLOCK_BYTES: usize = size_of::<BlockIQ4XS>();
+    const SIMD_PATHS: bool = true;
 
     fn quantize_row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
-        for (i, (x, y)) in src
-            .chunks_exact(QK_K)
+        Self::quantize_row_at(Simd::active(), src, dst, imatrix)
+    }
+
+    fn quantize_row_at(simd: Simd, src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
+        let lanes = Lanes::of(simd);
+        let (blocks, _) = src.as_chunks::<QK_K>();
+        for (i, (x, y)) in blocks
+            .iter()
             .zip(as_blocks_mut::<BlockIQ4XS>(dst).iter_mut())
             .enumerate()
         {
-            quantize_block(x, y, imatrix.map(|q| &q[i * QK_K..(i + 1) * QK_K]));
+            quantize_block(lanes, x, y, imatrix.map(|q| &q[i * QK_K..(i + 1) * QK_K]));
         }
     }
 

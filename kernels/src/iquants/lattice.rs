@@ -8,6 +8,7 @@
 //! `ggml-common.h` instead: the same points as 8 bytes (IQ2: 0x08, 0x19, 0x2b; IQ1: -1, 0, 1).
 
 use crate::kquants::search::nearest_int;
+use crate::simd::iq::{grid_nearest, Lanes, CODES_PAD};
 use std::sync::OnceLock;
 
 /// Reads `N` little-endian `u64`s at compile time; the file must hold exactly that many.
@@ -120,6 +121,20 @@ pub struct Lattice {
     /// `kneighbors_q2xs`: per off-grid index, a count and then that many grid indices, nearest
     /// first (ties by grid index).
     neighbours: Vec<u16>,
+    /// Beside each entry of `neighbours`, that grid point's packed levels (for the SIMD
+    /// searches).
+    codes: Vec<u16>,
+}
+
+/// The nearest grid points of an off-grid index: grid indices and, at the same positions,
+/// their packed levels.
+#[derive(Clone, Copy, Debug)]
+pub struct Neighbours<'a> {
+    /// Grid indices, nearest first.
+    pub index: &'a [u16],
+    /// Each one's packed levels (2 bits per weight, weight 0 lowest), followed by
+    /// [`CODES_PAD`] more entries, so that SIMD loads of whole vectors stay inside.
+    pub codes: &'a [u16],
 }
 
 /// Where a packed index lies.
@@ -127,8 +142,13 @@ pub enum Lookup<'a> {
     /// On the grid, at this index.
     On(usize),
     /// Off the grid; its nearest grid points, nearest first.
-    Off(&'a [u16]),
+    Off(Neighbours<'a>),
 }
+
+/// Level values `2*l + 1` of the IQ2 grids, indexed by `k & 3` (3 is never a level).
+const IQ2_LEVELS: [f32; 16] = [
+    1.0, 3.0, 5.0, 0.0, 1.0, 3.0, 5.0, 0.0, 1.0, 3.0, 5.0, 0.0, 1.0, 3.0, 5.0, 0.0,
+];
 
 impl Lattice {
     fn build(kind: Kind) -> Lattice {
@@ -190,10 +210,21 @@ impl Lattice {
             }
             neighbours[count_at] = (neighbours.len() - count_at - 1) as u16;
         }
+        // Each point's packed levels beside its entry (count slots hold no point).
+        let mut codes = vec![0u16; neighbours.len() + CODES_PAD];
+        let mut k = 0;
+        while k < neighbours.len() {
+            let n = neighbours[k] as usize;
+            for e in k + 1..k + 1 + n {
+                codes[e] = packed[neighbours[e] as usize];
+            }
+            k += n + 1;
+        }
         Lattice {
             grid,
             map,
             neighbours,
+            codes,
         }
     }
 
@@ -223,7 +254,11 @@ impl Lattice {
         } else {
             let start = (-m - 1) as usize;
             let n = self.neighbours[start] as usize;
-            Lookup::Off(&self.neighbours[start + 1..start + 1 + n])
+            let at = start + 1..start + 1 + n;
+            Lookup::Off(Neighbours {
+                index: &self.neighbours[at.clone()],
+                codes: &self.codes[at.start..at.end + CODES_PAD],
+            })
         }
     }
 
@@ -237,16 +272,32 @@ impl Lattice {
 
     /// ggml's `iq2_find_best_neighbour`: the neighbour nearest to `xval` at `scale` in the
     /// weighted squared distance (the first of equals); writes its levels into `l`. `None`
-    /// where ggml aborts (every distance NaN or infinite).
-    pub fn best_neighbour(
+    /// where ggml aborts (every distance NaN or infinite). With `lanes`, the search runs in
+    /// SIMD lanes (same answer).
+    pub(crate) fn best_neighbour(
         &self,
-        neighbours: &[u16],
+        lanes: Option<Lanes>,
+        neighbours: Neighbours<'_>,
         xval: &[f32],
         weight: &[f32],
         scale: f32,
         l: &mut [i8],
     ) -> Option<usize> {
-        let g = nearest_neighbour(&self.grid, neighbours, xval, weight, scale)?;
+        let g = match lanes {
+            None => nearest_neighbour(&self.grid, neighbours.index, xval, weight, scale)?,
+            Some(lanes) => {
+                let p = grid_nearest::<8, 2>(
+                    lanes,
+                    &IQ2_LEVELS,
+                    neighbours.index.len(),
+                    neighbours.codes,
+                    xval,
+                    weight,
+                    scale,
+                )?;
+                neighbours.index[p] as usize
+            }
+        };
         for i in 0..8 {
             l[i] = (self.grid[g][i] - 1) / 2;
         }
@@ -258,8 +309,9 @@ impl Lattice {
     /// grid, moves it to its best neighbour at `scale` ([`Self::best_neighbour`]): the step
     /// every IQ2 search repeats per group. Writes the levels into `l` and returns whether the
     /// rounded point was on the grid.
-    pub fn snap_group(
+    pub(crate) fn snap_group(
         &self,
+        lanes: Option<Lanes>,
         id: f32,
         scale: f32,
         xval: &[f32],
@@ -273,7 +325,7 @@ impl Lattice {
         match self.lookup(pack(l)) {
             Lookup::On(_) => Ok(true),
             Lookup::Off(nb) => {
-                self.best_neighbour(nb, xval, weight, scale, l)
+                self.best_neighbour(lanes, nb, xval, weight, scale, l)
                     .ok_or(Abort)?;
                 Ok(false)
             }
@@ -284,18 +336,38 @@ impl Lattice {
     /// are nearest to `xval` (the first of equals); writes its levels into `l`. `None` where
     /// ggml would fall into its full-grid fallback (every distance NaN or at least FLT_MAX):
     /// that fallback reads past its 8 inputs and then aborts, so no valid output exists.
-    pub fn best_neighbour_iq1(
+    /// With `lanes`, the search runs in SIMD lanes (same answer).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn best_neighbour_iq1(
         &self,
-        neighbours: &[u16],
+        lanes: Option<Lanes>,
+        neighbours: Neighbours<'_>,
         xval: &[f32],
         weight: &[f32],
         scale: f32,
         xg: &[f32; 3],
         l: &mut [i8],
     ) -> Option<usize> {
+        if let Some(lanes) = lanes {
+            let levels: [f32; 16] = std::array::from_fn(|k| xg.get(k & 3).copied().unwrap_or(0.0));
+            let p = grid_nearest::<8, 2>(
+                lanes,
+                &levels,
+                neighbours.index.len(),
+                neighbours.codes,
+                xval,
+                weight,
+                scale,
+            )?;
+            let g = neighbours.index[p] as usize;
+            for i in 0..8 {
+                l[i] = (self.grid[g][i] - 1) / 2;
+            }
+            return Some(g);
+        }
         let mut best_score = f32::MAX;
         let mut grid_index = None;
-        for &j in neighbours {
+        for &j in neighbours.index {
             let pg = &self.grid[j as usize];
             let mut d2 = 0.0f32;
             for i in 0..8 {
@@ -355,7 +427,8 @@ pub struct Abort;
 /// `float best = 0` to the refit of the off-grid groups in ggml's `quantize_row_iq2_xs_impl`
 /// (identical in `quantize_row_iq2_s_impl`). `xval` are the magnitudes, `max` their largest;
 /// leaves the levels in `l` and returns the scale.
-pub fn search_16(
+pub(crate) fn search_16(
+    lanes: Option<Lanes>,
     lat: &Lattice,
     xval: &[f32; 16],
     weight: &[f32; 16],
@@ -375,6 +448,7 @@ pub fn search_16(
         for k in 0..2 {
             let g = 8 * k..8 * k + 8;
             is_on_grid_aux[k] = lat.snap_group(
+                lanes,
                 id,
                 this_scale,
                 &xval[g.clone()],
@@ -398,7 +472,14 @@ pub fn search_16(
                 continue;
             }
             let g = 8 * k..8 * k + 8;
-            lat.snap_group(id, scale, &xval[g.clone()], &waux[g.clone()], &mut l[g])?;
+            lat.snap_group(
+                lanes,
+                id,
+                scale,
+                &xval[g.clone()],
+                &waux[g.clone()],
+                &mut l[g],
+            )?;
         }
         let (sumqx, sumq2) = weighted_sums(weight, xval, l);
         if sumq2 > 0.0 {
@@ -508,7 +589,10 @@ mod tests {
             let mut off = 0;
             for u in 0..KMAP_SIZE as u16 {
                 if let Lookup::Off(n) = lat.lookup(u) {
-                    assert!(!n.is_empty());
+                    assert!(!n.index.is_empty());
+                    for (&j, &c) in n.index.iter().zip(n.codes) {
+                        assert_eq!(c, kind.packed()[j as usize]);
+                    }
                     off += 1;
                 }
             }

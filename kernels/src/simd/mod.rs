@@ -14,6 +14,9 @@
 use std::fmt;
 use std::sync::OnceLock;
 
+pub(crate) mod iq;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod iq_x86;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
 
