@@ -12,6 +12,7 @@ mod convert_vs_llama;
 mod converter_only;
 mod eval;
 mod fp8;
+mod glm4moe;
 mod gptoss;
 mod imatrix;
 mod kernels_match_ggml;

@@ -187,6 +187,9 @@ pub enum VocabRecipe {
     SentencePieceCodeInfill,
     /// `_set_vocab_gpt2`: byte-level BPE from tokenizer.json only (`TextModel.set_vocab`).
     Gpt2,
+    /// `_set_vocab_glm` (GLM-4.5): `_set_vocab_gpt2`'s vocabulary with bos `[gMASK]`, eot
+    /// `<|user|>`, unk `<|endoftext|>` and eom `<|observation|>` from the added tokens.
+    Glm,
     /// `Phi3MiniModel.set_vocab`: `_set_vocab_gpt2` when tokenizer_config.json's
     /// `tokenizer_class` is `GPT2Tokenizer` (Phi-4), else tokenizer.model with Phi-3's own
     /// added-token handling ([`spm::set_vocab_phi3`]).
@@ -213,6 +216,7 @@ pub fn write_vocab(
         VocabRecipe::LlamaSetVocab => llama_vocab(dir, vocab_size, md),
         VocabRecipe::SentencePieceElseBpe => spm_else_gpt2(dir, vocab_size, md),
         VocabRecipe::Gpt2 => Ok(bpe_info("gpt2", bpe::set_vocab_gpt2(dir, vocab_size, md)?)),
+        VocabRecipe::Glm => Ok(bpe_info("gpt2", bpe::set_vocab_glm(dir, vocab_size, md)?)),
         VocabRecipe::Phi3 => {
             let tc_path = dir.join("tokenizer_config.json");
             if tc_path.is_file() {

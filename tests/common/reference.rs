@@ -103,6 +103,15 @@
 //!   `language_model.` (or transformers 5's `model.language_model.`) read as the Mistral model
 //!   they are (Llama's blocks, a sliding window when `sliding_window` is set), the vision tower
 //!   and projector ignored.
+//! - GLM-4.5 (`modeling_glm4_moe.py`: DeepSeek V3's decoder layers around Cohere-style
+//!   attention): q/k/v with biases (`attention_bias`), `o_proj` without; per-head RMS q/k
+//!   norms when `use_qk_norm`, before RoPE; RoPE (`rotate_half`) over the first
+//!   `partial_rotary_factor * head_dim` dims of each head (default 0.5; `inv_freq` over those
+//!   dims), the rest passed through; scaling `head_dim^-0.5`; dense MLPs in the first
+//!   `first_k_dense_replace` layers, then DeepSeek V3's MoE (`deepseek_moe`: sigmoid scores,
+//!   score bias for the choice, groups, renormalised and scaled weights, shared experts).
+//!   The multi-token-prediction layers past `num_hidden_layers` are not part of the forward
+//!   pass (transformers drops them at load).
 //! - Sliding window of `W`: query `i` sees key `j` when `j <= i` and `i - j < W` (HF's
 //!   `kv_idx > q_idx - sliding_window`).
 
@@ -176,6 +185,7 @@ pub enum Family {
     Olmo2,
     /// Mistral (the text model of Mistral3ForConditionalGeneration).
     Mistral,
+    Glm4Moe,
 }
 
 /// DeepSeek V3's attention and MoE parameters (`modeling_deepseek_v3.py`).
@@ -280,7 +290,8 @@ pub struct Config {
     pub torch_dtype: String,
     /// Mixture-of-experts MLPs (every layer), or None for dense ones.
     pub moe: Option<Moe>,
-    /// DeepSeek's MLA and MoE (Family::Deepseek2).
+    /// DeepSeek's MLA and MoE (Family::Deepseek2); for GLM-4.5 only its MoE fields (the MLA
+    /// sizes are 0: GLM's attention is the generic one).
     pub deepseek: Option<Deepseek>,
     /// YaRN RoPE (gpt-oss), replacing `rope`.
     pub yarn: Option<Yarn>,
@@ -375,7 +386,7 @@ impl ReferenceModel {
                     .map(|r| self.norm(r, &p("input_layernorm.weight")))
                     .collect()
             };
-            let attn = if c.deepseek.is_some() {
+            let attn = if c.family == Family::Deepseek2 {
                 self.mla_attention(l, &x, options)
             } else {
                 self.attention(l, &x, options)
@@ -479,7 +490,8 @@ impl ReferenceModel {
         let c = &self.config;
         let (hd, nh, nkv) = (c.head_dim, c.heads, c.kv_heads);
         let p = |s: &str| format!("model.layers.{l}.self_attn.{s}");
-        let qk_norm = matches!(c.family, Family::Qwen3 | Family::Gemma3 | Family::Qwen3Moe);
+        let qk_norm = matches!(c.family, Family::Qwen3 | Family::Gemma3 | Family::Qwen3Moe)
+            || (c.family == Family::Glm4Moe && self.opt(&p("q_norm.weight")).is_some());
         let gemma = c.family.is_gemma();
         let rope = c.rope[l];
         // LongRoPE's factors by the sequence's length (HF's longrope_frequency_update).
@@ -1201,6 +1213,7 @@ fn parse_config(j: &Value) -> Result<Config> {
         "SmolLM3ForCausalLM" => Family::SmolLm3,
         "GraniteForCausalLM" => Family::Granite,
         "Olmo2ForCausalLM" => Family::Olmo2,
+        "Glm4MoeForCausalLM" => Family::Glm4Moe,
         other => bail!("architecture {other} is not supported by the reference"),
     };
     let gemma = family.is_gemma();
@@ -1287,6 +1300,27 @@ fn parse_config(j: &Value) -> Result<Config> {
         .or(global_params);
     let rope_ext = if family == Family::Phi3 {
         Some(phi3_rope(j, scaling, head_dim)?)
+    } else if family == Family::Glm4Moe {
+        ensure!(
+            scaling.is_none_or(|p| rope_factor(Some(p)).ok() == Some(1.0)),
+            "GLM-4.5 with RoPE scaling is not supported"
+        );
+        let partial = match scaling.and_then(|p| p.get("partial_rotary_factor")) {
+            Some(v) => v.as_f64().context("partial_rotary_factor")?,
+            None => f64_or("partial_rotary_factor", 0.5)?,
+        };
+        let dims = (head_dim as f64 * partial) as usize;
+        ensure!(
+            dims % 2 == 0 && dims <= head_dim,
+            "{dims} rotary dims of {head_dim}"
+        );
+        Some(RopeExt {
+            dims,
+            short: vec![1.0; dims / 2],
+            long: vec![1.0; dims / 2],
+            original_max: usize::MAX,
+            mscale: 1.0,
+        })
     } else {
         None
     };
@@ -1407,6 +1441,7 @@ fn parse_config(j: &Value) -> Result<Config> {
             }
             Family::Llama
             | Family::Deepseek2
+            | Family::Glm4Moe
             | Family::SmolLm3
             | Family::Granite
             | Family::Olmo2 => false,
@@ -1563,12 +1598,51 @@ fn parse_config(j: &Value) -> Result<Config> {
             ds.top_k
         );
         Some(ds)
+    } else if family == Family::Glm4Moe {
+        let u_or = |k: &str, d: usize| -> Result<usize> {
+            match j.get(k) {
+                None | Some(Value::Null) => Ok(d),
+                Some(_) => usize_of(k),
+            }
+        };
+        let ds = Deepseek {
+            q_rank: None,
+            kv_rank: 0,
+            nope: 0,
+            rope: 0,
+            v: 0,
+            dense_layers: u_or("first_k_dense_replace", 1)?,
+            experts: u_or("n_routed_experts", 128)?,
+            top_k: u_or("num_experts_per_tok", 8)?,
+            width: u_or("moe_intermediate_size", 1408)?,
+            shared: u_or("n_shared_experts", 1)?,
+            n_group: u_or("n_group", 1)?,
+            topk_group: u_or("topk_group", 1)?,
+            norm_topk: bool_or("norm_topk_prob", true),
+            routed_scaling: f64_or("routed_scaling_factor", 1.0)?,
+            inv_freq: Vec::new(),
+            rope_attention_factor: 1.0,
+        };
+        ensure!(
+            ds.n_group > 0 && ds.experts.is_multiple_of(ds.n_group) && ds.topk_group <= ds.n_group,
+            "{} experts in {} groups, {} kept",
+            ds.experts,
+            ds.n_group,
+            ds.topk_group
+        );
+        ensure!(
+            ds.top_k >= 1 && ds.top_k <= ds.experts && ds.experts / ds.n_group >= 2,
+            "top_k {} of {} experts",
+            ds.top_k,
+            ds.experts
+        );
+        Some(ds)
     } else {
         None
     };
     // DeepSeek: q.k over nope + rope dims, times yarn's mscale(factor, mscale_all_dim)^2.
     let scaling = match &deepseek {
-        Some(ds) => {
+        Some(ds) if family == Family::Deepseek2 => {
             let mut s = ((ds.nope + ds.rope) as f64).powf(-0.5);
             if let Some(p) = scaling_obj_for_mscale(j) {
                 let ma = p
@@ -1583,7 +1657,7 @@ fn parse_config(j: &Value) -> Result<Config> {
             }
             s
         }
-        None => scaling,
+        _ => scaling,
     };
 
     Ok(Config {
@@ -1905,6 +1979,48 @@ fn deepseek_tensors(c: &Config, ds: &Deepseek, want: &mut Vec<(String, Vec<usize
     }
 }
 
+/// GLM-4.5's layers: Llama's attention with q/k/v biases (o_proj without), optional per-head
+/// q/k norms, DeepSeek V3's dense or MoE feed-forward.
+fn glm4moe_tensors(c: &Config, ds: &Deepseek, want: &mut Vec<(String, Vec<usize>, bool)>) {
+    let (h, hd) = (c.hidden, c.head_dim);
+    let (q, kv) = (c.heads * hd, c.kv_heads * hd);
+    for l in 0..c.layers {
+        let p = |s: &str| format!("model.layers.{l}.{s}");
+        for (name, rows) in [("q_proj", q), ("k_proj", kv), ("v_proj", kv)] {
+            want.push((p(&format!("self_attn.{name}.weight")), vec![rows, h], true));
+            want.push((p(&format!("self_attn.{name}.bias")), vec![rows], false));
+        }
+        want.push((p("self_attn.o_proj.weight"), vec![h, q], true));
+        want.push((p("self_attn.q_norm.weight"), vec![hd], false));
+        want.push((p("self_attn.k_norm.weight"), vec![hd], false));
+        if l < ds.dense_layers {
+            let f = c.intermediate;
+            want.push((p("mlp.gate_proj.weight"), vec![f, h], true));
+            want.push((p("mlp.up_proj.weight"), vec![f, h], true));
+            want.push((p("mlp.down_proj.weight"), vec![h, f], true));
+        } else {
+            let (w, sw) = (ds.width, ds.width * ds.shared);
+            want.push((p("mlp.gate.weight"), vec![ds.experts, h], true));
+            want.push((
+                p("mlp.gate.e_score_correction_bias"),
+                vec![ds.experts],
+                true,
+            ));
+            for e in 0..ds.experts {
+                let [g, u, d] = expert_names(Family::Glm4Moe, l, e);
+                want.push((g, vec![w, h], true));
+                want.push((u, vec![w, h], true));
+                want.push((d, vec![h, w], true));
+            }
+            want.push((p("mlp.shared_experts.gate_proj.weight"), vec![sw, h], true));
+            want.push((p("mlp.shared_experts.up_proj.weight"), vec![sw, h], true));
+            want.push((p("mlp.shared_experts.down_proj.weight"), vec![h, sw], true));
+        }
+        want.push((p("input_layernorm.weight"), vec![h], true));
+        want.push((p("post_attention_layernorm.weight"), vec![h], true));
+    }
+}
+
 /// Checks that the checkpoint holds exactly the tensors the family needs, with the right
 /// shapes, and returns them by name.
 fn check_tensors(c: &Config, mut tensors: Tensors) -> Result<HashMap<String, Vec<f32>>> {
@@ -1914,8 +2030,20 @@ fn check_tensors(c: &Config, mut tensors: Tensors) -> Result<HashMap<String, Vec
     // (name, shape, required)
     let mut want: Vec<(String, Vec<usize>, bool)> =
         vec![("model.embed_tokens.weight".into(), vec![c.vocab, h], true)];
-    if let Some(ds) = &c.deepseek {
-        deepseek_tensors(c, ds, &mut want);
+    match &c.deepseek {
+        Some(ds) if c.family == Family::Glm4Moe => {
+            glm4moe_tensors(c, ds, &mut want);
+            // transformers ignores the multi-token-prediction layers past num_hidden_layers.
+            tensors.retain(|k, _| {
+                let layer = k
+                    .strip_prefix("model.layers.")
+                    .and_then(|r| r.split('.').next())
+                    .and_then(|n| n.parse::<usize>().ok());
+                layer.is_none_or(|l| l < c.layers)
+            });
+        }
+        Some(ds) => deepseek_tensors(c, ds, &mut want),
+        None => {}
     }
     let generic_layers = if c.deepseek.is_some() { 0 } else { c.layers };
     for l in 0..generic_layers {
