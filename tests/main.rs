@@ -10,6 +10,7 @@ mod calibrate;
 mod cli;
 mod convert_vs_llama;
 mod converter_only;
+mod ernie;
 mod eval;
 mod fp8;
 mod glm4moe;

@@ -26,6 +26,7 @@
 mod base;
 mod config;
 mod deepseek2;
+mod ernie4_5moe;
 mod gemma2;
 mod gemma3;
 pub mod general;
@@ -74,6 +75,7 @@ pub static FAMILIES: &[&dyn Family] = &[
     &olmo2::Olmo2,
     &mistral3::Mistral3,
     &glm4moe::Glm4Moe,
+    &ernie4_5moe::Ernie45Moe,
 ];
 
 /// One model family: what differs from the base conversion. Only the first four methods are

@@ -14,7 +14,8 @@
 //! Supported: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM,
 //! Gemma3ForCausalLM (text), Qwen3MoeForCausalLM, MixtralForCausalLM, GptOssForCausalLM,
 //! DeepseekV3ForCausalLM, Phi3ForCausalLM (with LongRoPE), SmolLM3ForCausalLM,
-//! GraniteForCausalLM, Olmo2ForCausalLM and the Mistral text model of
+//! GraniteForCausalLM, Olmo2ForCausalLM, Glm4MoeForCausalLM, Ernie4_5_MoeForCausalLM and the
+//! Mistral text model of
 //! Mistral3ForConditionalGeneration, with default or linear RoPE scaling (YaRN for gpt-oss and
 //! DeepSeek). Anything else (other RoPE
 //! scalings, unknown activations, unexpected or missing tensors) is an error, not a guess.
@@ -112,6 +113,14 @@
 //!   score bias for the choice, groups, renormalised and scaled weights, shared experts).
 //!   The multi-token-prediction layers past `num_hidden_layers` are not part of the forward
 //!   pass (transformers drops them at load).
+//! - ERNIE 4.5 MoE (`modeling_ernie4_5_moe.py`): Llama's blocks (optional biases with
+//!   `use_bias`), RoPE interleaved (`rotate_half` over even/odd pairs: dims `2i`, `2i + 1`
+//!   turn by `p * theta^(-2i/d)`); dense MLPs (`intermediate_size`) before
+//!   `moe_layer_start_index`, then the sparse block: router logits `gate @ x` (f32),
+//!   softmax, the `moe_k` experts with the largest `prob + e_score_correction_bias`
+//!   (`moe_statics`, [1, E]), weights = their probabilities divided by
+//!   `max(sum, moe_norm_min)`, plus the shared experts' MLP (`moe_intermediate_size *
+//!   moe_num_shared_experts` wide). The `mtp*` tensors are ignored (transformers drops them).
 //! - Sliding window of `W`: query `i` sees key `j` when `j <= i` and `i - j < W` (HF's
 //!   `kv_idx > q_idx - sliding_window`).
 
@@ -186,6 +195,19 @@ pub enum Family {
     /// Mistral (the text model of Mistral3ForConditionalGeneration).
     Mistral,
     Glm4Moe,
+    Ernie45Moe,
+}
+
+/// ERNIE 4.5 MoE's sparse blocks (`Ernie4_5_MoeSparseMoeBlock`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ErnieMoe {
+    /// `moe_layer_start_index`: layers before it are dense.
+    pub start: usize,
+    pub experts: usize,
+    pub top_k: usize,
+    pub width: usize,
+    pub shared: usize,
+    pub norm_min: f64,
 }
 
 /// DeepSeek V3's attention and MoE parameters (`modeling_deepseek_v3.py`).
@@ -293,6 +315,8 @@ pub struct Config {
     /// DeepSeek's MLA and MoE (Family::Deepseek2); for GLM-4.5 only its MoE fields (the MLA
     /// sizes are 0: GLM's attention is the generic one).
     pub deepseek: Option<Deepseek>,
+    /// ERNIE 4.5 MoE's sparse blocks (Family::Ernie45Moe).
+    pub ernie: Option<ErnieMoe>,
     /// YaRN RoPE (gpt-oss), replacing `rope`.
     pub yarn: Option<Yarn>,
     /// gpt-oss's swiglu clamp.
@@ -412,6 +436,9 @@ impl ReferenceModel {
                     self.norm(hi, &p(pre))
                 };
                 let m = match (&c.deepseek, c.moe) {
+                    _ if c.ernie.is_some_and(|e| l >= e.start) => {
+                        self.ernie_moe(l, &x, c.ernie.expect("ernie config"))
+                    }
                     (Some(ds), _) if l >= ds.dense_layers => self.deepseek_moe(l, &x, ds),
                     (_, Some(moe)) if c.family == Family::GptOss => self.gpt_oss_moe(l, &x, moe),
                     (_, Some(moe)) => self.moe(l, &x, moe),
@@ -519,7 +546,9 @@ impl ReferenceModel {
                         let normed = rms_norm(head, self.w(&p(norm)), c.eps, gemma);
                         head.copy_from_slice(&normed);
                     }
-                    if options.rope && c.use_rope[l] {
+                    if options.rope && c.use_rope[l] && c.family == Family::Ernie45Moe {
+                        apply_rope_interleaved(head, pos, rope.theta);
+                    } else if options.rope && c.use_rope[l] {
                         match (c.yarn, ext) {
                             (Some(y), _) => apply_yarn_rope(head, pos, y),
                             (None, Some((e, factors))) => apply_rope_ext(
@@ -817,6 +846,63 @@ impl ReferenceModel {
     }
 }
 
+impl ReferenceModel {
+    /// ERNIE 4.5 MoE's sparse block (`Ernie4_5_MoeTopKRouter` and `Ernie4_5_MoeSparseMoeBlock`)
+    /// on one position: softmax router probabilities (f32), the `top_k` largest of `prob +
+    /// bias` (ties to the lower index), weights = their probabilities over `max(sum,
+    /// norm_min)`, the chosen experts' MLPs mixed, plus the shared experts' MLP.
+    fn ernie_moe(&self, l: usize, x: &[f32], e: ErnieMoe) -> Vec<f32> {
+        let c = &self.config;
+        let p = |s: &str| format!("model.layers.{l}.mlp.{s}");
+        let logits = matvec(self.w(&p("gate.weight")), e.experts, c.hidden, x, None);
+        let max = logits
+            .iter()
+            .fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+        let exps: Vec<f64> = logits.iter().map(|&v| (v as f64 - max).exp()).collect();
+        let sum: f64 = exps.iter().sum();
+        let probs: Vec<f32> = exps.iter().map(|v| (v / sum) as f32).collect();
+        let bias = self.w(&p("moe_statics.e_score_correction_bias"));
+        let choice: Vec<f32> = probs.iter().zip(bias).map(|(p, b)| p + b).collect();
+        let mut order: Vec<usize> = (0..e.experts).collect();
+        order.sort_by(|&a, &b| choice[b].total_cmp(&choice[a]).then(a.cmp(&b)));
+        let chosen = &order[..e.top_k];
+        let total = chosen.iter().map(|&i| probs[i] as f64).sum::<f64>() as f32;
+        let denom = (total as f64).max(e.norm_min);
+        let mlp = |g: &str, u: &str, d: &str, width: usize| -> Vec<f32> {
+            let gate = matvec(self.w(g), width, c.hidden, x, None);
+            let up = matvec(self.w(u), width, c.hidden, x, None);
+            let act: Vec<f32> = gate
+                .iter()
+                .zip(&up)
+                .map(|(&g, &u)| (silu(g as f64) * u as f64) as f32)
+                .collect();
+            matvec(self.w(d), c.hidden, width, &act, None)
+        };
+        let mut out = vec![0f32; c.hidden];
+        let mut by_expert: Vec<usize> = chosen.to_vec();
+        by_expert.sort_unstable();
+        for &i in &by_expert {
+            let w = (probs[i] as f64 / denom) as f32;
+            let [g, u, d] = expert_names(Family::Ernie45Moe, l, i);
+            for (o, v) in out.iter_mut().zip(mlp(&g, &u, &d, e.width)) {
+                *o += (v as f64 * w as f64) as f32;
+            }
+        }
+        if e.shared > 0 {
+            let shared = mlp(
+                &p("shared_experts.gate_proj.weight"),
+                &p("shared_experts.up_proj.weight"),
+                &p("shared_experts.down_proj.weight"),
+                e.width * e.shared,
+            );
+            for (o, s) in out.iter_mut().zip(shared) {
+                *o += s;
+            }
+        }
+        out
+    }
+}
+
 /// HF's yarn (`_compute_yarn_parameters`) for RoPE over `dim` dims: `inv_freq` blended between
 /// interpolation (`/ factor`) and extrapolation by a linear ramp over the correction range
 /// (floor/ceil of the dims where `beta_fast` / `beta_slow` rotations fit the original
@@ -1090,6 +1176,20 @@ pub fn apply_rope(x: &mut [f32], pos: usize, rope: Rope) {
     }
 }
 
+/// ERNIE 4.5's interleaved RoPE on one head vector: dims `2i` and `2i + 1` turn by
+/// `pos * theta^(-2i/d)` (cos/sin of `repeat_interleave`d frequencies, `rotate_half` over
+/// even/odd pairs).
+pub fn apply_rope_interleaved(x: &mut [f32], pos: usize, theta: f64) {
+    let d = x.len();
+    for i in 0..d / 2 {
+        let inv_freq = 1.0 / theta.powf((2 * i) as f64 / d as f64);
+        let (sin, cos) = (pos as f64 * inv_freq).sin_cos();
+        let (a, b) = (x[2 * i] as f64, x[2 * i + 1] as f64);
+        x[2 * i] = (a * cos - b * sin) as f32;
+        x[2 * i + 1] = (b * cos + a * sin) as f32;
+    }
+}
+
 /// Phi-3's RoPE on the rotary part of one head: [`apply_rope`] with
 /// `inv_freq[j] = 1 / (factors[j] * theta^(2j/d))` and cos/sin times `mscale`.
 pub fn apply_rope_ext(x: &mut [f32], pos: usize, theta: f64, factors: &[f64], mscale: f64) {
@@ -1214,6 +1314,7 @@ fn parse_config(j: &Value) -> Result<Config> {
         "GraniteForCausalLM" => Family::Granite,
         "Olmo2ForCausalLM" => Family::Olmo2,
         "Glm4MoeForCausalLM" => Family::Glm4Moe,
+        "Ernie4_5_MoeForCausalLM" => Family::Ernie45Moe,
         other => bail!("architecture {other} is not supported by the reference"),
     };
     let gemma = family.is_gemma();
@@ -1442,6 +1543,7 @@ fn parse_config(j: &Value) -> Result<Config> {
             Family::Llama
             | Family::Deepseek2
             | Family::Glm4Moe
+            | Family::Ernie45Moe
             | Family::SmolLm3
             | Family::Granite
             | Family::Olmo2 => false,
@@ -1640,6 +1742,40 @@ fn parse_config(j: &Value) -> Result<Config> {
     } else {
         None
     };
+    let ernie = if family == Family::Ernie45Moe {
+        let interval = j
+            .get("moe_layer_interval")
+            .and_then(Value::as_u64)
+            .unwrap_or(1);
+        let end = j
+            .get("moe_layer_end_index")
+            .and_then(Value::as_i64)
+            .unwrap_or(-1);
+        ensure!(
+            interval == 1 && (end < 0 || end as usize + 1 >= layers),
+            "ERNIE 4.5 MoE with moe_layer_interval {interval} / moe_layer_end_index {end} is not supported"
+        );
+        let e = ErnieMoe {
+            start: usize_of("moe_layer_start_index")?,
+            experts: usize_of("moe_num_experts")?,
+            top_k: usize_of("moe_k")?,
+            width: usize_of("moe_intermediate_size")?,
+            shared: j
+                .get("moe_num_shared_experts")
+                .and_then(Value::as_u64)
+                .unwrap_or(0) as usize,
+            norm_min: f64_or("moe_norm_min", 1e-12)?,
+        };
+        ensure!(
+            e.top_k >= 1 && e.top_k <= e.experts,
+            "moe_k {} of {} experts",
+            e.top_k,
+            e.experts
+        );
+        Some(e)
+    } else {
+        None
+    };
     // DeepSeek: q.k over nope + rope dims, times yarn's mscale(factor, mscale_all_dim)^2.
     let scaling = match &deepseek {
         Some(ds) if family == Family::Deepseek2 => {
@@ -1680,6 +1816,7 @@ fn parse_config(j: &Value) -> Result<Config> {
         torch_dtype,
         moe,
         deepseek,
+        ernie,
         yarn,
         swiglu_limit: f64_or("swiglu_limit", 7.0)?,
         rope_ext,
@@ -2067,6 +2204,27 @@ fn check_tensors(c: &Config, mut tensors: Tensors) -> Result<HashMap<String, Vec
             want.push((p("self_attn.sinks"), vec![c.heads], true));
         }
         match c.moe {
+            None if c.ernie.is_some_and(|e| l >= e.start) => {
+                let e = c.ernie.expect("ernie config");
+                let (w, sw) = (e.width, e.width * e.shared);
+                want.push((p("mlp.gate.weight"), vec![e.experts, h], true));
+                want.push((
+                    p("mlp.moe_statics.e_score_correction_bias"),
+                    vec![1, e.experts],
+                    true,
+                ));
+                for x in 0..e.experts {
+                    let [g, u, d] = expert_names(c.family, l, x);
+                    want.push((g, vec![w, h], true));
+                    want.push((u, vec![w, h], true));
+                    want.push((d, vec![h, w], true));
+                }
+                if e.shared > 0 {
+                    want.push((p("mlp.shared_experts.gate_proj.weight"), vec![sw, h], true));
+                    want.push((p("mlp.shared_experts.up_proj.weight"), vec![sw, h], true));
+                    want.push((p("mlp.shared_experts.down_proj.weight"), vec![h, sw], true));
+                }
+            }
             Some(moe) if c.family == Family::GptOss => {
                 let (e, w) = (moe.experts, moe.width);
                 want.push((p("mlp.router.weight"), vec![e, h], true));
@@ -2128,6 +2286,10 @@ fn check_tensors(c: &Config, mut tensors: Tensors) -> Result<HashMap<String, Vec
         }
     }
     tensors.retain(|k, _| !k.ends_with("rotary_emb.inv_freq"));
+    if c.family == Family::Ernie45Moe {
+        // transformers' _keys_to_ignore_on_load_unexpected = ["mtp"].
+        tensors.retain(|k, _| !k.contains("mtp"));
+    }
     ensure!(
         tensors.is_empty(),
         "unexpected tensors: {:?}",
