@@ -109,8 +109,8 @@ fn ernie4_5moe_keys_names_and_order_follow_convert() {
                 .position(|n| *n == format!("blk.{l}.{t}.weight"))
                 .unwrap_or_else(|| panic!("blk.{l}.{t}"))
         };
-        assert!(at("ffn_gate_exps") + 1 == at("ffn_up_exps"), "{names:?}");
-        assert!(at("ffn_up_exps") + 1 == at("ffn_down_exps"), "{names:?}");
+        assert_eq!(at("ffn_gate_exps") + 1, at("ffn_up_exps"), "{names:?}");
+        assert_eq!(at("ffn_up_exps") + 1, at("ffn_down_exps"), "{names:?}");
         assert_eq!(
             dims(&format!("blk.{l}.ffn_up_shexp.weight")),
             Some(vec![
@@ -144,4 +144,65 @@ fn ernie4_5moe_interleaved_layers_are_an_error_before_any_output() {
     let msg = format!("{e:#}");
     assert!(msg.contains("moe_layer_interval = 2"), "{msg}");
     assert!(!out.exists());
+}
+
+/// The logits comparison in `ernie4_5moe_matches_reference_and_llama_quantize` sees what it
+/// checks: llama.cpp's logits on kiln's file agree with the reference forward pass, and a
+/// reference given another RoPE base or another number of experts per token disagrees by far
+/// more than that test's tolerance.
+#[test]
+fn ernie4_5moe_logits_comparison_sees_rope_and_routing() {
+    use crate::common::reference::reference_logits;
+    let dir = checkpoint("sensitivity");
+    let out = tmp().join("ernie-sensitivity-F32.gguf");
+    convert(&dir, FileType::F32, &out);
+    let model = kiln::llama::load(&out).unwrap();
+    let tokens = kiln::llama::tokenize(
+        &model,
+        "Once upon a time there was a small model that learned to count: one, two, three.",
+        true,
+    );
+    let ours = kiln::llama::logits(&model, &tokens).unwrap();
+    let max_diff = |r: &[Vec<f32>]| -> (f32, f32) {
+        let scale = r.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
+        let d = ours
+            .iter()
+            .zip(r)
+            .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
+            .fold(0f32, f32::max);
+        (d, scale.max(1.0))
+    };
+    let (d, scale) = max_diff(&reference_logits(&dir, &tokens).unwrap());
+    assert!(d < 2e-3 * scale, "as converted: {d} at scale {scale}");
+    for (key, value) in [
+        ("rope_theta", serde_json::json!(10000.0)),
+        ("moe_k", serde_json::json!(1)),
+    ] {
+        let path = dir.join("config.json");
+        let original = std::fs::read_to_string(&path).unwrap();
+        let mut cfg: serde_json::Value = serde_json::from_str(&original).unwrap();
+        cfg[key] = value;
+        std::fs::write(&path, cfg.to_string()).unwrap();
+        let (d, scale) = max_diff(&reference_logits(&dir, &tokens).unwrap());
+        std::fs::write(&path, original).unwrap();
+        assert!(
+            d > 2e-2 * scale,
+            "{key} changed, yet the reference is within {d} of llama.cpp (scale {scale})"
+        );
+    }
+}
+
+/// Requantizing kiln's f32 ERNIE GGUF (whose score bias is {E, 1}, as convert writes it) gives
+/// llama-quantize's file, where ggml's writer drops the trailing 1.
+#[test]
+fn ernie4_5moe_gguf_requantizes_like_llama_quantize() {
+    let dir = checkpoint("requant");
+    let f32_file = tmp().join("ernie-requant-F32.gguf");
+    convert(&dir, FileType::F32, &f32_file);
+    let ours = tmp().join("ernie-requant-kiln-Q8_0.gguf");
+    let theirs = tmp().join("ernie-requant-llama-Q8_0.gguf");
+    convert(&f32_file, FileType::Q8_0, &ours);
+    kiln::llama::reference_quantize(&f32_file, &theirs, FileType::Q8_0.id(), &Default::default())
+        .unwrap();
+    crate::convert_vs_llama::assert_same(&ours, &theirs, "ernie requantized q8_0");
 }

@@ -258,3 +258,24 @@ fn glm4moe_logits_comparison_sees_partial_rotary_and_routing() {
         let _ = std::fs::remove_dir_all(&edited);
     }
 }
+
+/// Requantizing kiln's f32 GLM-4.5 GGUF (MTP block included, checked against the glm4moe
+/// loader's shapes on the way in) gives llama-quantize's file, tensor for tensor and key for
+/// key.
+#[test]
+fn glm4moe_gguf_requantizes_like_llama_quantize() {
+    let dir = checkpoint("requant");
+    let f32_file = tmp().join("glm4moe-requant-F32.gguf");
+    convert(&dir, FileType::F32, &f32_file);
+    let ours = tmp().join("glm4moe-requant-kiln-Q4_K_M.gguf");
+    let theirs = tmp().join("glm4moe-requant-llama-Q4_K_M.gguf");
+    convert(&f32_file, FileType::Q4_K_M, &ours);
+    kiln::llama::reference_quantize(
+        &f32_file,
+        &theirs,
+        FileType::Q4_K_M.id(),
+        &Default::default(),
+    )
+    .unwrap();
+    crate::convert_vs_llama::assert_same(&ours, &theirs, "glm4moe requantized q4_K_M");
+}

@@ -177,7 +177,7 @@ impl Family for Ernie45Moe {
                 SrcDtype::BF16 | SrcDtype::F8E4M3 => GgmlType::BF16,
             })
         };
-        let jobs = moe::stack(ck, hp, &LAYOUT, &x, found, input_type)?;
+        let mut jobs = moe::stack(ck, hp, &LAYOUT, &x, found, input_type)?;
         // Each layer's three in convert's loop order: gate, up, down.
         let rank = |j: &Job| {
             let role = if j.name.contains("ffn_gate_exps") {
@@ -195,7 +195,6 @@ impl Family for Ernie45Moe {
                 .unwrap_or(0);
             (layer, role)
         };
-        let mut jobs = jobs;
         jobs.sort_by_key(rank);
         Ok(jobs)
     }
