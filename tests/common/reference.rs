@@ -1412,7 +1412,7 @@ fn parse_config(j: &Value) -> Result<Config> {
         };
         let dims = (head_dim as f64 * partial) as usize;
         ensure!(
-            dims % 2 == 0 && dims <= head_dim,
+            dims.is_multiple_of(2) && dims <= head_dim,
             "{dims} rotary dims of {head_dim}"
         );
         Some(RopeExt {
