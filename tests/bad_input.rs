@@ -1356,25 +1356,7 @@ fn qwen3_config_disagreeing_with_tensors() {
 fn base_gguf_with(dst: &Path, key: &str, value: kiln::gguf::Value) {
     let src = tmp("gguf_md_src").join("src.gguf");
     std::fs::write(&src, base_gguf()).unwrap();
-    let g = kiln::gguf::GgufFile::open(&src).unwrap();
-    let mut md = g.metadata().clone();
-    md.set(key, value);
-    let entries = g
-        .tensors()
-        .iter()
-        .map(|t| kiln::gguf::writer::TensorEntry {
-            name: t.name.clone(),
-            dims: t.dims.clone(),
-            ty: t.ty,
-            bytes: t.bytes,
-        })
-        .collect();
-    let mut w = kiln::gguf::writer::GgufWriter::create(dst, true, &md, entries).unwrap();
-    for t in g.tensors() {
-        w.write(g.data(t)).unwrap();
-        w.end_tensor().unwrap();
-    }
-    w.finish().unwrap();
+    crate::common::fixtures::gguf_with_metadata(&src, dst, key, value);
 }
 
 #[test]

@@ -515,34 +515,27 @@ impl Card {
                     _ => Vec::new(),
                 }
             };
-            if let Some(key) = ["base_model", "base_models", "base_model_sources"]
-                .into_iter()
-                .find(|k| card.contains_key(*k))
-            {
+            // The base models' and the datasets' entries: the first key present, as a list.
+            let mut sources = |keys: [&str; 3], what: &str| -> Option<Vec<_>> {
+                let key = keys.into_iter().find(|k| card.contains_key(*k))?;
                 let mut v = Vec::new();
                 for id in list_of(card.get(key)) {
                     if !matches!(id, Json::String(_) | Json::Object(_)) {
                         notes.push(format!(
-                            "warning: README.md: base model entry {id} is not in a known format"
+                            "warning: README.md: {what} entry {id} is not in a known format"
                         ));
                     }
                     v.push(source_entry(&id, total_params));
                 }
+                Some(v)
+            };
+            if let Some(v) = sources(
+                ["base_model", "base_models", "base_model_sources"],
+                "base model",
+            ) {
                 c.base_models = Some(v);
             }
-            if let Some(key) = ["datasets", "dataset", "dataset_sources"]
-                .into_iter()
-                .find(|k| card.contains_key(*k))
-            {
-                let mut v = Vec::new();
-                for id in list_of(card.get(key)) {
-                    if !matches!(id, Json::String(_) | Json::Object(_)) {
-                        notes.push(format!(
-                            "warning: README.md: dataset entry {id} is not in a known format"
-                        ));
-                    }
-                    v.push(source_entry(&id, total_params));
-                }
+            if let Some(v) = sources(["datasets", "dataset", "dataset_sources"], "dataset") {
                 c.datasets = Some(v);
             }
             c.license = match card.get("license") {

@@ -279,6 +279,26 @@ pub fn write_vocab(
     }
 }
 
+/// llama.cpp's models/ folder of real vocabularies (ggml-vocab-*.gguf with the .inp/.out
+/// tokenizations llama.cpp expects), which `.ci/setup` fetches into target/llama-cpp-vocab;
+/// `KILN_LLAMA_CPP_MODELS` names another copy. Absent, the tests that need it fail, saying how
+/// to get it.
+#[cfg(test)]
+pub(crate) fn llama_cpp_vocabs() -> std::path::PathBuf {
+    let dir = std::env::var_os("KILN_LLAMA_CPP_MODELS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/llama-cpp-vocab")
+        });
+    assert!(
+        dir.join("ggml-vocab-llama-bpe.gguf").is_file(),
+        "llama.cpp's test vocabularies are not in {}: run `bash .ci/setup` (or set \
+         KILN_LLAMA_CPP_MODELS to llama.cpp's models/ folder)",
+        dir.display()
+    );
+    dir
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -741,10 +741,7 @@ pub(crate) mod tests {
 
     #[test]
     fn llama2_tokenizer_model() {
-        let Some(path) = llama2_path() else {
-            eprintln!("skipped: Llama 2 tokenizer.model fixture not found");
-            return;
-        };
+        let path = llama2_path().expect("the Llama 2 tokenizer.model (../shared/fixtures)");
         let m = load_model(&path).unwrap();
         assert_eq!(m.pieces.len(), 32000);
         assert_eq!(
@@ -794,27 +791,11 @@ pub(crate) mod tests {
     }
 
     /// Cross-check: llama.cpp's own ggml-vocab-llama-spm.gguf (the Llama 2 vocab as llama.cpp
-    /// expects it) holds exactly our tokens, scores (bitwise) and token types. Skipped when
-    /// llama.cpp's models/ folder or the fixture is absent.
+    /// expects it) holds exactly our tokens, scores (bitwise) and token types.
     #[test]
     fn llama2_matches_llama_cpp_vocab_gguf() {
-        let models = [
-            std::env::var("KILN_LLAMA_CPP_MODELS")
-                .ok()
-                .map(PathBuf::from),
-            Some(PathBuf::from(
-                "/tmp/lcp/llama_cpp_python-0.3.36/vendor/llama.cpp/models",
-            )),
-        ]
-        .into_iter()
-        .flatten()
-        .find(|p| p.join("ggml-vocab-llama-spm.gguf").is_file());
-        let (Some(models), Some(path)) = (models, llama2_path()) else {
-            eprintln!(
-                "skipped: ggml-vocab-llama-spm.gguf or the Llama 2 tokenizer.model not found"
-            );
-            return;
-        };
+        let models = crate::tokenizer::llama_cpp_vocabs();
+        let path = llama2_path().expect("the Llama 2 tokenizer.model (../shared/fixtures)");
         let f = crate::gguf::GgufFile::open(&models.join("ggml-vocab-llama-spm.gguf")).unwrap();
         let want = f.metadata();
         let dir = tempfile::tempdir().unwrap();

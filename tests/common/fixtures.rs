@@ -47,9 +47,19 @@ pub fn convert(input: &Path, ftype: FileType, out: &Path) {
 /// the file's header but aborts the process in a GGML_ASSERT (an expert count over its limit of
 /// 512) while loading it. Only a separate process survives that.
 pub fn aborting_copy(src: &Path, dst: &Path) {
+    gguf_with_metadata(
+        src,
+        dst,
+        "llama.expert_count",
+        kiln::gguf::Value::U32(100_000),
+    );
+}
+
+/// A copy of the GGUF `src` at `dst` with metadata `key` set to `value` (tensors unchanged).
+pub fn gguf_with_metadata(src: &Path, dst: &Path, key: &str, value: kiln::gguf::Value) {
     let g = kiln::gguf::GgufFile::open(src).unwrap();
     let mut md = g.metadata().clone();
-    md.set("llama.expert_count", kiln::gguf::Value::U32(100_000));
+    md.set(key, value);
     let entries = g
         .tensors()
         .iter()

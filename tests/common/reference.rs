@@ -903,20 +903,14 @@ impl ReferenceModel {
     }
 }
 
-/// HF's yarn (`_compute_yarn_parameters`) for RoPE over `dim` dims: `inv_freq` blended between
-/// interpolation (`/ factor`) and extrapolation by a linear ramp over the correction range
-/// (floor/ceil of the dims where `beta_fast` / `beta_slow` rotations fit the original
-/// context), and the attention factor `get_mscale(factor, mscale) / get_mscale(factor,
-/// mscale_all_dim)` (or `get_mscale(factor)` without them).
+/// DeepSeek's yarn config as a [`Yarn`] over its `qk_rope_head_dim` dims, and its attention
+/// factor: `attention_factor`, else `get_mscale(factor, mscale) / get_mscale(factor,
+/// mscale_all_dim)`, else `get_mscale(factor)`.
 fn deepseek_yarn(dim: usize, theta: f64, p: &Value) -> Result<(Vec<f64>, f64)> {
     let f = |k: &str| p.get(k).and_then(Value::as_f64);
     let factor = f("factor").context("yarn without factor")?;
     let orig = f("original_max_position_embeddings")
         .context("yarn without original_max_position_embeddings")?;
-    let (beta_fast, beta_slow) = (
-        f("beta_fast").unwrap_or(32.0),
-        f("beta_slow").unwrap_or(1.0),
-    );
     let get_mscale = |scale: f64, m: f64| {
         if scale <= 1.0 {
             1.0
@@ -931,22 +925,16 @@ fn deepseek_yarn(dim: usize, theta: f64, p: &Value) -> Result<(Vec<f64>, f64)> {
         }
         _ => get_mscale(factor, 1.0),
     };
-    let corr_dim = |rot: f64| {
-        dim as f64 * (orig / (rot * 2.0 * std::f64::consts::PI)).ln() / (2.0 * theta.ln())
+    let y = Yarn {
+        theta,
+        factor,
+        original_context: orig,
+        beta_fast: f("beta_fast").unwrap_or(32.0),
+        beta_slow: f("beta_slow").unwrap_or(1.0),
+        truncate: p.get("truncate").and_then(Value::as_bool).unwrap_or(true),
+        attention_factor,
     };
-    let low = corr_dim(beta_fast).floor().max(0.0);
-    let high = corr_dim(beta_slow).ceil().min(dim as f64 - 1.0);
-    let high = if low == high { high + 0.001 } else { high };
-    let inv_freq = (0..dim / 2)
-        .map(|i| {
-            let pos_freq = theta.powf((2 * i) as f64 / dim as f64);
-            let (extra, inter) = (1.0 / pos_freq, 1.0 / (factor * pos_freq));
-            let ramp = ((i as f64 - low) / (high - low)).clamp(0.0, 1.0) as f32 as f64;
-            let extra_factor = 1.0 - ramp;
-            inter * (1.0 - extra_factor) + extra * extra_factor
-        })
-        .collect();
-    Ok((inv_freq, attention_factor))
+    Ok((y.inv_freq(dim), attention_factor))
 }
 
 impl ReferenceModel {
@@ -1046,32 +1034,43 @@ fn dequantize_mx_experts(c: &Config, tensors: &mut Tensors) -> Result<()> {
     Ok(())
 }
 
-/// HF's YaRN rotation (`_compute_yarn_parameters`, then `x * cos + rotate_half(x) * sin` with
-/// cos/sin scaled by the attention factor).
+impl Yarn {
+    /// HF's `_compute_yarn_parameters` over `dim` rotated dims: `inv_freq` blended between
+    /// interpolation (`/ factor`) and extrapolation by a linear ramp (float32, as torch computes
+    /// it) over the correction range (the dims where `beta_fast` / `beta_slow` rotations fit the
+    /// original context; floor/ceil'd when `truncate`).
+    pub fn inv_freq(&self, dim: usize) -> Vec<f64> {
+        let corr = |rot: f64| {
+            dim as f64 * (self.original_context / (rot * 2.0 * std::f64::consts::PI)).ln()
+                / (2.0 * self.theta.ln())
+        };
+        let (mut low, mut high) = (corr(self.beta_fast), corr(self.beta_slow));
+        if self.truncate {
+            low = low.floor();
+            high = high.ceil();
+        }
+        let low = low.max(0.0);
+        let mut high = high.min(dim as f64 - 1.0);
+        if low == high {
+            high += 0.001;
+        }
+        (0..dim / 2)
+            .map(|j| {
+                let pos_freq = self.theta.powf((2 * j) as f64 / dim as f64);
+                let (extrap, interp) = (1.0 / pos_freq, 1.0 / (self.factor * pos_freq));
+                let ramp = ((j as f64 - low) / (high - low)).clamp(0.0, 1.0) as f32 as f64;
+                let extrap_factor = 1.0 - ramp;
+                interp * (1.0 - extrap_factor) + extrap * extrap_factor
+            })
+            .collect()
+    }
+}
+
+/// HF's YaRN rotation: [`Yarn::inv_freq`], then `x * cos + rotate_half(x) * sin` with cos/sin
+/// scaled by the attention factor.
 pub fn apply_yarn_rope(x: &mut [f32], pos: usize, y: Yarn) {
-    let d = x.len();
-    let half = d / 2;
-    let corr = |rot: f64| {
-        d as f64 * (y.original_context / (rot * 2.0 * std::f64::consts::PI)).ln()
-            / (2.0 * y.theta.ln())
-    };
-    let (mut low, mut high) = (corr(y.beta_fast), corr(y.beta_slow));
-    if y.truncate {
-        low = low.floor();
-        high = high.ceil();
-    }
-    let low = low.max(0.0);
-    let mut high = high.min(d as f64 - 1.0);
-    if low == high {
-        high += 0.001;
-    }
-    for j in 0..half {
-        let pos_freq = y.theta.powf((2 * j) as f64 / d as f64);
-        let extrap = 1.0 / pos_freq;
-        let interp = 1.0 / (y.factor * pos_freq);
-        let ramp = ((j as f64 - low) / (high - low)).clamp(0.0, 1.0);
-        let extrap_factor = 1.0 - ramp;
-        let inv_freq = interp * (1.0 - extrap_factor) + extrap * extrap_factor;
+    let half = x.len() / 2;
+    for (j, inv_freq) in y.inv_freq(x.len()).into_iter().enumerate() {
         let angle = pos as f64 * inv_freq;
         let (sin, cos) = angle.sin_cos();
         let (sin, cos) = (sin * y.attention_factor, cos * y.attention_factor);

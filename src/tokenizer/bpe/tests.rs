@@ -447,21 +447,6 @@ fn llama_hf_path() {
     );
 }
 
-fn llama_cpp_models() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var("KILN_LLAMA_CPP_MODELS")
-            .ok()
-            .map(PathBuf::from),
-        Some(PathBuf::from(
-            "/tmp/lcp/llama_cpp_python-0.3.36/vendor/llama.cpp/models",
-        )),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find(|p| p.join("ggml-vocab-gpt-2.gguf").is_file())
-}
-
 /// Rebuilds a tokenizer.json from one of llama.cpp's ggml-vocab-*.gguf files (tokens,
 /// merges, CONTROL tokens as special added tokens) with the given pre-tokenizer set-up.
 fn rebuild(
@@ -521,13 +506,10 @@ fn check_inp_out(models: &Path, name: &str, tok: &Tokenizer) -> usize {
 
 /// Cross-check against llama.cpp's own vocab files: rebuilt GPT-2, Llama 3 and Qwen2
 /// tokenizer.json files tokenize llama.cpp's test texts as expected, and their chkhsh maps
-/// to the pre-tokenizer those files carry. Skipped when llama.cpp's models/ is absent.
+/// to the pre-tokenizer those files carry.
 #[test]
 fn chkhsh_matches_llama_cpp_vocabs() {
-    let Some(models) = llama_cpp_models() else {
-        eprintln!("skipped: llama.cpp models/ not found (set KILN_LLAMA_CPP_MODELS)");
-        return;
-    };
+    let models = crate::tokenizer::llama_cpp_vocabs();
     let bl = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
     let split = |i: usize| {
         json!({"type": "Sequence", "pretokenizers": [
