@@ -427,8 +427,19 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
     // A file at a checkpoint's own precision is what convert_hf_to_gguf.py writes, in its
     // order; a quantized file is what llama-quantize writes, in the loader's order (its
     // `weights_map`), as it stands.
+    let convert_form = convert_order.is_some() && !opts.ftype.default_type().is_quantized();
     if let Some(m) = convert_order.filter(|_| !opts.ftype.default_type().is_quantized()) {
         jobs.sort_by_key(|j| m.get(&j.name).copied());
+    }
+    // convert writes a tensor's shape as the checkpoint has it (ERNIE's [1, E] score bias stays
+    // {E, 1}); llama-quantize (ggml's gguf writer) writes ggml_n_dims dimensions, trailing
+    // ones dropped.
+    if !convert_form {
+        for j in jobs.iter_mut() {
+            while j.dims.len() > 1 && j.dims.last() == Some(&1) {
+                j.dims.pop();
+            }
+        }
     }
     let problems = refusals(&jobs, opts.ftype, imatrix.as_ref());
     if opts.dry_run {

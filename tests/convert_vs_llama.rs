@@ -410,6 +410,30 @@ fn deepseek2_matches_reference_and_llama_quantize() {
     );
 }
 
+/// GLM-4.5: q/k/v biases, q/k norms, half-rotary heads, a dense leading layer, sigmoid routing
+/// with the score bias, a shared expert, and the multi-token-prediction layer kept as
+/// `blk.3` (with its `nextn.*` tensors), which llama.cpp loads beside the three it runs.
+#[test]
+fn glm4moe_matches_reference_and_llama_quantize() {
+    use kiln_fixtures::checkpoint::{default_for, Arch, Vocab};
+    check_arch(
+        "glm4moe",
+        default_for(Arch::Glm4Moe, Vocab::TrainedBpe { size: 1024 }),
+    );
+}
+
+/// ERNIE 4.5 MoE: interleaved RoPE, a dense leading layer, softmax routing with the score
+/// bias, two shared experts, tied output, the Llama 2 SentencePiece vocabulary; the release's
+/// MTP tensors left out.
+#[test]
+fn ernie4_5moe_matches_reference_and_llama_quantize() {
+    use kiln_fixtures::checkpoint::{default_for, Arch, Vocab};
+    check_arch(
+        "ernie4_5moe",
+        default_for(Arch::Ernie45Moe, Vocab::LlamaSpm(tokenizer_model())),
+    );
+}
+
 /// DeepSeek V3's keys as conversion/deepseek.py writes them for the fixture's config, and
 /// kv_b_proj split per head into attn_k_b (transposed) and attn_v_b, checked against the
 /// checkpoint's own values.

@@ -26,9 +26,11 @@
 mod base;
 mod config;
 mod deepseek2;
+mod ernie4_5moe;
 mod gemma2;
 mod gemma3;
 pub mod general;
+mod glm4moe;
 mod gptoss;
 mod granite;
 mod llama;
@@ -72,6 +74,8 @@ pub static FAMILIES: &[&dyn Family] = &[
     &granite::Granite,
     &olmo2::Olmo2,
     &mistral3::Mistral3,
+    &glm4moe::Glm4Moe,
+    &ernie4_5moe::Ernie45Moe,
 ];
 
 /// One model family: what differs from the base conversion. Only the first four methods are
@@ -121,6 +125,13 @@ pub trait Family: Sync {
     fn skips(&self, hf_name: &str, cfg: &Config) -> bool {
         let _ = (hf_name, cfg);
         false
+    }
+    /// Blocks the file holds past config.json's `num_hidden_layers` (GLM-4.5's
+    /// multi-token-prediction layers, which convert keeps and counts in `block_count`); their
+    /// tensors are converted like the other blocks'.
+    fn extra_blocks(&self, cfg: &Config) -> Result<u64> {
+        let _ = cfg;
+        Ok(0)
     }
     /// The first layer with experts: layers before it have a dense feed-forward (DeepSeek's
     /// `first_k_dense_replace`).
@@ -378,7 +389,9 @@ pub fn prepare(ck: &Checkpoint, ftype: FileType) -> Result<Converted> {
     const EMBD: &[&str] = &["hidden_size", "n_embd", "dim"];
     const HEADS: &[&str] = &["num_attention_heads", "n_head", "n_heads"];
     const KV_HEADS: &[&str] = &["num_key_value_heads", "n_kv_heads"];
-    let n_layer_raw = cfg.need_uint(LAYERS)?;
+    let n_layer_raw = cfg
+        .need_uint(LAYERS)?
+        .saturating_add(family.extra_blocks(&cfg)?);
     let n_embd = cfg.need_uint(EMBD)?;
     let n_head = cfg.need_uint(HEADS)?;
     let n_head_kv = cfg.uint(KV_HEADS)?.unwrap_or(n_head);

@@ -187,6 +187,12 @@ pub enum VocabRecipe {
     SentencePieceCodeInfill,
     /// `_set_vocab_gpt2`: byte-level BPE from tokenizer.json only (`TextModel.set_vocab`).
     Gpt2,
+    /// `_set_vocab_glm` (GLM-4.5): `_set_vocab_gpt2`'s vocabulary with bos `[gMASK]`, eot
+    /// `<|user|>`, unk `<|endoftext|>` and eom `<|observation|>` from the added tokens.
+    Glm,
+    /// `_set_vocab_sentencepiece` (tokenizer.model required), then tokenizer_config.json's
+    /// `add_prefix_space` as `add_space_prefix` when it is a boolean (ERNIE 4.5).
+    SentencePieceWithPrefixSpaceKey,
     /// `Phi3MiniModel.set_vocab`: `_set_vocab_gpt2` when tokenizer_config.json's
     /// `tokenizer_class` is `GPT2Tokenizer` (Phi-4), else tokenizer.model with Phi-3's own
     /// added-token handling ([`spm::set_vocab_phi3`]).
@@ -213,6 +219,7 @@ pub fn write_vocab(
         VocabRecipe::LlamaSetVocab => llama_vocab(dir, vocab_size, md),
         VocabRecipe::SentencePieceElseBpe => spm_else_gpt2(dir, vocab_size, md),
         VocabRecipe::Gpt2 => Ok(bpe_info("gpt2", bpe::set_vocab_gpt2(dir, vocab_size, md)?)),
+        VocabRecipe::Glm => Ok(bpe_info("gpt2", bpe::set_vocab_glm(dir, vocab_size, md)?)),
         VocabRecipe::Phi3 => {
             let tc_path = dir.join("tokenizer_config.json");
             if tc_path.is_file() {
@@ -241,6 +248,18 @@ pub fn write_vocab(
             sv.chat_template = None;
             sv.add_to(md, &mut info.warnings);
             md.set_bool("tokenizer.ggml.add_space_prefix", false);
+            Ok(info)
+        }
+        VocabRecipe::SentencePieceWithPrefixSpaceKey => {
+            require_spm(dir)?;
+            let info = spm_info(spm::set_vocab_sentencepiece(dir, vocab_size, md)?);
+            let tc_path = dir.join("tokenizer_config.json");
+            if tc_path.is_file() {
+                let tc = special::read_json(&tc_path)?;
+                if let Some(v) = tc.get("add_prefix_space").and_then(|v| v.as_bool()) {
+                    md.set_bool("tokenizer.ggml.add_space_prefix", v);
+                }
+            }
             Ok(info)
         }
         VocabRecipe::SentencePieceNoSpacePrefix => {

@@ -14,7 +14,8 @@
 //! Supported: LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Gemma2ForCausalLM,
 //! Gemma3ForCausalLM (text), Qwen3MoeForCausalLM, MixtralForCausalLM, GptOssForCausalLM,
 //! DeepseekV3ForCausalLM, Phi3ForCausalLM (with LongRoPE), SmolLM3ForCausalLM,
-//! GraniteForCausalLM, Olmo2ForCausalLM and the Mistral text model of
+//! GraniteForCausalLM, Olmo2ForCausalLM, Glm4MoeForCausalLM, Ernie4_5_MoeForCausalLM and the
+//! Mistral text model of
 //! Mistral3ForConditionalGeneration, with default or linear RoPE scaling (YaRN for gpt-oss and
 //! DeepSeek). Anything else (other RoPE
 //! scalings, unknown activations, unexpected or missing tensors) is an error, not a guess.
@@ -103,6 +104,23 @@
 //!   `language_model.` (or transformers 5's `model.language_model.`) read as the Mistral model
 //!   they are (Llama's blocks, a sliding window when `sliding_window` is set), the vision tower
 //!   and projector ignored.
+//! - GLM-4.5 (`modeling_glm4_moe.py`: DeepSeek V3's decoder layers around Cohere-style
+//!   attention): q/k/v with biases (`attention_bias`), `o_proj` without; per-head RMS q/k
+//!   norms when `use_qk_norm`, before RoPE; RoPE (`rotate_half`) over the first
+//!   `partial_rotary_factor * head_dim` dims of each head (default 0.5; `inv_freq` over those
+//!   dims), the rest passed through; scaling `head_dim^-0.5`; dense MLPs in the first
+//!   `first_k_dense_replace` layers, then DeepSeek V3's MoE (`deepseek_moe`: sigmoid scores,
+//!   score bias for the choice, groups, renormalised and scaled weights, shared experts).
+//!   The multi-token-prediction layers past `num_hidden_layers` are not part of the forward
+//!   pass (transformers drops them at load).
+//! - ERNIE 4.5 MoE (`modeling_ernie4_5_moe.py`): Llama's blocks (optional biases with
+//!   `use_bias`), RoPE interleaved (`rotate_half` over even/odd pairs: dims `2i`, `2i + 1`
+//!   turn by `p * theta^(-2i/d)`); dense MLPs (`intermediate_size`) before
+//!   `moe_layer_start_index`, then the sparse block: router logits `gate @ x` (f32),
+//!   softmax, the `moe_k` experts with the largest `prob + e_score_correction_bias`
+//!   (`moe_statics`, [1, E]), weights = their probabilities divided by
+//!   `max(sum, moe_norm_min)`, plus the shared experts' MLP (`moe_intermediate_size *
+//!   moe_num_shared_experts` wide). The `mtp*` tensors are ignored (transformers drops them).
 //! - Sliding window of `W`: query `i` sees key `j` when `j <= i` and `i - j < W` (HF's
 //!   `kv_idx > q_idx - sliding_window`).
 
@@ -195,6 +213,20 @@ pub enum Family {
     Olmo2,
     /// Mistral (the text model of Mistral3ForConditionalGeneration).
     Mistral,
+    Glm4Moe,
+    Ernie45Moe,
+}
+
+/// ERNIE 4.5 MoE's sparse blocks (`Ernie4_5_MoeSparseMoeBlock`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ErnieMoe {
+    /// `moe_layer_start_index`: layers before it are dense.
+    pub start: usize,
+    pub experts: usize,
+    pub top_k: usize,
+    pub width: usize,
+    pub shared: usize,
+    pub norm_min: f64,
 }
 
 /// DeepSeek V3's attention and MoE parameters (`modeling_deepseek_v3.py`).
@@ -299,8 +331,11 @@ pub struct Config {
     pub torch_dtype: String,
     /// Mixture-of-experts MLPs (every layer), or None for dense ones.
     pub moe: Option<Moe>,
-    /// DeepSeek's MLA and MoE (Family::Deepseek2).
+    /// DeepSeek's MLA and MoE (Family::Deepseek2); for GLM-4.5 only its MoE fields (the MLA
+    /// sizes are 0: GLM's attention is the generic one).
     pub deepseek: Option<Deepseek>,
+    /// ERNIE 4.5 MoE's sparse blocks (Family::Ernie45Moe).
+    pub ernie: Option<ErnieMoe>,
     /// YaRN RoPE (gpt-oss), replacing `rope`.
     pub yarn: Option<Yarn>,
     /// gpt-oss's swiglu clamp.
@@ -394,7 +429,7 @@ impl ReferenceModel {
                     .map(|r| self.norm(r, &p("input_layernorm.weight")))
                     .collect()
             };
-            let attn = if c.deepseek.is_some() {
+            let attn = if c.family == Family::Deepseek2 {
                 self.mla_attention(l, &x, options)
             } else {
                 self.attention(l, &x, options)
@@ -420,6 +455,9 @@ impl ReferenceModel {
                     self.norm(hi, &p(pre))
                 };
                 let m = match (&c.deepseek, c.moe) {
+                    _ if c.ernie.is_some_and(|e| l >= e.start) => {
+                        self.ernie_moe(l, &x, c.ernie.expect("ernie config"))
+                    }
                     (Some(ds), _) if l >= ds.dense_layers => self.deepseek_moe(l, &x, ds),
                     (_, Some(moe)) if c.family == Family::GptOss => self.gpt_oss_moe(l, &x, moe),
                     (_, Some(moe)) => self.moe(l, &x, moe, options),
@@ -498,7 +536,8 @@ impl ReferenceModel {
         let c = &self.config;
         let (hd, nh, nkv) = (c.head_dim, c.heads, c.kv_heads);
         let p = |s: &str| format!("model.layers.{l}.self_attn.{s}");
-        let qk_norm = matches!(c.family, Family::Qwen3 | Family::Gemma3 | Family::Qwen3Moe);
+        let qk_norm = matches!(c.family, Family::Qwen3 | Family::Gemma3 | Family::Qwen3Moe)
+            || (c.family == Family::Glm4Moe && self.opt(&p("q_norm.weight")).is_some());
         let gemma = c.family.is_gemma();
         let rope = c.rope[l];
         // LongRoPE's factors by the sequence's length (HF's longrope_frequency_update).
@@ -526,7 +565,9 @@ impl ReferenceModel {
                         let normed = rms_norm(head, self.w(&p(norm)), c.eps, gemma);
                         head.copy_from_slice(&normed);
                     }
-                    if options.rope && c.use_rope[l] {
+                    if options.rope && c.use_rope[l] && c.family == Family::Ernie45Moe {
+                        apply_rope_interleaved(head, pos, rope.theta);
+                    } else if options.rope && c.use_rope[l] {
                         match (c.yarn, ext) {
                             (Some(y), _) => apply_yarn_rope(head, pos, y),
                             (None, Some((e, factors))) => apply_rope_ext(
@@ -838,6 +879,63 @@ impl ReferenceModel {
     }
 }
 
+impl ReferenceModel {
+    /// ERNIE 4.5 MoE's sparse block (`Ernie4_5_MoeTopKRouter` and `Ernie4_5_MoeSparseMoeBlock`)
+    /// on one position: softmax router probabilities (f32), the `top_k` largest of `prob +
+    /// bias` (ties to the lower index), weights = their probabilities over `max(sum,
+    /// norm_min)`, the chosen experts' MLPs mixed, plus the shared experts' MLP.
+    fn ernie_moe(&self, l: usize, x: &[f32], e: ErnieMoe) -> Vec<f32> {
+        let c = &self.config;
+        let p = |s: &str| format!("model.layers.{l}.mlp.{s}");
+        let logits = matvec(self.w(&p("gate.weight")), e.experts, c.hidden, x, None);
+        let max = logits
+            .iter()
+            .fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+        let exps: Vec<f64> = logits.iter().map(|&v| (v as f64 - max).exp()).collect();
+        let sum: f64 = exps.iter().sum();
+        let probs: Vec<f32> = exps.iter().map(|v| (v / sum) as f32).collect();
+        let bias = self.w(&p("moe_statics.e_score_correction_bias"));
+        let choice: Vec<f32> = probs.iter().zip(bias).map(|(p, b)| p + b).collect();
+        let mut order: Vec<usize> = (0..e.experts).collect();
+        order.sort_by(|&a, &b| choice[b].total_cmp(&choice[a]).then(a.cmp(&b)));
+        let chosen = &order[..e.top_k];
+        let total = chosen.iter().map(|&i| probs[i] as f64).sum::<f64>() as f32;
+        let denom = (total as f64).max(e.norm_min);
+        let mlp = |g: &str, u: &str, d: &str, width: usize| -> Vec<f32> {
+            let gate = matvec(self.w(g), width, c.hidden, x, None);
+            let up = matvec(self.w(u), width, c.hidden, x, None);
+            let act: Vec<f32> = gate
+                .iter()
+                .zip(&up)
+                .map(|(&g, &u)| (silu(g as f64) * u as f64) as f32)
+                .collect();
+            matvec(self.w(d), c.hidden, width, &act, None)
+        };
+        let mut out = vec![0f32; c.hidden];
+        let mut by_expert: Vec<usize> = chosen.to_vec();
+        by_expert.sort_unstable();
+        for &i in &by_expert {
+            let w = (probs[i] as f64 / denom) as f32;
+            let [g, u, d] = expert_names(Family::Ernie45Moe, l, i);
+            for (o, v) in out.iter_mut().zip(mlp(&g, &u, &d, e.width)) {
+                *o += (v as f64 * w as f64) as f32;
+            }
+        }
+        if e.shared > 0 {
+            let shared = mlp(
+                &p("shared_experts.gate_proj.weight"),
+                &p("shared_experts.up_proj.weight"),
+                &p("shared_experts.down_proj.weight"),
+                e.width * e.shared,
+            );
+            for (o, s) in out.iter_mut().zip(shared) {
+                *o += s;
+            }
+        }
+        out
+    }
+}
+
 /// DeepSeek's yarn config as a [`Yarn`] over its `qk_rope_head_dim` dims, and its attention
 /// factor: `attention_factor`, else `get_mscale(factor, mscale) / get_mscale(factor,
 /// mscale_all_dim)`, else `get_mscale(factor)`.
@@ -1110,6 +1208,20 @@ pub fn apply_rope(x: &mut [f32], pos: usize, rope: Rope) {
     }
 }
 
+/// ERNIE 4.5's interleaved RoPE on one head vector: dims `2i` and `2i + 1` turn by
+/// `pos * theta^(-2i/d)` (cos/sin of `repeat_interleave`d frequencies, `rotate_half` over
+/// even/odd pairs).
+pub fn apply_rope_interleaved(x: &mut [f32], pos: usize, theta: f64) {
+    let d = x.len();
+    for i in 0..d / 2 {
+        let inv_freq = 1.0 / theta.powf((2 * i) as f64 / d as f64);
+        let (sin, cos) = (pos as f64 * inv_freq).sin_cos();
+        let (a, b) = (x[2 * i] as f64, x[2 * i + 1] as f64);
+        x[2 * i] = (a * cos - b * sin) as f32;
+        x[2 * i + 1] = (b * cos + a * sin) as f32;
+    }
+}
+
 /// Phi-3's RoPE on the rotary part of one head: [`apply_rope`] with
 /// `inv_freq[j] = 1 / (factors[j] * theta^(2j/d))` and cos/sin times `mscale`.
 pub fn apply_rope_ext(x: &mut [f32], pos: usize, theta: f64, factors: &[f64], mscale: f64) {
@@ -1233,6 +1345,8 @@ fn parse_config(j: &Value) -> Result<Config> {
         "SmolLM3ForCausalLM" => Family::SmolLm3,
         "GraniteForCausalLM" => Family::Granite,
         "Olmo2ForCausalLM" => Family::Olmo2,
+        "Glm4MoeForCausalLM" => Family::Glm4Moe,
+        "Ernie4_5_MoeForCausalLM" => Family::Ernie45Moe,
         other => bail!("architecture {other} is not supported by the reference"),
     };
     let gemma = family.is_gemma();
@@ -1319,6 +1433,27 @@ fn parse_config(j: &Value) -> Result<Config> {
         .or(global_params);
     let rope_ext = if family == Family::Phi3 {
         Some(phi3_rope(j, scaling, head_dim)?)
+    } else if family == Family::Glm4Moe {
+        ensure!(
+            scaling.is_none_or(|p| rope_factor(Some(p)).ok() == Some(1.0)),
+            "GLM-4.5 with RoPE scaling is not supported"
+        );
+        let partial = match scaling.and_then(|p| p.get("partial_rotary_factor")) {
+            Some(v) => v.as_f64().context("partial_rotary_factor")?,
+            None => f64_or("partial_rotary_factor", 0.5)?,
+        };
+        let dims = (head_dim as f64 * partial) as usize;
+        ensure!(
+            dims.is_multiple_of(2) && dims <= head_dim,
+            "{dims} rotary dims of {head_dim}"
+        );
+        Some(RopeExt {
+            dims,
+            short: vec![1.0; dims / 2],
+            long: vec![1.0; dims / 2],
+            original_max: usize::MAX,
+            mscale: 1.0,
+        })
     } else {
         None
     };
@@ -1439,6 +1574,8 @@ fn parse_config(j: &Value) -> Result<Config> {
             }
             Family::Llama
             | Family::Deepseek2
+            | Family::Glm4Moe
+            | Family::Ernie45Moe
             | Family::SmolLm3
             | Family::Granite
             | Family::Olmo2 => false,
@@ -1595,12 +1732,85 @@ fn parse_config(j: &Value) -> Result<Config> {
             ds.top_k
         );
         Some(ds)
+    } else if family == Family::Glm4Moe {
+        let u_or = |k: &str, d: usize| -> Result<usize> {
+            match j.get(k) {
+                None | Some(Value::Null) => Ok(d),
+                Some(_) => usize_of(k),
+            }
+        };
+        let ds = Deepseek {
+            q_rank: None,
+            kv_rank: 0,
+            nope: 0,
+            rope: 0,
+            v: 0,
+            dense_layers: u_or("first_k_dense_replace", 1)?,
+            experts: u_or("n_routed_experts", 128)?,
+            top_k: u_or("num_experts_per_tok", 8)?,
+            width: u_or("moe_intermediate_size", 1408)?,
+            shared: u_or("n_shared_experts", 1)?,
+            n_group: u_or("n_group", 1)?,
+            topk_group: u_or("topk_group", 1)?,
+            norm_topk: bool_or("norm_topk_prob", true),
+            routed_scaling: f64_or("routed_scaling_factor", 1.0)?,
+            inv_freq: Vec::new(),
+            rope_attention_factor: 1.0,
+        };
+        ensure!(
+            ds.n_group > 0 && ds.experts.is_multiple_of(ds.n_group) && ds.topk_group <= ds.n_group,
+            "{} experts in {} groups, {} kept",
+            ds.experts,
+            ds.n_group,
+            ds.topk_group
+        );
+        ensure!(
+            ds.top_k >= 1 && ds.top_k <= ds.experts && ds.experts / ds.n_group >= 2,
+            "top_k {} of {} experts",
+            ds.top_k,
+            ds.experts
+        );
+        Some(ds)
+    } else {
+        None
+    };
+    let ernie = if family == Family::Ernie45Moe {
+        let interval = j
+            .get("moe_layer_interval")
+            .and_then(Value::as_u64)
+            .unwrap_or(1);
+        let end = j
+            .get("moe_layer_end_index")
+            .and_then(Value::as_i64)
+            .unwrap_or(-1);
+        ensure!(
+            interval == 1 && (end < 0 || end as usize + 1 >= layers),
+            "ERNIE 4.5 MoE with moe_layer_interval {interval} / moe_layer_end_index {end} is not supported"
+        );
+        let e = ErnieMoe {
+            start: usize_of("moe_layer_start_index")?,
+            experts: usize_of("moe_num_experts")?,
+            top_k: usize_of("moe_k")?,
+            width: usize_of("moe_intermediate_size")?,
+            shared: j
+                .get("moe_num_shared_experts")
+                .and_then(Value::as_u64)
+                .unwrap_or(0) as usize,
+            norm_min: f64_or("moe_norm_min", 1e-12)?,
+        };
+        ensure!(
+            e.top_k >= 1 && e.top_k <= e.experts,
+            "moe_k {} of {} experts",
+            e.top_k,
+            e.experts
+        );
+        Some(e)
     } else {
         None
     };
     // DeepSeek: q.k over nope + rope dims, times yarn's mscale(factor, mscale_all_dim)^2.
     let scaling = match &deepseek {
-        Some(ds) => {
+        Some(ds) if family == Family::Deepseek2 => {
             let mut s = ((ds.nope + ds.rope) as f64).powf(-0.5);
             if let Some(p) = scaling_obj_for_mscale(j) {
                 let ma = p
@@ -1615,7 +1825,7 @@ fn parse_config(j: &Value) -> Result<Config> {
             }
             s
         }
-        None => scaling,
+        _ => scaling,
     };
 
     Ok(Config {
@@ -1638,6 +1848,7 @@ fn parse_config(j: &Value) -> Result<Config> {
         torch_dtype,
         moe,
         deepseek,
+        ernie,
         yarn,
         swiglu_limit: f64_or("swiglu_limit", 7.0)?,
         rope_ext,
@@ -1937,6 +2148,48 @@ fn deepseek_tensors(c: &Config, ds: &Deepseek, want: &mut Vec<(String, Vec<usize
     }
 }
 
+/// GLM-4.5's layers: Llama's attention with q/k/v biases (o_proj without), optional per-head
+/// q/k norms, DeepSeek V3's dense or MoE feed-forward.
+fn glm4moe_tensors(c: &Config, ds: &Deepseek, want: &mut Vec<(String, Vec<usize>, bool)>) {
+    let (h, hd) = (c.hidden, c.head_dim);
+    let (q, kv) = (c.heads * hd, c.kv_heads * hd);
+    for l in 0..c.layers {
+        let p = |s: &str| format!("model.layers.{l}.{s}");
+        for (name, rows) in [("q_proj", q), ("k_proj", kv), ("v_proj", kv)] {
+            want.push((p(&format!("self_attn.{name}.weight")), vec![rows, h], true));
+            want.push((p(&format!("self_attn.{name}.bias")), vec![rows], false));
+        }
+        want.push((p("self_attn.o_proj.weight"), vec![h, q], true));
+        want.push((p("self_attn.q_norm.weight"), vec![hd], false));
+        want.push((p("self_attn.k_norm.weight"), vec![hd], false));
+        if l < ds.dense_layers {
+            let f = c.intermediate;
+            want.push((p("mlp.gate_proj.weight"), vec![f, h], true));
+            want.push((p("mlp.up_proj.weight"), vec![f, h], true));
+            want.push((p("mlp.down_proj.weight"), vec![h, f], true));
+        } else {
+            let (w, sw) = (ds.width, ds.width * ds.shared);
+            want.push((p("mlp.gate.weight"), vec![ds.experts, h], true));
+            want.push((
+                p("mlp.gate.e_score_correction_bias"),
+                vec![ds.experts],
+                true,
+            ));
+            for e in 0..ds.experts {
+                let [g, u, d] = expert_names(Family::Glm4Moe, l, e);
+                want.push((g, vec![w, h], true));
+                want.push((u, vec![w, h], true));
+                want.push((d, vec![h, w], true));
+            }
+            want.push((p("mlp.shared_experts.gate_proj.weight"), vec![sw, h], true));
+            want.push((p("mlp.shared_experts.up_proj.weight"), vec![sw, h], true));
+            want.push((p("mlp.shared_experts.down_proj.weight"), vec![h, sw], true));
+        }
+        want.push((p("input_layernorm.weight"), vec![h], true));
+        want.push((p("post_attention_layernorm.weight"), vec![h], true));
+    }
+}
+
 /// Checks that the checkpoint holds exactly the tensors the family needs, with the right
 /// shapes, and returns them by name.
 fn check_tensors(c: &Config, mut tensors: Tensors) -> Result<HashMap<String, Vec<f32>>> {
@@ -1946,8 +2199,20 @@ fn check_tensors(c: &Config, mut tensors: Tensors) -> Result<HashMap<String, Vec
     // (name, shape, required)
     let mut want: Vec<(String, Vec<usize>, bool)> =
         vec![("model.embed_tokens.weight".into(), vec![c.vocab, h], true)];
-    if let Some(ds) = &c.deepseek {
-        deepseek_tensors(c, ds, &mut want);
+    match &c.deepseek {
+        Some(ds) if c.family == Family::Glm4Moe => {
+            glm4moe_tensors(c, ds, &mut want);
+            // transformers ignores the multi-token-prediction layers past num_hidden_layers.
+            tensors.retain(|k, _| {
+                let layer = k
+                    .strip_prefix("model.layers.")
+                    .and_then(|r| r.split('.').next())
+                    .and_then(|n| n.parse::<usize>().ok());
+                layer.is_none_or(|l| l < c.layers)
+            });
+        }
+        Some(ds) => deepseek_tensors(c, ds, &mut want),
+        None => {}
     }
     let generic_layers = if c.deepseek.is_some() { 0 } else { c.layers };
     for l in 0..generic_layers {
@@ -1971,6 +2236,27 @@ fn check_tensors(c: &Config, mut tensors: Tensors) -> Result<HashMap<String, Vec
             want.push((p("self_attn.sinks"), vec![c.heads], true));
         }
         match c.moe {
+            None if c.ernie.is_some_and(|e| l >= e.start) => {
+                let e = c.ernie.expect("ernie config");
+                let (w, sw) = (e.width, e.width * e.shared);
+                want.push((p("mlp.gate.weight"), vec![e.experts, h], true));
+                want.push((
+                    p("mlp.moe_statics.e_score_correction_bias"),
+                    vec![1, e.experts],
+                    true,
+                ));
+                for x in 0..e.experts {
+                    let [g, u, d] = expert_names(c.family, l, x);
+                    want.push((g, vec![w, h], true));
+                    want.push((u, vec![w, h], true));
+                    want.push((d, vec![h, w], true));
+                }
+                if e.shared > 0 {
+                    want.push((p("mlp.shared_experts.gate_proj.weight"), vec![sw, h], true));
+                    want.push((p("mlp.shared_experts.up_proj.weight"), vec![sw, h], true));
+                    want.push((p("mlp.shared_experts.down_proj.weight"), vec![h, sw], true));
+                }
+            }
             Some(moe) if c.family == Family::GptOss => {
                 let (e, w) = (moe.experts, moe.width);
                 want.push((p("mlp.router.weight"), vec![e, h], true));
@@ -2032,6 +2318,10 @@ fn check_tensors(c: &Config, mut tensors: Tensors) -> Result<HashMap<String, Vec
         }
     }
     tensors.retain(|k, _| !k.ends_with("rotary_emb.inv_freq"));
+    if c.family == Family::Ernie45Moe {
+        // transformers' _keys_to_ignore_on_load_unexpected = ["mtp"].
+        tensors.retain(|k, _| !k.contains("mtp"));
+    }
     ensure!(
         tensors.is_empty(),
         "unexpected tensors: {:?}",

@@ -100,7 +100,56 @@ pub fn set_vocab_gpt2(
     vocab_size: Option<usize>,
     md: &mut Metadata,
 ) -> Result<BpeWritten> {
+    gpt2_with_specials(dir, vocab_size, md, &[])
+}
+
+/// convert's `_set_vocab_glm` (GLM-4.5): `_set_vocab_gpt2` plus bos `[gMASK]`, eot `<|user|>`,
+/// unk `<|endoftext|>` and eom `<|observation|>`, looked up in the tokenizer's added tokens
+/// (`tokenizer.get_added_vocab()`; a missing one stops convert with a KeyError) and set after
+/// the ones SpecialVocab read from the files (gguf-py's `_set_special_token` keeps the first).
+pub fn set_vocab_glm(
+    dir: &Path,
+    vocab_size: Option<usize>,
+    md: &mut Metadata,
+) -> Result<BpeWritten> {
+    gpt2_with_specials(
+        dir,
+        vocab_size,
+        md,
+        &[
+            ("bos", "[gMASK]"),
+            ("eot", "<|user|>"),
+            ("unk", "<|endoftext|>"),
+            ("eom", "<|observation|>"),
+        ],
+    )
+}
+
+/// `_set_vocab_gpt2`, then `_set_special_token(typ, added_vocab[content])` for each of
+/// `specials`.
+fn gpt2_with_specials(
+    dir: &Path,
+    vocab_size: Option<usize>,
+    md: &mut Metadata,
+    specials: &[(&str, &str)],
+) -> Result<BpeWritten> {
     let hf = HfTokenizer::load(dir)?;
+    let added: HashMap<String, u32> = hf
+        .tok
+        .get_added_tokens_decoder()
+        .into_iter()
+        .map(|(id, t)| (t.content, id))
+        .collect();
+    let mut special_ids = Vec::with_capacity(specials.len());
+    for &(typ, content) in specials {
+        let Some(&id) = added.get(content) else {
+            bail!(
+                "{}: no added token {content:?}, which this architecture's vocabulary takes as its {typ} token (convert's _set_vocab_glm)",
+                hf.path.display()
+            );
+        };
+        special_ids.push((typ, id));
+    }
     let mut warnings = Vec::new();
     let (tokens, types) = vocab_base(&hf, vocab_size, &mut warnings)?;
     let (pre, pre_reason) = hf.detect_pre()?;
@@ -111,7 +160,10 @@ pub fn set_vocab_gpt2(
     }
     super::set_array(md, "tokenizer.ggml.tokens", Array::Str(tokens));
     super::set_array(md, "tokenizer.ggml.token_type", Array::I32(types));
-    let sv = SpecialVocab::load(dir, true, None, None)?;
+    let mut sv = SpecialVocab::load(dir, true, None, None)?;
+    for (typ, id) in special_ids {
+        sv.set_special_token(typ, id);
+    }
     sv.add_to(md, &mut warnings);
     Ok(BpeWritten {
         n_tokens: n,
