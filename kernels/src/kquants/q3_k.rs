@@ -177,7 +177,7 @@ fn quantize_block_imatrix<const LANES: bool>(x: &[f32], y: &mut BlockQ3K, qw: &[
         sw[j] = sumw;
     }
     if LANES {
-        scales = make_qx_quants_lanes::<16>(4, x, &mut li, Some(&weight));
+        scales = make_qx_quants_lanes::<16, 16>(4, x, &mut li, Some(&weight));
     } else {
         for j in 0..16 {
             let (xs, ws) = (&x[16 * j..16 * j + 16], &weight[16 * j..16 * j + 16]);

@@ -65,6 +65,87 @@ pub(crate) fn ref_weights(xs: &[f32]) -> [f32; 32] {
     w
 }
 
+/// [`ref_weights`] for the eight sub-blocks of a super-block side by side (each sum in
+/// ggml's order) into `w`.
+#[inline(always)]
+fn ref_weights_x8(x: &[f32], w: &mut [f32]) {
+    let (x, w) = (&x[..QK_K], &mut w[..QK_K]);
+    let mut ss = [0.0f32; 8];
+    for i in 0..32 {
+        ss = std::array::from_fn(|j| ss[j] + x[32 * j + i] * x[32 * j + i]);
+    }
+    for j in 0..8 {
+        let av_x = (ss[j] / 32.0).sqrt();
+        for i in 0..32 {
+            w[32 * j + i] = av_x + x[32 * j + i].abs();
+        }
+    }
+}
+
+/// The importance weights of a super-block's weights (`qw[i] * sqrt(sigma2 + x[i]^2)`) into
+/// `w`, and their sums per sub-block into `sw`.
+#[inline(always)]
+fn imatrix_weights(x: &[f32], qw: &[f32], w: &mut [f32], sw: &mut [f32]) {
+    let (x, qw, w, sw) = (&x[..QK_K], &qw[..QK_K], &mut w[..QK_K], &mut sw[..8]);
+    let sigma2 = 2.0 * sum_squares(x) / QK_K as f32;
+    for i in 0..QK_K {
+        w[i] = qw[i] * (sigma2 + x[i] * x[i]).sqrt();
+    }
+    for j in 0..8 {
+        let mut sumw = 0.0f32;
+        for &v in &w[32 * j..32 * j + 32] {
+            sumw += v;
+        }
+        sw[j] = sumw;
+    }
+}
+
+/// The scale headers of two consecutive super-blocks (`x`: 512 weights, `qw` their
+/// importance weights), the sixteen sub-blocks' searches side by side in two vectors of
+/// lanes; `l` gets the 512 levels of the searches. The same bytes as [`ref_scales`] and
+/// [`imatrix_scales`] on each super-block.
+#[inline(always)]
+pub(crate) fn scales_x2(
+    x: &[f32],
+    qw: Option<&[f32]>,
+    y: [&mut ScalesK4; 2],
+    l: &mut [u8],
+    nmax: i32,
+    ref_search: MinSearch,
+    cap_levels: bool,
+) {
+    let x = &x[..2 * QK_K];
+    let mut w = [0.0f32; 2 * QK_K];
+    let mut sw = [0.0f32; 16];
+    let mut mins = [0.0f32; 16];
+    let scales = match qw {
+        None => {
+            for h in 0..2 {
+                ref_weights_x8(&x[h * QK_K..], &mut w[h * QK_K..]);
+            }
+            make_qkx_lanes::<32, 16, false>(nmax, x, &w, l, &mut mins, ref_search)
+        }
+        Some(qw) => {
+            for h in 0..2 {
+                let (xh, qh) = (&x[h * QK_K..], &qw[h * QK_K..]);
+                imatrix_weights(xh, qh, &mut w[h * QK_K..], &mut sw[8 * h..]);
+            }
+            make_qkx_lanes::<32, 16, true>(nmax, x, &w, l, &mut mins, IMATRIX_SEARCH)
+        }
+    };
+    let (sc, mn, sw) = (
+        scales.as_chunks::<8>().0,
+        mins.as_chunks::<8>().0,
+        sw.as_chunks::<8>().0,
+    );
+    for (h, y) in y.into_iter().enumerate() {
+        match qw {
+            None => ref_finish(y, &sc[h], &mn[h]),
+            Some(_) => imatrix_finish(y, &sc[h], &mn[h], &sw[h], cap_levels),
+        }
+    }
+}
+
 /// Sub-block scales and mins of a super-block for the reference path, already quantized to
 /// 6 bits and packed, with `d` and `dmin`. Shared with Q5_K, which differs only in `nmax` and
 /// its search settings.
@@ -81,22 +162,9 @@ pub(crate) fn ref_scales<const LANES: bool>(
 ) {
     let mut mins = [0.0f32; 8];
     let mut scales = [0.0f32; 8];
-    let mut max_scale = 0.0f32;
-    let mut max_min = 0.0f32;
     if LANES {
-        // ref_weights for the eight sub-blocks side by side (each sum in ggml's order).
-        let x = &x[..QK_K];
-        let mut ss = [0.0f32; 8];
-        for i in 0..32 {
-            ss = std::array::from_fn(|j| ss[j] + x[32 * j + i] * x[32 * j + i]);
-        }
         let mut w = [0.0f32; QK_K];
-        for j in 0..8 {
-            let av_x = (ss[j] / 32.0).sqrt();
-            for i in 0..32 {
-                w[32 * j + i] = av_x + x[32 * j + i].abs();
-            }
-        }
+        ref_weights_x8(x, &mut w);
         scales = make_qkx_lanes::<32, 8, false>(nmax, x, &w, l, &mut mins, search);
     } else {
         for j in 0..8 {
@@ -105,6 +173,15 @@ pub(crate) fn ref_scales<const LANES: bool>(
             scales[j] = make_qkx2_quants(nmax, xs, &w, &mut l[32 * j..], &mut mins[j], search);
         }
     }
+    ref_finish(y, &scales, &mins);
+}
+
+/// The reference path's 6-bit scale and min levels, `d` and `dmin`, from the sub-blocks'
+/// scales and mins.
+#[inline(always)]
+fn ref_finish(y: &mut ScalesK4, scales: &[f32; 8], mins: &[f32; 8]) {
+    let mut max_scale = 0.0f32;
+    let mut max_min = 0.0f32;
     for j in 0..8 {
         if scales[j] > max_scale {
             max_scale = scales[j];
@@ -147,18 +224,8 @@ pub(crate) fn imatrix_scales<const LANES: bool>(
     let mut mins = [0.0f32; 8];
     let mut scales = [0.0f32; 8];
     let mut sw = [0.0f32; 8];
-    let sigma2 = 2.0 * sum_squares(x) / QK_K as f32;
     let mut w = [0.0f32; QK_K];
-    for i in 0..QK_K {
-        w[i] = qw[i] * (sigma2 + x[i] * x[i]).sqrt();
-    }
-    for j in 0..8 {
-        let mut sumw = 0.0f32;
-        for &v in &w[32 * j..32 * j + 32] {
-            sumw += v;
-        }
-        sw[j] = sumw;
-    }
+    imatrix_weights(x, qw, &mut w, &mut sw);
     if LANES {
         scales = make_qkx_lanes::<32, 8, true>(nmax, x, &w, l, &mut mins, IMATRIX_SEARCH);
     } else {
@@ -168,10 +235,23 @@ pub(crate) fn imatrix_scales<const LANES: bool>(
                 make_qkx3_quants(nmax, xs, ws, &mut l[32 * j..], &mut mins[j], IMATRIX_SEARCH);
         }
     }
+    imatrix_finish(y, &scales, &mins, &sw, cap_levels);
+}
+
+/// The importance-weighted path's scale and min levels, `d` and `dmin`, from the sub-blocks'
+/// scales, mins and weight sums.
+#[inline(always)]
+fn imatrix_finish(
+    y: &mut ScalesK4,
+    scales: &[f32; 8],
+    mins: &[f32; 8],
+    sw: &[f32; 8],
+    cap_levels: bool,
+) {
     let mut ls = [0u8; 8];
     let mut lm = [0u8; 8];
-    let d_block = make_qp_quants(63, &scales, &mut ls, &sw);
-    let m_block = make_qp_quants(63, &mins, &mut lm, &sw);
+    let d_block = make_qp_quants(63, scales, &mut ls, sw);
+    let m_block = make_qp_quants(63, mins, &mut lm, sw);
     if cap_levels {
         for j in 0..8 {
             ls[j] = ls[j].min(63);
@@ -220,26 +300,50 @@ const REF_SEARCH: MinSearch = MinSearch {
     use_mad: false,
 };
 
-/// A row; `LANES` runs each super-block's sub-block searches side by side.
+/// Re-derives a super-block's levels from its stored scales and packs them.
+#[inline(always)]
+fn finish(x: &[f32], y: &mut BlockQ4K, l: &mut [u8; QK_K]) {
+    requantize(x, &y.head, l, 15);
+    let q = &mut y.qs;
+    for (n, j) in (0..QK_K).step_by(64).enumerate() {
+        for k in 0..32 {
+            q[32 * n + k] = l[j + k] | (l[j + k + 32] << 4);
+        }
+    }
+}
+
+/// A row; `LANES` runs the sub-block searches of two super-blocks side by side
+/// ([`scales_x2`]), the last one alone when their number is odd.
 #[inline(always)]
 fn row<const LANES: bool>(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
-    // A loop rather than a closure, so that the SIMD paths inline all of it (a closure
+    // Loops rather than closures, so that the SIMD paths inline all of it (a closure
     // defined here would be compiled without their target features).
-    let blocks = crate::as_blocks_mut::<BlockQ4K>(dst).iter_mut();
-    for (i, (x, y)) in src.chunks_exact(QK_K).zip(blocks).enumerate() {
+    let blocks = crate::as_blocks_mut::<BlockQ4K>(dst);
+    let mut done = 0;
+    if LANES {
+        let pairs = src.as_chunks::<{ 2 * QK_K }>().0;
+        for (ip, (x, ys)) in pairs.iter().zip(blocks.chunks_exact_mut(2)).enumerate() {
+            let qw = imatrix.map(|q| &q[2 * ip * QK_K..2 * (ip + 1) * QK_K]);
+            let mut l = [0u8; 2 * QK_K];
+            if let [y0, y1] = ys {
+                let heads = [&mut y0.head, &mut y1.head];
+                scales_x2(x, qw, heads, &mut l, 15, REF_SEARCH, false);
+                let (lh, _) = l.as_chunks_mut::<QK_K>();
+                finish(&x[..QK_K], y0, &mut lh[0]);
+                finish(&x[QK_K..], y1, &mut lh[1]);
+            }
+            done += 2;
+        }
+    }
+    let rest = src.chunks_exact(QK_K).zip(blocks.iter_mut()).enumerate();
+    for (i, (x, y)) in rest.skip(done) {
         let qw = imatrix.map(|q| &q[i * QK_K..(i + 1) * QK_K]);
         let mut l = [0u8; QK_K];
         match qw {
             None => ref_scales::<LANES>(x, &mut y.head, &mut l, 15, REF_SEARCH),
             Some(qw) => imatrix_scales::<LANES>(x, &mut y.head, &mut l, 15, qw, false),
         }
-        requantize(x, &y.head, &mut l, 15);
-        let q = &mut y.qs;
-        for (n, j) in (0..QK_K).step_by(64).enumerate() {
-            for k in 0..32 {
-                q[32 * n + k] = l[j + k] | (l[j + k + 32] << 4);
-            }
-        }
+        finish(x, y, &mut l);
     }
 }
 

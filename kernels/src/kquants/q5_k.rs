@@ -1,7 +1,7 @@
 //! Q5_K: 176 bytes per 256 weights: the scale header of Q4_K ([`ScalesK4`]), the levels'
 //! fifth bits, their low 4 bits. Weight = d*sc*l - dmin*m.
 
-use super::q4_k::{imatrix_scales, ref_scales, requantize, sub_scales, ScalesK4};
+use super::q4_k::{imatrix_scales, ref_scales, requantize, scales_x2, sub_scales, ScalesK4};
 use super::search::MinSearch;
 use super::QK_K;
 use crate::simd::{dispatch, x86_paths};
@@ -31,40 +31,64 @@ const REF_SEARCH: MinSearch = MinSearch {
     use_mad: false,
 };
 
-/// A row; `LANES` runs each super-block's sub-block searches side by side.
+/// Re-derives a super-block's levels from its stored scales and packs them.
+#[inline(always)]
+fn finish(x: &[f32], y: &mut BlockQ5K, l: &mut [u8; QK_K]) {
+    requantize(x, &y.head, l, 31);
+    let (qh, ql) = (&mut y.qh, &mut y.qs);
+    qh.fill(0);
+    let (mut m1, mut m2) = (1u8, 2u8);
+    for (k, n) in (0..QK_K).step_by(64).enumerate() {
+        for j in 0..32 {
+            let mut l1 = l[n + j];
+            if l1 > 15 {
+                l1 -= 16;
+                qh[j] |= m1;
+            }
+            let mut l2 = l[n + j + 32];
+            if l2 > 15 {
+                l2 -= 16;
+                qh[j] |= m2;
+            }
+            ql[32 * k + j] = l1 | (l2 << 4);
+        }
+        m1 <<= 2;
+        m2 <<= 2;
+    }
+}
+
+/// A row; `LANES` runs the sub-block searches of two super-blocks side by side
+/// ([`scales_x2`]), the last one alone when their number is odd.
 #[inline(always)]
 fn row<const LANES: bool>(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
-    // A loop rather than a closure, so that the SIMD paths inline all of it (a closure
+    // Loops rather than closures, so that the SIMD paths inline all of it (a closure
     // defined here would be compiled without their target features).
-    let blocks = crate::as_blocks_mut::<BlockQ5K>(dst).iter_mut();
-    for (i, (x, y)) in src.chunks_exact(QK_K).zip(blocks).enumerate() {
+    let blocks = crate::as_blocks_mut::<BlockQ5K>(dst);
+    let mut done = 0;
+    if LANES {
+        let pairs = src.as_chunks::<{ 2 * QK_K }>().0;
+        for (ip, (x, ys)) in pairs.iter().zip(blocks.chunks_exact_mut(2)).enumerate() {
+            let qw = imatrix.map(|q| &q[2 * ip * QK_K..2 * (ip + 1) * QK_K]);
+            let mut l = [0u8; 2 * QK_K];
+            if let [y0, y1] = ys {
+                let heads = [&mut y0.head, &mut y1.head];
+                scales_x2(x, qw, heads, &mut l, 31, REF_SEARCH, true);
+                let (lh, _) = l.as_chunks_mut::<QK_K>();
+                finish(&x[..QK_K], y0, &mut lh[0]);
+                finish(&x[QK_K..], y1, &mut lh[1]);
+            }
+            done += 2;
+        }
+    }
+    let rest = src.chunks_exact(QK_K).zip(blocks.iter_mut()).enumerate();
+    for (i, (x, y)) in rest.skip(done) {
         let qw = imatrix.map(|q| &q[i * QK_K..(i + 1) * QK_K]);
         let mut l = [0u8; QK_K];
         match qw {
             None => ref_scales::<LANES>(x, &mut y.head, &mut l, 31, REF_SEARCH),
             Some(qw) => imatrix_scales::<LANES>(x, &mut y.head, &mut l, 31, qw, true),
         }
-        requantize(x, &y.head, &mut l, 31);
-        let (qh, ql) = (&mut y.qh, &mut y.qs);
-        qh.fill(0);
-        let (mut m1, mut m2) = (1u8, 2u8);
-        for (k, n) in (0..QK_K).step_by(64).enumerate() {
-            for j in 0..32 {
-                let mut l1 = l[n + j];
-                if l1 > 15 {
-                    l1 -= 16;
-                    qh[j] |= m1;
-                }
-                let mut l2 = l[n + j + 32];
-                if l2 > 15 {
-                    l2 -= 16;
-                    qh[j] |= m2;
-                }
-                ql[32 * k + j] = l1 | (l2 << 4);
-            }
-            m1 <<= 2;
-            m2 <<= 2;
-        }
+        finish(x, y, &mut l);
     }
 }
 

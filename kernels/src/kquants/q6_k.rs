@@ -49,7 +49,7 @@ x86_paths! {
         for (i, (x, y)) in src.chunks_exact(QK_K).zip(blocks).enumerate() {
             let qw = imatrix.map(|q| &q[i * QK_K..(i + 1) * QK_K]);
             let mut li = [0i8; QK_K];
-            let scales = make_qx_quants_lanes::<16>(32, x, &mut li, qw);
+            let scales = make_qx_quants_lanes::<16, 16>(32, x, &mut li, qw);
             finish_block(x, y, li, scales);
         }
     }

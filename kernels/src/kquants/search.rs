@@ -123,20 +123,45 @@ fn make_qx_quants_n<const N: usize>(
     }
     scale
 }
-/// [`make_qx_quants`] for `L` consecutive 16-weight groups at once (`x`, `out` and `qw`
-/// hold `16 * L` values), one group per lane: each lane runs exactly the scalar sequence of
+/// [`make_qx_quants`] for `L` consecutive `N`-weight groups at once (`x`, `out` and `qw`
+/// hold `N * L` values), one group per lane: each lane runs exactly the scalar sequence of
 /// operations for its group (sums in ggml's order, the trial scales compared in ggml's
 /// order), selects standing in for the branches, so levels and scales are bit-identical.
 /// Returns the `L` scales. Each batch of trial scales accumulates side by side, which gives
 /// the CPU independent chains to overlap.
 #[inline(always)]
-pub fn make_qx_quants_lanes<const L: usize>(
+pub fn make_qx_quants_lanes<const N: usize, const L: usize>(
     nmax: i32,
     x: &[f32],
     out: &mut [i8],
     qw: Option<&[f32]>,
 ) -> [f32; L] {
-    const N: usize = 16;
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx2() {
+        use crate::simd::x86::lanes::qx;
+        let mut scales = [0.0f32; L];
+        // SAFETY: the CPU has AVX2 (checked above).
+        unsafe {
+            match L {
+                8 => qx::<N, 1>(nmax, x, out, qw, &mut scales),
+                16 => qx::<N, 2>(nmax, x, out, qw, &mut scales),
+                32 => qx::<N, 4>(nmax, x, out, qw, &mut scales),
+                _ => return make_qx_quants_lanes_portable::<N, L>(nmax, x, out, qw),
+            }
+        }
+        return scales;
+    }
+    make_qx_quants_lanes_portable::<N, L>(nmax, x, out, qw)
+}
+
+/// [`make_qx_quants_lanes`] in portable Rust (which the compiler vectorizes as it can).
+#[inline(always)]
+fn make_qx_quants_lanes_portable<const N: usize, const L: usize>(
+    nmax: i32,
+    x: &[f32],
+    out: &mut [i8],
+    qw: Option<&[f32]>,
+) -> [f32; L] {
     const BATCH: usize = 6;
     let (x, out) = (&x[..N * L], &mut out[..N * L]);
     let mut xt = [[0.0f32; L]; N];
@@ -321,6 +346,27 @@ pub fn make_q3_quants_x16(x: &[f32; 256], out: &mut [i8; 256]) -> [f32; 16] {
 /// dependent operations to overlap (each pass is a chain through a division per weight).
 #[inline(always)]
 pub fn make_q3_quants_lanes<const L: usize>(x: &[f32], out: &mut [i8]) -> [f32; L] {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx2() {
+        use crate::simd::x86::lanes::q3;
+        let mut scales = [0.0f32; L];
+        // SAFETY: the CPU has AVX2 (checked above).
+        unsafe {
+            match L {
+                8 => q3::<1>(x, out, &mut scales),
+                16 => q3::<2>(x, out, &mut scales),
+                32 => q3::<4>(x, out, &mut scales),
+                _ => return make_q3_quants_lanes_portable::<L>(x, out),
+            }
+        }
+        return scales;
+    }
+    make_q3_quants_lanes_portable::<L>(x, out)
+}
+
+/// [`make_q3_quants_lanes`] in portable Rust.
+#[inline(always)]
+fn make_q3_quants_lanes_portable<const L: usize>(x: &[f32], out: &mut [i8]) -> [f32; L] {
     const NMAX: i32 = 4;
     let (x, out) = (&x[..16 * L], &mut out[..16 * L]);
     // xt[i][k]: weight i of sub-block k.
@@ -589,6 +635,36 @@ fn make_qkx<const N: usize, const QKX3: bool>(
 /// Writes the (positive) mins into `the_min`, returns the scales.
 #[inline(always)]
 pub fn make_qkx_lanes<const N: usize, const L: usize, const QKX3: bool>(
+    nmax: i32,
+    x: &[f32],
+    weights: &[f32],
+    out: &mut [u8],
+    the_min: &mut [f32; L],
+    p: MinSearch,
+) -> [f32; L] {
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::has_avx2() {
+        use crate::simd::x86::lanes::qkx;
+        let mut scales = [0.0f32; L];
+        // SAFETY: the CPU has AVX2 (checked above).
+        unsafe {
+            match L {
+                8 => qkx::<N, 1, QKX3>(nmax, x, weights, out, the_min, &mut scales, p),
+                16 => qkx::<N, 2, QKX3>(nmax, x, weights, out, the_min, &mut scales, p),
+                32 => qkx::<N, 4, QKX3>(nmax, x, weights, out, the_min, &mut scales, p),
+                _ => {
+                    return make_qkx_lanes_portable::<N, L, QKX3>(nmax, x, weights, out, the_min, p)
+                }
+            }
+        }
+        return scales;
+    }
+    make_qkx_lanes_portable::<N, L, QKX3>(nmax, x, weights, out, the_min, p)
+}
+
+/// [`make_qkx_lanes`] in portable Rust.
+#[inline(always)]
+fn make_qkx_lanes_portable<const N: usize, const L: usize, const QKX3: bool>(
     nmax: i32,
     x: &[f32],
     weights: &[f32],

@@ -25,7 +25,9 @@ pub use q5_1::{BlockQ5_1, Q5_1};
 pub use q8_0::{BlockQ8_0, Q8_0};
 
 use crate::fp::Half;
-use crate::kquants::search::{make_qkx3_quants, MinSearch};
+use crate::kquants::search::{
+    make_qkx3_quants, make_qkx_lanes, make_qx_quants, make_qx_quants_lanes, MinSearch,
+};
 use crate::kquants::sum_squares;
 
 /// Weights per block of every legacy format.
@@ -136,6 +138,88 @@ fn asym_imatrix_block(nmax: i32, x: &[f32], qw: &[f32], sigma2: f32) -> (f32, f3
     let mut min = 0.0f32;
     let d = make_qkx3_quants(nmax, x, &w, &mut l, &mut min, QKX3_LEGACY);
     (d, -min, l)
+}
+
+/// Blocks searched side by side on the SIMD paths of the importance-weighted rows.
+const IMATRIX_LANES: usize = 16;
+
+/// The importance-weighted searches of a row of Q4_0/Q5_0 blocks (ggml's `make_qx_quants`
+/// with `nmax`, `rmse_type == 1`): calls `store(block, d, levels)` for each block, in order.
+/// `LANES` searches [`IMATRIX_LANES`] blocks side by side ([`make_qx_quants_lanes`]) and the
+/// rest one by one; the results are the same.
+#[inline(always)]
+fn sym_imatrix_row<const LANES: bool>(
+    nmax: i32,
+    src: &[f32],
+    qw: &[f32],
+    mut store: impl FnMut(usize, f32, &[i8; QK]),
+) {
+    const G: usize = IMATRIX_LANES;
+    let sigma2 = row_sigma2(src);
+    let nb = src.len() / QK;
+    let mut ib = 0;
+    if LANES {
+        while ib + G <= nb {
+            let x = &src[ib * QK..(ib + G) * QK];
+            let mut w = [0.0f32; G * QK];
+            for (b, wb) in w.as_chunks_mut::<QK>().0.iter_mut().enumerate() {
+                *wb = importance(&qw[(ib + b) * QK..], &x[b * QK..], sigma2);
+            }
+            let mut l = [0i8; G * QK];
+            let d = make_qx_quants_lanes::<QK, G>(nmax, x, &mut l, Some(&w));
+            for (b, lb) in l.as_chunks::<QK>().0.iter().enumerate() {
+                store(ib + b, d[b], lb);
+            }
+            ib += G;
+        }
+    }
+    while ib < nb {
+        let x = &src[ib * QK..(ib + 1) * QK];
+        let w = importance(&qw[ib * QK..], x, sigma2);
+        let mut l = [0i8; QK];
+        let d = make_qx_quants(nmax, x, &mut l, Some(&w));
+        store(ib, d, &l);
+        ib += 1;
+    }
+}
+
+/// The importance-weighted searches of a row of Q4_1/Q5_1 blocks (ggml's
+/// `make_qkx3_quants`): calls `store(block, d, m, levels)` for each block, in order, where
+/// the stored min `m` is the negated min of the search. `LANES` searches [`IMATRIX_LANES`]
+/// blocks side by side ([`make_qkx_lanes`]) and the rest one by one; the results are the same.
+#[inline(always)]
+fn asym_imatrix_row<const LANES: bool>(
+    nmax: i32,
+    src: &[f32],
+    qw: &[f32],
+    mut store: impl FnMut(usize, f32, f32, &[u8; QK]),
+) {
+    const G: usize = IMATRIX_LANES;
+    let sigma2 = row_sigma2(src);
+    let nb = src.len() / QK;
+    let mut ib = 0;
+    if LANES {
+        while ib + G <= nb {
+            let x = &src[ib * QK..(ib + G) * QK];
+            let mut w = [0.0f32; G * QK];
+            for (b, wb) in w.as_chunks_mut::<QK>().0.iter_mut().enumerate() {
+                *wb = importance(&qw[(ib + b) * QK..], &x[b * QK..], sigma2);
+            }
+            let mut l = [0u8; G * QK];
+            let mut mins = [0.0f32; G];
+            let d = make_qkx_lanes::<QK, G, true>(nmax, x, &w, &mut l, &mut mins, QKX3_LEGACY);
+            for (b, lb) in l.as_chunks::<QK>().0.iter().enumerate() {
+                store(ib + b, d[b], -mins[b], lb);
+            }
+            ib += G;
+        }
+    }
+    while ib < nb {
+        let x = &src[ib * QK..(ib + 1) * QK];
+        let (d, m, l) = asym_imatrix_block(nmax, x, &qw[ib * QK..], sigma2);
+        store(ib, d, m, &l);
+        ib += 1;
+    }
 }
 
 /// Packs 5-bit levels (low nibbles into 16 bytes, fifth bits into a little-endian u32) as

@@ -1,8 +1,7 @@
 //! Q5_0: 5-bit symmetric, 22 bytes per 32 weights. Weight = d*(l-16), `l` in 0..31.
 
-use super::{importance, pack_q5, q5_level, row_sigma2, signed_absmax, to_int, QK};
+use super::{pack_q5, q5_level, signed_absmax, sym_imatrix_row, to_int, QK};
 use crate::fp::Half;
-use crate::kquants::search::make_qx_quants;
 use crate::simd::{dispatch, x86_paths};
 use crate::{as_blocks, as_blocks_mut, BlockFormat, GgmlType, Simd};
 use std::mem::size_of;
@@ -50,6 +49,19 @@ fn ref_row(src: &[f32], dst: &mut [u8]) {
     }
 }
 
+/// ggml's `quantize_row_q5_0_impl` with importance weights; `LANES` searches blocks side
+/// by side.
+#[inline(always)]
+fn imatrix_row<const LANES: bool>(src: &[f32], dst: &mut [u8], qw: &[f32]) {
+    let blocks = as_blocks_mut::<BlockQ5_0>(dst);
+    sym_imatrix_row::<LANES>(16, src, qw, |ib, d, l| {
+        if let Some(b) = blocks.get_mut(ib) {
+            b.d = Half::from_f32(d);
+            pack_q5(|j| l[j] as u8, &mut b.qh, &mut b.qs);
+        }
+    });
+}
+
 x86_paths! {
     /// [`ref_row`] with SIMD: the block's extreme by a reduction, its levels in lanes.
     fn ref_row(src: &[f32], dst: &mut [u8]) {
@@ -65,6 +77,11 @@ x86_paths! {
             let l = v::cap(v::trunc_levels::<false>(x, 0.0, id, 16.5), 31);
             (b.qh, b.qs) = v::q5_pack(l);
         }
+    }
+
+    /// [`imatrix_row`] with the blocks' searches in lanes.
+    fn imatrix_row(src: &[f32], dst: &mut [u8], qw: &[f32]) {
+        super::imatrix_row::<true>(src, dst, qw)
     }
 }
 
@@ -85,19 +102,11 @@ impl BlockFormat for Q5_0 {
                 avx2 => avx2::ref_row(src, dst),
                 scalar => ref_row(src, dst),
             ),
-            Some(qw) => {
-                let blocks = src
-                    .chunks_exact(QK)
-                    .zip(as_blocks_mut::<BlockQ5_0>(dst).iter_mut());
-                let sigma2 = row_sigma2(src);
-                for (ib, (x, b)) in blocks.enumerate() {
-                    let w = importance(&qw[ib * QK..], x, sigma2);
-                    let mut l = [0i8; QK];
-                    let d = make_qx_quants(16, x, &mut l, Some(&w));
-                    b.d = Half::from_f32(d);
-                    pack_q5(|j| l[j] as u8, &mut b.qh, &mut b.qs);
-                }
-            }
+            Some(qw) => dispatch!(simd,
+                avx512 => avx512::imatrix_row(src, dst, qw),
+                avx2 => avx2::imatrix_row(src, dst, qw),
+                scalar => imatrix_row::<false>(src, dst, qw),
+            ),
         }
     }
 

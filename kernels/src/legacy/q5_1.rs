@@ -1,6 +1,6 @@
 //! Q5_1: 5-bit with a min, 24 bytes per 32 weights. Weight = d*l + m, `l` in 0..31.
 
-use super::{asym_imatrix_block, asym_ref_header, pack_q5, q5_level, row_sigma2, to_int, QK};
+use super::{asym_imatrix_row, asym_ref_header, pack_q5, q5_level, to_int, QK};
 use crate::fp::Half;
 use crate::simd::{dispatch, x86_paths};
 use crate::{as_blocks, as_blocks_mut, BlockFormat, GgmlType, Simd};
@@ -49,6 +49,20 @@ fn ref_row(src: &[f32], dst: &mut [u8]) {
     }
 }
 
+/// ggml's `quantize_row_q5_1_impl` with importance weights; `LANES` searches blocks side
+/// by side.
+#[inline(always)]
+fn imatrix_row<const LANES: bool>(src: &[f32], dst: &mut [u8], qw: &[f32]) {
+    let blocks = as_blocks_mut::<BlockQ5_1>(dst);
+    asym_imatrix_row::<LANES>(31, src, qw, |ib, d, m, l| {
+        if let Some(b) = blocks.get_mut(ib) {
+            b.d = Half::from_f32(d);
+            b.m = Half::from_f32(m);
+            pack_q5(|j| l[j], &mut b.qh, &mut b.qs);
+        }
+    });
+}
+
 x86_paths! {
     /// [`ref_row`] with SIMD: min and max by reductions (a zero extreme fixed up to ggml's
     /// first zero), the levels in lanes.
@@ -66,6 +80,11 @@ x86_paths! {
             b.m = v::f16(min);
             (b.qh, b.qs) = v::q5_pack(v::trunc_levels::<true>(x, min, id, 0.5));
         }
+    }
+
+    /// [`imatrix_row`] with the blocks' searches in lanes.
+    fn imatrix_row(src: &[f32], dst: &mut [u8], qw: &[f32]) {
+        super::imatrix_row::<true>(src, dst, qw)
     }
 }
 
@@ -86,18 +105,11 @@ impl BlockFormat for Q5_1 {
                 avx2 => avx2::ref_row(src, dst),
                 scalar => ref_row(src, dst),
             ),
-            Some(qw) => {
-                let blocks = src
-                    .chunks_exact(QK)
-                    .zip(as_blocks_mut::<BlockQ5_1>(dst).iter_mut());
-                let sigma2 = row_sigma2(src);
-                for (ib, (x, b)) in blocks.enumerate() {
-                    let (d, m, l) = asym_imatrix_block(31, x, &qw[ib * QK..], sigma2);
-                    b.d = Half::from_f32(d);
-                    b.m = Half::from_f32(m);
-                    pack_q5(|j| l[j], &mut b.qh, &mut b.qs);
-                }
-            }
+            Some(qw) => dispatch!(simd,
+                avx512 => avx512::imatrix_row(src, dst, qw),
+                avx2 => avx2::imatrix_row(src, dst, qw),
+                scalar => imatrix_row::<false>(src, dst, qw),
+            ),
         }
     }
 
