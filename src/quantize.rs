@@ -545,6 +545,12 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
             if paths.len() > 1 { " ..." } else { "" }
         ));
     }
+    if opts.search == Search::Thorough {
+        notes.push(
+            "block search: thorough (the same block formats with a lower weighted error; not byte-identical to llama-quantize)"
+                .to_string(),
+        );
+    }
     let n_fallback = jobs.iter().filter(|j| j.fallback_from.is_some()).count();
     if n_fallback > 0 {
         notes.push(format!(

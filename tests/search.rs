@@ -170,7 +170,9 @@ fn ggml_search_is_ggmls_bytes_and_uncovered_formats_stay_ggmls() {
     }
 }
 
-/// A Q4_K_M conversion of the Llama fixture with the fixture's importance matrix.
+/// A Q4_K_M conversion of the Llama fixture with the fixture's importance matrix (the token
+/// embedding and the output projection kept at F16, so that the test spends its time on the
+/// block tensors, which are Q4_K_M's mix of q4_K and q6_K).
 fn q4_k_m(search: Search, name: &str) -> PathBuf {
     let im = tmp().join("search-imatrix.gguf");
     if !im.exists() {
@@ -181,6 +183,8 @@ fn q4_k_m(search: Search, name: &str) -> PathBuf {
     o.output = Some(out.clone());
     o.force = true;
     o.imatrix = Some(im);
+    o.token_embedding_type = Some(GgmlType::F16);
+    o.output_tensor_type = Some(GgmlType::F16);
     o.search = search;
     quantize::execute(&quantize::prepare(llama_f32(), &o).unwrap(), true, false).unwrap();
     out
@@ -239,13 +243,16 @@ fn thorough_q4_k_m_file_loads_in_llama_cpp_generates_and_has_less_error() {
         std::fs::metadata(&ggml_file).unwrap().len(),
         std::fs::metadata(&thorough_file).unwrap().len()
     );
-    let changed = a
+    let changed: Vec<GgmlType> = a
         .tensors()
         .iter()
         .zip(b.tensors())
         .filter(|(x, y)| a.data(x) != b.data(y))
-        .count();
-    assert!(changed > 0, "the thorough search changed nothing");
+        .filter_map(|(x, _)| x.ty.kiln())
+        .collect();
+    for ty in [GgmlType::Q4_K, GgmlType::Q6_K] {
+        assert!(changed.contains(&ty), "no {ty} tensor changed: {changed:?}");
+    }
     let (e_ggml, e_thorough) = (file_error(&ggml_file), file_error(&thorough_file));
     eprintln!("Q4_K_M weighted squared error: ggml {e_ggml:.6e}, thorough {e_thorough:.6e}");
     assert!(e_thorough < e_ggml);
@@ -270,7 +277,10 @@ fn budget_solver_measures_with_the_thorough_kernels() {
         o.search = search;
         let p = kiln::budget::start(llama_f32(), &o).unwrap();
         assert_eq!(p.search, search);
-        kiln::budget::measure(&p, &kiln::budget::MeasureOptions::default()).unwrap()
+        let m = kiln::budget::MeasureOptions {
+            sample_weights: 1 << 15,
+        };
+        kiln::budget::measure(&p, &m).unwrap()
     };
     let (g, t) = (measure(Search::Ggml), measure(Search::Thorough));
     assert_eq!(g.len(), t.len());
@@ -300,20 +310,30 @@ fn budget_solver_measures_with_the_thorough_kernels() {
 }
 
 #[test]
-fn cli_rejects_an_unknown_search() {
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args([
-            "quantize",
-            "--type",
-            "q4_0",
-            "--search",
-            "exhaustive",
-            "--dry-run",
-        ])
-        .arg(llama_f32())
-        .output()
-        .unwrap();
+fn cli_search_ggml_is_the_default_and_an_unknown_search_is_refused() {
+    let kiln = |extra: &[&str], out: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["quantize", "--type", "q4_0", "--pure", "--force", "-o"])
+            .arg(out)
+            .args(extra)
+            .arg(llama_f32())
+            .output()
+            .unwrap()
+    };
+    let (a, b) = (
+        tmp().join("search-default.gguf"),
+        tmp().join("search-ggml.gguf"),
+    );
+    assert!(kiln(&[], &a).status.success());
+    assert!(kiln(&["--search", "ggml"], &b).status.success());
+    assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap());
+    let bad = tmp().join("search-bad.gguf");
+    let o = kiln(&["--search", "exhaustive"], &bad);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("--search exhaustive"), "{err}");
+    assert!(!bad.exists());
+    for f in [a, b] {
+        let _ = std::fs::remove_file(f);
+    }
 }

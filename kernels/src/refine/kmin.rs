@@ -2,12 +2,12 @@
 //! unsigned integer scale and min (4 bits for Q2_K, 6 for Q4_K/Q5_K) under the super-block's
 //! f16 `d` and `dmin`. Weight = d*sc*l - dmin*m.
 //!
-//! Per sub-block, a dense grid of trial scales (a step of 0.05 levels, from one level fewer to
+//! Per sub-block, a dense grid of trial scales (a step of 0.1 levels, from one level fewer to
 //! two more than the range needs), each followed by two rounds of least squares for the
 //! scale and min (the min kept at or below zero, as ggml does) and re-rounding. The scales and
 //! the mins are then quantized by the breakpoint sweep ([`sym_scales`]), the scales weighted by
-//! their curvature `sum w l^2`, the mins by `sum w`; from each pair of candidates, and from
-//! ggml's own block, a descent: each sub-block's (scale, min) moved by up to 2 steps each,
+//! their curvature `sum w l^2`, the mins by `sum w`; from the best pair of candidates, and from
+//! ggml's own block, a descent: each sub-block's (scale, min) moved by up to 1 step each,
 //! levels re-rounded, then `d` and `dmin` refitted jointly by least squares given the integer
 //! codes and rounded to f16, a few rounds.
 
@@ -44,13 +44,14 @@ const Q5: Params = Params {
     smax: 63,
 };
 
-/// The level of `v` for step `dl` and min `ml`: `clamp(round((v + ml) / dl), 0, lmax)`.
+/// The level of `v` for reciprocal step `idl` and min `ml`: `clamp(round((v + ml) * idl), 0,
+/// lmax)`.
 #[inline]
-fn level(v: f32, dl: f32, ml: f32, lmax: i32) -> i32 {
-    if dl == 0.0 || !dl.is_finite() {
+fn level(v: f32, idl: f32, ml: f32, lmax: i32) -> i32 {
+    if idl == 0.0 || !idl.is_finite() {
         return 0;
     }
-    let q = (v + ml) / dl;
+    let q = (v + ml) * idl;
     if !q.is_finite() || q.abs() >= 4_000_000.0 {
         return if q > 0.0 { lmax } else { 0 };
     }
@@ -61,9 +62,10 @@ fn level(v: f32, dl: f32, ml: f32, lmax: i32) -> i32 {
 /// `l`.
 #[inline]
 fn sub_error(x: &[f32], w: &[f32], dl: f32, ml: f32, lmax: i32, l: &mut [i32]) -> f64 {
+    let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
     let mut e = 0.0f64;
     for i in 0..x.len() {
-        let li = level(x[i], dl, ml, lmax);
+        let li = level(x[i], idl, ml, lmax);
         l[i] = li;
         let diff = x[i] as f64 - (dl * li as f32 - ml) as f64;
         e += w[i] as f64 * diff * diff;
@@ -93,8 +95,8 @@ fn sub_search(x: &[f32], w: &[f32], lmax: i32) -> (f32, f32, f64, f64) {
     let mut best = (f64::INFINITY, 0.0f32, -min, 0.0f64);
     let mut l = [0i32; 32];
     let l = &mut l[..n];
-    for k in 0..=60 {
-        let iscale = (lmaxf - 1.0 + 0.05 * k as f32) / (max - min);
+    for k in 0..=30 {
+        let iscale = (lmaxf - 1.0 + 0.1 * k as f32) / (max - min);
         for i in 0..n {
             l[i] = nearest_int(((x[i] - min) * iscale).clamp(-1.0, lmaxf + 1.0)).clamp(0, lmax);
         }
@@ -128,8 +130,9 @@ fn sub_search(x: &[f32], w: &[f32], lmax: i32) -> (f32, f32, f64, f64) {
             if e < best.0 {
                 best = (e, s, -m, sll);
             }
+            let is = 1.0 / s;
             for i in 0..n {
-                l[i] = level(x[i], s, -m, lmax);
+                l[i] = level(x[i], is, -m, lmax);
             }
         }
     }
@@ -187,8 +190,8 @@ fn descend(x: &[f32], w: &[f32], mut c: Codes, p: Params) -> Codes {
             let (s0, m0) = (c.sc[j], c.m[j]);
             let e0 = sub_error(xs, ws, c.d * s0 as f32, c.dmin * m0 as f32, p.lmax, lt);
             let mut best = (e0, s0, m0);
-            for s in (s0 - 2).max(0)..=(s0 + 2).min(p.smax) {
-                for m in (m0 - 2).max(0)..=(m0 + 2).min(p.smax) {
+            for s in (s0 - 1).max(0)..=(s0 + 1).min(p.smax) {
+                for m in (m0 - 1).max(0)..=(m0 + 1).min(p.smax) {
                     if s == s0 && m == m0 {
                         continue;
                     }
@@ -297,6 +300,7 @@ fn search(
             super::level(v, d, 0, p.smax)
         }
     };
+    // Every pair of candidates evaluated; the descent from the best of them and from ggml's.
     for &d in &ds {
         for &dm in &dms {
             if !d.is_finite() || !dm.is_finite() {
@@ -304,10 +308,10 @@ fn search(
             }
             let sc: [i32; 16] = std::array::from_fn(|j| if j < nsub { quant(s[j], d) } else { 0 });
             let mi: [i32; 16] = std::array::from_fn(|j| if j < nsub { quant(m[j], dm) } else { 0 });
-            let c = evaluate(x, w, d, dm, sc, mi, p);
-            consider(descend(x, w, c, p), &mut best);
+            consider(evaluate(x, w, d, dm, sc, mi, p), &mut best);
         }
     }
+    let mut best = best.map(|c| descend(x, w, c, p));
     let (d0, dm0, sc0, m0) = start;
     if d0.is_finite() && dm0.is_finite() {
         let c = evaluate(x, w, d0, dm0, sc0, m0, p);

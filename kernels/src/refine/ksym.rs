@@ -4,11 +4,11 @@
 //!
 //! Each sub-block's best continuous scale comes from the breakpoint sweep ([`sym_scales`]),
 //! with its curvature `W = sum w l^2`; the sweep run again on the sixteen scales, weighted by
-//! `W`, gives candidates for `d`. From each candidate, and from ggml's own block, a descent:
+//! `W`, gives candidates for `d`. From the best candidate, and from ggml's own block, a descent:
 //! each sub-block's integer scale moved by up to 2 steps (levels re-rounded), then `d` refitted
 //! by least squares given every integer code and rounded to f16, a few rounds.
 
-use super::{f16_round, level, sym_scales, Thorough};
+use super::{f16_round, level, level_recip, sym_scales, Thorough};
 use crate::fp::Half;
 use crate::kquants::{pack_2bit, BlockQ3K, BlockQ6K, Q3K, Q6K, QK_K};
 
@@ -34,15 +34,16 @@ const Q6: Params = Params {
     hi: 31,
     slo: -128,
     shi: 127,
-    range: (0.6, 2.5),
+    range: (0.85, 1.5),
 };
 
 /// Sub-block `j`'s error at step `dl` (levels re-rounded into `l`).
 #[inline]
 fn sub_error(x: &[f32], w: &[f32], dl: f32, p: Params, l: &mut [i32]) -> f64 {
+    let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
     let mut e = 0.0f64;
     for i in 0..16 {
-        let li = level(x[i], dl, p.lo, p.hi);
+        let li = level_recip(x[i], idl, p.lo, p.hi);
         l[i] = li;
         let diff = x[i] as f64 - (dl * li as f32) as f64;
         e += w[i] as f64 * diff * diff;
@@ -142,9 +143,10 @@ fn search(x: &[f32], w: &[f32], p: Params, start: (f32, [i32; 16])) -> Option<Co
             continue;
         }
         let sc: [i32; 16] = std::array::from_fn(|j| level(s[j], d, p.slo, p.shi));
-        let c = evaluate(x, w, d, sc, p);
-        consider(descend(x, w, c, p), &mut best);
+        consider(evaluate(x, w, d, sc, p), &mut best);
     }
+    // The descent from the best candidate and from ggml's block.
+    let mut best = best.map(|c| descend(x, w, c, p));
     let (d0, sc0) = start;
     if d0.is_finite() && d0 != 0.0 {
         let c = evaluate(x, w, d0, sc0, p);

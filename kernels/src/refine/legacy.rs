@@ -5,16 +5,17 @@
 //! each rounded to f16, the levels re-rounded at that scale, the least-squares scale of those
 //! levels taken, rounded again, until it stops moving; then the f16 neighbours of the best.
 
-use super::{f16_round, level, sym_scales, Thorough};
+use super::{f16_round, level_recip, sym_scales, Thorough};
 use crate::fp::{f16_to_f32, f32_to_f16, Half};
 use crate::legacy::{BlockQ4_0, BlockQ5_0, BlockQ8_0, Q4_0, Q5_0, Q8_0, QK};
 
 /// The weighted error of levels at step `d` (the legacy dequantization `l * d`).
 #[inline]
 fn error(x: &[f32], w: &[f32], d: f32, lo: i32, hi: i32, l: &mut [i32; QK]) -> f64 {
+    let id = 1.0 / d;
     let mut e = 0.0f64;
     for j in 0..QK {
-        let lj = level(x[j], d, lo, hi);
+        let lj = level_recip(x[j], id, lo, hi);
         l[j] = lj;
         let diff = x[j] as f64 - (lj as f32 * d) as f64;
         e += w[j] as f64 * diff * diff;

@@ -246,6 +246,20 @@ pub(crate) fn level(v: f32, d: f32, lo: i32, hi: i32) -> i32 {
     nearest_int(q).clamp(lo, hi)
 }
 
+/// The level of `v` at reciprocal step `id` in `[lo, hi]` (0 when `id` is zero or not
+/// finite).
+#[inline]
+pub(crate) fn level_recip(v: f32, id: f32, lo: i32, hi: i32) -> i32 {
+    if id == 0.0 || !id.is_finite() {
+        return 0.clamp(lo, hi);
+    }
+    let q = v * id;
+    if !q.is_finite() || q.abs() >= 4_000_000.0 {
+        return if q > 0.0 { hi } else { lo };
+    }
+    nearest_int(q).clamp(lo, hi)
+}
+
 /// The best scales of a symmetric group: `x ~ s * l` with integer `l` in `[lo, hi]`, error
 /// `sum w (x - s l)^2`, scales of both signs.
 ///
@@ -400,10 +414,10 @@ mod tests {
                     eb += e2;
                 }
                 eprintln!(
-                    "{ty:>5} imatrix {:5}: weighted RMSE ratio {:.4} ({:?})",
+                    "{ty:>5} imatrix {:5}: weighted RMSE ratio {:.4} ({:.0} k weights/s)",
                     im.is_some(),
                     (eb / ea).sqrt(),
-                    dt
+                    x.len() as f64 / dt.as_secs_f64() / 1e3
                 );
                 assert!(eb < ea, "{ty}");
             }
