@@ -88,7 +88,7 @@ fn sub_search(x: &[f32], w: &[f32], lmax: i32) -> (f32, f32, f64, f64) {
         sx += w[i] as f64 * x[i] as f64;
     }
     let min = min.min(0.0);
-    if !(max > min) || !(max - min).is_finite() {
+    if max.partial_cmp(&min) != Some(std::cmp::Ordering::Greater) || !(max - min).is_finite() {
         return (0.0, -min, 0.0, sw);
     }
     let lmaxf = lmax as f32;

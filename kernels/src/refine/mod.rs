@@ -282,7 +282,7 @@ pub(crate) fn sym_scales(
     for &v in x {
         amax = amax.max(v.abs());
     }
-    if !(amax > 0.0) || !amax.is_finite() {
+    if amax.is_nan() || amax <= 0.0 || !amax.is_finite() {
         return Vec::new();
     }
     let lmag = hi.max(-lo) as f32;
