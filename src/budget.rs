@@ -519,7 +519,8 @@ pub fn measure(p: &Prepared, mopts: &MeasureOptions) -> Result<Vec<TensorChoices
                     .map(|(i, &r)| {
                         let xr = &x[i * n_per_row..(i + 1) * n_per_row];
                         let mut q = vec![0u8; row_bytes];
-                        ty.quantize(xr, n_per_row, qw_for(r), &mut q).ok()?;
+                        ty.quantize_with(p.search, xr, n_per_row, qw_for(r), &mut q)
+                            .ok()?;
                         let mut y = vec![0f32; n_per_row];
                         ty.dequantize(&q, n_per_row, &mut y).ok()?;
                         let w = row_importance(j, qw, r);

@@ -10,7 +10,7 @@ use crate::gguf::Metadata;
 use crate::job::{Job, Mxfp4Rows, Strided, TensorSource, Transform};
 use crate::source::Source;
 use anyhow::{anyhow, bail, Context, Result};
-use kiln_kernels::{GgmlType, KernelError};
+use kiln_kernels::{GgmlType, KernelError, Search};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc::sync_channel;
@@ -64,6 +64,9 @@ pub struct Output<'a> {
     pub metadata: &'a Metadata,
     pub target: &'a Path,
     pub imatrix: Option<&'a HashMap<String, Vec<f32>>>,
+    /// The block search of the quantized tensors (`--search`; [`Search::Ggml`]: llama.cpp's
+    /// bytes).
+    pub search: Search,
     /// Written as a split GGUF: the shard of each tensor (see [`crate::gguf::split`]).
     pub shards: Option<&'a Shards>,
 }
@@ -83,6 +86,7 @@ pub fn run(
         metadata: md,
         target,
         imatrix,
+        search: Search::Ggml,
         shards: None,
     };
     Ok(run_many(input, &[out], force, progress)?.remove(0))
@@ -387,6 +391,7 @@ enum Step<'a> {
         ty: GgmlType,
         row_bytes: usize,
         qw: Option<&'a [f32]>,
+        search: Search,
     },
     /// An MX checkpoint's blocks repacked into ggml MXFP4 (kept at their type).
     Mxfp4 { rows: Mxfp4Rows, row_bytes: usize },
@@ -444,7 +449,12 @@ fn produce(
                 .map(|v| v.as_slice());
             let qw = if ty.uses_imatrix() { qw } else { None };
             let row_bytes = ty.row_bytes(n_per_row).context("row size")?;
-            plans.push(Step::Quantize { ty, row_bytes, qw });
+            plans.push(Step::Quantize {
+                ty,
+                row_bytes,
+                qw,
+                search: o.search,
+            });
         }
         let need_f32 = plans.iter().any(|p| matches!(p, Step::Quantize { .. }));
         let slab_rows = (SLAB_BYTES / (n_per_row * 4)).clamp(1, n_rows.max(1));
@@ -477,7 +487,12 @@ fn produce(
                         mxfp4_rows(input, &rows, first, n, &mut dst)?;
                         dst
                     }
-                    Step::Quantize { ty, row_bytes, qw } => {
+                    Step::Quantize {
+                        ty,
+                        row_bytes,
+                        qw,
+                        search,
+                    } => {
                         let mut dst = vec![0u8; n * row_bytes];
                         // Importance data with one row per expert (a 3-D tensor's ne[2]
                         // experts of ne[1] rows each): each expert's rows use its own row, as
@@ -501,7 +516,8 @@ fn produce(
                                 }
                                 other => other,
                             };
-                            ty.quantize(
+                            ty.quantize_with(
+                                search,
                                 &f32_buf[done * n_per_row..(done + run) * n_per_row],
                                 n_per_row,
                                 qw_run,

@@ -13,7 +13,7 @@ use crate::plan::{self, FileType, ModelFacts, PlanOptions, PlanTensor};
 use crate::source::gguf::SplitGguf;
 use crate::source::{Checkpoint, Source};
 use anyhow::{bail, Context, Result};
-use kiln_kernels::GgmlType;
+use kiln_kernels::{GgmlType, Search};
 use std::path::{Path, PathBuf};
 
 /// Everything `kiln quantize` takes.
@@ -48,6 +48,10 @@ pub struct Options {
     /// not write, a missing importance matrix) becomes a note, as llama-quantize's dry run
     /// warns instead of failing.
     pub dry_run: bool,
+    /// `--search`: the block search ([`Search::Ggml`], the default, writes llama.cpp's bytes;
+    /// [`Search::Thorough`] the same formats with a lower weighted error). Not recorded in the
+    /// output's metadata (llama.cpp has no key for it).
+    pub search: Search,
 }
 
 impl Options {
@@ -71,6 +75,7 @@ impl Options {
             split: None,
             keep_split: false,
             dry_run: false,
+            search: Search::Ggml,
         }
     }
 }
@@ -85,6 +90,8 @@ pub struct Prepared {
     pub notes: Vec<String>,
     /// A split output: the shard of each job (files from [`Shards::paths`] of `target`).
     pub shards: Option<Shards>,
+    /// The block search ([`Options::search`]).
+    pub search: Search,
 }
 
 impl Prepared {
@@ -549,6 +556,12 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
             if paths.len() > 1 { " ..." } else { "" }
         ));
     }
+    if opts.search == Search::Thorough {
+        notes.push(
+            "block search: thorough (the same block formats with a lower weighted error; not byte-identical to llama-quantize)"
+                .to_string(),
+        );
+    }
     let n_fallback = jobs.iter().filter(|j| j.fallback_from.is_some()).count();
     if n_fallback > 0 {
         notes.push(format!(
@@ -564,6 +577,7 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
         imatrix,
         notes,
         shards,
+        search: opts.search,
     })
 }
 
@@ -612,6 +626,7 @@ pub fn execute(p: &Prepared, force: bool, progress: bool) -> Result<Summary> {
         metadata: &p.metadata,
         target: &p.target,
         imatrix: p.imatrix.as_ref(),
+        search: p.search,
         shards: p.shards.as_ref(),
     };
     Ok(pipeline::run_many(p.input.as_ref(), &[out], force, progress)?.remove(0))

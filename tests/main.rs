@@ -23,6 +23,7 @@ mod moe;
 mod mutations;
 mod quantize_options;
 mod reference_forward;
+mod search;
 mod split;
 mod sweep;
 mod sweep_jobs;

@@ -10,7 +10,7 @@
 
 use crate::rows::{dequantize, quantize, quantize_at, KernelError};
 use crate::{float, iquants, kquants, legacy, mxfp4, ternary};
-use crate::{BlockFormat, Simd};
+use crate::{BlockFormat, Search, Simd};
 use std::fmt;
 
 /// Generates [`GgmlType`] and its dispatching methods from the table of formats.
@@ -190,6 +190,20 @@ impl GgmlType {
     /// Bits per weight of the format.
     pub fn bits_per_weight(self) -> f64 {
         self.block_bytes() as f64 * 8.0 / self.block_weights() as f64
+    }
+
+    /// [`GgmlType::quantize`] with block search `search`: [`Search::Ggml`] is `quantize`
+    /// itself (ggml's bytes); [`Search::Thorough`] the search of [`crate::refine`] for the
+    /// formats it covers.
+    pub fn quantize_with(
+        self,
+        search: Search,
+        src: &[f32],
+        n_per_row: usize,
+        imatrix: Option<&[f32]>,
+        dst: &mut [u8],
+    ) -> Result<usize, KernelError> {
+        crate::refine::quantize(self, search, src, n_per_row, imatrix, dst)
     }
 }
 

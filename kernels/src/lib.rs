@@ -17,6 +17,8 @@
 //!   `iquants/grids/` and the neighbour searches), one file each
 //! - [`ternary`]: the ternary formats TQ1_0 and TQ2_0
 //! - [`mxfp4`]: the MXFP4 format, E2M1 codes under an E8M0 scale
+//! - [`refine`]: the opt-in thorough block search (`--search thorough`): the same formats,
+//!   a lower importance-weighted error, never worse than ggml's block by block
 //! - [`rows`]: argument checks and the parallel row driver
 //! - [`simd`](mod@simd): the SIMD level chosen at run time ([`Simd`]: scalar, AVX2, AVX-512),
 //!   every level byte-identical
@@ -37,11 +39,13 @@ pub mod iquants;
 pub mod kquants;
 pub mod legacy;
 pub mod mxfp4;
+pub mod refine;
 pub mod rows;
 pub mod simd;
 pub mod ternary;
 
 pub use format::GgmlType;
+pub use refine::Search;
 pub use rows::{dequantize, quantize, quantize_at, KernelError};
 pub use simd::Simd;
 

@@ -100,6 +100,12 @@ pub struct QuantizeArgs {
     /// Print the plan (tensors, types, sizes) without writing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Block search: `ggml` (the default: llama.cpp's bytes) or `thorough` (the same block
+    /// formats, so llama.cpp reads them, with a lower importance-weighted error: more
+    /// candidate scales, least-squares refinement; q4_0, q5_0, q8_0, q2_K..q6_K; slower). The
+    /// budget solver (--target-bpw/--target-size) then measures with it too.
+    #[arg(long, value_name = "ggml|thorough", default_value = "ggml")]
+    pub search: String,
     /// The command-line positions of --tensor-type (false) and --tensor-type-file (true)
     /// values, filled from clap's indices: llama-quantize applies the rules in that order.
     #[arg(skip)]
@@ -208,6 +214,13 @@ pub fn quantize(a: QuantizeArgs) -> anyhow::Result<()> {
     };
     opts.keep_split = a.keep_split;
     opts.dry_run = a.dry_run;
+    opts.search = kiln::kernels::Search::parse(&a.search).ok_or_else(|| {
+        anyhow::anyhow!(
+            "--search {}: not a block search (one of: {})",
+            a.search,
+            kiln::kernels::Search::NAMES.join(", ")
+        )
+    })?;
     let start = std::time::Instant::now();
     kiln::pipeline::stop_on_signals();
     if let Some(text) = &a.calibrate {

@@ -212,6 +212,7 @@ pub fn convert_all(prepared: &[Prepared], force: bool) -> Result<f64> {
             metadata: &p.metadata,
             target: &p.target,
             imatrix: p.imatrix.as_ref(),
+            search: p.search,
             shards: None,
         })
         .collect();
