@@ -47,10 +47,10 @@ pub struct QuantizeArgs {
     /// is --sensitivity-text, else the --calibrate text. Needs llama.cpp.
     #[arg(long)]
     pub calibrate_sensitivity: bool,
-    /// The text for --calibrate-sensitivity (UTF-8, at least two chunks of 512 tokens).
+    /// The text for --calibrate-sensitivity (UTF-8, at least two chunks of tokens).
     #[arg(long, value_name = "FILE", requires = "calibrate_sensitivity")]
     pub sensitivity_text: Option<PathBuf>,
-    /// At most this many chunks of 512 tokens of the sensitivity text per measurement.
+    /// At most this many chunks of the sensitivity text per measurement.
     #[arg(
         long,
         value_name = "N",
@@ -58,6 +58,14 @@ pub struct QuantizeArgs {
         requires = "calibrate_sensitivity"
     )]
     pub sensitivity_chunks: u32,
+    /// Tokens per chunk of the sensitivity text (llama-perplexity's -c).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 512,
+        requires = "calibrate_sensitivity"
+    )]
+    pub sensitivity_ctx: u32,
     /// Type for output.weight.
     #[arg(long)]
     pub output_tensor_type: Option<String>,
@@ -230,7 +238,12 @@ pub fn quantize(a: QuantizeArgs) -> anyhow::Result<()> {
                     "--calibrate-sensitivity needs a text to measure the model on: --sensitivity-text FILE (or --calibrate TEXT)"
                 );
             };
-            Some(sensitivity_options(text, a.sensitivity_chunks, a.threads)?)
+            Some(sensitivity_options(
+                text,
+                a.sensitivity_ctx,
+                a.sensitivity_chunks,
+                a.threads,
+            )?)
         }
     };
     let start = std::time::Instant::now();
@@ -360,12 +373,15 @@ type Sensitivity = ();
 #[cfg(feature = "llama")]
 fn sensitivity_options(
     text: PathBuf,
+    n_ctx: u32,
     chunks: u32,
     threads: Option<usize>,
 ) -> anyhow::Result<Sensitivity> {
     anyhow::ensure!(chunks >= 2, "--sensitivity-chunks must be at least 2");
+    anyhow::ensure!(n_ctx >= 8, "--sensitivity-ctx must be at least 8");
     let mut o = kiln::runner::sensitivity::SensitivityOptions::new(text);
     o.max_chunks = chunks;
+    o.n_ctx = n_ctx;
     if let Some(n) = threads {
         o.threads = n as u32;
     }
@@ -374,7 +390,12 @@ fn sensitivity_options(
 }
 
 #[cfg(not(feature = "llama"))]
-fn sensitivity_options(_: PathBuf, _: u32, _: Option<usize>) -> anyhow::Result<Sensitivity> {
+fn sensitivity_options(
+    _: PathBuf,
+    _: u32,
+    _: u32,
+    _: Option<usize>,
+) -> anyhow::Result<Sensitivity> {
     anyhow::bail!(
         "--calibrate-sensitivity runs the model on llama.cpp, and this kiln was built without it \
          (--no-default-features)"
