@@ -1131,6 +1131,56 @@ mod tests {
     }
 
     #[test]
+    fn sensitivity_groups_are_names_without_block_and_suffix() {
+        assert_eq!(group_of("blk.3.attn_q.weight"), "attn_q");
+        assert_eq!(group_of("blk.12.ffn_down_exps.weight"), "ffn_down_exps");
+        assert_eq!(group_of("token_embd.weight"), "token_embd");
+        assert_eq!(group_of("output.weight"), "output");
+    }
+
+    #[test]
+    fn factors_are_ratios_with_the_median_for_groups_without_one() {
+        let g = |group: &str, predicted: f64, measured: f64| GroupFactor {
+            group: group.into(),
+            tensors: 1,
+            predicted,
+            measured,
+            measured_stderr: 0.0,
+            factor: 0.0,
+        };
+        let mut v = vec![
+            g("a", 1.0, 2.0),
+            g("b", 2.0, 8.0),
+            g("c", 1.0, 3.0),
+            g("d", 0.0, 1.0),
+            g("e", 1.0, 0.0),
+            g("f", 1.0, 0.001),
+        ];
+        set_factors(&mut v);
+        let f: Vec<f64> = v.iter().map(|x| x.factor).collect();
+        // Ratios 2, 4, 3, 0.001: median 2.5; d has none (median), e none (median), f floored.
+        assert_eq!(f, vec![2.0, 4.0, 3.0, 2.5, 2.5, 0.025]);
+        let mut t = vec![TensorChoices {
+            job: 0,
+            name: "blk.0.c.weight".into(),
+            candidates: vec![Candidate {
+                ty: GgmlType::Q8_0,
+                bytes: 1,
+                rel_err: 0.5,
+                act_err: 0.5,
+                loss: 1.0,
+            }],
+            rows_measured: 1,
+            n_rows: 1,
+            weighted: true,
+            role: 1.0,
+        }];
+        apply_factors(&mut t, &v);
+        assert_eq!(t[0].candidates[0].loss, 3.0);
+        assert_eq!(t[0].candidates[0].rel_err, 0.5);
+    }
+
+    #[test]
     fn solver_respects_the_limit_and_prefers_cheap_gains() {
         let a = vec![(10, 1.0), (20, 0.1)];
         let b = vec![(10, 1.0), (20, 0.9)];

@@ -11,6 +11,8 @@
 #   (made here as run.sh makes them).
 # - sensitivity text: the calibration text (not the evaluation text), SENS_CHUNKS chunks of 512
 #   tokens per measurement (default 2).
+# - BUDGETS="Q3_K_M" to run one budget; IMATRIX_CHUNKS=N for an importance matrix of the first N
+#   chunks only (when WORKDIR has none yet).
 # Writes benches/budget/sensitivity.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -31,7 +33,7 @@ cal=$(ls ~/.cargo/registry/src/*/llama-cpp-sys-2-0.1.161/llama.cpp/tools/complet
 text=fixtures/eval/text.txt
 t0=$(date +%s)
 if [ ! -f "$work/imatrix.gguf" ]; then
-  $kiln imatrix "$ref" --text "$cal" --threads "$threads" -o "$work/imatrix.gguf" 2>"$work/imatrix.log"
+  $kiln imatrix "$ref" --text "$cal" --threads "$threads" ${IMATRIX_CHUNKS:+--chunks "$IMATRIX_CHUNKS"} -o "$work/imatrix.gguf" 2>"$work/imatrix.log"
 fi
 im=$work/imatrix.gguf
 files=()
@@ -62,7 +64,8 @@ if isinstance(ev, dict):
 by = {os.path.realpath(r["model_filename"]): r for r in ev}
 print("# `--calibrate-sensitivity` on Gemma 3 270M: calibrated against uncalibrated budget mixes")
 print()
-print(f"reference: gemma-3-270m-F32.gguf; importance matrix and sensitivity text: {os.path.basename(os.path.dirname(os.path.dirname(cal)))}/"
+im_chunks = os.environ.get("IMATRIX_CHUNKS")
+print(f"reference: gemma-3-270m-F32.gguf; importance matrix ({'first ' + im_chunks + ' chunks' if im_chunks else 'all chunks'}) and sensitivity text: {os.path.basename(os.path.dirname(os.path.dirname(cal)))}/"
       f"completion/README.md of the pinned llama.cpp ({chunks} chunks of 512 tokens per measurement); "
       f"evaluation text: {text} (-c 512, not the sensitivity text). Whole run {secs} s.")
 print()
