@@ -258,6 +258,8 @@ pub struct BudgetPlan {
     /// The bound the solver kept, in its units (file bytes or data bytes).
     pub limit: u64,
     pub tensors: Vec<TensorChoices>,
+    /// The jobs whose type the options pinned ([`pinned`]), kept out of the solver.
+    pub pinned: Vec<usize>,
     /// The chosen candidate of each of `tensors`.
     pub chosen: Vec<usize>,
     pub predicted_loss: f64,
@@ -397,6 +399,15 @@ pub fn activation_noise(path: ActivationPath, act_ms: &[f32], col_energy: &[f64]
 
 /// Measures every candidate type of every tensor the budget chooses for.
 pub fn measure(p: &Prepared, mopts: &MeasureOptions) -> Result<Vec<TensorChoices>> {
+    measure_except(p, mopts, &[])
+}
+
+/// [`measure`], leaving out the jobs in `skip` (the pinned ones, see [`pinned`]).
+pub fn measure_except(
+    p: &Prepared,
+    mopts: &MeasureOptions,
+    skip: &[usize],
+) -> Result<Vec<TensorChoices>> {
     let tied = !p.jobs.iter().any(|j| j.name == "output.weight");
     // Importance data of the wrong size is refused before anything is measured.
     if let Some(m) = &p.imatrix {
@@ -416,7 +427,7 @@ pub fn measure(p: &Prepared, mopts: &MeasureOptions) -> Result<Vec<TensorChoices
     }
     let mut out = Vec::new();
     for (ji, j) in p.jobs.iter().enumerate() {
-        if !chosen_by_budget(j) {
+        if !chosen_by_budget(j) || skip.contains(&ji) {
             continue;
         }
         crate::pipeline::check_interrupted()?;
@@ -719,7 +730,7 @@ pub fn prepare(
 ) -> Result<(Prepared, BudgetPlan)> {
     check_target(target)?;
     let p = start(input, opts)?;
-    let tensors = measure(&p, mopts)?;
+    let tensors = measure_except(&p, mopts, &pinned(&p, opts)?)?;
     finish(input, p, opts, tensors, target)
 }
 
@@ -733,15 +744,13 @@ fn check_target(target: Target) -> Result<()> {
 }
 
 /// Prepares the input as a pure Q8_0 conversion (tensors the mixes never quantize stay as they
-/// are; the budget then sets the type of every other one).
+/// are; the budget then sets the type of every other one). The pins (`--tensor-type`,
+/// `--token-embedding-type`, `--output-tensor-type`, `--leave-output-tensor`) set their
+/// tensors' types here, as llama.cpp's plan sets them (a `--tensor-type` rule's type falls
+/// back for rows it cannot hold); [`pinned`] names those tensors, and the budget keeps them.
 pub fn start(input: &Path, opts: &Options) -> Result<Prepared> {
-    if opts.pure
-        || opts.output_tensor_type.is_some()
-        || opts.token_embedding_type.is_some()
-        || opts.leave_output_tensor
-        || !opts.tensor_types.is_empty()
-    {
-        bail!("--target-bpw/--target-size choose every tensor's type; they cannot be combined with --pure, --tensor-type, --output-tensor-type, --token-embedding-type or --leave-output-tensor");
+    if opts.pure {
+        bail!("--target-bpw/--target-size choose every tensor's type; they cannot be combined with --pure");
     }
     let mut o = opts.clone();
     o.ftype = FileType::Q8_0;
@@ -761,16 +770,61 @@ pub fn start(input: &Path, opts: &Options) -> Result<Prepared> {
     Ok(p)
 }
 
-/// Solves the budget on measured candidates and sets every chosen tensor's type in `p`.
-pub fn finish(
-    input: &Path,
-    mut p: Prepared,
-    opts: &Options,
+/// The jobs whose type the options pin (their type is the one [`start`]'s plan gave them, and
+/// the budget does not choose it): `--token-embedding-type` for token_embd.weight (and
+/// per_layer_token_embd.weight unless a `--tensor-type` rule names it), `--output-tensor-type`
+/// for output.weight, `--leave-output-tensor` for output.weight, and every tensor a
+/// `--tensor-type` rule matches: llama.cpp's `llama_tensor_get_type` takes the type from the
+/// options in exactly these cases. (A tied model has no output.weight: its token embedding is
+/// pinned with `--token-embedding-type`.)
+pub fn pinned(p: &Prepared, opts: &Options) -> Result<Vec<usize>> {
+    let mut out = Vec::new();
+    for (i, j) in p.jobs.iter().enumerate() {
+        if !chosen_by_budget(j) {
+            continue;
+        }
+        let mut ruled = false;
+        for r in &opts.tensor_types {
+            if r.matches(&j.name)? {
+                ruled = true;
+                break;
+            }
+        }
+        let embd =
+            j.name == "token_embd.weight" || (j.name == "per_layer_token_embd.weight" && !ruled);
+        let pin = (opts.token_embedding_type.is_some() && embd)
+            || ((opts.output_tensor_type.is_some() || opts.leave_output_tensor)
+                && j.name == "output.weight")
+            || ruled;
+        if pin {
+            out.push(i);
+        }
+    }
+    Ok(out)
+}
+
+/// The budget problem: what the solver chooses for, the fixed bytes, the limit.
+struct Problem {
+    pins: Vec<usize>,
     tensors: Vec<TensorChoices>,
+    fixed: u64,
+    limit: u64,
+    points: Vec<Vec<(u64, f64)>>,
+}
+
+/// Sets up the budget problem of `p` and refuses a budget smaller than the smallest file
+/// (the pinned tensors at their types, every other at its smallest candidate).
+fn problem(
+    input: &Path,
+    p: &Prepared,
+    opts: &Options,
+    mut tensors: Vec<TensorChoices>,
     target: Target,
-) -> Result<(Prepared, BudgetPlan)> {
+) -> Result<Problem> {
     check_target(target)?;
-    let align = alignment(&p);
+    let pins = pinned(p, opts)?;
+    tensors.retain(|t| !pins.contains(&t.job));
+    let align = alignment(p);
     let by_file = matches!(target, Target::Bytes(_));
     let cost = |bytes: u64| if by_file { padded(bytes, align) } else { bytes };
     let n_elements = p.n_elements();
@@ -799,12 +853,12 @@ pub fn finish(
                 .collect()
         })
         .collect();
-    let Some(chosen) = solve(fixed, &points, limit) else {
-        let min: u64 = fixed
-            + points
-                .iter()
-                .map(|p| p.iter().map(|x| x.0).min().unwrap_or(0))
-                .sum::<u64>();
+    let min: u64 = fixed
+        + points
+            .iter()
+            .map(|p| p.iter().map(|x| x.0).min().unwrap_or(0))
+            .sum::<u64>();
+    if min > limit {
         let smallest = if by_file {
             format!("{min} bytes ({:.2} MiB)", min as f64 / 1048576.0)
         } else {
@@ -813,12 +867,66 @@ pub fn finish(
                 min as f64 * 8.0 / n_elements as f64
             )
         };
+        if pins.is_empty() {
+            bail!(
+                "{}: the budget of {} is smaller than the smallest file kiln can make of this model ({smallest}, every tensor at its smallest type)",
+                input.display(),
+                target.describe(),
+            );
+        }
+        let pinned_bytes: u64 = pins
+            .iter()
+            .map(|&i| p.jobs[i].out_bytes().map(cost))
+            .sum::<Result<u64>>()?;
         bail!(
-            "{}: the budget of {} is smaller than the smallest file kiln can make of this model ({smallest}, every tensor at its smallest type)",
+            "{}: the budget of {} is smaller than the smallest file kiln can make of this model with its {} pinned tensor(s) at their types ({smallest}: the pinned tensors take {pinned_bytes} bytes, every other tensor at its smallest type)",
             input.display(),
             target.describe(),
+            pins.len(),
         );
-    };
+    }
+    Ok(Problem {
+        pins,
+        tensors,
+        fixed,
+        limit,
+        points,
+    })
+}
+
+/// Refuses, as [`finish`] would, a budget that even the smallest choice of every tensor the
+/// budget chooses does not fit (for checking before a long measurement).
+pub fn check_fits(
+    input: &Path,
+    p: &Prepared,
+    opts: &Options,
+    tensors: &[TensorChoices],
+    target: Target,
+) -> Result<()> {
+    problem(input, p, opts, tensors.to_vec(), target).map(|_| ())
+}
+
+/// Solves the budget on measured candidates and sets every chosen tensor's type in `p`. The
+/// jobs [`pinned`] by `opts` keep their type and count against the budget as they are (a
+/// measurement that includes them is not used for them).
+pub fn finish(
+    input: &Path,
+    mut p: Prepared,
+    opts: &Options,
+    tensors: Vec<TensorChoices>,
+    target: Target,
+) -> Result<(Prepared, BudgetPlan)> {
+    let Problem {
+        pins,
+        tensors,
+        fixed,
+        limit,
+        points,
+    } = problem(input, &p, opts, tensors, target)?;
+    let by_file = matches!(target, Target::Bytes(_));
+    let n_elements = p.n_elements();
+    let chosen = solve(fixed, &points, limit)
+        .context("internal: the budget problem has no solution although its smallest file fits")?;
     for (t, &k) in tensors.iter().zip(&chosen) {
         let j = &mut p.jobs[t.job];
         j.out_type = TypeId::of(t.candidates[k].ty);
@@ -837,6 +945,7 @@ pub fn finish(
     let plan = BudgetPlan {
         target,
         limit,
+        pinned: pins,
         chosen,
         predicted_loss,
         file_size: p.file_size()?,
@@ -909,6 +1018,7 @@ pub fn describe(p: &Prepared, plan: &BudgetPlan) -> Result<String> {
                     format!("{:.3e}", c.act_err),
                 )
             }
+            None if plan.pinned.contains(&ji) => ("pinned".into(), String::new(), String::new()),
             None => ("kept".into(), String::new(), String::new()),
         };
         writeln!(
@@ -925,10 +1035,11 @@ pub fn describe(p: &Prepared, plan: &BudgetPlan) -> Result<String> {
     }
     writeln!(
         s,
-        "\nbudget {}: {} tensors ({} chosen by the budget, {sampled} measured on sampled rows), file size {} bytes ({:.2} MiB), {:.4} bpw reached, predicted loss {:.4e} -> {}",
+        "\nbudget {}: {} tensors ({} chosen by the budget, {} pinned, {sampled} measured on sampled rows), file size {} bytes ({:.2} MiB), {:.4} bpw reached, predicted loss {:.4e} -> {}",
         plan.target.describe(),
         p.jobs.len(),
         plan.tensors.len(),
+        plan.pinned.len(),
         plan.file_size,
         plan.file_size as f64 / 1048576.0,
         plan.bpw(),
@@ -936,6 +1047,163 @@ pub fn describe(p: &Prepared, plan: &BudgetPlan) -> Result<String> {
         p.target.display()
     )?;
     Ok(s)
+}
+
+// ---- Measured sensitivity (`--calibrate-sensitivity`): the converter's side ----
+//
+// The runner (`runner::sensitivity`) measures the model's mean KLD with one tensor group
+// degraded; these functions say what the groups are, what each is degraded to, what the loss
+// model predicts for that degradation, and scale the group's losses by measured / predicted.
+
+/// One tensor group's measured sensitivity.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupFactor {
+    /// The group: a tensor's name without `blk.N.` and `.weight` (`attn_q`, `ffn_down`,
+    /// `token_embd`, `output`).
+    pub group: String,
+    /// Tensors in the group.
+    pub tensors: usize,
+    /// The loss model's prediction for degrading the group: the sum over its tensors of the
+    /// loss at the degraded type minus the loss at the reference's type.
+    pub predicted: f64,
+    /// The measured mean KLD of the model with the group degraded, minus that of the model
+    /// with nothing degraded (at least 0).
+    pub measured: f64,
+    /// The mean KLD's uncertainty (llama-perplexity's).
+    pub measured_stderr: f64,
+    /// What the group's losses are multiplied by (see [`set_factors`]).
+    pub factor: f64,
+}
+
+/// A tensor's sensitivity group: its name without `blk.N.` and `.weight`.
+pub fn group_of(name: &str) -> String {
+    let n = name.strip_suffix(".weight").unwrap_or(name);
+    match n.strip_prefix("blk.") {
+        Some(r) => r.split_once('.').map_or(r, |(_, t)| t).to_string(),
+        None => n.to_string(),
+    }
+}
+
+/// The groups of the tensors the budget chooses for, in the order of their first tensor:
+/// (group, indices into `tensors`).
+pub fn sensitivity_groups(tensors: &[TensorChoices]) -> Vec<(String, Vec<usize>)> {
+    let mut out: Vec<(String, Vec<usize>)> = Vec::new();
+    for (i, t) in tensors.iter().enumerate() {
+        let g = group_of(&t.name);
+        match out.iter_mut().find(|(n, _)| *n == g) {
+            Some((_, v)) => v.push(i),
+            None => out.push((g, vec![i])),
+        }
+    }
+    out
+}
+
+/// The types a group is degraded to for the measurement, in order of preference: about 4.5
+/// bits per weight, where budgets make their decisions and the model's response is still
+/// near-linear in the noise.
+pub const DEGRADE_TYPES: [GgmlType; 4] = [
+    GgmlType::Q4_K,
+    GgmlType::Q4_0,
+    GgmlType::IQ4_NL,
+    GgmlType::Q5_0,
+];
+
+/// The candidate a tensor is degraded to: the first of [`DEGRADE_TYPES`] it has, else its
+/// cheapest candidate.
+pub fn degraded_candidate(t: &TensorChoices) -> usize {
+    DEGRADE_TYPES
+        .iter()
+        .find_map(|ty| t.candidates.iter().position(|c| c.ty == *ty))
+        .unwrap_or_else(|| {
+            (0..t.candidates.len())
+                .min_by_key(|&k| (t.candidates[k].bytes, k))
+                .unwrap_or(0)
+        })
+}
+
+/// The type a tensor has in the reference model the degradations are measured against: its
+/// input type when that is a float type, else F32.
+pub fn reference_type(j: &Job) -> TypeId {
+    match j.input_type {
+        TypeId::F32 | TypeId::F16 | TypeId::BF16 => j.input_type,
+        _ => TypeId::F32,
+    }
+}
+
+/// The loss model's prediction for degrading tensor `t` from `reference` to its
+/// [`degraded_candidate`]: the loss there minus the loss of the candidate of the reference's
+/// type (none when the reference's type is not a candidate, as BF16: 0).
+pub fn predicted_increase(t: &TensorChoices, reference: TypeId) -> f64 {
+    let low = t.candidates[degraded_candidate(t)].loss;
+    let high = t
+        .candidates
+        .iter()
+        .find(|c| TypeId::of(c.ty) == reference)
+        .map_or(0.0, |c| c.loss);
+    low - high
+}
+
+/// Sets each group's factor to measured / predicted. A group whose ratio is not a positive
+/// finite number (nothing predicted, or nothing measured) gets the median of the others'
+/// ratios (the loss model's own scale for it), and every factor is at least 1/100 of that
+/// median, so that every factor is finite and positive (1 for all when no group has a ratio).
+pub fn set_factors(groups: &mut [GroupFactor]) {
+    let ratio = |g: &GroupFactor| {
+        let r = g.measured / g.predicted;
+        (g.predicted > 0.0 && r.is_finite() && r > 0.0).then_some(r)
+    };
+    let mut rs: Vec<f64> = groups.iter().filter_map(ratio).collect();
+    rs.sort_by(f64::total_cmp);
+    let median = match rs.len() {
+        0 => 1.0,
+        n if n % 2 == 1 => rs[n / 2],
+        n => 0.5 * (rs[n / 2 - 1] + rs[n / 2]),
+    };
+    for g in groups.iter_mut() {
+        g.factor = ratio(g).unwrap_or(median).max(median / 100.0);
+    }
+}
+
+/// Multiplies every candidate's loss of every tensor by its group's factor (tensors of groups
+/// not in `factors` keep theirs).
+pub fn apply_factors(tensors: &mut [TensorChoices], factors: &[GroupFactor]) {
+    for t in tensors.iter_mut() {
+        let g = group_of(&t.name);
+        if let Some(f) = factors.iter().find(|f| f.group == g) {
+            for c in &mut t.candidates {
+                c.loss *= f.factor;
+            }
+        }
+    }
+}
+
+/// The measurement as a table (what `--calibrate-sensitivity` prints).
+pub fn describe_factors(factors: &[GroupFactor]) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let w = factors
+        .iter()
+        .map(|f| f.group.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let _ = writeln!(
+        s,
+        "{:<w$}  {:>7}  {:>12}  {:>24}  {:>10}",
+        "group", "tensors", "predicted", "measured KLD", "factor"
+    );
+    for f in factors {
+        let _ = writeln!(
+            s,
+            "{:<w$}  {:>7}  {:>12.4e}  {:>24}  {:>10.4e}",
+            f.group,
+            f.tensors,
+            f.predicted,
+            format!("{:.4e} ± {:.1e}", f.measured, f.measured_stderr),
+            f.factor
+        );
+    }
+    s
 }
 
 #[cfg(test)]
@@ -981,6 +1249,56 @@ mod tests {
         // (2, 4) to (6, 0.5).
         let pts = [(1, 10.0), (2, 4.0), (3, 5.0), (4, 2.9), (6, 0.5)];
         assert_eq!(hull(&pts), vec![0, 1, 4]);
+    }
+
+    #[test]
+    fn sensitivity_groups_are_names_without_block_and_suffix() {
+        assert_eq!(group_of("blk.3.attn_q.weight"), "attn_q");
+        assert_eq!(group_of("blk.12.ffn_down_exps.weight"), "ffn_down_exps");
+        assert_eq!(group_of("token_embd.weight"), "token_embd");
+        assert_eq!(group_of("output.weight"), "output");
+    }
+
+    #[test]
+    fn factors_are_ratios_with_the_median_for_groups_without_one() {
+        let g = |group: &str, predicted: f64, measured: f64| GroupFactor {
+            group: group.into(),
+            tensors: 1,
+            predicted,
+            measured,
+            measured_stderr: 0.0,
+            factor: 0.0,
+        };
+        let mut v = vec![
+            g("a", 1.0, 2.0),
+            g("b", 2.0, 8.0),
+            g("c", 1.0, 3.0),
+            g("d", 0.0, 1.0),
+            g("e", 1.0, 0.0),
+            g("f", 1.0, 0.001),
+        ];
+        set_factors(&mut v);
+        let f: Vec<f64> = v.iter().map(|x| x.factor).collect();
+        // Ratios 2, 4, 3, 0.001: median 2.5; d has none (median), e none (median), f floored.
+        assert_eq!(f, vec![2.0, 4.0, 3.0, 2.5, 2.5, 0.025]);
+        let mut t = vec![TensorChoices {
+            job: 0,
+            name: "blk.0.c.weight".into(),
+            candidates: vec![Candidate {
+                ty: GgmlType::Q8_0,
+                bytes: 1,
+                rel_err: 0.5,
+                act_err: 0.5,
+                loss: 1.0,
+            }],
+            rows_measured: 1,
+            n_rows: 1,
+            weighted: true,
+            role: 1.0,
+        }];
+        apply_factors(&mut t, &v);
+        assert_eq!(t[0].candidates[0].loss, 3.0);
+        assert_eq!(t[0].candidates[0].rel_err, 0.5);
     }
 
     #[test]

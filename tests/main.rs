@@ -6,6 +6,7 @@ mod common;
 mod bad_input;
 mod bench;
 mod budget;
+mod budget_pins;
 mod calibrate;
 mod cli;
 mod convert_vs_llama;

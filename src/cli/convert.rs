@@ -44,6 +44,33 @@ pub struct QuantizeArgs {
     /// as <output name>.imatrix.gguf, and quantize with it. Needs llama.cpp.
     #[arg(long, value_name = "TEXT", conflicts_with = "imatrix")]
     pub calibrate: Option<PathBuf>,
+    /// With --target-bpw/--target-size: calibrate the loss model by the model's measured
+    /// sensitivity: for each tensor group (attn_q, ffn_down, token_embd, ...), the mean KLD of
+    /// the model with that group at about 4.5 bits per weight and the rest at the input's
+    /// precision, measured on a text through llama.cpp as `kiln eval` does, over what the loss
+    /// model predicts; each group's losses are scaled by that factor before solving. The text
+    /// is --sensitivity-text, else the --calibrate text. Needs llama.cpp.
+    #[arg(long)]
+    pub calibrate_sensitivity: bool,
+    /// The text for --calibrate-sensitivity (UTF-8, at least two chunks of tokens).
+    #[arg(long, value_name = "FILE", requires = "calibrate_sensitivity")]
+    pub sensitivity_text: Option<PathBuf>,
+    /// At most this many chunks of the sensitivity text per measurement.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 8,
+        requires = "calibrate_sensitivity"
+    )]
+    pub sensitivity_chunks: u32,
+    /// Tokens per chunk of the sensitivity text (llama-perplexity's -c).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 512,
+        requires = "calibrate_sensitivity"
+    )]
+    pub sensitivity_ctx: u32,
     /// Type for output.weight.
     #[arg(long)]
     pub output_tensor_type: Option<String>,
@@ -221,6 +248,26 @@ pub fn quantize(a: QuantizeArgs) -> anyhow::Result<()> {
             kiln::kernels::Search::NAMES.join(", ")
         )
     })?;
+    let sensitivity = match (a.calibrate_sensitivity, target) {
+        (false, _) => None,
+        (true, None) => anyhow::bail!(
+            "--calibrate-sensitivity calibrates the budget mixes: use it with --target-bpw or --target-size"
+        ),
+        (true, Some(_)) => {
+            let text = a.sensitivity_text.clone().or_else(|| a.calibrate.clone());
+            let Some(text) = text else {
+                anyhow::bail!(
+                    "--calibrate-sensitivity needs a text to measure the model on: --sensitivity-text FILE (or --calibrate TEXT)"
+                );
+            };
+            Some(sensitivity_options(
+                text,
+                a.sensitivity_ctx,
+                a.sensitivity_chunks,
+                a.threads,
+            )?)
+        }
+    };
     let start = std::time::Instant::now();
     kiln::pipeline::stop_on_signals();
     if let Some(text) = &a.calibrate {
@@ -242,7 +289,7 @@ pub fn quantize(a: QuantizeArgs) -> anyhow::Result<()> {
                 .transpose()?,
             ..Default::default()
         };
-        return quantize_budget(&a.input, &opts, target, &mopts, start);
+        return quantize_budget(&a.input, &opts, target, &mopts, sensitivity.as_ref(), start);
     }
     let p = q::prepare(&a.input, &opts)?;
     for n in &p.notes {
@@ -285,6 +332,7 @@ fn quantize_budget(
     opts: &kiln::quantize::Options,
     target: kiln::budget::Target,
     mopts: &kiln::budget::MeasureOptions,
+    sensitivity: Option<&Sensitivity>,
     start: std::time::Instant,
 ) -> anyhow::Result<()> {
     use kiln::budget;
@@ -293,7 +341,16 @@ fn quantize_budget(
             kiln::gguf::writer::check_target(o, opts.force)?;
         }
     }
-    let (p, plan) = budget::prepare(input, opts, target, mopts)?;
+    let p = budget::start(input, opts)?;
+    let pins = budget::pinned(&p, opts)?;
+    let mut tensors = budget::measure_except(&p, mopts, &pins)?;
+    if let Some(s) = sensitivity {
+        budget::check_fits(input, &p, opts, &tensors, target)?;
+        let factors = measure_sensitivity(input, &p, &tensors, s)?;
+        print!("{}", budget::describe_factors(&factors));
+        budget::apply_factors(&mut tensors, &factors);
+    }
+    let (p, plan) = budget::finish(input, p, opts, tensors, target)?;
     for n in &p.notes {
         eprintln!("kiln: {n}");
     }
@@ -336,6 +393,75 @@ fn quantize_budget(
         start.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+#[cfg(feature = "llama")]
+type Sensitivity = kiln::runner::sensitivity::SensitivityOptions;
+#[cfg(not(feature = "llama"))]
+type Sensitivity = ();
+
+/// `--calibrate-sensitivity`'s options; the text is checked here, before any work.
+#[cfg(feature = "llama")]
+fn sensitivity_options(
+    text: PathBuf,
+    n_ctx: u32,
+    chunks: u32,
+    threads: Option<usize>,
+) -> anyhow::Result<Sensitivity> {
+    anyhow::ensure!(chunks >= 2, "--sensitivity-chunks must be at least 2");
+    anyhow::ensure!(n_ctx >= 8, "--sensitivity-ctx must be at least 8");
+    let mut o = kiln::runner::sensitivity::SensitivityOptions::new(text);
+    o.max_chunks = chunks;
+    o.n_ctx = n_ctx;
+    if let Some(n) = threads {
+        o.threads = n as u32;
+    }
+    kiln::runner::sensitivity::check_text(&o)?;
+    Ok(o)
+}
+
+#[cfg(not(feature = "llama"))]
+fn sensitivity_options(
+    _: PathBuf,
+    _: u32,
+    _: u32,
+    _: Option<usize>,
+) -> anyhow::Result<Sensitivity> {
+    anyhow::bail!(
+        "--calibrate-sensitivity runs the model on llama.cpp, and this kiln was built without it \
+         (--no-default-features)"
+    )
+}
+
+/// `--calibrate-sensitivity`: every group's factor, measured.
+#[cfg(feature = "llama")]
+fn measure_sensitivity(
+    input: &std::path::Path,
+    p: &kiln::quantize::Prepared,
+    tensors: &[kiln::budget::TensorChoices],
+    s: &Sensitivity,
+) -> anyhow::Result<Vec<kiln::budget::GroupFactor>> {
+    let near = match p.target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    println!(
+        "sensitivity on {} (at most {} chunks of {} tokens): each group at about 4.5 bits per weight, the rest at the input's precision; measured = its mean KLD minus the KLD with nothing degraded, predicted = the loss model's, factor = measured / predicted",
+        s.text.display(),
+        s.max_chunks,
+        s.n_ctx
+    );
+    kiln::runner::sensitivity::measure(input, p, tensors, &near, s, &mut |l| eprintln!("kiln: {l}"))
+}
+
+#[cfg(not(feature = "llama"))]
+fn measure_sensitivity(
+    _: &std::path::Path,
+    _: &kiln::quantize::Prepared,
+    _: &[kiln::budget::TensorChoices],
+    _: &Sensitivity,
+) -> anyhow::Result<Vec<kiln::budget::GroupFactor>> {
+    anyhow::bail!("--calibrate-sensitivity needs llama.cpp")
 }
 
 /// `--calibrate TEXT`: checks the conversion's plan and the output as a run would (so a bad

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod calibrate;
 pub mod eval;
 pub mod imatrix;
+pub mod sensitivity;
 pub mod worker;
 
 use serde::{Deserialize, Serialize};
