@@ -279,6 +279,7 @@ fn budget_solver_measures_with_the_thorough_kernels() {
         assert_eq!(p.search, search);
         let m = kiln::budget::MeasureOptions {
             sample_weights: 1 << 15,
+            ..Default::default()
         };
         kiln::budget::measure(&p, &m).unwrap()
     };
