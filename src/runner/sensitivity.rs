@@ -126,6 +126,8 @@ pub fn measure(
             target: &file,
             imatrix: p.imatrix.as_ref(),
             shards: None,
+            // The block search the budget measures with and writes with.
+            search: p.search,
         };
         crate::pipeline::run_many(p.input.as_ref(), &[out], true, false)
             .with_context(|| format!("writing the model with {what}"))?;
