@@ -490,6 +490,9 @@ pub fn measure_except(
                     .map(|(c, &v)| w.map_or(1.0, |w| w[c] as f64) * (v as f64) * (v as f64))
                     .sum::<f64>()
             })
+            .collect::<Vec<f64>>()
+            // Summed in row order: rayon's parallel sum groups differently from run to run.
+            .into_iter()
             .sum();
         // The weights' column energies (for the activation noise), where the importance
         // matrix says what the activations look like.
