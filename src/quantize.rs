@@ -492,7 +492,17 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
             m.len()
         ));
     }
-    metadata.set_last(
+    // llama-quantize's gguf_set_val moves these keys to the end; convert's file (a checkpoint at
+    // its own precision) keeps them where convert writes them.
+    let set_key = |m: &mut Metadata, k: &str, v: Value| {
+        if convert_form {
+            m.set(k, v)
+        } else {
+            m.set_last(k, v)
+        }
+    };
+    set_key(
+        &mut metadata,
         keys::QUANTIZATION_VERSION,
         Value::U32(keys::GGML_QNT_VERSION),
     );
@@ -506,7 +516,7 @@ pub fn prepare(input_path: &Path, opts: &Options) -> Result<Prepared> {
     } else {
         opts.ftype.id()
     };
-    metadata.set_last(keys::FILE_TYPE, Value::U32(file_type));
+    set_key(&mut metadata, keys::FILE_TYPE, Value::U32(file_type));
     // llama_model_quantize sets each override (moving an existing key to the end), then the
     // block count of a pruned model.
     for o in opts.kv_overrides.iter().chain(&imatrix_keys) {

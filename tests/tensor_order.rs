@@ -198,6 +198,15 @@ fn convert(input: &Path, ftype: FileType, out: &Path) -> Vec<String> {
     names(out)
 }
 
+fn metadata_keys(path: &Path) -> Vec<String> {
+    GgufFile::open(path)
+        .unwrap()
+        .metadata()
+        .iter()
+        .map(|(k, _)| k.to_string())
+        .collect()
+}
+
 fn names(path: &Path) -> Vec<String> {
     GgufFile::open(path)
         .unwrap()
@@ -223,8 +232,44 @@ fn check_family(spec: FixtureSpec, label: &str, rope3: bool) {
     for ftype in [FileType::BF16, FileType::F16, FileType::F32] {
         assert_eq!(convert(&dir, ftype, &out), want, "{label} {ftype}");
     }
-    // A quantized file is llama-quantize's, in the loader's order.
+    // Metadata keys in convert's order (conversion/base.py): set_gguf_parameters ends with
+    // general.file_type (a family's own keys after its super() call may follow), then
+    // general.quantization_version, then the vocabulary's tokenizer.* keys.
+    convert(&dir, FileType::BF16, &out);
+    let keys = metadata_keys(&out);
+    let at = |k: &str| {
+        keys.iter()
+            .position(|x| x == k)
+            .unwrap_or_else(|| panic!("{label}: no {k} in {keys:?}"))
+    };
+    let arch_key = keys
+        .iter()
+        .position(|k| k.starts_with("general.architecture"))
+        .unwrap();
+    let first_hparam = keys
+        .iter()
+        .position(|k| k.contains('.') && !k.starts_with("general.") && !k.starts_with("tokenizer."))
+        .unwrap();
+    assert!(arch_key < first_hparam, "{label}: {keys:?}");
+    assert!(first_hparam < at("general.file_type"), "{label}: {keys:?}");
+    assert_eq!(
+        at("general.quantization_version") + 1,
+        at("tokenizer.ggml.model"),
+        "{label}: {keys:?}"
+    );
+    assert!(
+        at("general.file_type") < at("general.quantization_version"),
+        "{label}: {keys:?}"
+    );
+    // llama-quantize's gguf_set_val moves both keys to the end of a quantized file.
     let q = convert(&dir, FileType::Q8_0, &out);
+    let qkeys = metadata_keys(&out);
+    assert_eq!(
+        qkeys[qkeys.len() - 2..],
+        ["general.quantization_version", "general.file_type"],
+        "{label} Q8_0"
+    );
+    // A quantized file is llama-quantize's, in the loader's order.
     assert_eq!(q, loader_order(want.clone()), "{label} Q8_0");
     // Requantizing kiln's own bf16 file (tensors in convert's order): llama-quantize's order.
     let bf16 = dir.parent().unwrap().join(format!("{label}-bf16.gguf"));

@@ -214,7 +214,8 @@ pub fn write_hparams<F: Family + ?Sized>(
         md.set(k("attention.value_length"), Value::U32(hp.head_dim as u32));
     }
     if let Some(ft) = file_type {
-        md.set("general.file_type", ft);
+        // convert writes it at the end of set_gguf_parameters
+        md.set_last("general.file_type", ft);
     }
     family.extra_hparams(hp, md)
 }

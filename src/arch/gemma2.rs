@@ -74,7 +74,8 @@ impl Family for Gemma2 {
         md.set(k("attention.key_length"), Value::U32(hp.head_dim as u32));
         md.set(k("attention.value_length"), Value::U32(hp.head_dim as u32));
         if let Some(ft) = file_type {
-            md.set("general.file_type", ft);
+            // convert writes it at the end of set_gguf_parameters
+            md.set_last("general.file_type", ft);
         }
         for key in ["attn_logit_softcapping", "final_logit_softcapping"] {
             if let Some(v) = hp.get_f32(key)? {

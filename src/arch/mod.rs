@@ -501,6 +501,11 @@ pub fn prepare(ck: &Checkpoint, ftype: FileType) -> Result<Converted> {
     md.set_str("general.name", general::id_to_title(&name));
     md.set_u32(keys::FILE_TYPE, ftype.id());
     family.write_hparams(&hp, &mut md)?;
+    // convert_hf_to_gguf.py: set_gguf_parameters, then the quantization version, then the vocab.
+    md.set(
+        keys::QUANTIZATION_VERSION,
+        Value::U32(keys::GGML_QNT_VERSION),
+    );
 
     let vocab_size = vocab_size.map(|v| v as usize);
     let vocab = crate::tokenizer::write_vocab(&ck.dir, family.vocab(), vocab_size, &mut md)?;
@@ -514,10 +519,6 @@ pub fn prepare(ck: &Checkpoint, ftype: FileType) -> Result<Converted> {
             .map(|p| format!(", pre-tokenizer {p:?} ({})", vocab.pre_reason))
             .unwrap_or_default()
     ));
-    md.set(
-        keys::QUANTIZATION_VERSION,
-        Value::U32(keys::GGML_QNT_VERSION),
-    );
 
     // Tensors.
     let layout = family.experts();

@@ -198,7 +198,8 @@ impl Family for Phi3 {
         md.set(k("rope.dimension_count"), Value::U32(r.rope_dims));
         md.set(k("rope.freq_base"), Value::F32(theta as f32));
         if let Some(ft) = file_type {
-            md.set("general.file_type", ft);
+            // convert writes it at the end of set_gguf_parameters
+            md.set_last("general.file_type", ft);
         }
         md.set(k("attention.sliding_window"), Value::U32(sliding_window));
         Ok(())
