@@ -19,7 +19,7 @@ struct Cli {
 enum Command {
     /// Convert a Hugging Face checkpoint (folder or .safetensors file) or a GGUF file to GGUF
     /// at TYPE, choosing each tensor's type as llama-quantize does.
-    Quantize(QuantizeArgs),
+    Quantize(Box<QuantizeArgs>),
     #[cfg(feature = "llama")]
     /// Measure speed and memory of GGUF files on llama.cpp, as llama-bench does.
     Bench(BenchArgs),
@@ -90,7 +90,7 @@ fn main() -> ExitCode {
         a.note_rule_order(m);
     }
     let result = match cli.command {
-        Command::Quantize(a) => cli::convert::quantize(a),
+        Command::Quantize(a) => cli::convert::quantize(*a),
         Command::Inspect { file, json, verify } => cli::convert::inspect(&file, json, verify),
         #[cfg(feature = "llama")]
         Command::Bench(a) => cli::runner::bench(a),
