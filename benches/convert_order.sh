@@ -30,7 +30,10 @@ mkdir -p "$work"
 if [ ${#dirs[@]} -eq 0 ]; then
   for arch in llama qwen2 qwen3 gemma2 gemma3 qwen3moe mixtral deepseek2 gpt-oss phi3 smollm3 \
       granite olmo2 mistral3 glm4moe ernie4_5-moe; do
-    "$tgt/release/kiln-fixtures" make-fixture "$work/$arch" --arch "$arch" >/dev/null
+    bpe=()
+    # OLMo 2's converter reads tokenizer.json only: a trained BPE instead of the SentencePiece model.
+    [ "$arch" = olmo2 ] && bpe=(--bpe 1024)
+    "$tgt/release/kiln-fixtures" make-fixture "$work/$arch" --arch "$arch" "${bpe[@]}" >/dev/null
     dirs+=("$work/$arch")
   done
 fi
