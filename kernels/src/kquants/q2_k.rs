@@ -186,6 +186,7 @@ impl BlockFormat for Q2K {
 
     fn quantize_row_at(simd: Simd, src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
         dispatch!(simd,
+            neon => neon::row(src, dst, imatrix),
             avx512 => avx512::row(src, dst, imatrix),
             avx2 => avx2::row(src, dst, imatrix),
             scalar => row::<false>(src, dst, imatrix),

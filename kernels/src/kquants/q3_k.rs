@@ -205,6 +205,7 @@ impl BlockFormat for Q3K {
     fn quantize_row_at(simd: Simd, src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
         match imatrix {
             None => dispatch!(simd,
+                neon => neon::ref_row(src, dst),
                 avx512 => avx512::ref_row(src, dst),
                 avx2 => avx2::ref_row(src, dst),
                 scalar => for_each_superblock(src, dst, None, |x, y: &mut BlockQ3K, _| {
@@ -212,6 +213,7 @@ impl BlockFormat for Q3K {
                 }),
             ),
             Some(imatrix) => dispatch!(simd,
+                neon => neon::imatrix_row(src, dst, imatrix),
                 avx512 => avx512::imatrix_row(src, dst, imatrix),
                 avx2 => avx2::imatrix_row(src, dst, imatrix),
                 scalar => for_each_superblock(src, dst, Some(imatrix), |x, y: &mut BlockQ3K, qw| {

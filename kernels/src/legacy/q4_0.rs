@@ -98,11 +98,13 @@ impl BlockFormat for Q4_0 {
     fn quantize_row_at(simd: Simd, src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
         match imatrix {
             None => dispatch!(simd,
+                neon => neon::ref_row(src, dst),
                 avx512 => avx512::ref_row(src, dst),
                 avx2 => avx2::ref_row(src, dst),
                 scalar => ref_row(src, dst),
             ),
             Some(qw) => dispatch!(simd,
+                neon => neon::imatrix_row(src, dst, qw),
                 avx512 => avx512::imatrix_row(src, dst, qw),
                 avx2 => avx2::imatrix_row(src, dst, qw),
                 scalar => imatrix_row::<false>(src, dst, qw),

@@ -106,6 +106,7 @@ impl BlockFormat for Q8_0 {
 
     fn quantize_row_at(simd: Simd, src: &[f32], dst: &mut [u8], _imatrix: Option<&[f32]>) {
         dispatch!(simd,
+            neon => neon::ref_row(src, dst),
             avx512 => avx512::ref_row(src, dst),
             avx2 => avx2::ref_row(src, dst),
             scalar => ref_row(src, dst),
