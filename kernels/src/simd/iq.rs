@@ -1,7 +1,7 @@
 //! The i-quants' SIMD kernels, called per block or per search from the formats' (portable)
 //! code: each call is a coarse unit of work (a block's 16 trial scales, a neighbour search), so
 //! the dispatch costs one match per call and the kernels themselves are compiled for their
-//! level in [`iq_x86`](super::iq_x86).
+//! level in `iq_x86.rs` (AVX2, AVX-512) and `iq_neon.rs` (NEON).
 //!
 //! A [`Lanes`] can only be made by [`Lanes::of`], after the CPU was checked for its level, which
 //! is what makes the `unsafe` calls of the `#[target_feature]` kernels below sound. At
@@ -22,6 +22,8 @@ enum Level {
     Avx2,
     #[cfg(target_arch = "x86_64")]
     Avx512,
+    #[cfg(target_arch = "aarch64")]
+    Neon,
 }
 
 impl Lanes {
@@ -36,6 +38,10 @@ impl Lanes {
             if simd >= Simd::Avx2 && super::has_avx2() {
                 return Some(Lanes(Level::Avx2));
             }
+        }
+        #[cfg(target_arch = "aarch64")]
+        if simd == Simd::Neon && super::has_neon() {
+            return Some(Lanes(Level::Neon));
         }
         let _ = simd;
         None
@@ -59,6 +65,9 @@ pub(crate) fn iq4_trial_sums(
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
         Level::Avx512 => unsafe { super::iq_x86::avx512::iq4_trial_sums(xb, weight, ids) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "aarch64")]
+        Level::Neon => unsafe { super::iq_neon::iq4_trial_sums(xb, weight, ids) },
     }
 }
 
@@ -72,6 +81,9 @@ pub(crate) fn iq4_indices(lanes: Lanes, x: &[f32; 32], id: f32) -> [u8; 32] {
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
         Level::Avx512 => unsafe { super::iq_x86::avx512::iq4_indices(x, id) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "aarch64")]
+        Level::Neon => unsafe { super::iq_neon::iq4_indices(x, id) },
     }
 }
 
@@ -109,6 +121,11 @@ pub(crate) fn grid_nearest<const D: usize, const BITS: u32>(
         Level::Avx512 => unsafe {
             super::iq_x86::avx512_grid::nearest::<D, BITS>(levels, n, codes, xval, weight, scale)
         },
+        // SAFETY: as above.
+        #[cfg(target_arch = "aarch64")]
+        Level::Neon => unsafe {
+            super::iq_neon::grid_nearest::<D, BITS>(levels, n, codes, xval, weight, scale)
+        },
     }
 }
 
@@ -125,6 +142,9 @@ pub(crate) fn compiled_for<R>(lanes: Lanes, f: impl FnOnce() -> R) -> R {
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
         Level::Avx512 => unsafe { super::iq_x86::with_avx512(f) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "aarch64")]
+        Level::Neon => unsafe { super::iq_neon::with_neon(f) },
     }
 }
 

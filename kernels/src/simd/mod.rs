@@ -15,6 +15,8 @@ use std::fmt;
 use std::sync::OnceLock;
 
 pub(crate) mod iq;
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod iq_neon;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod iq_x86;
 #[cfg(target_arch = "aarch64")]
@@ -348,17 +350,20 @@ mod tests {
         x
     }
 
-    /// Every level writes the scalar level's bytes for the legacy formats and the K-quants,
-    /// with and without importance weights, on [`hard_rows`], with rows whose block counts
+    /// Every level writes the scalar level's bytes for the legacy formats, the K-quants and the
+    /// i-quants, with and without importance weights (where the format allows none), on [`hard_rows`], with rows whose block counts
     /// leave remainders after the paths' groups of blocks (16 legacy blocks per importance
     /// search, two K-quant super-blocks per Q3_K and Q4_K step). On x86-64 this compares
     /// AVX2 and AVX-512 with scalar (the oracle tests also compare them with ggml); on
     /// aarch64 (under qemu in `.ci/neon`), NEON with scalar.
     #[test]
-    fn every_level_writes_the_scalar_bytes_for_legacy_and_k_quants() {
+    fn every_level_writes_the_scalar_bytes_on_hard_inputs() {
         use crate::GgmlType::*;
-        let types = [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K];
-        let mut compared = 0;
+        let types = [
+            Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, IQ3_XXS,
+            IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M,
+        ];
+        let (mut compared, mut expected) = (0, 0);
         let mut failures = Vec::new();
         for ty in types {
             assert!(ty.has_simd_paths(), "{ty}");
@@ -368,7 +373,15 @@ mod tests {
             } else {
                 5 * 256
             };
-            for seed in 1..3u64 {
+            // One seed for the i-quants, whose scalar searches are slow under qemu.
+            let seeds = if ty.name().starts_with("iq") {
+                1..2u64
+            } else {
+                1..3u64
+            };
+            let variants = if ty.requires_imatrix() { 1 } else { 2 };
+            expected += seeds.clone().count() * variants * Simd::available().len();
+            for seed in seeds {
                 let x = hard_rows(cols, seed);
                 let rows = x.len() / cols;
                 let mut state = seed;
@@ -386,6 +399,9 @@ mod tests {
                     })
                     .collect();
                 for imatrix in [None, Some(qw.as_slice())] {
+                    if imatrix.is_none() && ty.requires_imatrix() {
+                        continue;
+                    }
                     let bytes = rows * ty.row_bytes(cols).unwrap();
                     let mut scalar = vec![0u8; bytes];
                     ty.quantize_at(Simd::Scalar, &x, cols, imatrix, &mut scalar)
@@ -416,6 +432,6 @@ mod tests {
             "bytes differ from scalar:\n{}",
             failures.join("\n")
         );
-        assert_eq!(compared, types.len() * 2 * 2 * Simd::available().len());
+        assert_eq!(compared, expected);
     }
 }
