@@ -70,6 +70,10 @@ enum Command {
         threads: i32,
         #[arg(long)]
         allow_requantize: bool,
+        /// An importance matrix (llama-imatrix's GGUF or legacy .dat file), as llama-quantize's
+        /// `--imatrix`: used for the types that take one, recorded in the output's metadata.
+        #[arg(long)]
+        imatrix: Option<PathBuf>,
     },
     /// Without llama.cpp: the runner's commands, answered with a clear error.
     #[cfg(not(feature = "llama"))]
@@ -111,7 +115,15 @@ fn main() -> ExitCode {
             ty,
             threads,
             allow_requantize,
-        } => cli::runner::llama_quantize(&input, &output, &ty, threads, allow_requantize),
+            imatrix,
+        } => cli::runner::llama_quantize(
+            &input,
+            &output,
+            &ty,
+            threads,
+            allow_requantize,
+            imatrix.as_deref(),
+        ),
         #[cfg(not(feature = "llama"))]
         Command::Other(args) => Err(anyhow::anyhow!(
             "`kiln {}` needs llama.cpp, and this kiln was built without it \

@@ -6,7 +6,7 @@
 
 use crate::gguf::split::{ShardedWriter, Shards};
 use crate::gguf::writer::TensorEntry;
-use crate::gguf::Metadata;
+use crate::gguf::{Metadata, TypeId};
 use crate::job::{Job, Mxfp4Rows, Strided, TensorSource, Transform};
 use crate::source::Source;
 use anyhow::{anyhow, bail, Context, Result};
@@ -55,6 +55,29 @@ pub struct Summary {
 enum Chunk {
     Data(Vec<u8>),
     End,
+}
+
+/// Output buffers handed back by a writer thread once written, for the producer to reuse (a
+/// fresh allocation per slab costs page faults and zeroing of new pages on every slab).
+struct Pool {
+    back: std::sync::mpsc::Sender<Vec<u8>>,
+    free: std::sync::mpsc::Receiver<Vec<u8>>,
+}
+
+impl Pool {
+    fn new() -> Self {
+        let (back, free) = std::sync::mpsc::channel();
+        Pool { back, free }
+    }
+
+    /// A zeroed buffer of `n` bytes (the kernels write every byte, but zeroing a recycled
+    /// buffer keeps the output independent of what it held).
+    fn take(&self, n: usize) -> Vec<u8> {
+        let mut v = self.free.try_recv().unwrap_or_default();
+        v.clear();
+        v.resize(n, 0);
+        v
+    }
 }
 
 /// One output file of a run: its tensors (the same tensors, in the same order, in every output
@@ -139,10 +162,12 @@ pub fn run_many(
     let result = std::thread::scope(|s| -> Result<()> {
         let mut senders = Vec::new();
         let mut threads = Vec::new();
+        let pools: Vec<Pool> = outputs.iter().map(|_| Pool::new()).collect();
         for (k, mut writer) in writers.into_iter().enumerate() {
             let (tx, rx) = sync_channel::<Chunk>(2);
             senders.push(tx);
             let bar_w = bar.clone();
+            let back = pools[k].back.clone();
             threads.push(s.spawn(move || -> Result<ShardedWriter> {
                 let mut done = 0usize;
                 for c in rx {
@@ -150,6 +175,8 @@ pub fn run_many(
                         Chunk::Data(d) => {
                             writer.write(&d)?;
                             bar_w.inc(d.len() as u64);
+                            // The producer may have finished; then the buffer is just freed.
+                            let _ = back.send(d);
                         }
                         Chunk::End => {
                             writer.end_tensor()?;
@@ -163,7 +190,7 @@ pub fn run_many(
                 Ok(writer)
             }));
         }
-        let produced = produce(input, outputs, &senders);
+        let produced = produce(input, outputs, &senders, &pools);
         drop(senders);
         let mut finished = Vec::new();
         let mut first_err = None;
@@ -397,13 +424,35 @@ enum Step<'a> {
     Mxfp4 { rows: Mxfp4Rows, row_bytes: usize },
 }
 
+/// Rows `first..first + n` of a job's input as f32 straight from the input's bytes, when the
+/// input stores the tensor as little-endian f32 in the output's row order (an f32 GGUF): no
+/// copy into a buffer. None otherwise (the rows are then read into one).
+fn borrowed_f32<'a>(input: &'a dyn Source, job: &Job, first: usize, n: usize) -> Option<&'a [f32]> {
+    let TensorSource::Input {
+        index,
+        transform: Transform::None,
+    } = &job.source
+    else {
+        return None;
+    };
+    if cfg!(target_endian = "big") || job.input_type != TypeId::of(GgmlType::F32) {
+        return None;
+    }
+    let row = job.n_per_row() * 4;
+    let bytes = input.raw(*index)?.get(first * row..(first + n) * row)?;
+    bytemuck::try_cast_slice(bytes).ok()
+}
+
 fn produce(
     input: &dyn Source,
     outputs: &[Output],
     txs: &[std::sync::mpsc::SyncSender<Chunk>],
+    pools: &[Pool],
 ) -> Result<()> {
     let send = |k: usize, c: Chunk| txs[k].send(c).map_err(|_| anyhow!("output writer stopped"));
     let n_jobs = outputs[0].jobs.len();
+    // Reused from tensor to tensor (grown when a tensor needs more).
+    let mut f32_buf: Vec<f32> = Vec::new();
     for i in 0..n_jobs {
         check_interrupted()?;
         let job0 = &outputs[0].jobs[i];
@@ -458,29 +507,34 @@ fn produce(
         }
         let need_f32 = plans.iter().any(|p| matches!(p, Step::Quantize { .. }));
         let slab_rows = (SLAB_BYTES / (n_per_row * 4)).clamp(1, n_rows.max(1));
-        let mut f32_buf = if need_f32 {
-            vec![0f32; slab_rows * n_per_row]
-        } else {
-            Vec::new()
-        };
         let mut first = 0;
         while first < n_rows {
             check_interrupted()?;
             let n = slab_rows.min(n_rows - first);
-            if need_f32 {
-                read_rows(
-                    input,
-                    &job0.source,
-                    n_per_row,
-                    first,
-                    &mut f32_buf[..n * n_per_row],
-                )
-                .with_context(|| format!("tensor {}", job0.name))?;
-            }
+            let rows: &[f32] = match borrowed_f32(input, job0, first, n) {
+                Some(rows) if need_f32 => rows,
+                _ if need_f32 => {
+                    if f32_buf.len() < n * n_per_row {
+                        f32_buf.resize(n * n_per_row, 0.0);
+                    }
+                    read_rows(
+                        input,
+                        &job0.source,
+                        n_per_row,
+                        first,
+                        &mut f32_buf[..n * n_per_row],
+                    )
+                    .with_context(|| format!("tensor {}", job0.name))?;
+                    &f32_buf[..n * n_per_row]
+                }
+                _ => &[],
+            };
             for (k, step) in plans.iter().enumerate() {
                 let chunk = match *step {
                     Step::Copy { raw, row_bytes } => {
-                        raw[first * row_bytes..(first + n) * row_bytes].to_vec()
+                        let mut dst = pools[k].take(n * row_bytes);
+                        dst.copy_from_slice(&raw[first * row_bytes..(first + n) * row_bytes]);
+                        dst
                     }
                     Step::Mxfp4 { rows, row_bytes } => {
                         let mut dst = vec![0u8; n * row_bytes];
@@ -493,7 +547,7 @@ fn produce(
                         qw,
                         search,
                     } => {
-                        let mut dst = vec![0u8; n * row_bytes];
+                        let mut dst = pools[k].take(n * row_bytes);
                         // Importance data with one row per expert (a 3-D tensor's ne[2]
                         // experts of ne[1] rows each): each expert's rows use its own row, as
                         // llama.cpp's quantizer does; the runs never cross an expert.
@@ -518,7 +572,7 @@ fn produce(
                             };
                             ty.quantize_with(
                                 search,
-                                &f32_buf[done * n_per_row..(done + run) * n_per_row],
+                                &rows[done * n_per_row..(done + run) * n_per_row],
                                 n_per_row,
                                 qw_run,
                                 &mut dst[done * row_bytes..(done + run) * row_bytes],

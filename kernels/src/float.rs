@@ -4,7 +4,7 @@ use crate::fp::{
     bf16_is_non_finite, bf16_to_f32, f16_is_non_finite, f16_to_f32, f32_to_bf16, f32_to_f16,
     get_u16,
 };
-use crate::{BlockFormat, GgmlType};
+use crate::{BlockFormat, GgmlType, Simd};
 
 /// Index of the first 16-bit value for which `bad` holds: one branch-free pass (it vectorizes),
 /// then a search only when there is something to find.
@@ -42,6 +42,28 @@ impl BlockFormat for F32 {
         }
     }
 
+    /// The finiteness check and the copy in one pass (a separate check pass made the checked
+    /// copy slower than a plain memcpy).
+    fn quantize_row_checked(
+        _simd: Simd,
+        src: &[f32],
+        dst: &mut [u8],
+        imatrix: Option<&[f32]>,
+    ) -> Option<usize> {
+        let max = match bytemuck::try_cast_slice_mut::<u8, u32>(dst) {
+            Ok(words) if cfg!(target_endian = "little") => copy_max_magnitude(src, words),
+            _ => {
+                let max = crate::rows::max_magnitude_bits(src);
+                Self::quantize_row(src, dst, imatrix);
+                max
+            }
+        };
+        if max < 0x7f80_0000 {
+            return None;
+        }
+        src.iter().position(|v| !v.is_finite())
+    }
+
     fn dequantize_row(src: &[u8], dst: &mut [f32]) {
         for (o, b) in dst.iter_mut().zip(src.chunks_exact(4)) {
             *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
@@ -49,6 +71,20 @@ impl BlockFormat for F32 {
     }
 
     // The input was checked finite, and a copy stays finite: nothing to validate.
+}
+
+/// Copies `src`'s bit patterns into `dst` (a little-endian target's f32 bytes) and returns the
+/// largest magnitude's pattern ([`crate::rows::max_magnitude_bits`]): one branch-free pass
+/// that vectorizes (loads, stores and a max in lanes).
+#[inline]
+fn copy_max_magnitude(src: &[f32], dst: &mut [u32]) -> u32 {
+    let mut max = 0u32;
+    for (d, s) in dst.iter_mut().zip(src) {
+        let b = s.to_bits();
+        *d = b;
+        max = max.max(b & 0x7fff_ffff);
+    }
+    max
 }
 
 impl BlockFormat for F16 {

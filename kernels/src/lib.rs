@@ -85,6 +85,22 @@ pub trait BlockFormat: Send + Sync + 'static {
         Self::quantize_row(src, dst, imatrix)
     }
 
+    /// [`quantize_row_at`](Self::quantize_row_at) of a row not yet known to be finite: the
+    /// column of its first NaN or infinity instead (`dst` is then unspecified). Formats may
+    /// fuse the check into their own pass over the row (F32: one pass that checks and copies).
+    fn quantize_row_checked(
+        simd: Simd,
+        src: &[f32],
+        dst: &mut [u8],
+        imatrix: Option<&[f32]>,
+    ) -> Option<usize> {
+        if let Some(column) = crate::rows::first_non_finite(src) {
+            return Some(column);
+        }
+        Self::quantize_row_at(simd, src, dst, imatrix);
+        None
+    }
+
     /// Dequantizes one row (`src` holds whole blocks, `dst` their weights).
     fn dequantize_row(src: &[u8], dst: &mut [f32]);
 

@@ -104,19 +104,23 @@ fn check_rows<F: BlockFormat>(len: usize, n_per_row: usize) -> Result<usize, Ker
     Ok(len / n_per_row)
 }
 
-fn first_non_finite(rows: &[f32], n_per_row: usize, first_row: usize) -> Option<KernelError> {
-    // Branch-free per row (so it vectorizes), then locate the culprit only when there is one.
-    for (r, row) in rows.chunks_exact(n_per_row).enumerate() {
-        if !row.iter().fold(true, |ok, v| ok & v.is_finite()) {
-            let column = row.iter().position(|v| !v.is_finite()).unwrap_or(0);
-            return Some(KernelError::NonFinite {
-                row: first_row + r,
-                column,
-                value: row[column],
-            });
-        }
+/// The largest magnitude's bit pattern in `row` (sign cleared): at least `0x7f80_0000`
+/// exactly when the row holds an infinity or a NaN. Branch-free (a max reduction that
+/// vectorizes).
+#[inline]
+pub(crate) fn max_magnitude_bits(row: &[f32]) -> u32 {
+    row.iter()
+        .fold(0u32, |m, v| m.max(v.to_bits() & 0x7fff_ffff))
+}
+
+/// The column of the first non-finite weight of `row`: one branch-free pass, then a search
+/// only when there is something to find.
+#[inline]
+pub(crate) fn first_non_finite(row: &[f32]) -> Option<usize> {
+    if max_magnitude_bits(row) < 0x7f80_0000 {
+        return None;
     }
-    None
+    row.iter().position(|v| !v.is_finite())
 }
 
 /// Quantizes `src`, rows of `n_per_row` weights, into `dst` as format `F`; returns the bytes
@@ -178,15 +182,20 @@ pub fn quantize_at<F: BlockFormat>(
         .enumerate()
         .filter_map(|(task, (x, y))| {
             let first_row = task * per_task;
-            if let Some(e) = first_non_finite(x, n_per_row, first_row) {
-                return Some(e);
-            }
+            // Row by row, each checked finite as it is quantized (the row is then still in
+            // the core's cache for the kernel).
             for (r, (xr, yr)) in x
                 .chunks_exact(n_per_row)
                 .zip(y.chunks_exact_mut(row_bytes))
                 .enumerate()
             {
-                F::quantize_row_at(simd, xr, yr, imatrix);
+                if let Some(column) = F::quantize_row_checked(simd, xr, yr, imatrix) {
+                    return Some(KernelError::NonFinite {
+                        row: first_row + r,
+                        column,
+                        value: xr[column],
+                    });
+                }
                 if let Some(block) = F::first_invalid_block(yr) {
                     return Some(KernelError::Overflow {
                         format: F::TYPE.name(),

@@ -559,12 +559,34 @@ pub fn llama_quantize(
     ty: &str,
     threads: i32,
     allow_requantize: bool,
+    imatrix: Option<&Path>,
 ) -> anyhow::Result<()> {
     let f = kiln::plan::FileType::parse(ty)?;
-    let o = kiln::llama::ReferenceOptions {
+    let mut o = kiln::llama::ReferenceOptions {
         threads,
         allow_requantize,
         ..Default::default()
     };
+    if let Some(path) = imatrix {
+        // Read as `kiln quantize --imatrix` reads it (sums divided by counts, as
+        // llama-quantize's load_imatrix does), and recorded as llama-quantize records it.
+        let mut entries: Vec<(String, Vec<f32>)> = kiln::imatrix::load(path)?.into_iter().collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut file = kiln::llama::ImatrixFile::default();
+        for kv in kiln::imatrix::quantize_keys(path, entries.len())? {
+            match (kv.key.as_str(), kv.value) {
+                ("quantize.imatrix.file", kiln::overrides::KvValue::Str(s)) => file.name = s,
+                ("quantize.imatrix.dataset", kiln::overrides::KvValue::Str(s)) => {
+                    file.datasets.push(s)
+                }
+                ("quantize.imatrix.chunks_count", kiln::overrides::KvValue::Int(n)) => {
+                    file.chunk_count = n as i32
+                }
+                _ => {}
+            }
+        }
+        o.imatrix = Some(entries);
+        o.imatrix_file = Some(file);
+    }
     kiln::llama::reference_quantize(input, output, f.id(), &o)
 }
