@@ -119,7 +119,7 @@ pub struct Lattice {
     /// `kmap_q2xs`: packed index -> grid index, or `-(offset + 1)` of its neighbour list.
     map: Vec<i32>,
     /// `kneighbors_q2xs`: per off-grid index, a count and then that many grid indices, nearest
-    /// first (ties by grid index).
+    /// first (ties by grid index); see [`neighbour_lists`].
     neighbours: Vec<u16>,
     /// Beside each entry of `neighbours`, that grid point's packed levels (for the SIMD
     /// searches).
@@ -153,7 +153,6 @@ const IQ2_LEVELS: [f32; 16] = [
 impl Lattice {
     fn build(kind: Kind) -> Lattice {
         let packed = kind.packed();
-        let grid_size = packed.len();
         let nwant = kind.shells();
         let grid: Vec<[i8; 8]> = packed
             .iter()
@@ -167,49 +166,7 @@ impl Lattice {
             }
             map[index] = i as i32;
         }
-        // For each index not on the grid, the grid points at the `nwant` smallest distinct
-        // squared distances, sorted by (distance, grid index): the prefix of ggml's qsort by
-        // that same total order.
-        let mut neighbours = Vec::new();
-        let mut dist = vec![0i32; grid_size];
-        for i in 0..KMAP_SIZE {
-            if map[i] >= 0 {
-                continue;
-            }
-            let pos: [i32; 8] = std::array::from_fn(|k| 2 * ((i >> (2 * k)) & 3) as i32 + 1);
-            for (d, g) in dist.iter_mut().zip(&grid) {
-                let mut d2 = 0;
-                for k in 0..8 {
-                    let e = g[k] as i32 - pos[k];
-                    d2 += e * e;
-                }
-                *d = d2;
-            }
-            let mut shells: Vec<i32> = Vec::with_capacity(nwant);
-            for &d in &dist {
-                if shells.contains(&d) {
-                    continue;
-                }
-                if shells.len() < nwant {
-                    shells.push(d);
-                    shells.sort_unstable();
-                } else if d < shells[nwant - 1] {
-                    shells[nwant - 1] = d;
-                    shells.sort_unstable();
-                }
-            }
-            map[i] = -(neighbours.len() as i32 + 1);
-            let count_at = neighbours.len();
-            neighbours.push(0);
-            for &s in &shells {
-                for (j, &d) in dist.iter().enumerate() {
-                    if d == s {
-                        neighbours.push(j as u16);
-                    }
-                }
-            }
-            neighbours[count_at] = (neighbours.len() - count_at - 1) as u16;
-        }
+        let neighbours = neighbour_lists(packed, &mut map, nwant);
         // Each point's packed levels beside its entry (count slots hold no point).
         let mut codes = vec![0u16; neighbours.len() + CODES_PAD];
         let mut k = 0;
@@ -387,6 +344,81 @@ impl Lattice {
         }
         Some(g)
     }
+}
+
+/// Whether every 2-bit digit of a packed index is a level (0..=2): the only indices the
+/// quantizers look up, as each clamps its levels to 0..=2.
+#[inline]
+fn is_reachable(i: usize) -> bool {
+    // A digit 3 has both of its bits set.
+    (i & (i >> 1) & 0x5555) == 0
+}
+
+/// `kneighbors_q2xs` as `iq2xs_init_impl` builds it, for the indices the quantizers can look
+/// up ([`is_reachable`]); writes `-(offset + 1)` of each list into `map`. ggml sorts all grid
+/// points by (squared distance, grid index) and keeps those at the `nwant` smallest distinct
+/// distances; a squared distance here is 4 times a number in 0..=32 (each of the 8 digits
+/// contributes 0, 1 or 4), so the same lists come from a count per distance and one pass
+/// over the grid in index order. Entry 0 is an empty list (count 0) that the indices with a
+/// digit 3 point to: ggml builds lists for them too, but nothing ever reads those.
+fn neighbour_lists(packed: &[u16], map: &mut [i32], nwant: usize) -> Vec<u16> {
+    const SHELLS: usize = 33;
+    // dist4[a * 256 + b]: the squared distance / 4 between the 4 digits packed in bytes a, b.
+    let mut dist4 = vec![0u8; 256 * 256];
+    for a in 0..256usize {
+        for b in 0..256usize {
+            let mut d = 0;
+            for k in 0..4 {
+                let e = ((a >> (2 * k)) & 3) as i32 - ((b >> (2 * k)) & 3) as i32;
+                d += e * e;
+            }
+            dist4[a * 256 + b] = d as u8;
+        }
+    }
+    let lo: Vec<u8> = packed.iter().map(|&p| p as u8).collect();
+    let hi: Vec<u8> = packed.iter().map(|&p| (p >> 8) as u8).collect();
+    let mut dist = vec![0u8; packed.len()];
+    let mut neighbours = vec![0u16];
+    for i in 0..map.len() {
+        if map[i] >= 0 {
+            continue;
+        }
+        if !is_reachable(i) {
+            map[i] = -1;
+            continue;
+        }
+        let row_lo = &dist4[(i & 255) * 256..][..256];
+        let row_hi = &dist4[((i >> 8) & 255) * 256..][..256];
+        let mut count = [0u16; SHELLS];
+        for ((d, &l), &h) in dist.iter_mut().zip(&lo).zip(&hi) {
+            *d = row_lo[l as usize] + row_hi[h as usize];
+            count[*d as usize] += 1;
+        }
+        // Where each of the `nwant` nearest shells starts in the list; farther ones get none.
+        let mut at = [u16::MAX; SHELLS];
+        let mut n = 0u16;
+        let mut found = 0;
+        for s in 0..SHELLS {
+            if count[s] > 0 && found < nwant {
+                at[s] = n;
+                n += count[s];
+                found += 1;
+            }
+        }
+        let start = neighbours.len();
+        map[i] = -(start as i32 + 1);
+        neighbours.push(n);
+        neighbours.resize(start + 1 + n as usize, 0);
+        let list = &mut neighbours[start + 1..];
+        for (j, &d) in dist.iter().enumerate() {
+            let a = &mut at[d as usize];
+            if *a != u16::MAX {
+                list[*a as usize] = j as u16;
+                *a += 1;
+            }
+        }
+    }
+    neighbours
 }
 
 /// The search ggml's `iq2_find_best_neighbour` and `iq3_find_best_neighbour` share, for grids of
@@ -589,7 +621,8 @@ mod tests {
             let mut off = 0;
             for u in 0..KMAP_SIZE as u16 {
                 if let Lookup::Off(n) = lat.lookup(u) {
-                    assert!(!n.index.is_empty());
+                    // Only the indices with a digit 3 (which no quantizer produces) have none.
+                    assert_eq!(n.index.is_empty(), !is_reachable(u as usize), "{u:#x}");
                     for (&j, &c) in n.index.iter().zip(n.codes) {
                         assert_eq!(c, kind.packed()[j as usize]);
                     }
@@ -597,6 +630,63 @@ mod tests {
                 }
             }
             assert_eq!(off, KMAP_SIZE - kind.packed().len());
+            assert_eq!((0..KMAP_SIZE).filter(|&i| is_reachable(i)).count(), 6561);
+        }
+    }
+
+    /// ggml's construction in `iq2xs_init_impl`, step by step: every grid point's squared
+    /// distance to the index's point, `qsort` by (distance, grid index) (`iq2_compare_func`, a
+    /// total order, so any correct sort gives the same sequence), then the prefix up to the
+    /// `nwant`-th distinct distance.
+    fn ggml_neighbours(kind: Kind, i: usize) -> Vec<u16> {
+        let packed = kind.packed();
+        let pos: [i32; 8] = std::array::from_fn(|k| 2 * ((i >> (2 * k)) & 3) as i32 + 1);
+        let mut dist2: Vec<(i32, i32)> = packed
+            .iter()
+            .enumerate()
+            .map(|(j, &p)| {
+                let mut d2 = 0;
+                for k in 0..8 {
+                    let pg = 2 * ((p >> (2 * k)) & 3) as i32 + 1;
+                    d2 += (pg - pos[k]) * (pg - pos[k]);
+                }
+                (d2, j as i32)
+            })
+            .collect();
+        dist2.sort_by(|l, r| l.cmp(r));
+        let mut out = Vec::new();
+        let mut d2 = dist2[0].0;
+        let mut nhave = 1;
+        for &(d, j) in &dist2 {
+            if d > d2 {
+                if nhave == kind.shells() {
+                    break;
+                }
+                d2 = d;
+                nhave += 1;
+            }
+            out.push(j as u16);
+        }
+        out
+    }
+
+    /// The neighbour lists are exactly ggml's, order included, for every index a quantizer
+    /// can look up, in all four lattices.
+    #[test]
+    fn neighbour_lists_are_ggml_s() {
+        for kind in [Kind::Iq2Xxs, Kind::Iq2Xs, Kind::Iq2S, Kind::Iq1] {
+            let lat = Lattice::get(kind);
+            let mut lists = 0;
+            for u in 0..KMAP_SIZE {
+                if !is_reachable(u) {
+                    continue;
+                }
+                if let Lookup::Off(n) = lat.lookup(u as u16) {
+                    assert_eq!(n.index, &ggml_neighbours(kind, u)[..], "{kind:?} {u:#x}");
+                    lists += 1;
+                }
+            }
+            assert_eq!(lists, 6561 - kind.packed().len(), "{kind:?}");
         }
     }
 }
