@@ -546,15 +546,64 @@ pub fn c_max(a: f32, b: f32) -> f32 {
 }
 
 /// The weights' positions sorted by value, ties in position order: ggml's
-/// `qsort(pairs, n, 2*sizeof(float), iq1_sort_helper)`, which glibc runs as a stable merge sort
-/// (the comparator looks at the value only, and -0.0 equals 0.0).
+/// `qsort(pairs, n, 2*sizeof(float), iq1_sort_helper)`, which glibc runs as a merge sort
+/// ([`sorted_order_merge`]; the comparator looks at the value only, and -0.0 equals 0.0).
+///
+/// Without NaN the comparator is a total preorder and the merge sort is stable, so a weight's
+/// place is the number of weights below it plus the number of equal ones before it: counted
+/// for all weights side by side, with no branches. With a NaN (equal to everything, so no
+/// consistent order) it runs glibc's merge sort step by step.
+#[inline(always)]
 pub fn sorted_order<const N: usize>(xb: &[f32]) -> [usize; N] {
+    let x: &[f32; N] = match xb.get(..N).and_then(|x| <&[f32; N]>::try_from(x).ok()) {
+        Some(x) if !x.iter().any(|v| v.is_nan()) => x,
+        _ => return sorted_order_merge(xb),
+    };
+    let mut idx = [0usize; N];
+    for i in 0..N {
+        let xi = x[i];
+        let mut rank = 0u32;
+        for j in 0..N {
+            rank += ((x[j] < xi) | ((x[j] == xi) & (j < i))) as u32;
+        }
+        idx[rank as usize % N] = i;
+    }
+    idx
+}
+
+/// glibc's `qsort` (`msort_with_tmp`: halves of `n/2` and `n - n/2` sorted in turn, then
+/// merged taking the left element wherever the comparator says `<= 0`) with ggml's
+/// `iq1_sort_helper` (`l < r ? -1 : l > r ? 1 : 0`).
+fn sorted_order_merge<const N: usize>(xb: &[f32]) -> [usize; N] {
+    fn msort(idx: &mut [usize], tmp: &mut [usize], x: &[f32]) {
+        let n = idx.len();
+        if n <= 1 {
+            return;
+        }
+        let n1 = n / 2;
+        let (b1, b2) = idx.split_at_mut(n1);
+        msort(b1, tmp, x);
+        msort(b2, tmp, x);
+        let (mut i, mut j, mut o) = (0, 0, 0);
+        while i < b1.len() && j < b2.len() {
+            // cmp(b1, b2) <= 0 unless b1 > b2.
+            if x[b1[i]] > x[b2[j]] {
+                tmp[o] = b2[j];
+                j += 1;
+            } else {
+                tmp[o] = b1[i];
+                i += 1;
+            }
+            o += 1;
+        }
+        // What is left of the second half is in place already.
+        tmp[o..o + b1.len() - i].copy_from_slice(&b1[i..]);
+        o += b1.len() - i;
+        idx[..o].copy_from_slice(&tmp[..o]);
+    }
     let mut idx: [usize; N] = std::array::from_fn(|i| i);
-    idx.sort_by(|&a, &b| {
-        xb[a]
-            .partial_cmp(&xb[b])
-            .unwrap_or(std::cmp::Ordering::Equal)
-    });
+    let mut tmp = [0usize; N];
+    msort(&mut idx, &mut tmp, xb);
     idx
 }
 
@@ -631,6 +680,51 @@ mod tests {
             }
             assert_eq!(off, KMAP_SIZE - kind.packed().len());
             assert_eq!((0..KMAP_SIZE).filter(|&i| is_reachable(i)).count(), 6561);
+        }
+    }
+
+    /// The counting order is glibc's merge sort's, on ties (also -0.0 against 0.0),
+    /// infinities, subnormals; with NaN the merge sort runs (and does not panic). Where the
+    /// order is total, the merge sort is the standard library's stable sort.
+    #[test]
+    fn sorted_order_is_the_stable_sort() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let specials = [
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1e-40,
+            f32::NAN,
+        ];
+        for round in 0..20000 {
+            let mut x = [0.0f32; 32];
+            for v in &mut x {
+                let r = next();
+                *v = match r % 4 {
+                    0 => specials[(r >> 8) as usize % (specials.len() - (round % 2))],
+                    1 => ((r >> 8) % 5) as f32 - 2.0,
+                    _ => f32::from_bits((r >> 16) as u32 & 0x807f_ffff | 0x3f00_0000),
+                };
+            }
+            assert_eq!(
+                sorted_order::<32>(&x),
+                sorted_order_merge::<32>(&x),
+                "{x:?}"
+            );
+            assert_eq!(
+                sorted_order::<16>(&x),
+                sorted_order_merge::<16>(&x),
+                "{x:?}"
+            );
         }
     }
 
