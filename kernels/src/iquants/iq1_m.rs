@@ -396,32 +396,6 @@ const N: usize = 8;
 /// Room past `BLOCK + 1` in the padded prefix sums of [`search_boundaries_lanes`].
 const PAD: usize = N;
 
-/// `SPREAD[m]`: the 8 bits of `m` at bits 0, 4, 8, ... 28.
-const SPREAD: [u32; 256] = {
-    let mut t = [0u32; 256];
-    let mut m = 0;
-    while m < 256 {
-        let mut b = 0;
-        while b < 8 {
-            t[m] |= ((m as u32 >> b) & 1) << (4 * b);
-            b += 1;
-        }
-        m += 1;
-    }
-    t
-};
-
-/// One bit per candidate in ggml's order (`i2`, then the combination `k`) from one bit per
-/// candidate in the order of the sums (`k`, then `i2`): bit `4*j + k` is bit `8*k + j`.
-#[inline(always)]
-fn interleave(m: u32) -> u32 {
-    let mut out = 0;
-    for k in 0..4 {
-        out |= SPREAD[((m >> (8 * k)) & 255) as usize] << k;
-    }
-    out
-}
-
 /// [`search_boundaries`] with `N` consecutive candidates `i2` side by side: for each `i1`, the
 /// four combinations' sums of `N` values of `i2` (each as ggml computes it, in ggml's order),
 /// and one bit per candidate that passes the test against the best score so far. The first
@@ -456,7 +430,7 @@ fn search_boundaries_lanes(
         let mut i2 = i1;
         while i2 <= BLOCK {
             // Lanes past `BLOCK` are no candidates.
-            let valid = interleave(((1u64 << N.min(BLOCK + 1 - i2)) - 1) as u32 * 0x0101_0101);
+            let valid = ((1u32 << N.min(BLOCK + 1 - i2)) - 1) * 0x0101_0101;
             // The four combinations' sums, combination `k` at `N*k..N*k + N`.
             let mut qx = [0.0f32; 4 * N];
             let mut q2 = [0.0f32; 4 * N];
@@ -481,7 +455,8 @@ fn search_boundaries_lanes(
                 q2[2 * N + j] = q2_ma + q2_pb;
                 q2[3 * N + j] = q2_ma + q2_mb;
             }
-            let pass = |score: f32| interleave(pass_bits(lanes, &qx, &q2, score));
+            // One bit per candidate, bit `N*k + j` for combination `k` at `i2 + j`.
+            let pass = |score: f32| pass_bits(lanes, &qx, &q2, score);
             let mut mask = pass(best.score) & valid;
             if mask == 0 {
                 i2 += N;
@@ -497,8 +472,9 @@ fn search_boundaries_lanes(
             }
             while mask != 0 {
                 // The first in ggml's order (least `j`, then least `k`) is the next winner.
-                let at = mask.trailing_zeros() as usize;
-                let (j, k) = (at / 4, at % 4);
+                let any = mask | mask >> 8 | mask >> 16 | mask >> 24;
+                let j = (any & 0xff).trailing_zeros() as usize;
+                let k = ((mask >> j) & 0x0101_0101).trailing_zeros() as usize / 8;
                 *best = Best {
                     score: score[N * k + j],
                     scale: scale[N * k + j],
@@ -506,8 +482,11 @@ fn search_boundaries_lanes(
                     i2: (i2 + j) as i32,
                     k: k as i32,
                 };
-                // Only the candidates after it are left, tested against the new score.
-                mask = pass(best.score) & valid & (u64::MAX << (at + 1)) as u32;
+                // Only the candidates after it are left (a later `i2`, or the same one and a
+                // later combination), tested against the new score.
+                let later_i2 = ((0xffu32 << (j + 1)) & 0xff) * 0x0101_0101;
+                let same_i2 = ((1u32 << j) * 0x0101_0101) & (u64::MAX << (8 * (k + 1))) as u32;
+                mask = pass(best.score) & valid & (later_i2 | same_i2);
             }
             i2 += N;
         }
