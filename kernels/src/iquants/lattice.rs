@@ -747,7 +747,7 @@ mod tests {
                 (d2, j as i32)
             })
             .collect();
-        dist2.sort_by(|l, r| l.cmp(r));
+        dist2.sort();
         let mut out = Vec::new();
         let mut d2 = dist2[0].0;
         let mut nhave = 1;

@@ -85,7 +85,7 @@ pub(crate) fn pass_bits<const N: usize>(
     q2: &[f32; N],
     score: f32,
 ) -> u32 {
-    const { assert!(N % 8 == 0 && N <= 32) };
+    const { assert!(N.is_multiple_of(8) && N <= 32) };
     match lanes.0 {
         // SAFETY: `Lanes` holds a level this CPU supports (checked in `Lanes::of`).
         #[cfg(target_arch = "x86_64")]
