@@ -1,7 +1,7 @@
 //! The lattice machinery shared by IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S and IQ1_M: ggml's grid tables
 //! (data files extracted from ggml's sources by `kiln-fixtures iq-grids`, never typed by hand)
-//! and the index map and neighbour lists that ggml's `iq2xs_init_impl` builds from them, built
-//! here the same way on first use.
+//! and the index map and neighbour lists that ggml's `iq2xs_init_impl` builds from them, the
+//! same lists built here on first use by a faster route ([`neighbour_lists`]).
 //!
 //! A grid point is 8 levels `l` in 0..=2, 2 bits each in a `u16` (the `kgrid_*` tables); the
 //! quantizers work with the odd values `2*l + 1`. The dequantizers read the `*_grid` tables of
