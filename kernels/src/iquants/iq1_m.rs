@@ -13,7 +13,7 @@ use super::lattice::{
 use crate::fp::Half;
 use crate::kquants::search::nearest_int;
 use crate::kquants::{for_each_superblock, QK_K};
-use crate::simd::iq::{compiled_for, Lanes};
+use crate::simd::iq::{compiled_for, pass_bits, Lanes};
 use crate::{as_blocks, BlockFormat, GgmlType, Simd};
 use std::mem::size_of;
 
@@ -67,7 +67,13 @@ fn put_scale_bits(sc: &mut [u16; 4], s: u16) {
 
 fn quantize_block(lanes: Option<Lanes>, xbl: &[f32], y: &mut BlockIq1M, qw: Option<&[f32]>) {
     let lat = Lattice::get(Kind::Iq1);
-    if quantize_block_impl(lanes, lat, xbl, y, qw).is_err() {
+    // With lanes, the whole block is compiled for their level (the boundary search with 8
+    // candidates `i2` side by side: measured faster than 16 with AVX-512 too).
+    let done = match lanes {
+        None => quantize_block_impl(None, lat, xbl, y, qw),
+        Some(l) => compiled_for(l, || quantize_block_impl(lanes, lat, xbl, y, qw)),
+    };
+    if done.is_err() {
         *y = bytemuck::Zeroable::zeroed();
         let mut sc = [0u16; 4];
         put_scale_bits(&mut sc, 0x7e00);
@@ -75,6 +81,9 @@ fn quantize_block(lanes: Option<Lanes>, xbl: &[f32], y: &mut BlockIq1M, qw: Opti
     }
 }
 
+/// ggml's `quantize_row_iq1_m_impl` for one super-block; with `lanes`, the boundary search
+/// runs `N` candidates side by side ([`search_boundaries_lanes`]).
+#[inline(always)]
 fn quantize_block_impl(
     lanes: Option<Lanes>,
     lat: &Lattice,
@@ -107,14 +116,15 @@ fn quantize_block_impl(
     *y = bytemuck::Zeroable::zeroed();
     let mut max_scale = 0.0f32;
     let sigma2 = 2.0 * sum_squares(xbl) / QK_K as f32;
+    // ggml computes each sub-block's weights twice (the search, the super-block scale), the
+    // same values both times: once here.
+    let weights: [f32; QK_K] = block_weights(xbl, quant_weights, sigma2);
 
     for ib in 0..QK_K / BLOCK {
         let xb = &xbl[BLOCK * ib..BLOCK * ib + BLOCK];
-        let weight: [f32; BLOCK] = block_weights(
-            xb,
-            quant_weights.map(|q| &q[BLOCK * ib..BLOCK * ib + BLOCK]),
-            sigma2,
-        );
+        let weight: &[f32; BLOCK] = weights[BLOCK * ib..BLOCK * ib + BLOCK]
+            .try_into()
+            .unwrap_or(&[0.0; BLOCK]);
         let mut max = xb[0].abs();
         for i in 1..BLOCK {
             max = c_max(max, xb[i].abs());
@@ -135,13 +145,27 @@ fn quantize_block_impl(
             // Prefix sums per half of the sub-block (each half has its own shift).
             let mut px = [[0.0f32; BLOCK + 1]; 2];
             let mut pw = [[0.0f32; BLOCK + 1]; 2];
+            // The running sums in registers, each step a select (the half is random: a branch
+            // would mispredict).
+            let (mut sx, mut sw) = ([0.0f32; 2], [0.0f32; 2]);
             for j in 0..BLOCK {
                 let i = idx[j];
-                let h = if i < BLOCK / 2 { 0 } else { 1 };
-                px[h][j + 1] = px[h][j] + weight[i] * xb[i];
-                px[1 - h][j + 1] = px[1 - h][j];
-                pw[h][j + 1] = pw[h][j] + weight[i];
-                pw[1 - h][j + 1] = pw[1 - h][j];
+                let lo = i < BLOCK / 2;
+                let (a, w) = (weight[i] * xb[i], weight[i]);
+                sx = if lo {
+                    [sx[0] + a, sx[1]]
+                } else {
+                    [sx[0], sx[1] + a]
+                };
+                sw = if lo {
+                    [sw[0] + w, sw[1]]
+                } else {
+                    [sw[0], sw[1] + w]
+                };
+                for h in 0..2 {
+                    px[h][j + 1] = sx[h];
+                    pw[h][j + 1] = sw[h];
+                }
             }
             let txs = [px[0][BLOCK], px[1][BLOCK]];
             let tws = [pw[0][BLOCK], pw[1][BLOCK]];
@@ -170,9 +194,7 @@ fn quantize_block_impl(
             };
             match lanes {
                 None => search_boundaries(&px, &pw, &c, &mut best),
-                Some(lanes) => {
-                    compiled_for(lanes, || search_boundaries_chunked(&px, &pw, &c, &mut best))
-                }
+                Some(lanes) => search_boundaries_lanes(lanes, &px, &pw, &c, &mut best),
             }
             (scale, besti1, besti2, best_k) = (best.scale, best.i1, best.i2, best.k);
         }
@@ -263,11 +285,7 @@ fn quantize_block_impl(
         sc[ib / 4] |= (l as u16) << (3 * (ib % 4));
         y.qh[ib] |= MASKS[shifts[ib]];
         let xb = &xbl[BLOCK * ib..BLOCK * ib + BLOCK];
-        let weight: [f32; BLOCK] = block_weights(
-            xb,
-            quant_weights.map(|q| &q[BLOCK * ib..BLOCK * ib + BLOCK]),
-            sigma2,
-        );
+        let weight = &weights[BLOCK * ib..BLOCK * ib + BLOCK];
         for k in 0..BLOCK / 8 {
             let xx = xx_of(shifts[ib], k);
             let g = y.qs[2 * ib + k] as usize + (((y.qh[ib] as usize) << (8 - 4 * k)) & 0x700);
@@ -372,54 +390,105 @@ fn search_boundaries(
     }
 }
 
-/// Candidates `i2` side by side in [`search_boundaries_chunked`].
-const CHUNK: usize = 8;
+/// Candidates `i2` side by side in [`search_boundaries_lanes`] (with AVX-512, 16 measured
+/// slower).
+const N: usize = 8;
+/// Room past `BLOCK + 1` in the padded prefix sums of [`search_boundaries_lanes`].
+const PAD: usize = N;
 
-/// [`search_boundaries`] with the sums of `CHUNK` consecutive `i2` computed side by side and
-/// tested in lanes against the best score at the start of the chunk: the best changes only
-/// where a candidate passes that test, so a chunk where none passes holds no winner, and the
-/// others are offered one by one in ggml's order.
+/// [`search_boundaries`] with `N` consecutive candidates `i2` side by side: for each `i1`, the
+/// four combinations' sums of `N` values of `i2` (each as ggml computes it, in ggml's order),
+/// and one bit per candidate that passes the test against the best score so far. The first
+/// passing candidate in ggml's order (`i2`, then the combination) is the next winner; after
+/// it, only the later candidates are tested again, against the new score. Candidates that
+/// fail are never offered, which changes nothing: a failed test leaves the best as it was.
 #[inline(always)]
-fn search_boundaries_chunked(
+fn search_boundaries_lanes(
+    lanes: Lanes,
     px: &[[f32; BLOCK + 1]; 2],
     pw: &[[f32; BLOCK + 1]; 2],
     c: &Coefficients,
     best: &mut Best,
 ) {
     // Padded so that every chunk reads whole arrays; lanes past BLOCK are never offered.
-    let mut ppx = [[0.0f32; BLOCK + 1 + CHUNK]; 2];
-    let mut ppw = [[0.0f32; BLOCK + 1 + CHUNK]; 2];
+    let mut ppx = [[0.0f32; BLOCK + 1 + PAD]; 2];
+    let mut ppw = [[0.0f32; BLOCK + 1 + PAD]; 2];
     for h in 0..2 {
         ppx[h][..BLOCK + 1].copy_from_slice(&px[h]);
         ppw[h][..BLOCK + 1].copy_from_slice(&pw[h]);
     }
+    // The products of `Coefficients::sums` that do not depend on the boundaries.
+    let tp: [f32; 2] = std::array::from_fn(|h| c.txs[h] * c.p2);
+    let tm: [f32; 2] = std::array::from_fn(|h| c.txs[h] * c.m2);
+    let wp: [f32; 2] = std::array::from_fn(|h| c.tws[h] * c.p2 * c.p2);
+    let wm: [f32; 2] = std::array::from_fn(|h| c.tws[h] * c.m2 * c.m2);
     for i1 in 0..=BLOCK {
         let x1 = [px[0][i1], px[1][i1]];
-        let w1 = [pw[0][i1], pw[1][i1]];
+        // `tws*v2*v2 + pw[i1]*c1`, the first two terms of ggml's `q2` sums.
+        let bp: [f32; 2] = std::array::from_fn(|h| wp[h] + pw[h][i1] * c.cp1);
+        let bm: [f32; 2] = std::array::from_fn(|h| wm[h] + pw[h][i1] * c.cm1);
         let mut i2 = i1;
         while i2 <= BLOCK {
-            let mut sums = [[(0.0f32, 0.0f32); 4]; CHUNK];
-            for j in 0..CHUNK {
-                let at = i2 + j;
-                sums[j] = c.sums(x1, w1, [ppx[0][at], ppx[1][at]], [ppw[0][at], ppw[1][at]]);
+            // Lanes past `BLOCK` are no candidates.
+            let valid = ((1u32 << N.min(BLOCK + 1 - i2)) - 1) * 0x0101_0101;
+            // The four combinations' sums, combination `k` at `N*k..N*k + N`.
+            let mut qx = [0.0f32; 4 * N];
+            let mut q2 = [0.0f32; 4 * N];
+            let window = |a: &[f32; BLOCK + 1 + PAD]| -> [f32; N] {
+                a[i2..i2 + N].try_into().unwrap_or([0.0; N])
+            };
+            let (x2a, x2b) = (window(&ppx[0]), window(&ppx[1]));
+            let (w2a, w2b) = (window(&ppw[0]), window(&ppw[1]));
+            for j in 0..N {
+                let sxa = x1[0] + x2a[j];
+                let sxb = x1[1] + x2b[j];
+                let (qx_pa, qx_ma) = (tp[0] - sxa, tm[0] - sxa);
+                let (qx_pb, qx_mb) = (tp[1] - sxb, tm[1] - sxb);
+                let (q2_pa, q2_ma) = (bp[0] + w2a[j] * c.cp2, bm[0] + w2a[j] * c.cm2);
+                let (q2_pb, q2_mb) = (bp[1] + w2b[j] * c.cp2, bm[1] + w2b[j] * c.cm2);
+                qx[j] = qx_pa + qx_pb;
+                qx[N + j] = qx_pa + qx_mb;
+                qx[2 * N + j] = qx_ma + qx_pb;
+                qx[3 * N + j] = qx_ma + qx_mb;
+                q2[j] = q2_pa + q2_pb;
+                q2[N + j] = q2_pa + q2_mb;
+                q2[2 * N + j] = q2_ma + q2_pb;
+                q2[3 * N + j] = q2_ma + q2_mb;
             }
-            // Without short-circuits, so that the test runs in lanes.
-            let score = best.score;
-            let mut pass = 0u32;
-            for j in 0..CHUNK {
-                for k in 0..4 {
-                    let (qx, q2) = sums[j][k];
-                    pass |= (((q2 > 0.0) & (qx * qx > score * q2)) as u32) << j;
-                }
+            // One bit per candidate, bit `N*k + j` for combination `k` at `i2 + j`.
+            let pass = |score: f32| pass_bits(lanes, &qx, &q2, score);
+            let mut mask = pass(best.score) & valid;
+            if mask == 0 {
+                i2 += N;
+                continue;
             }
-            if pass != 0 {
-                for j in 0..CHUNK.min(BLOCK + 1 - i2) {
-                    for k in 0..4 {
-                        best.offer(sums[j][k], i1, i2 + j, k);
-                    }
-                }
+            // Each candidate's scale and score as `Best::offer` would compute them, side by
+            // side, so that the chain of winners below waits on no division.
+            let mut scale = [0.0f32; 4 * N];
+            let mut score = [0.0f32; 4 * N];
+            for c in 0..4 * N {
+                scale[c] = qx[c] / q2[c];
+                score[c] = scale[c] * qx[c];
             }
-            i2 += CHUNK;
+            while mask != 0 {
+                // The first in ggml's order (least `j`, then least `k`) is the next winner.
+                let any = mask | mask >> 8 | mask >> 16 | mask >> 24;
+                let j = (any & 0xff).trailing_zeros() as usize;
+                let k = ((mask >> j) & 0x0101_0101).trailing_zeros() as usize / 8;
+                *best = Best {
+                    score: score[N * k + j],
+                    scale: scale[N * k + j],
+                    i1: i1 as i32,
+                    i2: (i2 + j) as i32,
+                    k: k as i32,
+                };
+                // Only the candidates after it are left (a later `i2`, or the same one and a
+                // later combination), tested against the new score.
+                let later_i2 = ((0xffu32 << (j + 1)) & 0xff) * 0x0101_0101;
+                let same_i2 = ((1u32 << j) * 0x0101_0101) & (u64::MAX << (8 * (k + 1))) as u32;
+                mask = pass(best.score) & valid & (later_i2 | same_i2);
+            }
+            i2 += N;
         }
     }
 }

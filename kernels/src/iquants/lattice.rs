@@ -1,7 +1,7 @@
 //! The lattice machinery shared by IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S and IQ1_M: ggml's grid tables
 //! (data files extracted from ggml's sources by `kiln-fixtures iq-grids`, never typed by hand)
-//! and the index map and neighbour lists that ggml's `iq2xs_init_impl` builds from them, built
-//! here the same way on first use.
+//! and the index map and neighbour lists that ggml's `iq2xs_init_impl` builds from them, the
+//! same lists built here on first use by a faster route ([`neighbour_lists`]).
 //!
 //! A grid point is 8 levels `l` in 0..=2, 2 bits each in a `u16` (the `kgrid_*` tables); the
 //! quantizers work with the odd values `2*l + 1`. The dequantizers read the `*_grid` tables of
@@ -119,7 +119,7 @@ pub struct Lattice {
     /// `kmap_q2xs`: packed index -> grid index, or `-(offset + 1)` of its neighbour list.
     map: Vec<i32>,
     /// `kneighbors_q2xs`: per off-grid index, a count and then that many grid indices, nearest
-    /// first (ties by grid index).
+    /// first (ties by grid index); see [`neighbour_lists`].
     neighbours: Vec<u16>,
     /// Beside each entry of `neighbours`, that grid point's packed levels (for the SIMD
     /// searches).
@@ -153,7 +153,6 @@ const IQ2_LEVELS: [f32; 16] = [
 impl Lattice {
     fn build(kind: Kind) -> Lattice {
         let packed = kind.packed();
-        let grid_size = packed.len();
         let nwant = kind.shells();
         let grid: Vec<[i8; 8]> = packed
             .iter()
@@ -167,49 +166,7 @@ impl Lattice {
             }
             map[index] = i as i32;
         }
-        // For each index not on the grid, the grid points at the `nwant` smallest distinct
-        // squared distances, sorted by (distance, grid index): the prefix of ggml's qsort by
-        // that same total order.
-        let mut neighbours = Vec::new();
-        let mut dist = vec![0i32; grid_size];
-        for i in 0..KMAP_SIZE {
-            if map[i] >= 0 {
-                continue;
-            }
-            let pos: [i32; 8] = std::array::from_fn(|k| 2 * ((i >> (2 * k)) & 3) as i32 + 1);
-            for (d, g) in dist.iter_mut().zip(&grid) {
-                let mut d2 = 0;
-                for k in 0..8 {
-                    let e = g[k] as i32 - pos[k];
-                    d2 += e * e;
-                }
-                *d = d2;
-            }
-            let mut shells: Vec<i32> = Vec::with_capacity(nwant);
-            for &d in &dist {
-                if shells.contains(&d) {
-                    continue;
-                }
-                if shells.len() < nwant {
-                    shells.push(d);
-                    shells.sort_unstable();
-                } else if d < shells[nwant - 1] {
-                    shells[nwant - 1] = d;
-                    shells.sort_unstable();
-                }
-            }
-            map[i] = -(neighbours.len() as i32 + 1);
-            let count_at = neighbours.len();
-            neighbours.push(0);
-            for &s in &shells {
-                for (j, &d) in dist.iter().enumerate() {
-                    if d == s {
-                        neighbours.push(j as u16);
-                    }
-                }
-            }
-            neighbours[count_at] = (neighbours.len() - count_at - 1) as u16;
-        }
+        let neighbours = neighbour_lists(packed, &mut map, nwant);
         // Each point's packed levels beside its entry (count slots hold no point).
         let mut codes = vec![0u16; neighbours.len() + CODES_PAD];
         let mut k = 0;
@@ -389,6 +346,81 @@ impl Lattice {
     }
 }
 
+/// Whether every 2-bit digit of a packed index is a level (0..=2): the only indices the
+/// quantizers look up, as each clamps its levels to 0..=2.
+#[inline]
+fn is_reachable(i: usize) -> bool {
+    // A digit 3 has both of its bits set.
+    (i & (i >> 1) & 0x5555) == 0
+}
+
+/// `kneighbors_q2xs` as `iq2xs_init_impl` builds it, for the indices the quantizers can look
+/// up ([`is_reachable`]); writes `-(offset + 1)` of each list into `map`. ggml sorts all grid
+/// points by (squared distance, grid index) and keeps those at the `nwant` smallest distinct
+/// distances; a squared distance here is 4 times a number in 0..=32 (each of the 8 digits
+/// contributes 0, 1 or 4), so the same lists come from a count per distance and one pass
+/// over the grid in index order. Entry 0 is an empty list (count 0) that the indices with a
+/// digit 3 point to: ggml builds lists for them too, but nothing ever reads those.
+fn neighbour_lists(packed: &[u16], map: &mut [i32], nwant: usize) -> Vec<u16> {
+    const SHELLS: usize = 33;
+    // dist4[a * 256 + b]: the squared distance / 4 between the 4 digits packed in bytes a, b.
+    let mut dist4 = vec![0u8; 256 * 256];
+    for a in 0..256usize {
+        for b in 0..256usize {
+            let mut d = 0;
+            for k in 0..4 {
+                let e = ((a >> (2 * k)) & 3) as i32 - ((b >> (2 * k)) & 3) as i32;
+                d += e * e;
+            }
+            dist4[a * 256 + b] = d as u8;
+        }
+    }
+    let lo: Vec<u8> = packed.iter().map(|&p| p as u8).collect();
+    let hi: Vec<u8> = packed.iter().map(|&p| (p >> 8) as u8).collect();
+    let mut dist = vec![0u8; packed.len()];
+    let mut neighbours = vec![0u16];
+    for i in 0..map.len() {
+        if map[i] >= 0 {
+            continue;
+        }
+        if !is_reachable(i) {
+            map[i] = -1;
+            continue;
+        }
+        let row_lo = &dist4[(i & 255) * 256..][..256];
+        let row_hi = &dist4[((i >> 8) & 255) * 256..][..256];
+        let mut count = [0u16; SHELLS];
+        for ((d, &l), &h) in dist.iter_mut().zip(&lo).zip(&hi) {
+            *d = row_lo[l as usize] + row_hi[h as usize];
+            count[*d as usize] += 1;
+        }
+        // Where each of the `nwant` nearest shells starts in the list; farther ones get none.
+        let mut at = [u16::MAX; SHELLS];
+        let mut n = 0u16;
+        let mut found = 0;
+        for s in 0..SHELLS {
+            if count[s] > 0 && found < nwant {
+                at[s] = n;
+                n += count[s];
+                found += 1;
+            }
+        }
+        let start = neighbours.len();
+        map[i] = -(start as i32 + 1);
+        neighbours.push(n);
+        neighbours.resize(start + 1 + n as usize, 0);
+        let list = &mut neighbours[start + 1..];
+        for (j, &d) in dist.iter().enumerate() {
+            let a = &mut at[d as usize];
+            if *a != u16::MAX {
+                list[*a as usize] = j as u16;
+                *a += 1;
+            }
+        }
+    }
+    neighbours
+}
+
 /// The search ggml's `iq2_find_best_neighbour` and `iq3_find_best_neighbour` share, for grids of
 /// any dimension `D` (points stored as `2*level + 1`): the neighbour with the least weighted
 /// squared error `sum w[i]*(scale*q[i] - x[i])^2` (accumulated in ggml's order), the first of
@@ -514,15 +546,64 @@ pub fn c_max(a: f32, b: f32) -> f32 {
 }
 
 /// The weights' positions sorted by value, ties in position order: ggml's
-/// `qsort(pairs, n, 2*sizeof(float), iq1_sort_helper)`, which glibc runs as a stable merge sort
-/// (the comparator looks at the value only, and -0.0 equals 0.0).
+/// `qsort(pairs, n, 2*sizeof(float), iq1_sort_helper)`, which glibc runs as a merge sort
+/// ([`sorted_order_merge`]; the comparator looks at the value only, and -0.0 equals 0.0).
+///
+/// Without NaN the comparator is a total preorder and the merge sort is stable, so a weight's
+/// place is the number of weights below it plus the number of equal ones before it: counted
+/// for all weights side by side, with no branches. With a NaN (equal to everything, so no
+/// consistent order) it runs glibc's merge sort step by step.
+#[inline(always)]
 pub fn sorted_order<const N: usize>(xb: &[f32]) -> [usize; N] {
+    let x: &[f32; N] = match xb.get(..N).and_then(|x| <&[f32; N]>::try_from(x).ok()) {
+        Some(x) if !x.iter().any(|v| v.is_nan()) => x,
+        _ => return sorted_order_merge(xb),
+    };
+    let mut idx = [0usize; N];
+    for i in 0..N {
+        let xi = x[i];
+        let mut rank = 0u32;
+        for j in 0..N {
+            rank += ((x[j] < xi) | ((x[j] == xi) & (j < i))) as u32;
+        }
+        idx[rank as usize % N] = i;
+    }
+    idx
+}
+
+/// glibc's `qsort` (`msort_with_tmp`: halves of `n/2` and `n - n/2` sorted in turn, then
+/// merged taking the left element wherever the comparator says `<= 0`) with ggml's
+/// `iq1_sort_helper` (`l < r ? -1 : l > r ? 1 : 0`).
+fn sorted_order_merge<const N: usize>(xb: &[f32]) -> [usize; N] {
+    fn msort(idx: &mut [usize], tmp: &mut [usize], x: &[f32]) {
+        let n = idx.len();
+        if n <= 1 {
+            return;
+        }
+        let n1 = n / 2;
+        let (b1, b2) = idx.split_at_mut(n1);
+        msort(b1, tmp, x);
+        msort(b2, tmp, x);
+        let (mut i, mut j, mut o) = (0, 0, 0);
+        while i < b1.len() && j < b2.len() {
+            // cmp(b1, b2) <= 0 unless b1 > b2.
+            if x[b1[i]] > x[b2[j]] {
+                tmp[o] = b2[j];
+                j += 1;
+            } else {
+                tmp[o] = b1[i];
+                i += 1;
+            }
+            o += 1;
+        }
+        // What is left of the second half is in place already.
+        tmp[o..o + b1.len() - i].copy_from_slice(&b1[i..]);
+        o += b1.len() - i;
+        idx[..o].copy_from_slice(&tmp[..o]);
+    }
     let mut idx: [usize; N] = std::array::from_fn(|i| i);
-    idx.sort_by(|&a, &b| {
-        xb[a]
-            .partial_cmp(&xb[b])
-            .unwrap_or(std::cmp::Ordering::Equal)
-    });
+    let mut tmp = [0usize; N];
+    msort(&mut idx, &mut tmp, xb);
     idx
 }
 
@@ -589,7 +670,8 @@ mod tests {
             let mut off = 0;
             for u in 0..KMAP_SIZE as u16 {
                 if let Lookup::Off(n) = lat.lookup(u) {
-                    assert!(!n.index.is_empty());
+                    // Only the indices with a digit 3 (which no quantizer produces) have none.
+                    assert_eq!(n.index.is_empty(), !is_reachable(u as usize), "{u:#x}");
                     for (&j, &c) in n.index.iter().zip(n.codes) {
                         assert_eq!(c, kind.packed()[j as usize]);
                     }
@@ -597,6 +679,108 @@ mod tests {
                 }
             }
             assert_eq!(off, KMAP_SIZE - kind.packed().len());
+            assert_eq!((0..KMAP_SIZE).filter(|&i| is_reachable(i)).count(), 6561);
+        }
+    }
+
+    /// The counting order is glibc's merge sort's, on ties (also -0.0 against 0.0),
+    /// infinities, subnormals; with NaN the merge sort runs (and does not panic). Where the
+    /// order is total, the merge sort is the standard library's stable sort.
+    #[test]
+    fn sorted_order_is_the_stable_sort() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let specials = [
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1e-40,
+            f32::NAN,
+        ];
+        for round in 0..20000 {
+            let mut x = [0.0f32; 32];
+            for v in &mut x {
+                let r = next();
+                *v = match r % 4 {
+                    0 => specials[(r >> 8) as usize % (specials.len() - (round % 2))],
+                    1 => ((r >> 8) % 5) as f32 - 2.0,
+                    _ => f32::from_bits((r >> 16) as u32 & 0x807f_ffff | 0x3f00_0000),
+                };
+            }
+            assert_eq!(
+                sorted_order::<32>(&x),
+                sorted_order_merge::<32>(&x),
+                "{x:?}"
+            );
+            assert_eq!(
+                sorted_order::<16>(&x),
+                sorted_order_merge::<16>(&x),
+                "{x:?}"
+            );
+        }
+    }
+
+    /// ggml's construction in `iq2xs_init_impl`, step by step: every grid point's squared
+    /// distance to the index's point, `qsort` by (distance, grid index) (`iq2_compare_func`, a
+    /// total order, so any correct sort gives the same sequence), then the prefix up to the
+    /// `nwant`-th distinct distance.
+    fn ggml_neighbours(kind: Kind, i: usize) -> Vec<u16> {
+        let packed = kind.packed();
+        let pos: [i32; 8] = std::array::from_fn(|k| 2 * ((i >> (2 * k)) & 3) as i32 + 1);
+        let mut dist2: Vec<(i32, i32)> = packed
+            .iter()
+            .enumerate()
+            .map(|(j, &p)| {
+                let mut d2 = 0;
+                for k in 0..8 {
+                    let pg = 2 * ((p >> (2 * k)) & 3) as i32 + 1;
+                    d2 += (pg - pos[k]) * (pg - pos[k]);
+                }
+                (d2, j as i32)
+            })
+            .collect();
+        dist2.sort();
+        let mut out = Vec::new();
+        let mut d2 = dist2[0].0;
+        let mut nhave = 1;
+        for &(d, j) in &dist2 {
+            if d > d2 {
+                if nhave == kind.shells() {
+                    break;
+                }
+                d2 = d;
+                nhave += 1;
+            }
+            out.push(j as u16);
+        }
+        out
+    }
+
+    /// The neighbour lists are exactly ggml's, order included, for every index a quantizer
+    /// can look up, in all four lattices.
+    #[test]
+    fn neighbour_lists_are_ggml_s() {
+        for kind in [Kind::Iq2Xxs, Kind::Iq2Xs, Kind::Iq2S, Kind::Iq1] {
+            let lat = Lattice::get(kind);
+            let mut lists = 0;
+            for u in 0..KMAP_SIZE {
+                if !is_reachable(u) {
+                    continue;
+                }
+                if let Lookup::Off(n) = lat.lookup(u as u16) {
+                    assert_eq!(n.index, &ggml_neighbours(kind, u)[..], "{kind:?} {u:#x}");
+                    lists += 1;
+                }
+            }
+            assert_eq!(lists, 6561 - kind.packed().len(), "{kind:?}");
         }
     }
 }

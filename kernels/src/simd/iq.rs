@@ -87,6 +87,27 @@ pub(crate) fn iq4_indices(lanes: Lanes, x: &[f32; 32], id: f32) -> [u8; 32] {
     }
 }
 
+/// The IQ1 boundary searches' test of `N` candidates against the best score so far, one bit
+/// per lane: bit `j` is ggml's `sumq2 > 0 && sumqx*sumqx > best_score*sumq2` for `qx[j]`,
+/// `q2[j]` (ordered comparisons: false with a NaN). `N` is a multiple of 8, at most 32.
+#[inline(always)]
+pub(crate) fn pass_bits<const N: usize>(
+    lanes: Lanes,
+    qx: &[f32; N],
+    q2: &[f32; N],
+    score: f32,
+) -> u32 {
+    const { assert!(N.is_multiple_of(8) && N <= 32) };
+    match lanes.0 {
+        // SAFETY: `Lanes` holds a level this CPU supports (checked in `Lanes::of`).
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 => unsafe { super::iq_x86::avx2::pass_bits(qx, q2, score) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 => unsafe { super::iq_x86::avx512::pass_bits(qx, q2, score) },
+    }
+}
+
 /// Entries that the code lists of [`grid_nearest`] hold past their `n` points, so that the
 /// kernels load whole vectors.
 pub(crate) const CODES_PAD: usize = 16;
