@@ -105,6 +105,12 @@ pub(crate) fn pass_bits<const N: usize>(
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
         Level::Avx512 => unsafe { super::iq_x86::avx512::pass_bits(qx, q2, score) },
+        // Portable lanes (the compiler vectorizes them with NEON, the aarch64 baseline).
+        #[cfg(target_arch = "aarch64")]
+        Level::Neon => (0..N).fold(0u32, |m, j| {
+            let pass = q2[j] > 0.0 && qx[j] * qx[j] > score * q2[j];
+            m | (u32::from(pass) << j)
+        }),
     }
 }
 
