@@ -1,26 +1,53 @@
 #!/usr/bin/env python3
-"""Prints the README's kernel table from criterion's results (target/criterion)."""
+"""Prints the README's kernel table from criterion's results (target/criterion).
+
+    python3 benches/table.py [CRITERION_DIR]
+
+One row per format that benches/kernels.rs measured, with and without importance weights:
+ggml and kiln on one thread (MiB/s of f32 input, median), their ratio, the other SIMD levels'
+ratios where measured, kiln on all threads and its scaling over one thread.
+"""
 import json, os, sys
 
 root = sys.argv[1] if len(sys.argv) > 1 else "target/criterion"
 BYTES = 64 * 4096 * 4  # input of benches/kernels.rs
-ORDER = ["f32", "f16", "bf16", "q8_0", "q6_K", "q5_1", "q5_0", "q5_K", "q4_1", "q4_0", "q4_K", "q3_K", "q2_K"]
+# GgmlType::ALL's order (kernels/src/format.rs), as criterion names the groups.
+ORDER = ["f32", "f16", "bf16", "q8_0", "q6_K", "q5_1", "q5_0", "q5_K", "q4_1", "q4_0", "q4_K",
+         "q3_K", "q2_K", "q2_0", "q1_0", "iq4_nl", "iq4_xs", "iq3_s", "iq3_xxs", "iq2_s", "iq2_xs",
+         "iq2_xxs", "iq1_m", "iq1_s", "tq2_0", "tq1_0", "mxfp4"]
 
-def mbps(group, who):
+
+def mibps(group, who):
     path = os.path.join(root, group, who, "new", "estimates.json")
     if not os.path.exists(path):
         return None
     with open(path) as f:
         ns = json.load(f)["median"]["point_estimate"]
-    return BYTES / (ns / 1e9) / 1e6
+    return BYTES / (ns / 1e9) / 2**20
 
+
+def fmt(v):
+    return f"{v / 1024:.2f} GiB/s" if v >= 1024 else f"{v:.1f}"
+
+
+groups = set(os.listdir(root)) if os.path.isdir(root) else set()
 for mode in ["ref", "imatrix"]:
-    print(f"\n{'without' if mode == 'ref' else 'with'} importance weights (MB/s of f32 input, median)\n")
-    print("| type | ggml 1 thread | kiln 1 thread | kiln/ggml | kiln all threads | scaling |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for ty in ORDER:
+    print(f"\n{'without' if mode == 'ref' else 'with'} importance weights (MiB/s of f32 input "
+          "unless marked, median)\n")
+    print("| type | ggml 1 thread | kiln 1 thread | kiln/ggml | other levels, kiln/ggml "
+          "| kiln all threads | scaling |")
+    print("|---|---:|---:|---:|---|---:|---:|")
+    names = ORDER + sorted(g.split("_", 1)[1] for g in groups
+                           if g.startswith(f"quantize-{mode}_") and g.split("_", 1)[1] not in ORDER)
+    for ty in names:
         g = f"quantize-{mode}_{ty}"
-        a, b, c = (mbps(g, w) for w in ["ggml-1-thread", "kiln-1-thread", "kiln-all-threads"])
+        a, b, c = (mibps(g, w) for w in ["ggml-1-thread", "kiln-1-thread", "kiln-all-threads"])
         if a is None or b is None or c is None:
             continue
-        print(f"| {ty} | {a:.0f} | {b:.0f} | {b / a:.2f}x | {c:.0f} | {c / b:.2f}x |")
+        others = []
+        for lvl in ["avx2", "scalar", "neon"]:
+            v = mibps(g, f"kiln-1-thread-{lvl}")
+            if v is not None:
+                others.append(f"{lvl} {v / a:.2f}x")
+        print(f"| {ty} | {fmt(a)} | {fmt(b)} | {b / a:.2f}x | {', '.join(others)} | {fmt(c)} "
+              f"| {c / b:.2f}x |")
