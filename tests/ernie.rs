@@ -3,11 +3,14 @@
 //! every quantized tensor are checked against llama.cpp in
 //! `convert_vs_llama::ernie4_5moe_matches_reference_and_llama_quantize`).
 
-use crate::common::fixtures::{convert, tokenizer_model};
+use crate::common::fixtures::{
+    convert, f32_logits, fresh_checkpoint, logits_gap, q8_0_error, requantizes_like_llama_quantize,
+    tokenizer_model,
+};
 use crate::convert_vs_llama::tmp;
 use kiln::gguf::{GgufFile, Value};
 use kiln::plan::FileType;
-use kiln_fixtures::checkpoint::{default_for, write_checkpoint, Arch, FixtureSpec, Vocab};
+use kiln_fixtures::checkpoint::{default_for, Arch, FixtureSpec, Vocab};
 use std::path::PathBuf;
 
 fn spec() -> FixtureSpec {
@@ -15,10 +18,7 @@ fn spec() -> FixtureSpec {
 }
 
 fn checkpoint(name: &str) -> PathBuf {
-    let dir = tmp().join(format!("ernie-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    write_checkpoint(&spec(), &dir).unwrap();
-    dir
+    fresh_checkpoint(&spec(), tmp().join(format!("ernie-{name}")))
 }
 
 /// Every `ernie4_5-moe.*` key in gguf-py's order with convert's values (the shared experts'
@@ -132,18 +132,8 @@ fn ernie4_5moe_interleaved_layers_are_an_error_before_any_output() {
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     cfg["moe_layer_interval"] = serde_json::json!(2);
     std::fs::write(&path, cfg.to_string()).unwrap();
-    let out = tmp().join("ernie-interval.gguf");
-    let _ = std::fs::remove_file(&out);
-    let mut o = kiln::quantize::Options::new(FileType::Q8_0);
-    o.output = Some(out.clone());
-    o.force = true;
-    let e = match kiln::quantize::prepare(&dir, &o) {
-        Ok(p) => kiln::quantize::execute(&p, true, false).unwrap_err(),
-        Err(e) => e,
-    };
-    let msg = format!("{e:#}");
+    let msg = q8_0_error(&dir, &tmp().join("ernie-interval.gguf"));
     assert!(msg.contains("moe_layer_interval = 2"), "{msg}");
-    assert!(!out.exists());
 }
 
 /// The logits comparison in `ernie4_5moe_matches_reference_and_llama_quantize` sees what it
@@ -154,25 +144,8 @@ fn ernie4_5moe_interleaved_layers_are_an_error_before_any_output() {
 fn ernie4_5moe_logits_comparison_sees_rope_and_routing() {
     use crate::common::reference::reference_logits;
     let dir = checkpoint("sensitivity");
-    let out = tmp().join("ernie-sensitivity-F32.gguf");
-    convert(&dir, FileType::F32, &out);
-    let model = kiln::llama::load(&out).unwrap();
-    let tokens = kiln::llama::tokenize(
-        &model,
-        "Once upon a time there was a small model that learned to count: one, two, three.",
-        true,
-    );
-    let ours = kiln::llama::logits(&model, &tokens).unwrap();
-    let max_diff = |r: &[Vec<f32>]| -> (f32, f32) {
-        let scale = r.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
-        let d = ours
-            .iter()
-            .zip(r)
-            .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
-            .fold(0f32, f32::max);
-        (d, scale.max(1.0))
-    };
-    let (d, scale) = max_diff(&reference_logits(&dir, &tokens).unwrap());
+    let (ours, tokens) = f32_logits(&dir, &tmp().join("ernie-sensitivity-F32.gguf"));
+    let (d, scale) = logits_gap(&ours, &reference_logits(&dir, &tokens).unwrap());
     assert!(d < 2e-3 * scale, "as converted: {d} at scale {scale}");
     for (key, value) in [
         ("rope_theta", serde_json::json!(10000.0)),
@@ -183,7 +156,7 @@ fn ernie4_5moe_logits_comparison_sees_rope_and_routing() {
         let mut cfg: serde_json::Value = serde_json::from_str(&original).unwrap();
         cfg[key] = value;
         std::fs::write(&path, cfg.to_string()).unwrap();
-        let (d, scale) = max_diff(&reference_logits(&dir, &tokens).unwrap());
+        let (d, scale) = logits_gap(&ours, &reference_logits(&dir, &tokens).unwrap());
         std::fs::write(&path, original).unwrap();
         assert!(
             d > 2e-2 * scale,
@@ -196,13 +169,5 @@ fn ernie4_5moe_logits_comparison_sees_rope_and_routing() {
 /// llama-quantize's file, where ggml's writer drops the trailing 1.
 #[test]
 fn ernie4_5moe_gguf_requantizes_like_llama_quantize() {
-    let dir = checkpoint("requant");
-    let f32_file = tmp().join("ernie-requant-F32.gguf");
-    convert(&dir, FileType::F32, &f32_file);
-    let ours = tmp().join("ernie-requant-kiln-Q8_0.gguf");
-    let theirs = tmp().join("ernie-requant-llama-Q8_0.gguf");
-    convert(&f32_file, FileType::Q8_0, &ours);
-    kiln::llama::reference_quantize(&f32_file, &theirs, FileType::Q8_0.id(), &Default::default())
-        .unwrap();
-    crate::convert_vs_llama::assert_same(&ours, &theirs, "ernie requantized q8_0");
+    requantizes_like_llama_quantize(&checkpoint("requant"), "ernie-requant", FileType::Q8_0);
 }

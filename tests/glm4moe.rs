@@ -2,11 +2,13 @@
 //! `Glm4MoeModel` writes for the fixture's config (the logits and every quantized tensor are
 //! checked against llama.cpp in `convert_vs_llama::glm4moe_matches_reference_and_llama_quantize`).
 
-use crate::common::fixtures::convert;
+use crate::common::fixtures::{
+    convert, f32_logits, fresh_checkpoint, logits_gap, q8_0_error, requantizes_like_llama_quantize,
+};
 use crate::convert_vs_llama::tmp;
 use kiln::gguf::{Array, GgufFile, Value};
 use kiln::plan::FileType;
-use kiln_fixtures::checkpoint::{default_for, write_checkpoint, Arch, FixtureSpec, Vocab};
+use kiln_fixtures::checkpoint::{default_for, Arch, FixtureSpec, Vocab};
 use std::path::PathBuf;
 
 fn spec() -> FixtureSpec {
@@ -14,10 +16,7 @@ fn spec() -> FixtureSpec {
 }
 
 fn checkpoint(name: &str) -> PathBuf {
-    let dir = tmp().join(format!("glm4moe-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    write_checkpoint(&spec(), &dir).unwrap();
-    dir
+    fresh_checkpoint(&spec(), tmp().join(format!("glm4moe-{name}")))
 }
 
 /// Every `glm4moe.*` key in gguf-py's order and with convert's values, the MTP layer kept as
@@ -192,21 +191,11 @@ fn glm4moe_without_gmask_is_an_error_before_any_output() {
         let text = std::fs::read_to_string(&p).unwrap();
         std::fs::write(&p, text.replace("[gMASK]", "[gMASK2]")).unwrap();
     }
-    let out = tmp().join("glm4moe-no-gmask.gguf");
-    let _ = std::fs::remove_file(&out);
-    let mut o = kiln::quantize::Options::new(FileType::Q8_0);
-    o.output = Some(out.clone());
-    o.force = true;
-    let e = match kiln::quantize::prepare(&dir, &o) {
-        Ok(p) => kiln::quantize::execute(&p, true, false).unwrap_err(),
-        Err(e) => e,
-    };
-    let msg = format!("{e:#}");
+    let msg = q8_0_error(&dir, &tmp().join("glm4moe-no-gmask.gguf"));
     assert!(
         msg.contains("[gMASK]") && msg.contains("tokenizer.json"),
         "{msg}"
     );
-    assert!(!out.exists());
 }
 
 /// The logits comparison in `glm4moe_matches_reference_and_llama_quantize` sees what it
@@ -217,40 +206,21 @@ fn glm4moe_without_gmask_is_an_error_before_any_output() {
 fn glm4moe_logits_comparison_sees_partial_rotary_and_routing() {
     use crate::common::reference::reference_logits;
     let dir = checkpoint("sensitivity");
-    let out = tmp().join("glm4moe-sensitivity-F32.gguf");
-    convert(&dir, FileType::F32, &out);
-    let model = kiln::llama::load(&out).unwrap();
-    let tokens = kiln::llama::tokenize(
-        &model,
-        "Once upon a time there was a small model that learned to count: one, two, three.",
-        true,
-    );
-    let ours = kiln::llama::logits(&model, &tokens).unwrap();
-    let max_diff = |r: &[Vec<f32>]| -> (f32, f32) {
-        let scale = r.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
-        let d = ours
-            .iter()
-            .zip(r)
-            .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
-            .fold(0f32, f32::max);
-        (d, scale.max(1.0))
-    };
-    let (d, scale) = max_diff(&reference_logits(&dir, &tokens).unwrap());
+    let (ours, tokens) = f32_logits(&dir, &tmp().join("glm4moe-sensitivity-F32.gguf"));
+    let (d, scale) = logits_gap(&ours, &reference_logits(&dir, &tokens).unwrap());
     assert!(d < 2e-3 * scale, "as converted: {d} at scale {scale}");
     for (key, value) in [
         ("partial_rotary_factor", serde_json::json!(1.0)),
         ("routed_scaling_factor", serde_json::json!(1.0)),
         ("norm_topk_prob", serde_json::json!(false)),
     ] {
-        let edited = tmp().join(format!("glm4moe-sensitivity-{key}"));
-        let _ = std::fs::remove_dir_all(&edited);
-        write_checkpoint(&spec(), &edited).unwrap();
+        let edited = fresh_checkpoint(&spec(), tmp().join(format!("glm4moe-sensitivity-{key}")));
         let path = edited.join("config.json");
         let mut cfg: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         cfg[key] = value;
         std::fs::write(&path, cfg.to_string()).unwrap();
-        let (d, scale) = max_diff(&reference_logits(&edited, &tokens).unwrap());
+        let (d, scale) = logits_gap(&ours, &reference_logits(&edited, &tokens).unwrap());
         assert!(
             d > 2e-2 * scale,
             "{key} changed, yet the reference is within {d} of llama.cpp (scale {scale})"
@@ -264,18 +234,5 @@ fn glm4moe_logits_comparison_sees_partial_rotary_and_routing() {
 /// key.
 #[test]
 fn glm4moe_gguf_requantizes_like_llama_quantize() {
-    let dir = checkpoint("requant");
-    let f32_file = tmp().join("glm4moe-requant-F32.gguf");
-    convert(&dir, FileType::F32, &f32_file);
-    let ours = tmp().join("glm4moe-requant-kiln-Q4_K_M.gguf");
-    let theirs = tmp().join("glm4moe-requant-llama-Q4_K_M.gguf");
-    convert(&f32_file, FileType::Q4_K_M, &ours);
-    kiln::llama::reference_quantize(
-        &f32_file,
-        &theirs,
-        FileType::Q4_K_M.id(),
-        &Default::default(),
-    )
-    .unwrap();
-    crate::convert_vs_llama::assert_same(&ours, &theirs, "glm4moe requantized q4_K_M");
+    requantizes_like_llama_quantize(&checkpoint("requant"), "glm4moe-requant", FileType::Q4_K_M);
 }

@@ -77,3 +77,68 @@ pub fn gguf_with_metadata(src: &Path, dst: &Path, key: &str, value: kiln::gguf::
     }
     w.finish().unwrap();
 }
+
+/// Writes `spec`'s checkpoint into `dir`, replacing what was there, and returns `dir`.
+pub fn fresh_checkpoint(spec: &kiln_fixtures::checkpoint::FixtureSpec, dir: PathBuf) -> PathBuf {
+    let _ = std::fs::remove_dir_all(&dir);
+    kiln_fixtures::checkpoint::write_checkpoint(spec, &dir).unwrap();
+    dir
+}
+
+/// The error, with its causes, that `kiln quantize --type q8_0 INPUT -o OUT --force` stops with
+/// (in prepare or while converting); panics if the conversion succeeds or leaves OUT behind.
+pub fn q8_0_error(input: &Path, out: &Path) -> String {
+    let _ = std::fs::remove_file(out);
+    let mut o = Options::new(FileType::Q8_0);
+    o.output = Some(out.to_path_buf());
+    o.force = true;
+    let e = match quantize::prepare(input, &o) {
+        Ok(p) => quantize::execute(&p, true, false).unwrap_err(),
+        Err(e) => e,
+    };
+    assert!(!out.exists(), "{} written despite: {e:#}", out.display());
+    format!("{e:#}")
+}
+
+/// llama.cpp's logits for a short prompt on the f32 conversion of the checkpoint `dir`
+/// (written to `out`), and the prompt's tokens, to compare with the reference forward pass.
+pub fn f32_logits(dir: &Path, out: &Path) -> (Vec<Vec<f32>>, Vec<u32>) {
+    convert(dir, FileType::F32, out);
+    let model = kiln::llama::load(out).unwrap();
+    let tokens = kiln::llama::tokenize(
+        &model,
+        "Once upon a time there was a small model that learned to count: one, two, three.",
+        true,
+    );
+    (kiln::llama::logits(&model, &tokens).unwrap(), tokens)
+}
+
+/// The largest |ours - reference| over every position's logits, and the reference's scale
+/// (its largest |logit|, at least 1).
+pub fn logits_gap(ours: &[Vec<f32>], reference: &[Vec<f32>]) -> (f32, f32) {
+    let scale = reference.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
+    let d = ours
+        .iter()
+        .zip(reference)
+        .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
+        .fold(0f32, f32::max);
+    (d, scale.max(1.0))
+}
+
+/// Converts the checkpoint `dir` to f32, then requantizes that GGUF to `ftype` with kiln and
+/// with llama-quantize, and asserts the two files are the same (files `{name}-*.gguf` in the
+/// tests' scratch folder).
+pub fn requantizes_like_llama_quantize(dir: &Path, name: &str, ftype: FileType) {
+    let tmp = crate::convert_vs_llama::tmp();
+    let f32_file = tmp.join(format!("{name}-F32.gguf"));
+    convert(dir, FileType::F32, &f32_file);
+    let ours = tmp.join(format!("{name}-kiln-{}.gguf", ftype.name()));
+    let theirs = tmp.join(format!("{name}-llama-{}.gguf", ftype.name()));
+    convert(&f32_file, ftype, &ours);
+    kiln::llama::reference_quantize(&f32_file, &theirs, ftype.id(), &Default::default()).unwrap();
+    crate::convert_vs_llama::assert_same(
+        &ours,
+        &theirs,
+        &format!("{name} requantized {}", ftype.name()),
+    );
+}

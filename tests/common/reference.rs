@@ -653,6 +653,21 @@ impl ReferenceModel {
         self.linear(&p("down_proj"), c.hidden, c.intermediate, &act)
     }
 
+    /// One expert's SwiGLU MLP on one position, `width` wide, with the weights named `[gate,
+    /// up, down]`: its activations `silu(gate x) * up x` and its output `down` of them.
+    fn expert_mlp(&self, [g, u, d]: &[String; 3], width: usize, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let hidden = self.config.hidden;
+        let gate = matvec(self.w(g), width, hidden, x, None);
+        let up = matvec(self.w(u), width, hidden, x, None);
+        let act: Vec<f32> = gate
+            .iter()
+            .zip(&up)
+            .map(|(&g, &u)| (silu(g as f64) * u as f64) as f32)
+            .collect();
+        let y = matvec(self.w(d), hidden, width, &act, None);
+        (act, y)
+    }
+
     /// The sparse MoE block of layer `l` on one position.
     fn moe(&self, l: usize, x: &[f32], moe: Moe, options: &Options) -> Vec<f32> {
         let c = &self.config;
@@ -686,15 +701,7 @@ impl ReferenceModel {
         let mut out = vec![0f32; c.hidden];
         let mut record = Vec::new();
         for (&e, &w) in chosen.iter().zip(&weights) {
-            let [g, u, d] = expert_names(c.family, l, e);
-            let gate = matvec(self.w(&g), moe.width, c.hidden, x, None);
-            let up = matvec(self.w(&u), moe.width, c.hidden, x, None);
-            let act: Vec<f32> = gate
-                .iter()
-                .zip(&up)
-                .map(|(&g, &u)| (silu(g as f64) * u as f64) as f32)
-                .collect();
-            let y = matvec(self.w(&d), c.hidden, moe.width, &act, None);
+            let (act, y) = self.expert_mlp(&expert_names(c.family, l, e), moe.width, x);
             if options.routed.is_some() {
                 record.push((e, act));
             }
@@ -851,30 +858,15 @@ impl ReferenceModel {
                 *w = (*w / s) as f32 as f64;
             }
         }
-        let expert = |g: &str, u: &str, d: &str, width: usize| -> Vec<f32> {
-            let gate = matvec(self.w(g), width, c.hidden, x, None);
-            let up = matvec(self.w(u), width, c.hidden, x, None);
-            let act: Vec<f32> = gate
-                .iter()
-                .zip(&up)
-                .map(|(&g, &u)| (silu(g as f64) * u as f64) as f32)
-                .collect();
-            matvec(self.w(d), c.hidden, width, &act, None)
-        };
         let mut out = vec![0f64; c.hidden];
         for (&e, &w) in chosen.iter().zip(&weights) {
             let w = (w * ds.routed_scaling) as f32 as f64;
-            let [g, u, d] = expert_names(Family::Deepseek2, l, e);
-            for (o, v) in out.iter_mut().zip(expert(&g, &u, &d, ds.width)) {
+            let names = expert_names(Family::Deepseek2, l, e);
+            for (o, v) in out.iter_mut().zip(self.expert_mlp(&names, ds.width, x).1) {
                 *o += w * v as f64;
             }
         }
-        let shared = expert(
-            &p("shared_experts.gate_proj.weight"),
-            &p("shared_experts.up_proj.weight"),
-            &p("shared_experts.down_proj.weight"),
-            ds.width * ds.shared,
-        );
+        let (_, shared) = self.expert_mlp(&shared_expert_names(l), ds.width * ds.shared, x);
         out.iter().zip(shared).map(|(&o, s)| o as f32 + s).collect()
     }
 }
@@ -901,33 +893,18 @@ impl ReferenceModel {
         let chosen = &order[..e.top_k];
         let total = chosen.iter().map(|&i| probs[i] as f64).sum::<f64>() as f32;
         let denom = (total as f64).max(e.norm_min);
-        let mlp = |g: &str, u: &str, d: &str, width: usize| -> Vec<f32> {
-            let gate = matvec(self.w(g), width, c.hidden, x, None);
-            let up = matvec(self.w(u), width, c.hidden, x, None);
-            let act: Vec<f32> = gate
-                .iter()
-                .zip(&up)
-                .map(|(&g, &u)| (silu(g as f64) * u as f64) as f32)
-                .collect();
-            matvec(self.w(d), c.hidden, width, &act, None)
-        };
         let mut out = vec![0f32; c.hidden];
         let mut by_expert: Vec<usize> = chosen.to_vec();
         by_expert.sort_unstable();
         for &i in &by_expert {
             let w = (probs[i] as f64 / denom) as f32;
-            let [g, u, d] = expert_names(Family::Ernie45Moe, l, i);
-            for (o, v) in out.iter_mut().zip(mlp(&g, &u, &d, e.width)) {
+            let names = expert_names(Family::Ernie45Moe, l, i);
+            for (o, v) in out.iter_mut().zip(self.expert_mlp(&names, e.width, x).1) {
                 *o += (v as f64 * w as f64) as f32;
             }
         }
         if e.shared > 0 {
-            let shared = mlp(
-                &p("shared_experts.gate_proj.weight"),
-                &p("shared_experts.up_proj.weight"),
-                &p("shared_experts.down_proj.weight"),
-                e.width * e.shared,
-            );
+            let (_, shared) = self.expert_mlp(&shared_expert_names(l), e.width * e.shared, x);
             for (o, s) in out.iter_mut().zip(shared) {
                 *o += s;
             }
@@ -1131,6 +1108,13 @@ fn expert_names(family: Family, l: usize, e: usize) -> [String; 3] {
         ["gate_proj", "up_proj", "down_proj"]
     };
     projs.map(|p| format!("model.layers.{l}.{m}.experts.{e}.{p}.weight"))
+}
+
+/// The shared experts' gate, up and down weight names in layer `l` (DeepSeek V3, GLM-4.5,
+/// ERNIE 4.5 MoE).
+fn shared_expert_names(l: usize) -> [String; 3] {
+    ["gate_proj", "up_proj", "down_proj"]
+        .map(|p| format!("model.layers.{l}.mlp.shared_experts.{p}.weight"))
 }
 
 /// transformers 5's fused expert tensors (and Mixtral's renamed router) -> the per-expert
@@ -2093,8 +2077,7 @@ fn load_safetensors(dir: &Path) -> Result<Tensors> {
     Ok(out)
 }
 
-/// DeepSeek's layer tensors: MLA attention, dense MLPs before `first_k_dense_replace`, then
-/// router (+ score bias), routed and shared experts.
+/// DeepSeek's layer tensors: MLA attention and [`deepseek_mlp_tensors`].
 fn deepseek_tensors(c: &Config, ds: &Deepseek, want: &mut Vec<(String, Vec<usize>, bool)>) {
     let (h, nh) = (c.hidden, c.heads);
     let qd = ds.nope + ds.rope;
@@ -2120,36 +2103,14 @@ fn deepseek_tensors(c: &Config, ds: &Deepseek, want: &mut Vec<(String, Vec<usize
             true,
         ));
         want.push((p("self_attn.o_proj.weight"), vec![h, nh * ds.v], true));
-        if l < ds.dense_layers {
-            let f = c.intermediate;
-            want.push((p("mlp.gate_proj.weight"), vec![f, h], true));
-            want.push((p("mlp.up_proj.weight"), vec![f, h], true));
-            want.push((p("mlp.down_proj.weight"), vec![h, f], true));
-        } else {
-            let (w, sw) = (ds.width, ds.width * ds.shared);
-            want.push((p("mlp.gate.weight"), vec![ds.experts, h], true));
-            want.push((
-                p("mlp.gate.e_score_correction_bias"),
-                vec![ds.experts],
-                true,
-            ));
-            for e in 0..ds.experts {
-                let [g, u, d] = expert_names(Family::Deepseek2, l, e);
-                want.push((g, vec![w, h], true));
-                want.push((u, vec![w, h], true));
-                want.push((d, vec![h, w], true));
-            }
-            want.push((p("mlp.shared_experts.gate_proj.weight"), vec![sw, h], true));
-            want.push((p("mlp.shared_experts.up_proj.weight"), vec![sw, h], true));
-            want.push((p("mlp.shared_experts.down_proj.weight"), vec![h, sw], true));
-        }
+        deepseek_mlp_tensors(c, ds, l, want);
         want.push((p("input_layernorm.weight"), vec![h], true));
         want.push((p("post_attention_layernorm.weight"), vec![h], true));
     }
 }
 
 /// GLM-4.5's layers: Llama's attention with q/k/v biases (o_proj without), optional per-head
-/// q/k norms, DeepSeek V3's dense or MoE feed-forward.
+/// q/k norms, DeepSeek V3's dense or MoE feed-forward ([`deepseek_mlp_tensors`]).
 fn glm4moe_tensors(c: &Config, ds: &Deepseek, want: &mut Vec<(String, Vec<usize>, bool)>) {
     let (h, hd) = (c.hidden, c.head_dim);
     let (q, kv) = (c.heads * hd, c.kv_heads * hd);
@@ -2162,31 +2123,45 @@ fn glm4moe_tensors(c: &Config, ds: &Deepseek, want: &mut Vec<(String, Vec<usize>
         want.push((p("self_attn.o_proj.weight"), vec![h, q], true));
         want.push((p("self_attn.q_norm.weight"), vec![hd], false));
         want.push((p("self_attn.k_norm.weight"), vec![hd], false));
-        if l < ds.dense_layers {
-            let f = c.intermediate;
-            want.push((p("mlp.gate_proj.weight"), vec![f, h], true));
-            want.push((p("mlp.up_proj.weight"), vec![f, h], true));
-            want.push((p("mlp.down_proj.weight"), vec![h, f], true));
-        } else {
-            let (w, sw) = (ds.width, ds.width * ds.shared);
-            want.push((p("mlp.gate.weight"), vec![ds.experts, h], true));
-            want.push((
-                p("mlp.gate.e_score_correction_bias"),
-                vec![ds.experts],
-                true,
-            ));
-            for e in 0..ds.experts {
-                let [g, u, d] = expert_names(Family::Glm4Moe, l, e);
-                want.push((g, vec![w, h], true));
-                want.push((u, vec![w, h], true));
-                want.push((d, vec![h, w], true));
-            }
-            want.push((p("mlp.shared_experts.gate_proj.weight"), vec![sw, h], true));
-            want.push((p("mlp.shared_experts.up_proj.weight"), vec![sw, h], true));
-            want.push((p("mlp.shared_experts.down_proj.weight"), vec![h, sw], true));
-        }
+        deepseek_mlp_tensors(c, ds, l, want);
         want.push((p("input_layernorm.weight"), vec![h], true));
         want.push((p("post_attention_layernorm.weight"), vec![h], true));
+    }
+}
+
+/// DeepSeek V3's feed-forward tensors of layer `l`, which GLM-4.5 shares: a dense MLP before
+/// `first_k_dense_replace`, then the router (+ score bias), routed and shared experts.
+fn deepseek_mlp_tensors(
+    c: &Config,
+    ds: &Deepseek,
+    l: usize,
+    want: &mut Vec<(String, Vec<usize>, bool)>,
+) {
+    let h = c.hidden;
+    let p = |s: &str| format!("model.layers.{l}.{s}");
+    if l < ds.dense_layers {
+        let f = c.intermediate;
+        want.push((p("mlp.gate_proj.weight"), vec![f, h], true));
+        want.push((p("mlp.up_proj.weight"), vec![f, h], true));
+        want.push((p("mlp.down_proj.weight"), vec![h, f], true));
+    } else {
+        let (w, sw) = (ds.width, ds.width * ds.shared);
+        want.push((p("mlp.gate.weight"), vec![ds.experts, h], true));
+        want.push((
+            p("mlp.gate.e_score_correction_bias"),
+            vec![ds.experts],
+            true,
+        ));
+        for e in 0..ds.experts {
+            let [g, u, d] = expert_names(c.family, l, e);
+            want.push((g, vec![w, h], true));
+            want.push((u, vec![w, h], true));
+            want.push((d, vec![h, w], true));
+        }
+        let [g, u, d] = shared_expert_names(l);
+        want.push((g, vec![sw, h], true));
+        want.push((u, vec![sw, h], true));
+        want.push((d, vec![h, sw], true));
     }
 }
 

@@ -97,6 +97,24 @@ pub(crate) trait Thorough: BlockFormat {
     fn search_block(x: &[f32], w: &[f32], ggml: &[u8], out: &mut [u8]) -> bool;
 }
 
+/// `$go!(F)` with the [`Thorough`] format `F` of the `GgmlType` `$ty`, or `$other` for a
+/// format the thorough search does not cover: the one list of the formats it covers.
+macro_rules! thorough_formats {
+    ($ty:expr, $go:ident, $other:expr) => {
+        match $ty {
+            GgmlType::Q4_0 => $go!(crate::legacy::Q4_0),
+            GgmlType::Q5_0 => $go!(crate::legacy::Q5_0),
+            GgmlType::Q8_0 => $go!(crate::legacy::Q8_0),
+            GgmlType::Q2_K => $go!(crate::kquants::Q2K),
+            GgmlType::Q3_K => $go!(crate::kquants::Q3K),
+            GgmlType::Q4_K => $go!(crate::kquants::Q4K),
+            GgmlType::Q5_K => $go!(crate::kquants::Q5K),
+            GgmlType::Q6_K => $go!(crate::kquants::Q6K),
+            _ => $other,
+        }
+    };
+}
+
 /// The weights of [`Thorough::metric_weights`] for a block of format `ty` (the importance
 /// weights when given, else the ones ggml's search uses for that format): what the thorough
 /// search minimises and compares with ggml's block. `w` must hold one weight per value of `x`,
@@ -108,17 +126,7 @@ pub fn metric_weights(ty: GgmlType, x: &[f32], qw: Option<&[f32]>, w: &mut [f32]
             true
         }};
     }
-    match ty {
-        GgmlType::Q4_0 => go!(crate::legacy::Q4_0),
-        GgmlType::Q5_0 => go!(crate::legacy::Q5_0),
-        GgmlType::Q8_0 => go!(crate::legacy::Q8_0),
-        GgmlType::Q2_K => go!(crate::kquants::Q2K),
-        GgmlType::Q3_K => go!(crate::kquants::Q3K),
-        GgmlType::Q4_K => go!(crate::kquants::Q4K),
-        GgmlType::Q5_K => go!(crate::kquants::Q5K),
-        GgmlType::Q6_K => go!(crate::kquants::Q6K),
-        _ => false,
-    }
+    thorough_formats!(ty, go, false)
 }
 
 /// Quantizes like [`GgmlType::quantize`] (same checks, same errors) with block search
@@ -141,17 +149,7 @@ pub fn quantize(
             refine_rows::<$f>(src, n_per_row, imatrix, &mut dst[..written])
         };
     }
-    match ty {
-        GgmlType::Q4_0 => go!(crate::legacy::Q4_0),
-        GgmlType::Q5_0 => go!(crate::legacy::Q5_0),
-        GgmlType::Q8_0 => go!(crate::legacy::Q8_0),
-        GgmlType::Q2_K => go!(crate::kquants::Q2K),
-        GgmlType::Q3_K => go!(crate::kquants::Q3K),
-        GgmlType::Q4_K => go!(crate::kquants::Q4K),
-        GgmlType::Q5_K => go!(crate::kquants::Q5K),
-        GgmlType::Q6_K => go!(crate::kquants::Q6K),
-        _ => {}
-    }
+    thorough_formats!(ty, go, ());
     Ok(written)
 }
 
