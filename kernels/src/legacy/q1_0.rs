@@ -23,6 +23,19 @@ pub struct BlockQ1_0 {
 }
 const _: () = assert!(size_of::<BlockQ1_0>() == 18);
 
+/// One block from its weights and their sum of magnitudes: the scale and the sign bits.
+#[inline]
+fn write_block(x: &[f32], sum_abs: f32, b: &mut BlockQ1_0) {
+    b.d = Half::from_f32(sum_abs / QK1_0 as f32);
+    for (q, x8) in b.qs.iter_mut().zip(x.chunks_exact(8)) {
+        let mut byte = 0u8;
+        for (bit, &v) in x8.iter().enumerate() {
+            byte |= ((v >= 0.0) as u8) << bit;
+        }
+        *q = byte;
+    }
+}
+
 impl BlockFormat for Q1_0 {
     const TYPE: GgmlType = GgmlType::Q1_0;
     const BLOCK_WEIGHTS: usize = QK1_0;
@@ -30,22 +43,33 @@ impl BlockFormat for Q1_0 {
     const USES_IMATRIX: bool = false;
 
     fn quantize_row(src: &[f32], dst: &mut [u8], _imatrix: Option<&[f32]>) {
-        for (x, b) in src
+        // Each block's scale is a sequential sum (ggml's order: the order changes the
+        // rounding), a chain of dependent adds; four blocks' chains side by side keep the
+        // adder busy while each stays in ggml's order.
+        let blocks = as_blocks_mut::<BlockQ1_0>(dst);
+        let mut xs = src.chunks_exact(4 * QK1_0);
+        let mut bs = blocks.chunks_exact_mut(4);
+        for (x4, b4) in (&mut xs).zip(&mut bs) {
+            let mut sum_abs = [0.0f32; 4];
+            for j in 0..QK1_0 {
+                for (k, s) in sum_abs.iter_mut().enumerate() {
+                    *s += x4[k * QK1_0 + j].abs();
+                }
+            }
+            for ((x, b), s) in x4.chunks_exact(QK1_0).zip(b4.iter_mut()).zip(sum_abs) {
+                write_block(x, s, b);
+            }
+        }
+        for (x, b) in xs
+            .remainder()
             .chunks_exact(QK1_0)
-            .zip(as_blocks_mut::<BlockQ1_0>(dst).iter_mut())
+            .zip(bs.into_remainder().iter_mut())
         {
-            // Sequential sum: the order changes the rounding.
             let mut sum_abs = 0.0f32;
             for &v in x {
                 sum_abs += v.abs();
             }
-            b.d = Half::from_f32(sum_abs / QK1_0 as f32);
-            b.qs = [0; QK1_0 / 8];
-            for (j, &v) in x.iter().enumerate() {
-                if v >= 0.0 {
-                    b.qs[j / 8] |= 1 << (j % 8);
-                }
-            }
+            write_block(x, sum_abs, b);
         }
     }
 
