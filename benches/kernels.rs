@@ -18,8 +18,19 @@ use std::time::Duration;
 const ROWS: usize = 64;
 const COLS: usize = 4096;
 
+/// The input's rows: 64 (1 MiB of f32), or `KILN_BENCH_ROWS` (a larger input shows the thread
+/// scaling of the formats whose 1 MiB call lasts only tens of microseconds).
+fn rows() -> usize {
+    std::env::var("KILN_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&r: &usize| r > 0)
+        .unwrap_or(ROWS)
+}
+
 fn quantize_throughput(c: &mut Criterion) {
-    let x = Case::Weights.generate(ROWS, COLS, 1);
+    let rows = rows();
+    let x = Case::Weights.generate(rows, COLS, 1);
     let qw = importance(COLS, 1, false);
     let single = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
@@ -39,7 +50,7 @@ fn quantize_throughput(c: &mut Criterion) {
                 .sample_size(10)
                 .warm_up_time(Duration::from_millis(300))
                 .measurement_time(Duration::from_secs(2));
-            let mut out = vec![0u8; ROWS * ty.row_bytes(COLS).unwrap()];
+            let mut out = vec![0u8; rows * ty.row_bytes(COLS).unwrap()];
             group.bench_function(BenchmarkId::from_parameter("ggml-1-thread"), |b| {
                 b.iter(|| black_box(ggml::quantize(ty, black_box(&x), COLS, qw)))
             });

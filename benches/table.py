@@ -10,7 +10,8 @@ ratios where measured, kiln on all threads and its scaling over one thread.
 import json, os, sys
 
 root = sys.argv[1] if len(sys.argv) > 1 else "target/criterion"
-BYTES = 64 * 4096 * 4  # input of benches/kernels.rs
+# input of benches/kernels.rs: 64 rows of 4096, or KILN_BENCH_ROWS rows (as the bench ran)
+BYTES = int(os.environ.get("KILN_BENCH_ROWS", "64")) * 4096 * 4
 # GgmlType::ALL's order (kernels/src/format.rs), as criterion names the groups.
 ORDER = ["f32", "f16", "bf16", "q8_0", "q6_K", "q5_1", "q5_0", "q5_K", "q4_1", "q4_0", "q4_K",
          "q3_K", "q2_K", "q2_0", "q1_0", "iq4_nl", "iq4_xs", "iq3_s", "iq3_xxs", "iq2_s", "iq2_xs",
