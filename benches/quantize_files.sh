@@ -19,8 +19,9 @@
 # The model is a synthetic Llama-architecture f32 GGUF whose rows are all multiples of 256, so
 # every tensor takes the asked type (no fallbacks): `kiln-fixtures make-fixture` with hidden
 # 1024, FFN 2816, 20 layers, 16 heads / 4 KV heads, vocab 32000 (290M weights, 1.16 GB as f32).
-# Takes about two hours on 2 cores with every type (llama.cpp's i-quant searches are slow): run it
-# on a quiet machine.
+# Takes about 45 minutes on 2 cores with every type (llama.cpp's i-quant searches are slow): run it
+# on a quiet machine. kiln's time includes its fsync of the output (llama.cpp does not sync), so
+# disk traffic from other programs shows up in kiln's column, most in the cheap types.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-target/bench-quantize-files}
@@ -57,6 +58,11 @@ for t in ${types//,/ }; do
   fi
 done
 seconds() { # command... -> wall seconds (GNU time)
+  # Every timed command starts from the same state: earlier outputs written back (`sync`, so
+  # their writeback does not land in this command's time) and the input in the page cache (the
+  # first type would otherwise read 1.1 GB from disk, the second program reading it cached).
+  sync
+  cat "$work/f32.gguf" >/dev/null
   /usr/bin/time -f "%e" -o "$work/time.txt" "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }
   cat "$work/time.txt"
 }
