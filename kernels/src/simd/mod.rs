@@ -151,6 +151,21 @@ pub(crate) fn has_neon() -> bool {
     }
 }
 
+// `lanes`: the K-quants' lane searches of this architecture, the NEON ones on aarch64, the
+// AVX2 ones on x86-64 (the same functions, with the same signatures). Callable where
+// [`has_lanes`].
+#[cfg(target_arch = "aarch64")]
+pub(crate) use neon_lanes as lanes;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86::lanes;
+
+/// Whether this CPU runs [`lanes`]: [`has_avx2`] on x86-64, [`has_neon`] on aarch64 (each is
+/// false on the other architecture).
+#[inline]
+pub(crate) fn has_lanes() -> bool {
+    has_avx2() || has_neon()
+}
+
 /// Runs the first arm whose level is `simd` and is supported by this CPU, else the scalar
 /// arm. Each SIMD arm is an `unsafe` call of a `#[target_feature]` function: the check here is
 /// what makes it sound, so a level handed in from outside can never run an instruction the
