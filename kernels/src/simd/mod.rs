@@ -365,6 +365,35 @@ mod tests {
         x
     }
 
+    /// For each level this CPU supports, the rows (of `cols` weights) of `x` in which the
+    /// level's bytes for `ty` differ from the scalar level's.
+    pub(crate) fn rows_unlike_scalar(
+        ty: crate::GgmlType,
+        x: &[f32],
+        cols: usize,
+        imatrix: Option<&[f32]>,
+    ) -> Vec<(Simd, Vec<usize>)> {
+        let rows = x.len() / cols;
+        let row_bytes = ty.row_bytes(cols).unwrap();
+        let mut scalar = vec![0u8; rows * row_bytes];
+        ty.quantize_at(Simd::Scalar, x, cols, imatrix, &mut scalar)
+            .unwrap();
+        Simd::available()
+            .into_iter()
+            .map(|simd| {
+                let mut out = vec![0u8; rows * row_bytes];
+                ty.quantize_at(simd, x, cols, imatrix, &mut out).unwrap();
+                let bad = (0..rows)
+                    .filter(|&r| {
+                        let row = r * row_bytes..(r + 1) * row_bytes;
+                        out[row.clone()] != scalar[row]
+                    })
+                    .collect();
+                (simd, bad)
+            })
+            .collect()
+    }
+
     /// Every level writes the scalar level's bytes for the legacy formats, the K-quants and the
     /// i-quants, with and without importance weights (where the format allows none), on [`hard_rows`], with rows whose block counts
     /// leave remainders after the paths' groups of blocks (16 legacy blocks per importance
@@ -398,7 +427,6 @@ mod tests {
             expected += seeds.clone().count() * variants * Simd::available().len();
             for seed in seeds {
                 let x = hard_rows(cols, seed);
-                let rows = x.len() / cols;
                 let mut state = seed;
                 let qw: Vec<f32> = (0..cols)
                     .map(|i| {
@@ -417,20 +445,7 @@ mod tests {
                     if imatrix.is_none() && ty.requires_imatrix() {
                         continue;
                     }
-                    let bytes = rows * ty.row_bytes(cols).unwrap();
-                    let mut scalar = vec![0u8; bytes];
-                    ty.quantize_at(Simd::Scalar, &x, cols, imatrix, &mut scalar)
-                        .unwrap();
-                    for simd in Simd::available() {
-                        let mut out = vec![0u8; bytes];
-                        ty.quantize_at(simd, &x, cols, imatrix, &mut out).unwrap();
-                        let row_bytes = ty.row_bytes(cols).unwrap();
-                        let bad: Vec<usize> = (0..rows)
-                            .filter(|&r| {
-                                let row = r * row_bytes..(r + 1) * row_bytes;
-                                out[row.clone()] != scalar[row]
-                            })
-                            .collect();
+                    for (simd, bad) in rows_unlike_scalar(ty, &x, cols, imatrix) {
                         if !bad.is_empty() {
                             failures.push(format!(
                                 "{ty} at {simd}, imatrix {}, seed {seed}: rows (families) {bad:?}",
