@@ -3,6 +3,52 @@
 pub mod fixtures;
 pub mod reference;
 
+use kiln::gguf::GgufFile;
+use std::path::{Path, PathBuf};
+
+/// `name` under the test binary's temporary folder's `module`, emptied (or created).
+pub fn fresh_dir(module: &str, name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(module)
+        .join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The test binary's temporary folder's `module`, created if missing (its files kept, so that
+/// the module's tests can share what they write once).
+pub fn module_dir(module: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(module);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A tensor of a GGUF file: name, dims, type label, bytes.
+pub type Tensor = (String, Vec<u64>, String, Vec<u8>);
+
+/// Every tensor of `g`, in file order.
+pub fn tensors(g: &GgufFile) -> Vec<Tensor> {
+    g.tensors()
+        .iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                t.dims.clone(),
+                t.ty.label(),
+                g.data(t).to_vec(),
+            )
+        })
+        .collect()
+}
+
+/// Every tensor of the GGUF file at `path`, by name.
+pub fn tensors_of(path: &Path) -> Vec<Tensor> {
+    let mut v = tensors(&GgufFile::open(path).unwrap());
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
 /// A `kiln bench`/`kiln eval --json` run over two files where `aborts.gguf` makes llama.cpp
 /// abort: exit status 1, no panic, the one-line error naming it, and the JSON results on stdout.
 pub fn one_of_two_failed<T: serde::de::DeserializeOwned>(out: &std::process::Output) -> Vec<T> {
