@@ -24,6 +24,27 @@ pub fn module_dir(module: &str) -> PathBuf {
     d
 }
 
+/// Tensor `t` of the quantized file `g`: its weights as the f32 GGUF `reference` holds them,
+/// and as ggml (the oracle) dequantizes `g`'s bytes (`ty`: their type).
+pub fn reference_and_dequantized(
+    reference: &GgufFile,
+    g: &GgufFile,
+    t: &kiln::gguf::TensorInfo,
+    ty: kiln::kernels::GgmlType,
+) -> (Vec<f32>, Vec<f32>) {
+    let r = reference
+        .tensors()
+        .iter()
+        .find(|x| x.name == t.name)
+        .unwrap();
+    let x: Vec<f32> = reference
+        .data(r)
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    (x, kiln_fixtures::ggml::dequantize(ty, g.data(t)))
+}
+
 /// A tensor of a GGUF file: name, dims, type label, bytes.
 pub type Tensor = (String, Vec<u64>, String, Vec<u8>);
 
