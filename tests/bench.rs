@@ -19,9 +19,7 @@ fn serial() -> MutexGuard<'static, ()> {
 }
 
 fn tmp() -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench");
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    crate::common::module_dir("bench")
 }
 
 /// The Llama fixture as q8_0 and q4_0 GGUFs, written once.

@@ -3,6 +3,7 @@
 //! error measured in the written files (dequantized by ggml), it is deterministic, llama.cpp
 //! loads and runs it, and bad budgets are refused before any output.
 
+use crate::common::reference_and_dequantized;
 use crate::convert_vs_llama::{fixture_imatrix, llama_f32, tmp, write_gguf_imatrix};
 use kiln::budget::{self, MeasureOptions, Target};
 use kiln::gguf::GgufFile;
@@ -128,17 +129,7 @@ fn measured_loss(file: &Path) -> f64 {
         if !ty.is_quantized() && t.dims.len() < 2 {
             continue;
         }
-        let r = reference
-            .tensors()
-            .iter()
-            .find(|x| x.name == t.name)
-            .unwrap();
-        let x: Vec<f32> = reference
-            .data(r)
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        let y = kiln_fixtures::ggml::dequantize(ty, g.data(t));
+        let (x, y) = reference_and_dequantized(&reference, &g, t, ty);
         assert_eq!(x.len(), y.len(), "{}", t.name);
         let n = t.dims[0] as usize;
         let w = im.get(&t.name);

@@ -4,6 +4,7 @@
 //! quantizer (`llama_model_quantize`) makes from the same f32 GGUF; tokenization matches.
 
 use crate::common::fixtures::{convert, llama_checkpoint, tokenizer_model};
+use crate::common::tensors_of;
 use kiln::gguf::checksum::{self, Verdict};
 use kiln::gguf::{GgufFile, Value};
 use kiln::plan::FileType;
@@ -12,9 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 pub(crate) fn tmp() -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("convert_vs_llama");
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    crate::common::module_dir("convert_vs_llama")
 }
 
 /// The Llama + SentencePiece fixture (BF16, sharded, GQA, 640-wide FFN rows).
@@ -79,24 +78,6 @@ fn f32_logits_match_an_independent_forward_pass() {
             "position {pos}: top token differs"
         );
     }
-}
-
-pub(crate) fn tensors_of(path: &Path) -> Vec<(String, Vec<u64>, String, Vec<u8>)> {
-    let g = GgufFile::open(path).unwrap();
-    let mut v: Vec<_> = g
-        .tensors()
-        .iter()
-        .map(|t| {
-            (
-                t.name.clone(),
-                t.dims.clone(),
-                t.ty.label(),
-                g.data(t).to_vec(),
-            )
-        })
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
 }
 
 /// Asserts two GGUF files hold the same tensors (names, shapes, types, bytes) and metadata.

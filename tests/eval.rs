@@ -10,9 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 fn tmp() -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("eval");
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    crate::common::module_dir("eval")
 }
 
 struct Models {

@@ -13,12 +13,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 fn tmp(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("fp8")
-        .join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    crate::common::fresh_dir("fp8", name)
 }
 
 /// Qwen3 with one layer whose feed-forward is 320 wide: the gate/up scales cover a partial

@@ -16,9 +16,7 @@ const N_CTX: u32 = 128;
 const CHUNKS: usize = 5;
 
 fn tmp() -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("imatrix");
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    crate::common::module_dir("imatrix")
 }
 
 /// The Llama fixture at f32, once.

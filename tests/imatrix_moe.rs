@@ -34,9 +34,7 @@ const EXPERTS: usize = 4;
 const TOP_K: usize = 2;
 
 fn tmp() -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("imatrix-moe");
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    crate::common::module_dir("imatrix-moe")
 }
 
 fn text() -> PathBuf {
@@ -310,19 +308,8 @@ fn llama_weights(g: &GgmlImatrix) -> Vec<(String, Vec<f32>)> {
 }
 
 /// (name, dims, type, bytes) of every tensor, in file order.
-fn tensors(path: &Path) -> Vec<(String, Vec<u64>, String, Vec<u8>)> {
-    let g = GgufFile::open(path).unwrap();
-    g.tensors()
-        .iter()
-        .map(|t| {
-            (
-                t.name.clone(),
-                t.dims.clone(),
-                t.ty.label(),
-                g.data(t).to_vec(),
-            )
-        })
-        .collect()
+fn tensors(path: &Path) -> Vec<crate::common::Tensor> {
+    crate::common::tensors(&GgufFile::open(path).unwrap())
 }
 
 fn assert_same_tensors(ours: &Path, theirs: &Path, what: &str) {

@@ -6,6 +6,7 @@
 //! in `convert_vs_llama`.)
 
 use crate::common::fixtures::convert;
+use crate::common::tensors_of as tensors;
 use kiln::gguf::{GgufFile, Value};
 use kiln::plan::FileType;
 use kiln_fixtures::checkpoint::{default_for, write_checkpoint, Arch, FixtureSpec, Vocab};
@@ -13,12 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn tmp(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("moe")
-        .join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    crate::common::fresh_dir("moe", name)
 }
 
 fn qwen3moe() -> FixtureSpec {
@@ -30,25 +26,6 @@ fn mixtral() -> FixtureSpec {
         Arch::Mixtral,
         Vocab::LlamaSpm(crate::common::fixtures::tokenizer_model()),
     )
-}
-
-/// (name, dims, type label, bytes) of every tensor, by name.
-fn tensors(path: &Path) -> Vec<(String, Vec<u64>, String, Vec<u8>)> {
-    let g = GgufFile::open(path).unwrap();
-    let mut v: Vec<_> = g
-        .tensors()
-        .iter()
-        .map(|t| {
-            (
-                t.name.clone(),
-                t.dims.clone(),
-                t.ty.label(),
-                g.data(t).to_vec(),
-            )
-        })
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
 }
 
 fn u32_key(path: &Path, key: &str) -> Option<u32> {

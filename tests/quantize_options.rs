@@ -3,8 +3,9 @@
 //! with the same options (`llama_model_quantize`, its parameters filled as llama-quantize fills
 //! them), as whole files, byte for byte (`--no-checksum`, from an f32 GGUF without kiln's keys).
 
+use crate::common::tensors_of;
 use crate::convert_vs_llama::{
-    fixture_imatrix, imatrix_provenance, llama_f32, tensors_of, tmp, write_gguf_imatrix,
+    fixture_imatrix, imatrix_provenance, llama_f32, tmp, write_gguf_imatrix,
 };
 use kiln::gguf::{GgufFile, Value};
 use kiln::llama::ReferenceOptions;

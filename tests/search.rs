@@ -5,6 +5,7 @@
 //! total strictly lower on realistic data; llama.cpp accepts the blocks, loads a thorough
 //! Q4_K_M file and generates from it; the budget solver measures with the thorough kernels.
 
+use crate::common::reference_and_dequantized;
 use crate::convert_vs_llama::{fixture_imatrix, llama_f32, tmp, write_gguf_imatrix};
 use kiln::gguf::GgufFile;
 use kiln::kernels::refine::{metric_weights, supports};
@@ -202,17 +203,7 @@ fn file_error(file: &Path) -> f64 {
         if !ty.is_quantized() {
             continue;
         }
-        let r = reference
-            .tensors()
-            .iter()
-            .find(|x| x.name == t.name)
-            .unwrap();
-        let x: Vec<f32> = reference
-            .data(r)
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        let y = ggml::dequantize(ty, g.data(t));
+        let (x, y) = reference_and_dequantized(&reference, &g, t, ty);
         let n = t.dims[0] as usize;
         let w = im.get(&t.name);
         for (i, (a, b)) in x.iter().zip(&y).enumerate() {

@@ -5,6 +5,7 @@
 //! every shard's tensors in order) and compared with kiln's single-file output.
 
 use crate::common::fixtures::llama_checkpoint;
+use crate::common::tensors;
 use kiln::gguf::{GgufFile, Metadata, Value};
 use kiln::plan::FileType;
 use kiln::quantize::{self, Options};
@@ -12,12 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 fn tmp(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("split")
-        .join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    crate::common::fresh_dir("split", name)
 }
 
 fn llama_dir() -> &'static Path {
@@ -41,22 +37,6 @@ fn opts(ftype: FileType, out: &Path, checksum: bool) -> Options {
     o.force = true;
     o.checksum = checksum;
     o
-}
-
-type Tensor = (String, Vec<u64>, String, Vec<u8>);
-
-fn tensors(g: &GgufFile) -> Vec<Tensor> {
-    g.tensors()
-        .iter()
-        .map(|t| {
-            (
-                t.name.clone(),
-                t.dims.clone(),
-                t.ty.label(),
-                g.data(t).to_vec(),
-            )
-        })
-        .collect()
 }
 
 fn keys(md: &Metadata) -> Vec<(String, Value)> {

@@ -21,12 +21,7 @@ use serde_json::Value as Json;
 use std::path::{Path, PathBuf};
 
 fn tmp(name: &str) -> PathBuf {
-    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("tensor_order")
-        .join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    crate::common::fresh_dir("tensor_order", name)
 }
 
 /// Rewrites a safetensors file with its header and data in reverse name order.

@@ -25,14 +25,7 @@ tdir=${CARGO_TARGET_DIR:-target}
 work=${1:-$tdir/budget-bench}
 threads=${THREADS:-$(nproc)}
 mkdir -p "$work"
-[ -n "${NO_BUILD:-}" ] || cargo build --release --quiet --bin kiln
-kiln=${KILN:-$tdir/release/kiln}
-ref=$tdir/gemma3-bench/gemma-3-270m-F32.gguf
-if [ ! -f "$ref" ]; then
-  mkdir -p "$(dirname "$ref")"
-  src=$(bash benches/gemma3/fetch.sh)
-  $kiln quantize --allow-requantize --no-checksum -t f32 "$src" -o "$ref" --force >/dev/null
-fi
+. benches/gemma3/reference.sh
 cal=$(ls ~/.cargo/registry/src/*/llama-cpp-sys-2-0.1.161/llama.cpp/tools/completion/README.md | head -1)
 text=fixtures/eval/text.txt
 t0=$(date +%s)

@@ -18,14 +18,7 @@ work=${1:-$tdir/search-bench}
 threads=${THREADS:-$(nproc)}
 types=${TYPES:-Q3_K_M Q4_0}
 mkdir -p "$work"
-[ -n "${NO_BUILD:-}" ] || cargo build --release --quiet --bin kiln
-kiln=${KILN:-$tdir/release/kiln}
-ref=$tdir/gemma3-bench/gemma-3-270m-F32.gguf
-if [ ! -f "$ref" ]; then
-  mkdir -p "$(dirname "$ref")"
-  src=$(bash benches/gemma3/fetch.sh)
-  $kiln quantize --allow-requantize --no-checksum -t f32 "$src" -o "$ref" --force >/dev/null
-fi
+. benches/gemma3/reference.sh
 im=()
 [ -z "${IMATRIX:-}" ] || im=(--imatrix "$IMATRIX")
 : >"$work/rows.tsv"

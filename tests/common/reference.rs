@@ -256,6 +256,22 @@ pub struct Deepseek {
     pub rope_attention_factor: f64,
 }
 
+impl Deepseek {
+    /// The experts split evenly into `n_group` groups, at most all of them kept.
+    fn check_groups(&self) -> Result<()> {
+        ensure!(
+            self.n_group > 0
+                && self.experts.is_multiple_of(self.n_group)
+                && self.topk_group <= self.n_group,
+            "{} experts in {} groups, {} kept",
+            self.experts,
+            self.n_group,
+            self.topk_group
+        );
+        Ok(())
+    }
+}
+
 /// YaRN RoPE parameters (the same on every layer).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Yarn {
@@ -1703,13 +1719,7 @@ fn parse_config(j: &Value) -> Result<Config> {
                 == "sigmoid",
             "DeepSeek V3 routes with sigmoid scores"
         );
-        ensure!(
-            ds.n_group > 0 && ds.experts.is_multiple_of(ds.n_group) && ds.topk_group <= ds.n_group,
-            "{} experts in {} groups, {} kept",
-            ds.experts,
-            ds.n_group,
-            ds.topk_group
-        );
+        ds.check_groups()?;
         ensure!(
             ds.top_k >= 1 && ds.top_k <= ds.experts,
             "top_k {}",
@@ -1741,13 +1751,7 @@ fn parse_config(j: &Value) -> Result<Config> {
             inv_freq: Vec::new(),
             rope_attention_factor: 1.0,
         };
-        ensure!(
-            ds.n_group > 0 && ds.experts.is_multiple_of(ds.n_group) && ds.topk_group <= ds.n_group,
-            "{} experts in {} groups, {} kept",
-            ds.experts,
-            ds.n_group,
-            ds.topk_group
-        );
+        ds.check_groups()?;
         ensure!(
             ds.top_k >= 1 && ds.top_k <= ds.experts && ds.experts / ds.n_group >= 2,
             "top_k {} of {} experts",

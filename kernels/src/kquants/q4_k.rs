@@ -312,13 +312,47 @@ fn finish(x: &[f32], y: &mut BlockQ4K, l: &mut [u8; QK_K]) {
     }
 }
 
-/// A row; `LANES` runs the sub-block searches of two super-blocks side by side
-/// ([`scales_x2`]), the last one alone when their number is odd.
+/// A super-block that starts with a [`ScalesK4`] header (Q4_K, Q5_K), for [`row`].
+pub(crate) trait BlockK4: bytemuck::Pod {
+    /// The levels' maximum.
+    const NMAX: i32;
+    /// ggml's search of the scales without importance weights.
+    const REF_SEARCH: MinSearch;
+    /// Whether ggml caps the importance-weighted scale levels at 63 (see [`imatrix_scales`]).
+    const CAP_LEVELS: bool;
+    /// The scale header.
+    fn head(&mut self) -> &mut ScalesK4;
+    /// Re-derives the super-block's levels from its stored scales and packs them.
+    fn finish(&mut self, x: &[f32], l: &mut [u8; QK_K]);
+}
+
+impl BlockK4 for BlockQ4K {
+    const NMAX: i32 = 15;
+    const REF_SEARCH: MinSearch = REF_SEARCH;
+    const CAP_LEVELS: bool = false;
+
+    #[inline(always)]
+    fn head(&mut self) -> &mut ScalesK4 {
+        &mut self.head
+    }
+
+    #[inline(always)]
+    fn finish(&mut self, x: &[f32], l: &mut [u8; QK_K]) {
+        finish(x, self, l)
+    }
+}
+
+/// A row of Q4_K or Q5_K super-blocks; `LANES` runs the sub-block searches of two
+/// super-blocks side by side ([`scales_x2`]), the last one alone when their number is odd.
 #[inline(always)]
-fn row<const LANES: bool>(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
+pub(crate) fn row<B: BlockK4, const LANES: bool>(
+    src: &[f32],
+    dst: &mut [u8],
+    imatrix: Option<&[f32]>,
+) {
     // Loops rather than closures, so that the SIMD paths inline all of it (a closure
     // defined here would be compiled without their target features).
-    let blocks = crate::as_blocks_mut::<BlockQ4K>(dst);
+    let blocks = crate::as_blocks_mut::<B>(dst);
     let mut done = 0;
     if LANES {
         let pairs = src.as_chunks::<{ 2 * QK_K }>().0;
@@ -326,11 +360,11 @@ fn row<const LANES: bool>(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) 
             let qw = imatrix.map(|q| &q[2 * ip * QK_K..2 * (ip + 1) * QK_K]);
             let mut l = [0u8; 2 * QK_K];
             if let [y0, y1] = ys {
-                let heads = [&mut y0.head, &mut y1.head];
-                scales_x2(x, qw, heads, &mut l, 15, REF_SEARCH, false);
+                let heads = [y0.head(), y1.head()];
+                scales_x2(x, qw, heads, &mut l, B::NMAX, B::REF_SEARCH, B::CAP_LEVELS);
                 let (lh, _) = l.as_chunks_mut::<QK_K>();
-                finish(&x[..QK_K], y0, &mut lh[0]);
-                finish(&x[QK_K..], y1, &mut lh[1]);
+                y0.finish(&x[..QK_K], &mut lh[0]);
+                y1.finish(&x[QK_K..], &mut lh[1]);
             }
             done += 2;
         }
@@ -340,17 +374,17 @@ fn row<const LANES: bool>(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) 
         let qw = imatrix.map(|q| &q[i * QK_K..(i + 1) * QK_K]);
         let mut l = [0u8; QK_K];
         match qw {
-            None => ref_scales::<LANES>(x, &mut y.head, &mut l, 15, REF_SEARCH),
-            Some(qw) => imatrix_scales::<LANES>(x, &mut y.head, &mut l, 15, qw, false),
+            None => ref_scales::<LANES>(x, y.head(), &mut l, B::NMAX, B::REF_SEARCH),
+            Some(qw) => imatrix_scales::<LANES>(x, y.head(), &mut l, B::NMAX, qw, B::CAP_LEVELS),
         }
-        finish(x, y, &mut l);
+        y.finish(x, &mut l);
     }
 }
 
 x86_paths! {
     /// [`row`] with the sub-block searches in lanes.
     fn row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
-        super::row::<true>(src, dst, imatrix)
+        super::row::<BlockQ4K, true>(src, dst, imatrix)
     }
 }
 
@@ -369,7 +403,7 @@ impl BlockFormat for Q4K {
             neon => neon::row(src, dst, imatrix),
             avx512 => avx512::row(src, dst, imatrix),
             avx2 => avx2::row(src, dst, imatrix),
-            scalar => row::<false>(src, dst, imatrix),
+            scalar => row::<BlockQ4K, false>(src, dst, imatrix),
         )
     }
 

@@ -1,7 +1,7 @@
 //! Q5_K: 176 bytes per 256 weights: the scale header of Q4_K ([`ScalesK4`]), the levels'
 //! fifth bits, their low 4 bits. Weight = d*sc*l - dmin*m.
 
-use super::q4_k::{imatrix_scales, ref_scales, requantize, scales_x2, sub_scales, ScalesK4};
+use super::q4_k::{requantize, row, sub_scales, BlockK4, ScalesK4};
 use super::search::MinSearch;
 use super::QK_K;
 use crate::simd::{dispatch, x86_paths};
@@ -57,45 +57,26 @@ fn finish(x: &[f32], y: &mut BlockQ5K, l: &mut [u8; QK_K]) {
     }
 }
 
-/// A row; `LANES` runs the sub-block searches of two super-blocks side by side
-/// ([`scales_x2`]), the last one alone when their number is odd.
-#[inline(always)]
-fn row<const LANES: bool>(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
-    // Loops rather than closures, so that the SIMD paths inline all of it (a closure
-    // defined here would be compiled without their target features).
-    let blocks = crate::as_blocks_mut::<BlockQ5K>(dst);
-    let mut done = 0;
-    if LANES {
-        let pairs = src.as_chunks::<{ 2 * QK_K }>().0;
-        for (ip, (x, ys)) in pairs.iter().zip(blocks.chunks_exact_mut(2)).enumerate() {
-            let qw = imatrix.map(|q| &q[2 * ip * QK_K..2 * (ip + 1) * QK_K]);
-            let mut l = [0u8; 2 * QK_K];
-            if let [y0, y1] = ys {
-                let heads = [&mut y0.head, &mut y1.head];
-                scales_x2(x, qw, heads, &mut l, 31, REF_SEARCH, true);
-                let (lh, _) = l.as_chunks_mut::<QK_K>();
-                finish(&x[..QK_K], y0, &mut lh[0]);
-                finish(&x[QK_K..], y1, &mut lh[1]);
-            }
-            done += 2;
-        }
+impl BlockK4 for BlockQ5K {
+    const NMAX: i32 = 31;
+    const REF_SEARCH: MinSearch = REF_SEARCH;
+    const CAP_LEVELS: bool = true;
+
+    #[inline(always)]
+    fn head(&mut self) -> &mut ScalesK4 {
+        &mut self.head
     }
-    let rest = src.chunks_exact(QK_K).zip(blocks.iter_mut()).enumerate();
-    for (i, (x, y)) in rest.skip(done) {
-        let qw = imatrix.map(|q| &q[i * QK_K..(i + 1) * QK_K]);
-        let mut l = [0u8; QK_K];
-        match qw {
-            None => ref_scales::<LANES>(x, &mut y.head, &mut l, 31, REF_SEARCH),
-            Some(qw) => imatrix_scales::<LANES>(x, &mut y.head, &mut l, 31, qw, true),
-        }
-        finish(x, y, &mut l);
+
+    #[inline(always)]
+    fn finish(&mut self, x: &[f32], l: &mut [u8; QK_K]) {
+        finish(x, self, l)
     }
 }
 
 x86_paths! {
     /// [`row`] with the sub-block searches in lanes.
     fn row(src: &[f32], dst: &mut [u8], imatrix: Option<&[f32]>) {
-        super::row::<true>(src, dst, imatrix)
+        super::row::<BlockQ5K, true>(src, dst, imatrix)
     }
 }
 
@@ -114,7 +95,7 @@ impl BlockFormat for Q5K {
             neon => neon::row(src, dst, imatrix),
             avx512 => avx512::row(src, dst, imatrix),
             avx2 => avx2::row(src, dst, imatrix),
-            scalar => row::<false>(src, dst, imatrix),
+            scalar => row::<BlockQ5K, false>(src, dst, imatrix),
         )
     }
 

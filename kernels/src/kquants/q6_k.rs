@@ -89,7 +89,13 @@ fn finish_block(x: &[f32], y: &mut BlockQ6K, mut li: [i8; QK_K], scales: [f32; 1
             li[16 * j + ii] = (nearest_int(x[16 * j + ii] / d).clamp(-32, 31) + 32) as i8;
         }
     }
-    let l = li.map(|v| v as u8);
+    pack(&li.map(|v| v as u8), y);
+}
+
+/// Packs a super-block's 256 levels (0..=63) into its low 4 bits (`ql`) and high 2 bits (`qh`),
+/// as ggml lays them out.
+#[inline(always)]
+pub(crate) fn pack(l: &[u8; QK_K], y: &mut BlockQ6K) {
     for (n, j) in (0..QK_K).step_by(128).enumerate() {
         for k in 0..32 {
             let q1 = l[j + k] & 0xF;

@@ -136,26 +136,11 @@ pub fn make_qx_quants_lanes<const N: usize, const L: usize>(
     out: &mut [i8],
     qw: Option<&[f32]>,
 ) -> [f32; L] {
-    #[cfg(target_arch = "x86_64")]
-    if crate::simd::has_avx2() {
-        use crate::simd::x86::lanes::qx;
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    if crate::simd::has_lanes() {
+        use crate::simd::lanes::qx;
         let mut scales = [0.0f32; L];
-        // SAFETY: the CPU has AVX2 (checked above).
-        unsafe {
-            match L {
-                8 => qx::<N, 1>(nmax, x, out, qw, &mut scales),
-                16 => qx::<N, 2>(nmax, x, out, qw, &mut scales),
-                32 => qx::<N, 4>(nmax, x, out, qw, &mut scales),
-                _ => return make_qx_quants_lanes_portable::<N, L>(nmax, x, out, qw),
-            }
-        }
-        return scales;
-    }
-    #[cfg(target_arch = "aarch64")]
-    if crate::simd::has_neon() {
-        use crate::simd::neon_lanes::qx;
-        let mut scales = [0.0f32; L];
-        // SAFETY: the CPU has NEON (checked above).
+        // SAFETY: the CPU has the lane searches' features (AVX2 or NEON, checked above).
         unsafe {
             match L {
                 8 => qx::<N, 1>(nmax, x, out, qw, &mut scales),
@@ -361,26 +346,11 @@ pub fn make_q3_quants_x16(x: &[f32; 256], out: &mut [i8; 256]) -> [f32; 16] {
 /// dependent operations to overlap (each pass is a chain through a division per weight).
 #[inline(always)]
 pub fn make_q3_quants_lanes<const L: usize>(x: &[f32], out: &mut [i8]) -> [f32; L] {
-    #[cfg(target_arch = "x86_64")]
-    if crate::simd::has_avx2() {
-        use crate::simd::x86::lanes::q3;
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    if crate::simd::has_lanes() {
+        use crate::simd::lanes::q3;
         let mut scales = [0.0f32; L];
-        // SAFETY: the CPU has AVX2 (checked above).
-        unsafe {
-            match L {
-                8 => q3::<1>(x, out, &mut scales),
-                16 => q3::<2>(x, out, &mut scales),
-                32 => q3::<4>(x, out, &mut scales),
-                _ => return make_q3_quants_lanes_portable::<L>(x, out),
-            }
-        }
-        return scales;
-    }
-    #[cfg(target_arch = "aarch64")]
-    if crate::simd::has_neon() {
-        use crate::simd::neon_lanes::q3;
-        let mut scales = [0.0f32; L];
-        // SAFETY: the CPU has NEON (checked above).
+        // SAFETY: the CPU has the lane searches' features (AVX2 or NEON, checked above).
         unsafe {
             match L {
                 8 => q3::<1>(x, out, &mut scales),
@@ -672,28 +642,11 @@ pub fn make_qkx_lanes<const N: usize, const L: usize, const QKX3: bool>(
     the_min: &mut [f32; L],
     p: MinSearch,
 ) -> [f32; L] {
-    #[cfg(target_arch = "x86_64")]
-    if crate::simd::has_avx2() {
-        use crate::simd::x86::lanes::qkx;
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    if crate::simd::has_lanes() {
+        use crate::simd::lanes::qkx;
         let mut scales = [0.0f32; L];
-        // SAFETY: the CPU has AVX2 (checked above).
-        unsafe {
-            match L {
-                8 => qkx::<N, 1, QKX3>(nmax, x, weights, out, the_min, &mut scales, p),
-                16 => qkx::<N, 2, QKX3>(nmax, x, weights, out, the_min, &mut scales, p),
-                32 => qkx::<N, 4, QKX3>(nmax, x, weights, out, the_min, &mut scales, p),
-                _ => {
-                    return make_qkx_lanes_portable::<N, L, QKX3>(nmax, x, weights, out, the_min, p)
-                }
-            }
-        }
-        return scales;
-    }
-    #[cfg(target_arch = "aarch64")]
-    if crate::simd::has_neon() {
-        use crate::simd::neon_lanes::qkx;
-        let mut scales = [0.0f32; L];
-        // SAFETY: the CPU has NEON (checked above).
+        // SAFETY: the CPU has the lane searches' features (AVX2 or NEON, checked above).
         unsafe {
             match L {
                 8 => qkx::<N, 1, QKX3>(nmax, x, weights, out, the_min, &mut scales, p),

@@ -129,19 +129,43 @@ fn asym_ref_header(levels: f32, x: &[f32], d_out: &mut Half, m_out: &mut Half) -
     (min, id)
 }
 
-/// Q4_1/Q5_1 with importance weights: searches scale and min. Returns `(d, m, levels)`, where
-/// the stored min `m` is the negated min of the search.
-#[inline]
-fn asym_imatrix_block(nmax: i32, x: &[f32], qw: &[f32], sigma2: f32) -> (f32, f32, [u8; QK]) {
-    let w = importance(qw, x, sigma2);
-    let mut l = [0u8; QK];
-    let mut min = 0.0f32;
-    let d = make_qkx3_quants(nmax, x, &w, &mut l, &mut min, QKX3_LEGACY);
-    (d, -min, l)
-}
-
 /// Blocks searched side by side on the SIMD paths of the importance-weighted rows.
 const IMATRIX_LANES: usize = 16;
+
+/// The importance-weighted searches of a row's blocks, shared by [`sym_imatrix_row`] and
+/// [`asym_imatrix_row`]: the importance of each weight from the row's mean square, then, with
+/// `LANES`, `group(store, first_block, x, w)` on each run of [`IMATRIX_LANES`] blocks, and
+/// `block(store, block, x, w)` on each block left, in order. `store` is handed to both.
+#[inline(always)]
+fn imatrix_row<const LANES: bool, S>(
+    src: &[f32],
+    qw: &[f32],
+    store: &mut S,
+    group: impl Fn(&mut S, usize, &[f32], &[f32; IMATRIX_LANES * QK]),
+    block: impl Fn(&mut S, usize, &[f32], &[f32; QK]),
+) {
+    const G: usize = IMATRIX_LANES;
+    let sigma2 = row_sigma2(src);
+    let nb = src.len() / QK;
+    let mut ib = 0;
+    if LANES {
+        while ib + G <= nb {
+            let x = &src[ib * QK..(ib + G) * QK];
+            let mut w = [0.0f32; G * QK];
+            for (b, wb) in w.as_chunks_mut::<QK>().0.iter_mut().enumerate() {
+                *wb = importance(&qw[(ib + b) * QK..], &x[b * QK..], sigma2);
+            }
+            group(store, ib, x, &w);
+            ib += G;
+        }
+    }
+    while ib < nb {
+        let x = &src[ib * QK..(ib + 1) * QK];
+        let w = importance(&qw[ib * QK..], x, sigma2);
+        block(store, ib, x, &w);
+        ib += 1;
+    }
+}
 
 /// The importance-weighted searches of a row of Q4_0/Q5_0 blocks (ggml's `make_qx_quants`
 /// with `nmax`, `rmse_type == 1`): calls `store(block, d, levels)` for each block, in order.
@@ -155,32 +179,23 @@ fn sym_imatrix_row<const LANES: bool>(
     mut store: impl FnMut(usize, f32, &[i8; QK]),
 ) {
     const G: usize = IMATRIX_LANES;
-    let sigma2 = row_sigma2(src);
-    let nb = src.len() / QK;
-    let mut ib = 0;
-    if LANES {
-        while ib + G <= nb {
-            let x = &src[ib * QK..(ib + G) * QK];
-            let mut w = [0.0f32; G * QK];
-            for (b, wb) in w.as_chunks_mut::<QK>().0.iter_mut().enumerate() {
-                *wb = importance(&qw[(ib + b) * QK..], &x[b * QK..], sigma2);
-            }
+    imatrix_row::<LANES, _>(
+        src,
+        qw,
+        &mut store,
+        |store, ib, x, w| {
             let mut l = [0i8; G * QK];
-            let d = make_qx_quants_lanes::<QK, G>(nmax, x, &mut l, Some(&w));
+            let d = make_qx_quants_lanes::<QK, G>(nmax, x, &mut l, Some(w));
             for (b, lb) in l.as_chunks::<QK>().0.iter().enumerate() {
                 store(ib + b, d[b], lb);
             }
-            ib += G;
-        }
-    }
-    while ib < nb {
-        let x = &src[ib * QK..(ib + 1) * QK];
-        let w = importance(&qw[ib * QK..], x, sigma2);
-        let mut l = [0i8; QK];
-        let d = make_qx_quants(nmax, x, &mut l, Some(&w));
-        store(ib, d, &l);
-        ib += 1;
-    }
+        },
+        |store, ib, x, w| {
+            let mut l = [0i8; QK];
+            let d = make_qx_quants(nmax, x, &mut l, Some(w));
+            store(ib, d, &l);
+        },
+    );
 }
 
 /// The importance-weighted searches of a row of Q4_1/Q5_1 blocks (ggml's
@@ -195,31 +210,25 @@ fn asym_imatrix_row<const LANES: bool>(
     mut store: impl FnMut(usize, f32, f32, &[u8; QK]),
 ) {
     const G: usize = IMATRIX_LANES;
-    let sigma2 = row_sigma2(src);
-    let nb = src.len() / QK;
-    let mut ib = 0;
-    if LANES {
-        while ib + G <= nb {
-            let x = &src[ib * QK..(ib + G) * QK];
-            let mut w = [0.0f32; G * QK];
-            for (b, wb) in w.as_chunks_mut::<QK>().0.iter_mut().enumerate() {
-                *wb = importance(&qw[(ib + b) * QK..], &x[b * QK..], sigma2);
-            }
+    imatrix_row::<LANES, _>(
+        src,
+        qw,
+        &mut store,
+        |store, ib, x, w| {
             let mut l = [0u8; G * QK];
             let mut mins = [0.0f32; G];
-            let d = make_qkx_lanes::<QK, G, true>(nmax, x, &w, &mut l, &mut mins, QKX3_LEGACY);
+            let d = make_qkx_lanes::<QK, G, true>(nmax, x, w, &mut l, &mut mins, QKX3_LEGACY);
             for (b, lb) in l.as_chunks::<QK>().0.iter().enumerate() {
                 store(ib + b, d[b], -mins[b], lb);
             }
-            ib += G;
-        }
-    }
-    while ib < nb {
-        let x = &src[ib * QK..(ib + 1) * QK];
-        let (d, m, l) = asym_imatrix_block(nmax, x, &qw[ib * QK..], sigma2);
-        store(ib, d, m, &l);
-        ib += 1;
-    }
+        },
+        |store, ib, x, w| {
+            let mut l = [0u8; QK];
+            let mut min = 0.0f32;
+            let d = make_qkx3_quants(nmax, x, w, &mut l, &mut min, QKX3_LEGACY);
+            store(ib, d, -min, &l);
+        },
+    );
 }
 
 /// Packs 5-bit levels (low nibbles into 16 bytes, fifth bits into a little-endian u32) as

@@ -10,7 +10,7 @@
 
 use super::{f16_round, level, level_recip, sym_scales, Thorough};
 use crate::fp::Half;
-use crate::kquants::{pack_2bit, BlockQ3K, BlockQ6K, Q3K, Q6K, QK_K};
+use crate::kquants::{pack_2bit, q6_k, BlockQ3K, BlockQ6K, Q3K, Q6K, QK_K};
 
 /// Level and scale ranges of a format.
 #[derive(Clone, Copy)]
@@ -232,21 +232,7 @@ impl Thorough for Q6K {
         for j in 0..16 {
             b.scales[j] = c.sc[j] as i8;
         }
-        let l: [u8; QK_K] = std::array::from_fn(|i| (c.l[i] + 32) as u8);
-        for (n, j) in (0..QK_K).step_by(128).enumerate() {
-            for k in 0..32 {
-                let q1 = l[j + k] & 0xF;
-                let q2 = l[j + k + 32] & 0xF;
-                let q3 = l[j + k + 64] & 0xF;
-                let q4 = l[j + k + 96] & 0xF;
-                b.ql[64 * n + k] = q1 | (q3 << 4);
-                b.ql[64 * n + k + 32] = q2 | (q4 << 4);
-                b.qh[32 * n + k] = (l[j + k] >> 4)
-                    | ((l[j + k + 32] >> 4) << 2)
-                    | ((l[j + k + 64] >> 4) << 4)
-                    | ((l[j + k + 96] >> 4) << 6);
-            }
-        }
+        q6_k::pack(&std::array::from_fn(|i| (c.l[i] + 32) as u8), b);
         true
     }
 }

@@ -177,7 +177,8 @@ pub(crate) fn compiled_for<R>(lanes: Lanes, f: impl FnOnce() -> R) -> R {
 
 #[cfg(test)]
 mod tests {
-    use crate::{GgmlType, Simd};
+    use crate::simd::tests::rows_unlike_scalar;
+    use crate::GgmlType;
 
     /// Every level writes the scalar level's bytes (which the oracle tests compare with ggml)
     /// for the i-quants, on weights with outliers, ties and zero runs, with and without
@@ -219,19 +220,12 @@ mod tests {
                 if imatrix.is_none() && ty.requires_imatrix() {
                     continue;
                 }
-                let bytes = rows * ty.row_bytes(cols).unwrap();
-                let mut scalar = vec![0u8; bytes];
-                ty.quantize_at(Simd::Scalar, &x, cols, imatrix, &mut scalar)
-                    .unwrap();
-                for simd in Simd::available() {
-                    let mut out = vec![0u8; bytes];
-                    ty.quantize_at(simd, &x, cols, imatrix, &mut out).unwrap();
-                    let bad = out
-                        .chunks(ty.block_bytes())
-                        .zip(scalar.chunks(ty.block_bytes()))
-                        .filter(|(a, b)| a != b)
-                        .count();
-                    assert_eq!(bad, 0, "{ty} at {simd}, imatrix {}", imatrix.is_some());
+                for (simd, bad) in rows_unlike_scalar(ty, &x, cols, imatrix) {
+                    let imatrix = imatrix.is_some();
+                    assert!(
+                        bad.is_empty(),
+                        "{ty} at {simd}, imatrix {imatrix}: rows {bad:?}"
+                    );
                 }
             }
         }

@@ -151,6 +151,21 @@ pub(crate) fn has_neon() -> bool {
     }
 }
 
+// `lanes`: the K-quants' lane searches of this architecture, the NEON ones on aarch64, the
+// AVX2 ones on x86-64 (the same functions, with the same signatures). Callable where
+// [`has_lanes`].
+#[cfg(target_arch = "aarch64")]
+pub(crate) use neon_lanes as lanes;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86::lanes;
+
+/// Whether this CPU runs [`lanes`]: [`has_avx2`] on x86-64, [`has_neon`] on aarch64 (each is
+/// false on the other architecture).
+#[inline]
+pub(crate) fn has_lanes() -> bool {
+    has_avx2() || has_neon()
+}
+
 /// Runs the first arm whose level is `simd` and is supported by this CPU, else the scalar
 /// arm. Each SIMD arm is an `unsafe` call of a `#[target_feature]` function: the check here is
 /// what makes it sound, so a level handed in from outside can never run an instruction the
@@ -350,6 +365,35 @@ mod tests {
         x
     }
 
+    /// For each level this CPU supports, the rows (of `cols` weights) of `x` in which the
+    /// level's bytes for `ty` differ from the scalar level's.
+    pub(crate) fn rows_unlike_scalar(
+        ty: crate::GgmlType,
+        x: &[f32],
+        cols: usize,
+        imatrix: Option<&[f32]>,
+    ) -> Vec<(Simd, Vec<usize>)> {
+        let rows = x.len() / cols;
+        let row_bytes = ty.row_bytes(cols).unwrap();
+        let mut scalar = vec![0u8; rows * row_bytes];
+        ty.quantize_at(Simd::Scalar, x, cols, imatrix, &mut scalar)
+            .unwrap();
+        Simd::available()
+            .into_iter()
+            .map(|simd| {
+                let mut out = vec![0u8; rows * row_bytes];
+                ty.quantize_at(simd, x, cols, imatrix, &mut out).unwrap();
+                let bad = (0..rows)
+                    .filter(|&r| {
+                        let row = r * row_bytes..(r + 1) * row_bytes;
+                        out[row.clone()] != scalar[row]
+                    })
+                    .collect();
+                (simd, bad)
+            })
+            .collect()
+    }
+
     /// Every level writes the scalar level's bytes for the legacy formats, the K-quants and the
     /// i-quants, with and without importance weights (where the format allows none), on [`hard_rows`], with rows whose block counts
     /// leave remainders after the paths' groups of blocks (16 legacy blocks per importance
@@ -383,7 +427,6 @@ mod tests {
             expected += seeds.clone().count() * variants * Simd::available().len();
             for seed in seeds {
                 let x = hard_rows(cols, seed);
-                let rows = x.len() / cols;
                 let mut state = seed;
                 let qw: Vec<f32> = (0..cols)
                     .map(|i| {
@@ -402,20 +445,7 @@ mod tests {
                     if imatrix.is_none() && ty.requires_imatrix() {
                         continue;
                     }
-                    let bytes = rows * ty.row_bytes(cols).unwrap();
-                    let mut scalar = vec![0u8; bytes];
-                    ty.quantize_at(Simd::Scalar, &x, cols, imatrix, &mut scalar)
-                        .unwrap();
-                    for simd in Simd::available() {
-                        let mut out = vec![0u8; bytes];
-                        ty.quantize_at(simd, &x, cols, imatrix, &mut out).unwrap();
-                        let row_bytes = ty.row_bytes(cols).unwrap();
-                        let bad: Vec<usize> = (0..rows)
-                            .filter(|&r| {
-                                let row = r * row_bytes..(r + 1) * row_bytes;
-                                out[row.clone()] != scalar[row]
-                            })
-                            .collect();
+                    for (simd, bad) in rows_unlike_scalar(ty, &x, cols, imatrix) {
                         if !bad.is_empty() {
                             failures.push(format!(
                                 "{ty} at {simd}, imatrix {}, seed {seed}: rows (families) {bad:?}",
