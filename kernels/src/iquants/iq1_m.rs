@@ -462,36 +462,147 @@ fn search_boundaries_lanes(
                 i2 += N;
                 continue;
             }
-            // Each candidate's scale and score as `Best::offer` would compute them, side by
-            // side, so that the chain of winners below waits on no division.
+            // Each candidate's scale and score as `Best::offer` would compute them, and its
+            // `sumqx*sumqx`, side by side, so that the chain of winners below waits on no
+            // division.
             let mut scale = [0.0f32; 4 * N];
             let mut score = [0.0f32; 4 * N];
+            let mut qx2 = [0.0f32; 4 * N];
             for c in 0..4 * N {
                 scale[c] = qx[c] / q2[c];
                 score[c] = scale[c] * qx[c];
+                qx2[c] = qx[c] * qx[c];
             }
-            while mask != 0 {
-                // The first in ggml's order (least `j`, then least `k`) is the next winner.
-                let any = mask | mask >> 8 | mask >> 16 | mask >> 24;
-                let j = (any & 0xff).trailing_zeros() as usize;
-                let k = ((mask >> j) & 0x0101_0101).trailing_zeros() as usize / 8;
+            let winner = match chain_of_winners(&qx2, &q2, &score, mask, best.score) {
+                Chain::Winner(c) => Some(c),
+                Chain::Unchanged => None,
+                Chain::Fell => {
+                    // A winner's score fell below the score that the mask was tested
+                    // against (a rounding of its division): a candidate outside the mask might
+                    // pass against it, so the chain runs again, each step testing every later
+                    // candidate against the new score.
+                    let mut winner = None;
+                    while mask != 0 {
+                        // The first in ggml's order (least `j`, then least `k`) is the next
+                        // winner.
+                        let any = mask | mask >> 8 | mask >> 16 | mask >> 24;
+                        let j = (any & 0xff).trailing_zeros() as usize;
+                        let k = ((mask >> j) & 0x0101_0101).trailing_zeros() as usize / 8;
+                        winner = Some(N * k + j);
+                        // Only the candidates after it are left (a later `i2`, or the same
+                        // one and a later combination).
+                        let later_i2 = ((0xffu32 << (j + 1)) & 0xff) * 0x0101_0101;
+                        let same_i2 =
+                            ((1u32 << j) * 0x0101_0101) & (u64::MAX << (8 * (k + 1))) as u32;
+                        mask = pass(score[N * k + j]) & valid & (later_i2 | same_i2);
+                    }
+                    winner
+                }
+            };
+            if let Some(c) = winner {
                 *best = Best {
-                    score: score[N * k + j],
-                    scale: scale[N * k + j],
+                    score: score[c],
+                    scale: scale[c],
                     i1: i1 as i32,
-                    i2: (i2 + j) as i32,
-                    k: k as i32,
+                    i2: (i2 + c % N) as i32,
+                    k: (c / N) as i32,
                 };
-                // Only the candidates after it are left (a later `i2`, or the same one and a
-                // later combination), tested against the new score.
-                let later_i2 = ((0xffu32 << (j + 1)) & 0xff) * 0x0101_0101;
-                let same_i2 = ((1u32 << j) * 0x0101_0101) & (u64::MAX << (8 * (k + 1))) as u32;
-                mask = pass(best.score) & valid & (later_i2 | same_i2);
             }
             i2 += N;
         }
     }
 }
+
+/// What [`chain_of_winners`] found.
+enum Chain {
+    /// The last winner, candidate `N*k + j`.
+    Winner(usize),
+    /// No candidate passed.
+    Unchanged,
+    /// A winner's score fell below the starting score: the chain must be run again, testing
+    /// the candidates outside the mask too.
+    Fell,
+}
+
+/// Bit `4*j + k` set for each bit `N*k + j` of a byte `k` of a mask: the candidates in ggml's
+/// order (`i2`, then the combination).
+const SPREAD: [u32; 256] = {
+    let mut t = [0u32; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut j = 0;
+        while j < 8 {
+            if b & (1 << j) != 0 {
+                t[b] |= 1 << (4 * j);
+            }
+            j += 1;
+        }
+        b += 1;
+    }
+    t
+};
+
+/// The chain of winners of one window of [`search_boundaries_lanes`]: `mask` (bit `N*k + j`)
+/// holds the candidates that pass against `start` (ggml's test, `q2 > 0` included); each is
+/// tested again in ggml's order against the score of the last winner, as ggml's loop would.
+///
+/// The candidates outside the mask need no test while the score stays at or above `start`:
+/// they failed `qx2 > start*q2` with `q2 > 0`, and a rounded product only grows with its
+/// factor. A winner's score is `(qx/q2)*qx` rounded twice, which could fall just below
+/// `start`; then this gives [`Chain::Fell`] and the caller runs the full chain. The test of
+/// the candidates in the mask waits only on the last score: a multiply, a compare and a
+/// select per candidate.
+#[inline(always)]
+fn chain_of_winners(
+    qx2: &[f32; 4 * N],
+    q2: &[f32; 4 * N],
+    score: &[f32; 4 * N],
+    mask: u32,
+    start: f32,
+) -> Chain {
+    const { assert!(N == 8) };
+    let mut order = in_ggml_order(mask);
+    let mut s = start;
+    let mut winner = usize::MAX;
+    // Whether every score the candidates were tested against was at or above `start`.
+    let mut held = true;
+    // Only `s` goes from one candidate to the next: a multiply, a compare and a select.
+    while order != 0 {
+        let b = order.trailing_zeros();
+        order &= order - 1;
+        let c = ORDER_TO_CANDIDATE[b as usize];
+        let pass = qx2[c] > s * q2[c];
+        // Passing or not is a coin toss: a branch would mispredict.
+        s = std::hint::select_unpredictable(pass, score[c], s);
+        winner = std::hint::select_unpredictable(pass, c, winner);
+        held &= s >= start;
+    }
+    match (held, winner) {
+        (false, _) => Chain::Fell,
+        (true, usize::MAX) => Chain::Unchanged,
+        (true, c) => Chain::Winner(c),
+    }
+}
+
+/// A mask of candidates (bit `N*k + j`) with bit `4*j + k` for each: in ggml's order.
+#[inline(always)]
+fn in_ggml_order(mask: u32) -> u32 {
+    SPREAD[(mask & 0xff) as usize]
+        | SPREAD[((mask >> 8) & 0xff) as usize] << 1
+        | SPREAD[((mask >> 16) & 0xff) as usize] << 2
+        | SPREAD[(mask >> 24) as usize] << 3
+}
+
+/// The candidate `N*k + j` at bit `4*j + k` of [`chain_of_winners`]'s order.
+const ORDER_TO_CANDIDATE: [usize; 4 * N] = {
+    let mut t = [0usize; 4 * N];
+    let mut b = 0;
+    while b < 4 * N {
+        t[b] = N * (b % 4) + b / 4;
+        b += 1;
+    }
+    t
+};
 
 impl BlockFormat for Iq1M {
     const TYPE: GgmlType = GgmlType::IQ1_M;
