@@ -498,7 +498,7 @@ fn window_winner(
         score[c] = scale[c] * qx[c];
         qx2[c] = qx[c] * qx[c];
     }
-    let winner = match chain_of_winners(&qx2, &q2, &score, mask, start) {
+    let winner = match chain_of_winners(&qx2, q2, &score, mask, start) {
         Chain::Winner(c) => Some(c),
         Chain::Unchanged => None,
         Chain::Fell => {
@@ -721,7 +721,7 @@ mod tests {
                 }
             }
         }
-        (best.i1 >= 0).then(|| (best.i1 as usize, best.scale, best.score))
+        (best.i1 >= 0).then_some((best.i1 as usize, best.scale, best.score))
     }
 
     /// The windowed chain of winners finds ggml's last winner on near-ties (candidates a few
@@ -774,7 +774,7 @@ mod tests {
                 let (x, q) = loop {
                     let q = unit(next()) * 2.0 + 0.25;
                     let x = nudge((start * q).sqrt(), next());
-                    if x * x > below * q && !(x * x > start * q) {
+                    if x * x > below * q && x * x <= start * q {
                         break (x, q);
                     }
                 };
