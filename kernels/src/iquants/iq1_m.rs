@@ -455,43 +455,167 @@ fn search_boundaries_lanes(
                 q2[2 * N + j] = q2_ma + q2_pb;
                 q2[3 * N + j] = q2_ma + q2_mb;
             }
-            // One bit per candidate, bit `N*k + j` for combination `k` at `i2 + j`.
-            let pass = |score: f32| pass_bits(lanes, &qx, &q2, score);
-            let mut mask = pass(best.score) & valid;
-            if mask == 0 {
-                i2 += N;
-                continue;
-            }
-            // Each candidate's scale and score as `Best::offer` would compute them, side by
-            // side, so that the chain of winners below waits on no division.
-            let mut scale = [0.0f32; 4 * N];
-            let mut score = [0.0f32; 4 * N];
-            for c in 0..4 * N {
-                scale[c] = qx[c] / q2[c];
-                score[c] = scale[c] * qx[c];
-            }
-            while mask != 0 {
-                // The first in ggml's order (least `j`, then least `k`) is the next winner.
-                let any = mask | mask >> 8 | mask >> 16 | mask >> 24;
-                let j = (any & 0xff).trailing_zeros() as usize;
-                let k = ((mask >> j) & 0x0101_0101).trailing_zeros() as usize / 8;
+            // The window's last winner, if any candidate beats the best score so far.
+            if let Some((c, scale, score)) = window_winner(lanes, &qx, &q2, valid, best.score) {
                 *best = Best {
-                    score: score[N * k + j],
-                    scale: scale[N * k + j],
+                    score,
+                    scale,
                     i1: i1 as i32,
-                    i2: (i2 + j) as i32,
-                    k: k as i32,
+                    i2: (i2 + c % N) as i32,
+                    k: (c / N) as i32,
                 };
-                // Only the candidates after it are left (a later `i2`, or the same one and a
-                // later combination), tested against the new score.
-                let later_i2 = ((0xffu32 << (j + 1)) & 0xff) * 0x0101_0101;
-                let same_i2 = ((1u32 << j) * 0x0101_0101) & (u64::MAX << (8 * (k + 1))) as u32;
-                mask = pass(best.score) & valid & (later_i2 | same_i2);
             }
             i2 += N;
         }
     }
 }
+
+/// The last winner of one window of [`search_boundaries_lanes`] against the best score
+/// `start`, in ggml's order (`i2`, then the combination): the candidate `N*k + j` with its
+/// scale and score, or `None` when no candidate passes. `qx`, `q2`: the candidates' `sumqx`,
+/// `sumq2`; `valid`: one bit per candidate (`N*k + j`) that may be offered.
+#[inline(always)]
+fn window_winner(
+    lanes: Lanes,
+    qx: &[f32; 4 * N],
+    q2: &[f32; 4 * N],
+    valid: u32,
+    start: f32,
+) -> Option<(usize, f32, f32)> {
+    let pass = |score: f32| pass_bits(lanes, qx, q2, score);
+    let mut mask = pass(start) & valid;
+    if mask == 0 {
+        return None;
+    }
+    // Each candidate's scale and score as `Best::offer` would compute them, and its
+    // `sumqx*sumqx`, side by side, so that the chain of winners below waits on no
+    // division.
+    let mut scale = [0.0f32; 4 * N];
+    let mut score = [0.0f32; 4 * N];
+    let mut qx2 = [0.0f32; 4 * N];
+    for c in 0..4 * N {
+        scale[c] = qx[c] / q2[c];
+        score[c] = scale[c] * qx[c];
+        qx2[c] = qx[c] * qx[c];
+    }
+    let winner = match chain_of_winners(&qx2, q2, &score, mask, start) {
+        Chain::Winner(c) => Some(c),
+        Chain::Unchanged => None,
+        Chain::Fell => {
+            // A winner's score fell below the score that the mask was tested
+            // against (a rounding of its division): a candidate outside the mask might
+            // pass against it, so the chain runs again, each step testing every later
+            // candidate against the new score.
+            let mut winner = None;
+            while mask != 0 {
+                // The first in ggml's order (least `j`, then least `k`) is the next
+                // winner.
+                let any = mask | mask >> 8 | mask >> 16 | mask >> 24;
+                let j = (any & 0xff).trailing_zeros() as usize;
+                let k = ((mask >> j) & 0x0101_0101).trailing_zeros() as usize / 8;
+                winner = Some(N * k + j);
+                // Only the candidates after it are left (a later `i2`, or the same
+                // one and a later combination).
+                let later_i2 = ((0xffu32 << (j + 1)) & 0xff) * 0x0101_0101;
+                let same_i2 = ((1u32 << j) * 0x0101_0101) & (u64::MAX << (8 * (k + 1))) as u32;
+                mask = pass(score[N * k + j]) & valid & (later_i2 | same_i2);
+            }
+            winner
+        }
+    };
+    winner.map(|c| (c, scale[c], score[c]))
+}
+
+/// What [`chain_of_winners`] found.
+enum Chain {
+    /// The last winner, candidate `N*k + j`.
+    Winner(usize),
+    /// No candidate passed.
+    Unchanged,
+    /// A winner's score fell below the starting score: the chain must be run again, testing
+    /// the candidates outside the mask too.
+    Fell,
+}
+
+/// Bit `4*j + k` set for each bit `N*k + j` of a byte `k` of a mask: the candidates in ggml's
+/// order (`i2`, then the combination).
+const SPREAD: [u32; 256] = {
+    let mut t = [0u32; 256];
+    let mut b = 0;
+    while b < 256 {
+        let mut j = 0;
+        while j < 8 {
+            if b & (1 << j) != 0 {
+                t[b] |= 1 << (4 * j);
+            }
+            j += 1;
+        }
+        b += 1;
+    }
+    t
+};
+
+/// The chain of winners of one window of [`search_boundaries_lanes`]: `mask` (bit `N*k + j`)
+/// holds the candidates that pass against `start` (ggml's test, `q2 > 0` included); each is
+/// tested again in ggml's order against the score of the last winner, as ggml's loop would.
+///
+/// The candidates outside the mask need no test while the score stays at or above `start`:
+/// they failed `qx2 > start*q2` with `q2 > 0`, and a rounded product only grows with its
+/// factor. A winner's score is `(qx/q2)*qx` rounded twice, which could fall just below
+/// `start`; then this gives [`Chain::Fell`] and the caller runs the full chain. The test of
+/// the candidates in the mask waits only on the last score: a multiply, a compare and a
+/// select per candidate.
+#[inline(always)]
+fn chain_of_winners(
+    qx2: &[f32; 4 * N],
+    q2: &[f32; 4 * N],
+    score: &[f32; 4 * N],
+    mask: u32,
+    start: f32,
+) -> Chain {
+    const { assert!(N == 8) };
+    let mut order = in_ggml_order(mask);
+    let mut s = start;
+    let mut winner = usize::MAX;
+    // Whether every score the candidates were tested against was at or above `start`.
+    let mut held = true;
+    // Only `s` goes from one candidate to the next: a multiply, a compare and a select.
+    while order != 0 {
+        let b = order.trailing_zeros();
+        order &= order - 1;
+        let c = ORDER_TO_CANDIDATE[b as usize];
+        let pass = qx2[c] > s * q2[c];
+        // Passing or not is a coin toss: a branch would mispredict.
+        s = std::hint::select_unpredictable(pass, score[c], s);
+        winner = std::hint::select_unpredictable(pass, c, winner);
+        held &= s >= start;
+    }
+    match (held, winner) {
+        (false, _) => Chain::Fell,
+        (true, usize::MAX) => Chain::Unchanged,
+        (true, c) => Chain::Winner(c),
+    }
+}
+
+/// A mask of candidates (bit `N*k + j`) with bit `4*j + k` for each: in ggml's order.
+#[inline(always)]
+fn in_ggml_order(mask: u32) -> u32 {
+    SPREAD[(mask & 0xff) as usize]
+        | SPREAD[((mask >> 8) & 0xff) as usize] << 1
+        | SPREAD[((mask >> 16) & 0xff) as usize] << 2
+        | SPREAD[(mask >> 24) as usize] << 3
+}
+
+/// The candidate `N*k + j` at bit `4*j + k` of [`chain_of_winners`]'s order.
+const ORDER_TO_CANDIDATE: [usize; 4 * N] = {
+    let mut t = [0usize; 4 * N];
+    let mut b = 0;
+    while b < 4 * N {
+        t[b] = N * (b % 4) + b / 4;
+        b += 1;
+    }
+    t
+};
 
 impl BlockFormat for Iq1M {
     const TYPE: GgmlType = GgmlType::IQ1_M;
@@ -568,5 +692,137 @@ impl BlockFormat for Iq1M {
         as_blocks::<BlockIq1M>(row)
             .iter()
             .position(|b| crate::fp::f16_is_non_finite(b.scale_bits()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ggml's loop over one window: every valid candidate offered in ggml's order.
+    fn reference(
+        qx: &[f32; 4 * N],
+        q2: &[f32; 4 * N],
+        valid: u32,
+        start: f32,
+    ) -> Option<(usize, f32, f32)> {
+        let mut best = Best {
+            score: start,
+            scale: 0.0,
+            i1: -1,
+            i2: -1,
+            k: -1,
+        };
+        for j in 0..N {
+            for k in 0..4 {
+                let c = N * k + j;
+                if valid >> c & 1 == 1 {
+                    best.offer((qx[c], q2[c]), c, 0, 0);
+                }
+            }
+        }
+        (best.i1 >= 0).then_some((best.i1 as usize, best.scale, best.score))
+    }
+
+    /// The windowed chain of winners finds ggml's last winner on near-ties (candidates a few
+    /// ulps apart, the start score a few ulps from theirs), where a winner's score does fall
+    /// below the start and the full chain must run again (checked to happen).
+    #[test]
+    fn window_winner_is_ggmls_on_near_ties() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let nudge =
+            |v: f32, r: u64| f32::from_bits((v.to_bits() as i64 + (r % 7) as i64 - 3) as u32);
+        // Every SIMD level of this CPU (none at scalar: that runs `search_boundaries`).
+        let levels: Vec<Lanes> = crate::Simd::available()
+            .into_iter()
+            .filter_map(Lanes::of)
+            .collect();
+        let mut fell = 0;
+        for trial in 0..20_000 {
+            let unit = |r: u64| (r >> 40) as f32 / (1u64 << 24) as f32;
+            let (mut bx, mut bq) = (unit(next()) * 4.0 - 2.0, unit(next()) * 2.0 + 0.25);
+            let mut start = nudge((bx / bq) * bx, next());
+            if trial % 2 == 0 {
+                // A candidate that passes against `start` with a score just below it.
+                loop {
+                    let (x, q) = (unit(next()) * 4.0 - 2.0, unit(next()) * 2.0 + 0.25);
+                    let score = (x / q) * x;
+                    let above = f32::from_bits(score.to_bits() + 1);
+                    if score > 0.0 && x * x > above * q {
+                        (bx, bq, start) = (x, q, above);
+                        break;
+                    }
+                }
+            }
+            let mut qx: [f32; 4 * N] = std::array::from_fn(|_| nudge(bx, next()));
+            let mut q2: [f32; 4 * N] = std::array::from_fn(|_| nudge(bq, next()));
+            if trial % 2 == 0 {
+                // Exactly that candidate somewhere (the others a few ulps from it).
+                let c = (next() % 32) as usize;
+                (qx[c], q2[c]) = (bx, bq);
+            }
+            if trial % 4 == 0 {
+                // Only that candidate passes against `start`, and a later one (in ggml's
+                // order) only against the lower score of the first: found by the full chain.
+                let below = (bx / bq) * bx;
+                let (x, q) = loop {
+                    let q = unit(next()) * 2.0 + 0.25;
+                    let x = nudge((start * q).sqrt(), next());
+                    if x * x > below * q && x * x <= start * q {
+                        break (x, q);
+                    }
+                };
+                let first = (next() % 31) as usize;
+                let later = first + 1 + (next() % (31 - first as u64)) as usize;
+                qx = [0.0; 4 * N];
+                (qx[ORDER_TO_CANDIDATE[first]], q2[ORDER_TO_CANDIDATE[first]]) = (bx, bq);
+                (qx[ORDER_TO_CANDIDATE[later]], q2[ORDER_TO_CANDIDATE[later]]) = (x, q);
+                let want = Some((ORDER_TO_CANDIDATE[later], x / q, (x / q) * x));
+                for &lanes in &levels {
+                    let got = window_winner(lanes, &qx, &q2, u32::MAX, start);
+                    assert_eq!(got, want, "trial {trial} at {lanes:?}");
+                }
+            }
+            if trial % 5 == 1 {
+                q2[(next() % 32) as usize] = 0.0;
+            }
+            if trial % 11 == 1 {
+                start = -f32::MAX;
+            }
+            let valid = if trial % 3 == 0 && trial % 4 != 0 {
+                (next() as u32) | 1
+            } else {
+                u32::MAX
+            };
+            let want = reference(&qx, &q2, valid, start);
+            for &lanes in &levels {
+                let got = window_winner(lanes, &qx, &q2, valid, start);
+                assert_eq!(
+                    got.map(|(c, a, b)| (c, a.to_bits(), b.to_bits())),
+                    want.map(|(c, a, b)| (c, a.to_bits(), b.to_bits())),
+                    "trial {trial} at {lanes:?}"
+                );
+            }
+            // How often the fast chain gives up, on this window's mask.
+            let mask = (0..4 * N).fold(0u32, |m, c| {
+                let pass = q2[c] > 0.0 && qx[c] * qx[c] > start * q2[c];
+                m | (u32::from(pass) << c)
+            }) & valid;
+            let score: [f32; 4 * N] = std::array::from_fn(|c| (qx[c] / q2[c]) * qx[c]);
+            let qx2: [f32; 4 * N] = std::array::from_fn(|c| qx[c] * qx[c]);
+            if matches!(
+                chain_of_winners(&qx2, &q2, &score, mask, start),
+                Chain::Fell
+            ) {
+                fell += 1;
+            }
+        }
+        assert!(fell > 0, "no window fell below its start score");
     }
 }

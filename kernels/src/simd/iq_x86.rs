@@ -214,31 +214,30 @@ pub(crate) mod avx512 {
         out
     }
 
-    /// See [`pass_bits`](crate::simd::iq::pass_bits): 16 candidates per vector (8 with
-    /// AVX2's kernel).
+    /// See [`pass_bits`](crate::simd::iq::pass_bits): 8 candidates per vector, as AVX2's
+    /// kernel, with the compares into mask registers. The callers write their candidates with
+    /// 8-lane stores just before: a 16-lane load of two such stores waits for both to reach the
+    /// cache (no store forwarding), which measured slower.
     #[inline]
-    #[target_feature(enable = "avx512f,avx2")]
+    #[target_feature(enable = "avx512f,avx512vl")]
     pub(crate) fn pass_bits<const N: usize>(qx: &[f32; N], q2: &[f32; N], score: f32) -> u32 {
-        if !N.is_multiple_of(16) {
-            return super::avx2::pass_bits(qx, q2, score);
-        }
-        let s = _mm512_set1_ps(score);
+        let s = _mm256_set1_ps(score);
         let mut m = 0u32;
-        for c in 0..N / 16 {
-            // SAFETY: `c * 16 + 16 <= N`; unaligned loads.
+        for c in 0..N / 8 {
+            // SAFETY: `c * 8 + 8 <= N`; unaligned loads.
             let (x, w) = unsafe {
                 (
-                    _mm512_loadu_ps(qx.as_ptr().add(16 * c)),
-                    _mm512_loadu_ps(q2.as_ptr().add(16 * c)),
+                    _mm256_loadu_ps(qx.as_ptr().add(8 * c)),
+                    _mm256_loadu_ps(q2.as_ptr().add(8 * c)),
                 )
             };
-            let pos = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(w, _mm512_setzero_ps());
-            let better = _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(
+            let pos = _mm256_cmp_ps_mask::<_CMP_GT_OQ>(w, _mm256_setzero_ps());
+            let better = _mm256_mask_cmp_ps_mask::<_CMP_GT_OQ>(
                 pos,
-                _mm512_mul_ps(x, x),
-                _mm512_mul_ps(s, w),
+                _mm256_mul_ps(x, x),
+                _mm256_mul_ps(s, w),
             );
-            m |= (better as u32) << (16 * c);
+            m |= (better as u32) << (8 * c);
         }
         m
     }
