@@ -25,7 +25,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-target/bench-quantize-files}
-default_types=f16,bf16,q8_0,q6_K,q5_K_M,q5_K_S,q5_1,q5_0,q4_K_M,q4_K_S,q4_1,q4_0,q3_K_L,q3_K_M,q3_K_S,q2_K,iq4_nl,iq4_xs,iq3_s,iq3_xxs,tq2_0,tq1_0,q2_K_S,iq3_m,iq3_xs,iq2_m,iq2_s,iq2_xs,iq2_xxs,iq1_m,iq1_s
+default_types=f16,bf16,q8_0,q6_K,q5_K_M,q5_K_S,q5_1,q5_0,q4_K_M,q4_K_S,q4_1,q4_0,q3_K_L,q3_K_M,q3_K_S,q2_K,iq4_nl,iq4_xs,iq3_s,iq3_xxs,tq2_0,tq1_0,q2_K_S,iq3_m,iq3_xs,iq2_m,iq2_s,iq2_xs,iq2_xxs,iq1_m,iq1_s,q2_0,q1_0,mxfp4_moe
 # The types given the importance matrix.
 imatrix_types=" q2_k_s iq3_xxs iq3_m iq3_xs iq2_m iq2_s iq2_xs iq2_xxs iq1_m iq1_s "
 layers=20

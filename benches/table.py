@@ -2,6 +2,7 @@
 """Prints the README's kernel table from criterion's results (target/criterion).
 
     python3 benches/table.py [CRITERION_DIR]
+    python3 benches/table.py LOG      # the text `cargo bench --bench kernels` printed
 
 One row per format that benches/kernels.rs measured, with and without importance weights:
 ggml and kiln on one thread (MiB/s of f32 input, median), their ratio, the other SIMD levels'
@@ -18,12 +19,38 @@ ORDER = ["f32", "f16", "bf16", "q8_0", "q6_K", "q5_1", "q5_0", "q5_K", "q4_1", "
          "iq2_xxs", "iq1_m", "iq1_s", "tq2_0", "tq1_0", "mxfp4"]
 
 
+UNIT_NS = {"ps": 1e-3, "ns": 1.0, "µs": 1e3, "us": 1e3, "ms": 1e6, "s": 1e9}
+
+
+def read_log(path):
+    """Median times (ns) by "group/id" from criterion's printed results: a line naming the
+    benchmark, then `time: [low median high]` (the run's own estimates, as in estimates.json)."""
+    out, name = {}, None
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("quantize-"):
+                name = line.split()[0]
+            elif name and line.strip().startswith("time:"):
+                parts = line.split("[", 1)[1].split()
+                out[name] = float(parts[2]) * UNIT_NS[parts[3]]
+                name = None
+    return out
+
+
+LOG = read_log(root) if os.path.isfile(root) else None
+
+
 def mibps(group, who):
-    path = os.path.join(root, group, who, "new", "estimates.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        ns = json.load(f)["median"]["point_estimate"]
+    if LOG is not None:
+        ns = LOG.get(f"{group.replace('_', '/', 1)}/{who}")
+        if ns is None:
+            return None
+    else:
+        path = os.path.join(root, group, who, "new", "estimates.json")
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            ns = json.load(f)["median"]["point_estimate"]
     return BYTES / (ns / 1e9) / 2**20
 
 
@@ -31,7 +58,10 @@ def fmt(v):
     return f"{v / 1024:.2f} GiB/s" if v >= 1024 else f"{v:.1f}"
 
 
-groups = set(os.listdir(root)) if os.path.isdir(root) else set()
+if LOG is not None:
+    groups = {n.rsplit("/", 1)[0].replace("/", "_", 1) for n in LOG}
+else:
+    groups = set(os.listdir(root)) if os.path.isdir(root) else set()
 for mode in ["ref", "imatrix"]:
     print(f"\n{'without' if mode == 'ref' else 'with'} importance weights (MiB/s of f32 input "
           "unless marked, median)\n")
