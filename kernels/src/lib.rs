@@ -44,6 +44,18 @@ pub mod rows;
 pub mod simd;
 pub mod ternary;
 
+/// The tests' xorshift64 generator: each call returns the next state (a non-zero `seed`).
+#[cfg(test)]
+pub(crate) fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    let mut state = seed;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    }
+}
+
 pub use format::GgmlType;
 pub use refine::Search;
 pub use rows::{dequantize, quantize, quantize_at, KernelError};

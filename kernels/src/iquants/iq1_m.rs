@@ -729,13 +729,7 @@ mod tests {
     /// below the start and the full chain must run again (checked to happen).
     #[test]
     fn window_winner_is_ggmls_on_near_ties() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::xorshift(0x2545_f491_4f6c_dd1d);
         let nudge =
             |v: f32, r: u64| f32::from_bits((v.to_bits() as i64 + (r % 7) as i64 - 3) as u32);
         // Every SIMD level of this CPU (none at scalar: that runs `search_boundaries`).

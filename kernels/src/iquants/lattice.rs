@@ -688,13 +688,7 @@ mod tests {
     /// order is total, the merge sort is the standard library's stable sort.
     #[test]
     fn sorted_order_is_the_stable_sort() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::xorshift(0x2545_f491_4f6c_dd1d);
         let specials = [
             0.0,
             -0.0,

@@ -187,13 +187,8 @@ mod tests {
     fn every_level_writes_the_scalar_bytes() {
         let cols = 512;
         let rows = 6;
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32
-        };
+        let mut bits = crate::xorshift(0x9e37_79b9_7f4a_7c15);
+        let mut next = || (bits() >> 40) as f32 / (1u64 << 24) as f32;
         let x: Vec<f32> = (0..rows * cols)
             .map(|i| match (i / 256) % 4 {
                 0 => next() * 2.0 - 1.0,

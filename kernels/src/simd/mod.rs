@@ -294,15 +294,15 @@ mod tests {
     /// is infinite and whose products are NaN), large magnitudes, exact ties, sparse rows,
     /// blocks of very different scales, and outliers of 6e4 (the f16 mins allow no more) among small weights.
     fn hard_rows(cols: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32
+        // `next` and `gauss` draw from two generators of the same seed.
+        let uniform = || {
+            let mut bits = crate::xorshift(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            move || (bits() >> 40) as f32 / (1u64 << 24) as f32
         };
+        let mut next = uniform();
+        let mut gauss_uniform = uniform();
         let mut gauss = move || {
-            let (a, b) = (next(), next());
+            let (a, b) = (gauss_uniform(), gauss_uniform());
             (a + b - 1.0) * 1.7
         };
         let families = 14;
